@@ -1,0 +1,1 @@
+"""HTTP only: parse the request, call an interaction, render the response."""

@@ -1,0 +1,79 @@
+"""Exception handlers: every failure leaves as an OperationOutcome."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ehr_service.api.middleware import REQUEST_ID_HEADER, request_id_of
+from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
+from ehr_service.api.rendering import render_error
+from ehr_service.fhir.errors import Category, FhirError, Issue
+
+logger = logging.getLogger("ehr_service.api")
+
+_HTTP_CATEGORIES = {
+    400: Category.INCORRECT,
+    404: Category.NOT_FOUND,
+    405: Category.METHOD_NOT_ALLOWED,
+    406: Category.NOT_ACCEPTABLE,
+    413: Category.TOO_LARGE,
+    415: Category.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+def _rendering(request: Request) -> Rendering:
+    rendering = getattr(request.state, "rendering", None)
+    return rendering if isinstance(rendering, Rendering) else DEFAULT_RENDERING
+
+
+async def on_fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    if exc.category is Category.FAULT:
+        logger.error("request %s failed: %s", request_id_of(request.scope), exc)
+    return render_error(exc, _rendering(request))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = []
+    for error in exc.errors()[:50]:
+        location = ".".join(str(p) for p in error.get("loc", ()))
+        issues.append(Issue(f"{location}: {error.get('msg', 'invalid')}", "invalid",
+                            expression=(location,)))
+    return render_error(FhirError(Category.INCORRECT, tuple(issues)), _rendering(request))
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    category = _HTTP_CATEGORIES.get(exc.status_code, Category.INCORRECT)
+    if exc.status_code == 404:
+        message = f"No FHIR endpoint at {request.url.path[:200]}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not supported at {request.url.path[:200]}"
+    else:
+        message = str(exc.detail)
+    return render_error(FhirError.of(category, message), _rendering(request))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request_id_of(request.scope)
+    logger.exception("unexpected error in request %s", request_id, exc_info=exc)
+    error = FhirError.of(
+        Category.FAULT,
+        f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )
+    response = render_error(error)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FhirError, on_fhir_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,167 @@
+"""The FHIR REST endpoints at ``/fhir`` (R4 §3.1.0). Handlers are thin: they
+check the URL and headers, then run one interaction in a worker thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Connection
+from starlette.responses import Response
+
+from ehr_service.api import openapi_docs as docs
+from ehr_service.api.deps import Context, RenderingDep
+from ehr_service.api.negotiation import JSON_TYPES, check_content_type
+from ehr_service.api.rendering import render_result
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import parse_etag
+from ehr_service.fhir.validation import parse_json
+from ehr_service.interactions import bundle, create, delete, dispatch, history, patch, read, update
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
+from ehr_service.interactions.results import Result
+from ehr_service.interactions.routing import check_id, check_type
+
+router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
+
+ResourceType = Annotated[str, Path(description="An R4 resource type", **docs.TYPE_PARAM)]
+ResourceId = Annotated[str, Path(description="Logical id", **docs.ID_PARAM)]
+VersionId = Annotated[str, Path(description="Version id", **docs.ID_PARAM)]
+IfMatch = Annotated[str | None, Header(description='W/"<versionId>"')]
+IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"')]
+
+_JSON_BODY = frozenset(JSON_TYPES)
+_PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
+T = TypeVar("T")
+
+
+def _in_read(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+    with ctx.services.database.read() as conn:
+        return action(conn)
+
+
+def _in_write(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+    with ctx.services.database.write() as conn:
+        return action(conn)
+
+
+async def _body(request: Request, allowed: frozenset[str]) -> Any:
+    check_content_type(request, allowed)
+    return parse_json(await request.body())
+
+
+def _etag(value: str | None, header: str) -> int | None:
+    return parse_etag(value, header) if value is not None else None
+
+
+def _write_response(result: Result, ctx: RequestContext, rendering: RenderingDep) -> Response:
+    return render_result(result.shaped(ctx.prefer_return), ctx.base_url, rendering)
+
+
+@router.get("/metadata", **docs.route("CapabilityStatement", {200}))
+async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
+    return render_result(dispatch.capabilities(ctx), ctx.base_url, rendering)
+
+
+@router.post("", **docs.route("batch or transaction", {200, 400, 404, 409, 410, 412, 413,
+                                                       415, 422, 501}, body="Bundle"))
+async def batch_or_transaction(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+    body = await _body(request, _JSON_BODY)
+    result = await run_in_threadpool(bundle.process_bundle, ctx, body)
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/_history", **docs.route("history (system)", {200, 400}))
+async def history_system(ctx: Context, rendering: RenderingDep) -> Response:
+    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/{resource_type}/_history", **docs.route("history (type)", {200, 400, 404}))
+async def history_type(resource_type: ResourceType, ctx: Context,
+                       rendering: RenderingDep) -> Response:
+    rtype = check_type(resource_type)
+    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.post("/{resource_type}", **docs.route("create", {201, 400, 404, 413, 415, 422},
+                                               body="resource"))
+async def create_resource(request: Request, resource_type: ResourceType, ctx: Context,
+                          rendering: RenderingDep) -> Response:
+    rtype = check_type(resource_type)
+    if request.headers.get("if-none-exist"):
+        raise FhirError.of(Category.NOT_IMPLEMENTED,
+                           "Conditional create (If-None-Exist) is not supported yet",
+                           code="not-supported")
+    body = await _body(request, _JSON_BODY)
+    result = await run_in_threadpool(_in_write, ctx, lambda c: create.create(c, ctx, rtype, body))
+    return _write_response(result, ctx, rendering)
+
+
+@router.get("/{resource_type}/{resource_id}", **docs.route("read", {200, 304, 400, 404, 410}))
+async def read_resource(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
+                        rendering: RenderingDep, if_none_match: IfNoneMatch = None) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    known = _etag(if_none_match, "If-None-Match")
+    result = await run_in_threadpool(_in_read, ctx, lambda c: read.read(c, rtype, rid, known))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.put("/{resource_type}/{resource_id}",
+            **docs.route("update", {200, 201, 400, 404, 409, 412, 413, 415, 422}, body="resource"))
+async def update_resource(request: Request, resource_type: ResourceType, resource_id: ResourceId,
+                          ctx: Context, rendering: RenderingDep,
+                          if_match: IfMatch = None) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    expected = _etag(if_match, "If-Match")
+    body = await _body(request, _JSON_BODY)
+    result = await run_in_threadpool(
+        _in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected))
+    return _write_response(result, ctx, rendering)
+
+
+@router.patch("/{resource_type}/{resource_id}",
+              **docs.route("patch", {200, 400, 404, 409, 410, 412, 413, 415, 422}, body="patch"))
+async def patch_resource(request: Request, resource_type: ResourceType, resource_id: ResourceId,
+                         ctx: Context, rendering: RenderingDep,
+                         if_match: IfMatch = None) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    expected = _etag(if_match, "If-Match")
+    document = await _body(request, _PATCH_BODY)
+    result = await run_in_threadpool(
+        _in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected))
+    return _write_response(result, ctx, rendering)
+
+
+@router.delete("/{resource_type}/{resource_id}",
+               **docs.route("delete", {200, 204, 400, 404, 409, 412}))
+async def delete_resource(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
+                          rendering: RenderingDep, if_match: IfMatch = None) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    expected = _etag(if_match, "If-Match")
+    result = await run_in_threadpool(
+        _in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected))
+    return _write_response(result, ctx, rendering)
+
+
+@router.get("/{resource_type}/{resource_id}/_history",
+            **docs.route("history (instance)", {200, 400, 404}))
+async def history_instance(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
+                           rendering: RenderingDep) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    result = await run_in_threadpool(
+        _in_read, ctx, lambda c: history.history(c, ctx, rtype, rid))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}",
+            **docs.route("vread", {200, 400, 404, 410}))
+async def vread_resource(resource_type: ResourceType, resource_id: ResourceId,
+                         version_id: VersionId, ctx: Context, rendering: RenderingDep) -> Response:
+    rtype, rid = check_type(resource_type), check_id(resource_id)
+    result = await run_in_threadpool(
+        _in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
+    return render_result(result, ctx.base_url, rendering)

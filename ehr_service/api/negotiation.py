@@ -1,0 +1,102 @@
+"""Content negotiation (R4 §3.1.0.1.6-8): ``Accept``, ``_format``, ``_pretty``,
+``Content-Type`` of request bodies and ``Prefer``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.interactions.context import ReturnPreference
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir"}
+_FORMATS = {
+    "json": FHIR_JSON,
+    FHIR_JSON: FHIR_JSON,
+    "application/json+fhir": FHIR_JSON,
+    "application/json": "application/json",
+}
+_WILDCARDS = {"*/*", "application/*"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    media_type: str = FHIR_JSON
+    pretty: bool = False
+
+
+DEFAULT_RENDERING = Rendering()
+
+
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    ranges = []
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media:
+            ranges.append((media.strip().lower(), quality))
+    return ranges
+
+
+def negotiate(request: Request) -> Rendering:
+    """The representation to answer with, or 406 if the client takes no JSON."""
+    pretty = request.query_params.get("_pretty", "false").lower() == "true"
+    requested = request.query_params.get("_format")
+    if requested is not None:
+        fmt = requested.strip().lower().split(";")[0]
+        if fmt in _FORMATS:
+            return Rendering(_FORMATS[fmt], pretty)
+        raise FhirError.of(
+            Category.NOT_ACCEPTABLE,
+            f"_format '{requested[:40]}' is not served; this server speaks FHIR JSON only",
+        )
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return Rendering(FHIR_JSON, pretty)
+    accepted = [(m, q) for m, q in _media_ranges(accept) if q > 0]
+    if any(m in {FHIR_JSON, "application/json+fhir"} or m in _WILDCARDS for m, _ in accepted):
+        return Rendering(FHIR_JSON, pretty)
+    if any(m == "application/json" for m, _ in accepted):
+        return Rendering("application/json", pretty)
+    raise FhirError.of(
+        Category.NOT_ACCEPTABLE,
+        "The Accept header excludes JSON; this server speaks FHIR JSON only "
+        f"({FHIR_JSON})",
+    )
+
+
+def check_content_type(request: Request, allowed: frozenset[str]) -> None:
+    """415 unless the body is one of ``allowed`` (a missing type is taken as JSON)."""
+    raw = request.headers.get("content-type")
+    if raw is None:
+        return
+    media = raw.split(";")[0].strip().lower()
+    if media in allowed:
+        return
+    hint = " (XML is not supported)" if "xml" in media else ""
+    raise FhirError.of(
+        Category.UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Type '{raw[:60]}' is not accepted here{hint}; send one of: "
+        + ", ".join(sorted(allowed)),
+    )
+
+
+def return_preference(request: Request) -> ReturnPreference:
+    for header in request.headers.getlist("prefer"):
+        for item in header.split(","):
+            key, _, value = item.strip().partition("=")
+            if key.strip().lower() == "return":
+                try:
+                    return ReturnPreference(value.strip().strip('"'))
+                except ValueError:
+                    continue
+    return ReturnPreference.REPRESENTATION

@@ -1,0 +1,107 @@
+"""OpenAPI descriptions of the FHIR endpoints (kept beside the routes so the
+exported ``openapi/openapi.json`` documents every status a route can answer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+
+FHIR_JSON = "application/fhir+json"
+TYPE_PARAM: dict[str, Any] = {"json_schema_extra": {"enum": sorted(R4_RESOURCE_TYPES)}}
+ID_PARAM: dict[str, Any] = {"json_schema_extra": {"pattern": "^[A-Za-z0-9\\-.]{1,64}$"}}
+
+_RESOURCE_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType"],
+    "properties": {"resourceType": {"type": "string"}},
+    "additionalProperties": True,
+}
+_BUNDLE_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType", "type"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": ["batch", "transaction"]},
+        "entry": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_PATCH_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["op", "path"],
+        "properties": {
+            "op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": {"type": "string"},
+            "from": {"type": "string"},
+            "value": {},
+        },
+    },
+}
+_BODIES = {
+    "resource": {FHIR_JSON: {"schema": _RESOURCE_SCHEMA}},
+    "Bundle": {FHIR_JSON: {"schema": _BUNDLE_SCHEMA}},
+    "patch": {"application/json-patch+json": {"schema": _PATCH_SCHEMA}},
+}
+_DESCRIPTIONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    304: "Not Modified (If-None-Match)",
+    400: "Bad request or invalid resource (OperationOutcome)",
+    404: "Unknown resource type or resource (OperationOutcome)",
+    406: "Accept or _format excludes JSON (OperationOutcome)",
+    409: "Concurrent modification (OperationOutcome)",
+    410: "Deleted (OperationOutcome)",
+    412: "If-Match does not match the current version (OperationOutcome)",
+    413: "Body or bundle too large (OperationOutcome)",
+    415: "Body is not JSON (OperationOutcome)",
+    422: "Unprocessable, e.g. a patch that cannot apply (OperationOutcome)",
+    500: "Unexpected error (OperationOutcome)",
+    501: "Not implemented yet (OperationOutcome)",
+    503: "Database unavailable (OperationOutcome)",
+}
+_ALWAYS = {406, 500, 503}
+_NO_BODY = {204, 304}
+
+_COMMON_PARAMS: list[dict[str, Any]] = [
+    {"name": "_format", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "json | application/fhir+json | application/json"},
+    {"name": "_pretty", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["true", "false"]}},
+]
+_PREFER = {"name": "Prefer", "in": "header", "required": False,
+           "schema": {"type": "string"},
+           "description": "return=minimal | representation | OperationOutcome"}
+_HISTORY_PARAMS: list[dict[str, Any]] = [
+    {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "_count", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0}},
+    {"name": "_cursor", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "opaque paging cursor from a next/previous link"},
+]
+
+
+def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for a FastAPI route decorator."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses | _ALWAYS):
+        response: dict[str, Any] = {"description": _DESCRIPTIONS[status]}
+        if status not in _NO_BODY:
+            response["content"] = {FHIR_JSON: {"schema": {"type": "object"}}}
+        responses[status] = response
+    parameters = list(_COMMON_PARAMS)
+    if body is not None or summary == "delete":
+        parameters.append(_PREFER)
+    if summary.startswith("history"):
+        parameters.extend(_HISTORY_PARAMS)
+    extra: dict[str, Any] = {"parameters": parameters}
+    if body is not None:
+        extra["requestBody"] = {"required": True, "content": _BODIES[body]}
+    return {"summary": summary, "responses": responses, "openapi_extra": extra,
+            "response_class": Response}
+

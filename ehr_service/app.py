@@ -1,0 +1,84 @@
+"""create_app(settings): wires routers, middleware and the service lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from ehr_service import __version__
+from ehr_service.api import errors, fhir
+from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from ehr_service.config import Settings
+from ehr_service.fhir.compartment import load_compartment
+from ehr_service.interactions.context import Services
+from ehr_service.storage.database import Database
+
+logger = logging.getLogger("ehr_service")
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Services(
+        settings=settings,
+        database=Database(settings.effective_database_url, pool_size=settings.database_pool_size),
+        compartment=load_compartment(settings.profiles_dir),
+    )
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    settings = settings or (services.settings if services else Settings())
+    owned = services is None
+    services = services or build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.demo_data:
+            from ehr_service.demo import load_demo_data
+
+            load_demo_data(services)
+        yield
+        if owned:
+            services.database.dispose()
+
+    app = FastAPI(
+        title="ehr-service",
+        version=__version__,
+        description="FHIR R4 lifelong health record service",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.include_router(fhir.router)
+    errors.install(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document without its generic 422 answers: this API reports
+    request errors as 400 OperationOutcomes."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            response = operation.get("responses", {}).get("422")
+            if response and "HTTPValidationError" in str(response):
+                del operation["responses"]["422"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    if "components" in schema and not components:
+        schema["components"].pop("schemas", None)
+        if not schema["components"]:
+            del schema["components"]
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,107 @@
+"""The ``ehr-service`` command: serve, migrate, load, openapi."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from ehr_service.config import Settings
+
+app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """Run the HTTP server (run `ehr-service migrate` first)."""
+    import uvicorn
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level)
+    uvicorn.run(
+        "ehr_service.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="target revision")] = "head",
+) -> None:
+    """Create or upgrade the database schema (Alembic migrations)."""
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.migrate import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.effective_database_url)
+    try:
+        upgrade(database, settings.migrations_dir, revision)
+    finally:
+        database.dispose()
+    typer.echo(f"database at {revision}: {database.engine.url.render_as_string()}")
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(help="transaction or batch Bundle JSON files")],
+) -> None:
+    """Post bundle files to the database as transactions (or batches), in order."""
+    from ehr_service.app import build_services
+    from ehr_service.fhir.errors import FhirError
+    from ehr_service.interactions.bundle import process_bundle
+    from ehr_service.interactions.context import RequestContext, ReturnPreference
+
+    settings = _settings()
+    services = build_services(settings)
+    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    ctx = RequestContext(services, base_url, "cli", prefer_return=ReturnPreference.MINIMAL)
+    failed = 0
+    try:
+        for path in paths:
+            try:
+                result = process_bundle(ctx, orjson.loads(path.read_bytes()))
+            except FhirError as error:
+                failed += 1
+                typer.echo(f"{path}: {error}", err=True)
+                continue
+            entries = len(result.body.get("entry", [])) if isinstance(result.body, dict) else 0
+            typer.echo(f"{path}: {entries} entries")
+    finally:
+        services.database.dispose()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path | None, typer.Option(help="file to write (default stdout)")] = None,
+) -> None:
+    """Print or write the OpenAPI document of the HTTP API."""
+    from ehr_service.app import create_app
+    from ehr_service.openapi_export import openapi_bytes
+
+    document = openapi_bytes(create_app(Settings(database_url="sqlite://")))
+    if output is None:
+        typer.echo(document.decode())
+    else:
+        output.write_bytes(document)
+
+
+def main() -> None:
+    app()

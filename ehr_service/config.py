@@ -1,0 +1,63 @@
+"""Typed settings, one place: every knob is an ``EHR_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "data"
+
+
+class Settings(BaseSettings):
+    """Service settings. Defaults suit development on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="EHR_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: a SQLite file ehr.sqlite3 under data_dir",
+    )
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    base_url: str | None = Field(
+        default=None,
+        description="public base URL of the FHIR endpoint; default: taken from each request",
+    )
+    demo_data: bool = Field(default=False, description="load demo residents into an empty database")
+
+    # Limits against exhaustion (DESIGN.md §9): all answered with an OperationOutcome.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_bundle_entries: int = Field(default=10_000, ge=1)
+    default_page_size: int = Field(default=50, ge=1)
+    max_page_size: int = Field(default=1_000, ge=1)
+
+    profiles_dir: Path = PROJECT_ROOT / "fhir_profiles"
+    migrations_dir: Path = PROJECT_ROOT / "migrations"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _page_sizes_consistent(self) -> Settings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'ehr.sqlite3'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""FHIR knowledge without I/O: validation, references, compartments, errors."""

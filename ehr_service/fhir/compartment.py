@@ -1,0 +1,96 @@
+"""The Patient compartment (FHIR R4 CompartmentDefinition ``patient``).
+
+Every patient-owned row carries the id of the patient whose compartment it
+belongs to (DESIGN.md §4, §10): for a Patient its own id, otherwise the first
+``Patient/`` reference found through the compartment's search parameters, in
+the order the definition lists them (``subject`` before ``performer``).
+The parameters' FHIRPath expressions for the Patient compartment are all plain
+paths, optionally filtered by ``.where(resolve() is Patient)``; they are compiled
+once into key paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ehr_service.fhir.references import parse_reference
+
+_WHERE_PATIENT = re.compile(r"\.where\(resolve\(\) is Patient\)$")
+_PLAIN_PATH = re.compile(r"[A-Za-z]+(?:\.[A-Za-z]+)*")
+
+
+class PatientCompartment:
+    """Compiled membership paths of the Patient compartment, per resource type."""
+
+    def __init__(self, paths: dict[str, tuple[tuple[str, ...], ...]]) -> None:
+        self._paths = paths
+
+    @classmethod
+    def load(cls, profiles_dir: Path) -> PatientCompartment:
+        definition = orjson.loads((profiles_dir / "compartmentdefinition-patient.json").read_bytes())
+        bundle = orjson.loads((profiles_dir / "search-parameters.json").read_bytes())
+        expressions: dict[tuple[str, str], str] = {}
+        for entry in bundle["entry"]:
+            parameter = entry["resource"]
+            for base in parameter.get("base", []):
+                expressions[(base, parameter["code"])] = parameter.get("expression", "")
+        paths: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for member in definition["resource"]:
+            resource_type = member["code"]
+            compiled: list[tuple[str, ...]] = []
+            for code in member.get("param", []):
+                if code == "{def}":
+                    continue
+                for part in expressions.get((resource_type, code), "").split("|"):
+                    path = _WHERE_PATIENT.sub("", part.strip())
+                    if path.startswith(resource_type + ".") and _PLAIN_PATH.fullmatch(path):
+                        keys = tuple(path.split(".")[1:])
+                        if keys not in compiled:
+                            compiled.append(keys)
+            if compiled:
+                paths[resource_type] = tuple(compiled)
+        return cls(paths)
+
+    def member_types(self) -> frozenset[str]:
+        return frozenset(self._paths) | {"Patient"}
+
+    def patient_ids(self, resource: dict[str, Any]) -> Iterator[str]:
+        """Ids of the patients whose compartment holds this resource, in order."""
+        resource_type = resource.get("resourceType")
+        if resource_type == "Patient":
+            if isinstance(resource.get("id"), str):
+                yield resource["id"]
+            return
+        for keys in self._paths.get(str(resource_type), ()):
+            for value in _follow(resource, keys):
+                if isinstance(value, dict) and isinstance(value.get("reference"), str):
+                    ref = parse_reference(value["reference"])
+                    if ref is not None and ref.resource_type == "Patient" and ref.base is None:
+                        yield ref.resource_id
+
+    def owner(self, resource: dict[str, Any]) -> str | None:
+        """The compartment patient id stored with the resource, or None."""
+        return next(self.patient_ids(resource), None)
+
+
+def _follow(node: Any, keys: tuple[str, ...]) -> Iterator[Any]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _follow(item, keys)
+        return
+    if not keys:
+        yield node
+        return
+    if isinstance(node, dict) and keys[0] in node:
+        yield from _follow(node[keys[0]], keys[1:])
+
+
+@cache
+def load_compartment(profiles_dir: Path) -> PatientCompartment:
+    return PatientCompartment.load(profiles_dir)

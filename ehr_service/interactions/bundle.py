@@ -1,0 +1,321 @@
+"""batch and transaction (R4 §3.1.0.11).
+
+A transaction is all-or-nothing in one database transaction, processed in the
+order the spec prescribes (DELETE, POST, PUT/PATCH, then GET/HEAD), with
+placeholder fullUrls (``urn:uuid:``...) rewritten in every reference of the
+bundle before anything is stored. A batch runs each entry on its own and
+reports each entry's outcome. Both answer with entries in request order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError, error_outcome
+from ehr_service.fhir.primitives import format_instant, new_id, parse_etag, utc_now
+from ehr_service.fhir.references import rewrite_references
+from ehr_service.interactions import dispatch
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.create import created, prepare_create
+from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
+from ehr_service.interactions.results import Result, status_line
+from ehr_service.interactions.routing import Interaction, Route, route
+from ehr_service.storage import resources
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_WRITES = {Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE}
+
+
+@dataclass(slots=True)
+class Entry:
+    index: int
+    method: str
+    route: Route
+    resource: Any = None
+    full_url: str | None = None
+    if_match: int | None = None
+    if_none_match: int | None = None
+    assigned_id: str | None = None
+    result: Result | None = field(default=None)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def process_bundle(ctx: RequestContext, body: Any) -> Result:
+    """POST [base] with a Bundle of type batch or transaction."""
+    bundle_type, raw_entries = _check_bundle(ctx, body)
+    if bundle_type == "transaction":
+        return _transaction(ctx, raw_entries)
+    return _batch(ctx, raw_entries)
+
+
+def _check_bundle(ctx: RequestContext, body: Any) -> tuple[str, list[Any]]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise FhirError.of(
+            Category.INCORRECT, "POST to the base needs a Bundle", code="structure",
+            expression=["resourceType"],
+        )
+    bundle_type = body.get("type")
+    if bundle_type not in {"batch", "transaction"}:
+        raise FhirError.of(
+            Category.INCORRECT,
+            "POST to the base takes a Bundle of type 'batch' or 'transaction'",
+            code="value", expression=["Bundle.type"],
+        )
+    entries = body.get("entry", [])
+    if not isinstance(entries, list):
+        raise FhirError.of(Category.INCORRECT, "Bundle.entry must be an array",
+                           code="structure", expression=["Bundle.entry"])
+    limit = ctx.settings.max_bundle_entries
+    if len(entries) > limit:
+        raise FhirError.of(
+            Category.TOO_LARGE,
+            f"The bundle has {len(entries)} entries; this server takes at most {limit}",
+            code="too-long", expression=["Bundle.entry"],
+        )
+    return bundle_type, entries
+
+
+def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
+    where = f"Bundle.entry[{index}]"
+    request = raw.get("request") if isinstance(raw, dict) else None
+    if not isinstance(request, dict):
+        raise FhirError.of(Category.INCORRECT, f"{where} has no request", code="required",
+                           expression=[f"{where}.request"])
+    method, url = request.get("method"), request.get("url")
+    if method not in _ORDER or not isinstance(url, str) or not url:
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{where}.request needs a method (GET, HEAD, POST, PUT, PATCH, DELETE) and a url",
+            code="required", expression=[f"{where}.request"],
+        )
+    target = route(method, url, ctx.base_url)
+    if request.get("ifNoneExist") or target.interaction in {
+        Interaction.SEARCH_TYPE, Interaction.CONDITIONAL
+    }:
+        raise FhirError.of(
+            Category.NOT_IMPLEMENTED,
+            f"{where}: search and conditional interactions are not supported yet",
+            code="not-supported", expression=[f"{where}.request"],
+        )
+    resource = raw.get("resource")
+    if target.interaction in {Interaction.CREATE, Interaction.UPDATE} and resource is None:
+        raise FhirError.of(Category.INCORRECT, f"{where} needs a resource for {method}",
+                           code="required", expression=[f"{where}.resource"])
+    if target.interaction is Interaction.PATCH:
+        resource = _patch_document(where, resource)
+    full_url = raw.get("fullUrl")
+    if_match = request.get("ifMatch")
+    if_none_match = request.get("ifNoneMatch")
+    return Entry(
+        index, method, target, resource,
+        full_url if isinstance(full_url, str) else None,
+        parse_etag(if_match) if isinstance(if_match, str) else None,
+        parse_etag(if_none_match, "If-None-Match") if isinstance(if_none_match, str) else None,
+    )
+
+
+def _patch_document(where: str, resource: Any) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (R4 §3.1.0.11.1)."""
+    if (
+        not isinstance(resource, dict)
+        or resource.get("resourceType") != "Binary"
+        or resource.get("contentType") != JSON_PATCH_MEDIA_TYPE
+        or not isinstance(resource.get("data"), str)
+    ):
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{where}: a PATCH entry needs a Binary with contentType {JSON_PATCH_MEDIA_TYPE}",
+            code="structure", expression=[f"{where}.resource"],
+        )
+    try:
+        return orjson.loads(base64.b64decode(resource["data"], validate=True))
+    except (binascii.Error, ValueError):
+        raise FhirError.of(Category.INCORRECT, f"{where}: the Binary holds no JSON Patch",
+                           code="structure", expression=[f"{where}.resource.data"]) from None
+
+
+def _in_entry(entry_index: int, error: FhirError) -> FhirError:
+    """Locate an entry's error inside the bundle (issue.expression and diagnostics)."""
+    where = f"Bundle.entry[{entry_index}]"
+    issues = []
+    for issue in error.issues:
+        located = []
+        for expression in issue.expression or ("",):
+            head, _, rest = expression.partition(".")
+            if expression.startswith("Bundle.entry["):
+                located.append(expression)
+            elif head[:1].isupper() and head.isalpha():
+                located.append(f"{where}.resource" + (f".{rest}" if rest else ""))
+            else:
+                located.append(f"{where}" + (f".{expression}" if expression else ""))
+        diagnostics = issue.diagnostics
+        if not diagnostics.startswith(where):
+            diagnostics = f"{where}: {diagnostics}"
+        issues.append(replace(issue, diagnostics=diagnostics, expression=tuple(located)))
+    return FhirError(error.category, tuple(issues), error.headers)
+
+
+def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
+    entries: list[Entry] = []
+    for index, raw in enumerate(raw_entries):
+        try:
+            entries.append(_parse_entry(ctx, index, raw))
+        except FhirError as error:
+            raise _in_entry(index, error) from None
+    _resolve_placeholders(entries)
+    ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+    with ctx.services.database.write() as conn:
+        creates = [e for e in ordered if e.route.interaction is Interaction.CREATE]
+        for entry in ordered:
+            if entry.method == "DELETE":
+                _run_entry(conn, ctx, entry)
+        _bulk_create(conn, ctx, creates)
+        for entry in ordered:
+            if entry.method not in {"DELETE", "POST"}:
+                _run_entry(conn, ctx, entry)
+    return Result(200, _response_bundle(ctx, "transaction-response", entries))
+
+
+def _resolve_placeholders(entries: list[Entry]) -> None:
+    """Assign ids to created resources and rewrite every placeholder reference."""
+    mapping: dict[str, str] = {}
+    identities: dict[str, int] = {}
+    for entry in entries:
+        target = entry.route
+        if target.interaction is Interaction.CREATE:
+            entry.assigned_id = new_id()
+            identity = f"{target.resource_type}/{entry.assigned_id}"
+        elif target.interaction in _WRITES:
+            identity = f"{target.resource_type}/{target.resource_id}"
+            if identity in identities:
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"Bundle.entry[{entry.index}] and Bundle.entry[{identities[identity]}] "
+                    f"both change {identity}",
+                    code="invalid", expression=[f"Bundle.entry[{entry.index}].request.url"],
+                )
+            identities[identity] = entry.index
+        else:
+            continue
+        if entry.full_url:
+            if entry.full_url in mapping:
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"Bundle.entry[{entry.index}].fullUrl '{entry.full_url[:100]}' is not unique",
+                    code="invalid", expression=[f"Bundle.entry[{entry.index}].fullUrl"],
+                )
+            mapping[entry.full_url] = identity
+    for entry in entries:
+        if entry.route.interaction not in {Interaction.CREATE, Interaction.UPDATE}:
+            continue
+        unresolved = rewrite_references(entry.resource, mapping)
+        if unresolved:
+            raise FhirError.of(
+                Category.INCORRECT,
+                f"Bundle.entry[{entry.index}] refers to '{unresolved[0][:100]}', "
+                "which no entry of the bundle defines",
+                code="not-found", expression=[f"Bundle.entry[{entry.index}].resource"],
+            )
+
+
+def _bulk_create(conn: Connection, ctx: RequestContext, entries: list[Entry]) -> None:
+    versions = []
+    for entry in entries:
+        try:
+            assert entry.route.resource_type is not None
+            version = prepare_create(
+                ctx, entry.route.resource_type, entry.resource, entry.assigned_id
+            )
+        except FhirError as error:
+            raise _in_entry(entry.index, error) from None
+        versions.append(version)
+        entry.result = created(version)
+    resources.insert_new(conn, versions)
+
+
+def _run_entry(conn: Connection, ctx: RequestContext, entry: Entry) -> None:
+    try:
+        entry.result = dispatch.run(
+            conn, ctx, entry.route, entry.resource, entry.if_match, entry.if_none_match
+        )
+    except FhirError as error:
+        raise _in_entry(entry.index, error) from None
+
+
+def _batch(ctx: RequestContext, raw_entries: list[Any]) -> Result:
+    results: list[Result | FhirError] = []
+    for index, raw in enumerate(raw_entries):
+        try:
+            entry = _parse_entry(ctx, index, raw)
+            read_only = entry.method in {"GET", "HEAD"}
+            unit: Callable[[], Any] = (
+                ctx.services.database.read if read_only else ctx.services.database.write
+            )
+            with unit() as conn:
+                _run_entry(conn, ctx, entry)
+            assert entry.result is not None
+            results.append(entry.result)
+        except FhirError as error:
+            results.append(_in_entry(index, error))
+    return Result(200, _response_entries(ctx, "batch-response", results))
+
+
+def _response_bundle(ctx: RequestContext, bundle_type: str, entries: list[Entry]) -> dict[str, Any]:
+    results: list[Result | FhirError] = []
+    for entry in entries:
+        assert entry.result is not None
+        results.append(entry.result)
+    return _response_entries(ctx, bundle_type, results)
+
+
+def _response_entries(
+    ctx: RequestContext, bundle_type: str, results: list[Result | FhirError]
+) -> dict[str, Any]:
+    out = []
+    for result in results:
+        if isinstance(result, FhirError):
+            out.append({"response": {"status": status_line(result.status),
+                                     "outcome": error_outcome(result)}})
+            continue
+        out.append(_result_entry(ctx, result))
+    return {
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "meta": {"lastUpdated": format_instant(utc_now())},
+        "type": bundle_type,
+        "entry": out,
+    }
+
+
+def _result_entry(ctx: RequestContext, result: Result) -> dict[str, Any]:
+    if result.message is not None:  # a write: Prefer: return shapes it
+        result = result.shaped(ctx.prefer_return)
+    entry: dict[str, Any] = {}
+    if result.resource_type and result.resource_id:
+        entry["fullUrl"] = f"{ctx.base_url}/{result.resource_type}/{result.resource_id}"
+    response: dict[str, Any] = {"status": status_line(result.status)}
+    if result.location:
+        response["location"] = result.location
+    if result.version_id is not None:
+        response["etag"] = f'W/"{result.version_id}"'
+    if result.last_updated is not None:
+        response["lastModified"] = format_instant(result.last_updated)
+    if isinstance(result.body, dict) and result.body.get("resourceType") == "OperationOutcome":
+        response["outcome"] = result.body
+    elif isinstance(result.body, bytes):
+        entry["resource"] = orjson.Fragment(result.body)
+    elif result.body is not None:
+        entry["resource"] = result.body
+    entry["response"] = response
+    return entry
+

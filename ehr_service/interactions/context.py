@@ -1,0 +1,42 @@
+"""What an interaction needs: long-lived services and the per-request context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ehr_service.config import Settings
+from ehr_service.fhir.compartment import PatientCompartment
+from ehr_service.security.caller import ANONYMOUS, Caller
+from ehr_service.storage.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Created once per process by ``create_app``."""
+
+    settings: Settings
+    database: Database
+    compartment: PatientCompartment
+
+
+class ReturnPreference(StrEnum):
+    """``Prefer: return=...`` (FHIR R4 §3.1.0.8.1)."""
+
+    MINIMAL = "minimal"
+    REPRESENTATION = "representation"
+    OPERATION_OUTCOME = "OperationOutcome"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    services: Services
+    base_url: str  # e.g. http://127.0.0.1:8080/fhir, no trailing slash
+    request_id: str = "-"
+    caller: Caller = ANONYMOUS
+    prefer_return: ReturnPreference = ReturnPreference.REPRESENTATION
+    query: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings

@@ -1,0 +1,44 @@
+"""delete (R4 §3.1.0.6): a new version marks the resource deleted; history keeps all."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import utc_now
+from ehr_service.interactions.read import not_found
+from ehr_service.interactions.results import Result
+from ehr_service.interactions.update import check_if_match
+from ehr_service.storage import resources
+from ehr_service.storage.resources import NewVersion
+
+
+def delete(
+    conn: Connection, resource_type: str, resource_id: str, if_match: int | None = None
+) -> Result:
+    what = f"{resource_type}/{resource_id}"
+    stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
+    if stored is None:
+        raise not_found(resource_type, resource_id)
+    if stored.deleted:
+        # Deleting a deleted resource changes nothing (idempotent, no new version).
+        return Result(
+            204, None, resource_type, resource_id, stored.version_id, stored.last_updated,
+            message=f"{what} was already deleted",
+        )
+    check_if_match(stored, if_match, what)
+    version = NewVersion(
+        resource_type=resource_type,
+        resource_id=resource_id,
+        version_id=stored.version_id + 1,
+        last_updated=utc_now(),
+        method="DELETE",
+        compartment_patient_id=stored.compartment_patient_id,
+        content=None,
+    )
+    if not resources.replace_current(conn, version, stored.version_id):
+        raise FhirError.of(Category.CONFLICT, f"{what} was changed concurrently; retry")
+    return Result(
+        204, None, resource_type, resource_id, version.version_id, version.last_updated,
+        message=f"Deleted {what}",
+    )

@@ -1,0 +1,60 @@
+"""Run a routed interaction on an open connection (bundle entries use this)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import format_instant, utc_now
+from ehr_service.interactions import create, delete, history, patch, read, update
+from ehr_service.interactions.capability import capability_statement
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.results import Result
+from ehr_service.interactions.routing import Interaction, Route
+
+
+def capabilities(ctx: RequestContext) -> Result:
+    return Result(200, capability_statement(ctx.base_url, format_instant(utc_now())[:10]))
+
+
+def run(
+    conn: Connection,
+    ctx: RequestContext,
+    target: Route,
+    body: Any = None,
+    if_match: int | None = None,
+    if_none_match: int | None = None,
+) -> Result:
+    kind, rtype, rid = target.interaction, target.resource_type, target.resource_id
+    scoped = RequestContext(
+        ctx.services, ctx.base_url, ctx.request_id, ctx.caller, ctx.prefer_return,
+        target.query or {},
+    )
+    if kind is Interaction.CAPABILITIES:
+        return capabilities(ctx)
+    if kind is Interaction.HISTORY_SYSTEM:
+        return history.history(conn, scoped)
+    assert rtype is not None
+    if kind is Interaction.CREATE:
+        return create.create(conn, ctx, rtype, body)
+    if kind is Interaction.HISTORY_TYPE:
+        return history.history(conn, scoped, rtype)
+    assert rid is not None
+    if kind is Interaction.READ:
+        return read.read(conn, rtype, rid, if_none_match)
+    if kind is Interaction.VREAD:
+        assert target.version_id is not None
+        return read.vread(conn, rtype, rid, target.version_id)
+    if kind is Interaction.UPDATE:
+        return update.update(conn, ctx, rtype, rid, body, if_match)
+    if kind is Interaction.PATCH:
+        return patch.patch(conn, ctx, rtype, rid, body, if_match)
+    if kind is Interaction.DELETE:
+        return delete.delete(conn, rtype, rid, if_match)
+    if kind is Interaction.HISTORY_INSTANCE:
+        return history.history(conn, scoped, rtype, rid)
+    raise FhirError.of(
+        Category.NOT_IMPLEMENTED, f"{kind.value} is not supported yet", code="not-supported"
+    )

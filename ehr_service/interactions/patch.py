@@ -1,0 +1,82 @@
+"""patch with JSON Patch (R4 §3.1.0.4.1, RFC 6902).
+
+The patch applies to the current version; the result is validated like any
+update and may not change the resource's type or id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.read import current_or_fail
+from ehr_service.interactions.results import Result
+from ehr_service.interactions.update import check_if_match, store_next_version
+
+JSON_PATCH_MEDIA_TYPE = "application/json-patch+json"
+_OPERATIONS = {"add", "remove", "replace", "move", "copy", "test"}
+
+
+def check_patch_document(document: Any) -> list[dict[str, Any]]:
+    """A JSON Patch document is an array of operation objects; else 400."""
+    if not isinstance(document, list) or not document:
+        raise FhirError.of(
+            Category.INCORRECT, "A JSON Patch document must be a non-empty array", code="structure"
+        )
+    for index, operation in enumerate(document):
+        if (
+            not isinstance(operation, dict)
+            or operation.get("op") not in _OPERATIONS
+            or not isinstance(operation.get("path"), str)
+        ):
+            raise FhirError.of(
+                Category.INCORRECT,
+                f"Patch operation {index} needs an 'op' ({', '.join(sorted(_OPERATIONS))}) "
+                "and a string 'path'",
+                code="structure",
+                expression=[f"[{index}]"],
+            )
+    return document
+
+
+def apply_json_patch(current: dict[str, Any], document: list[dict[str, Any]]) -> Any:
+    try:
+        return jsonpatch.apply_patch(current, document, in_place=False)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise FhirError.of(
+            Category.UNPROCESSABLE, f"A JSON Patch test failed: {exc}", code="processing"
+        ) from None
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise FhirError.of(
+            Category.UNPROCESSABLE, f"The JSON Patch cannot be applied: {exc}", code="processing"
+        ) from None
+
+
+def patch(
+    conn: Connection,
+    ctx: RequestContext,
+    resource_type: str,
+    resource_id: str,
+    document: Any,
+    if_match: int | None = None,
+) -> Result:
+    operations = check_patch_document(document)
+    stored = current_or_fail(conn, resource_type, resource_id, for_update=True)
+    check_if_match(stored, if_match, f"{resource_type}/{resource_id}")
+    assert stored.content is not None
+    patched = apply_json_patch(orjson.loads(stored.content), operations)
+    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+        raise FhirError.of(
+            Category.UNPROCESSABLE, "A patch may not change the resource type", code="processing"
+        )
+    if patched.get("id") != resource_id:
+        raise FhirError.of(
+            Category.UNPROCESSABLE, "A patch may not change the resource id", code="processing"
+        )
+    return store_next_version(conn, ctx, stored, patched, method="PATCH")

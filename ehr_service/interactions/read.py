@@ -1,0 +1,67 @@
+"""read and vread (R4 §3.1.0.2, §3.1.0.3)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.interactions.results import Result
+from ehr_service.storage import resources
+from ehr_service.storage.resources import StoredVersion
+
+
+def gone(stored: StoredVersion) -> FhirError:
+    """410 for a deleted resource, carrying its ETag like any other answer."""
+    return FhirError(
+        Category.GONE,
+        (Issue(f"{stored.resource_type}/{stored.resource_id} was deleted"),),
+        headers={"ETag": f'W/"{stored.version_id}"'},
+    )
+
+
+def not_found(resource_type: str, resource_id: str) -> FhirError:
+    return FhirError.of(Category.NOT_FOUND, f"{resource_type}/{resource_id} is not known")
+
+
+def current_or_fail(
+    conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
+) -> StoredVersion:
+    """The live current version; 404 if it never existed, 410 if deleted."""
+    stored = resources.read_current(conn, resource_type, resource_id, for_update=for_update)
+    if stored is None:
+        raise not_found(resource_type, resource_id)
+    if stored.deleted:
+        raise gone(stored)
+    return stored
+
+
+def read(
+    conn: Connection, resource_type: str, resource_id: str, if_none_match: int | None = None
+) -> Result:
+    stored = current_or_fail(conn, resource_type, resource_id)
+    status = 304 if if_none_match == stored.version_id else 200
+    return Result(
+        status,
+        stored.content if status == 200 else None,
+        resource_type,
+        resource_id,
+        stored.version_id,
+        stored.last_updated,
+    )
+
+
+def vread(conn: Connection, resource_type: str, resource_id: str, version: str) -> Result:
+    if not version.isdigit():
+        raise FhirError.of(
+            Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version '{version[:64]}'"
+        )
+    stored = resources.read_version(conn, resource_type, resource_id, int(version))
+    if stored is None:
+        raise FhirError.of(
+            Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version {version}"
+        )
+    if stored.deleted:
+        raise gone(stored)
+    return Result(
+        200, stored.content, resource_type, resource_id, stored.version_id, stored.last_updated
+    )

@@ -1,0 +1,1 @@
+"""Who is calling: tokens, scopes and access policy (grows with the security issue)."""

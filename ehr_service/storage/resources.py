@@ -1,0 +1,234 @@
+"""Resource repository: the SQL of read, vread, write and history.
+
+Functions take an open :class:`~sqlalchemy.Connection`; the caller's unit of
+work (:class:`~ehr_service.storage.database.Database`) commits. Writes insert
+into ``resource`` and ``resource_version`` together; bulk creates go through one
+``executemany`` per table (DESIGN.md §4: Core, not ORM objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Row, and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ehr_service.storage.tables import resource, resource_version
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of a resource as stored."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: bytes | None
+    compartment_patient_id: str | None = None
+    method: str = "PUT"
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version about to be written (content already validated and serialised)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    method: str  # POST, PUT, PATCH, DELETE
+    compartment_patient_id: str | None
+    content: bytes | None  # None for a deletion
+
+    def version_row(self) -> dict[str, Any]:
+        return {
+            "res_type": self.resource_type,
+            "res_id": self.resource_id,
+            "version_id": self.version_id,
+            "last_updated": self.last_updated,
+            "method": self.method,
+            "deleted": self.content is None,
+            "compartment_patient_id": self.compartment_patient_id,
+            "content": self.content,
+        }
+
+    def current_row(self) -> dict[str, Any]:
+        return {
+            "res_type": self.resource_type,
+            "res_id": self.resource_id,
+            "version_id": self.version_id,
+            "last_updated": self.last_updated,
+            "deleted": self.content is None,
+            "compartment_patient_id": self.compartment_patient_id,
+            "content": self.content if self.content is not None else b"",
+        }
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return bytes(value)
+
+
+def _current(row: Row[Any]) -> StoredVersion:
+    return StoredVersion(
+        row.res_type,
+        row.res_id,
+        row.version_id,
+        row.last_updated,
+        row.deleted,
+        _bytes(row.content),
+        row.compartment_patient_id,
+    )
+
+
+def _version(row: Row[Any]) -> StoredVersion:
+    return StoredVersion(
+        row.res_type,
+        row.res_id,
+        row.version_id,
+        row.last_updated,
+        row.deleted,
+        _bytes(row.content),
+        row.compartment_patient_id,
+        row.method,
+        row.seq,
+    )
+
+
+_CURRENT_COLUMNS = (
+    resource.c.res_type,
+    resource.c.res_id,
+    resource.c.version_id,
+    resource.c.last_updated,
+    resource.c.deleted,
+    resource.c.content,
+    resource.c.compartment_patient_id,
+)
+
+
+def read_current(
+    conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
+) -> StoredVersion | None:
+    """The current version, deleted or not; with ``for_update`` the row is locked
+    until the transaction ends (PostgreSQL; SQLite's write lock already covers it)."""
+    query = select(*_CURRENT_COLUMNS).where(
+        resource.c.res_type == resource_type, resource.c.res_id == resource_id
+    )
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    return None if row is None else _current(row)
+
+
+def read_version(
+    conn: Connection, resource_type: str, resource_id: str, version_id: int
+) -> StoredVersion | None:
+    row = conn.execute(
+        select(resource_version).where(
+            resource_version.c.res_type == resource_type,
+            resource_version.c.res_id == resource_id,
+            resource_version.c.version_id == version_id,
+        )
+    ).first()
+    return None if row is None else _version(row)
+
+
+def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
+    """Insert first versions of resources that do not exist yet (server ids)."""
+    if not versions:
+        return
+    conn.execute(insert(resource), [v.current_row() for v in versions])
+    conn.execute(insert(resource_version), [v.version_row() for v in versions])
+
+
+def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
+    """Insert a first version under a client-chosen id; False if the id is taken
+    (a concurrent update-as-create won the race)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    result = conn.execute(
+        dialect_insert(resource)
+        .values(**version.current_row())
+        .on_conflict_do_nothing(index_elements=["res_type", "res_id"])
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(insert(resource_version).values(**version.version_row()))
+    return True
+
+
+def replace_current(conn: Connection, version: NewVersion, expected_version_id: int) -> bool:
+    """Write the next version if the current one is still ``expected_version_id``."""
+    values = version.current_row()
+    if version.content is None:
+        values.pop("content")  # the current row of a deleted resource keeps its last content
+    result = conn.execute(
+        update(resource)
+        .where(
+            and_(
+                resource.c.res_type == version.resource_type,
+                resource.c.res_id == version.resource_id,
+                resource.c.version_id == expected_version_id,
+            )
+        )
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(insert(resource_version).values(**version.version_row()))
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    resource_type: str | None = None
+    resource_id: str | None = None
+    since: datetime | None = None
+    before_seq: int | None = None  # next pages: older than this
+    after_seq: int | None = None  # previous pages: newer than this
+    limit: int = 50
+
+
+def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnElement[bool]]:
+    rv = resource_version
+    conditions: list[ColumnElement[bool]] = []
+    if query.resource_type is not None:
+        conditions.append(rv.c.res_type == query.resource_type)
+    if query.resource_id is not None:
+        conditions.append(rv.c.res_id == query.resource_id)
+    if query.since is not None:
+        conditions.append(rv.c.last_updated >= query.since)
+    if paged and query.before_seq is not None:
+        conditions.append(rv.c.seq < query.before_seq)
+    if paged and query.after_seq is not None:
+        conditions.append(rv.c.seq > query.after_seq)
+    return conditions
+
+
+def history(conn: Connection, query: HistoryQuery) -> list[StoredVersion]:
+    """Versions newest first, keyset-paged on the global write order."""
+    rv = resource_version
+    ascending = query.after_seq is not None and query.before_seq is None
+    order = rv.c.seq.asc() if ascending else rv.c.seq.desc()
+    statement = select(rv).where(*_history_conditions(query, paged=True))
+    rows = conn.execute(statement.order_by(order).limit(query.limit)).all()
+    versions = [_version(row) for row in rows]
+    if ascending:
+        versions.reverse()
+    return versions
+
+
+def count_history(conn: Connection, query: HistoryQuery) -> int:
+    statement = select(func.count()).select_from(resource_version)
+    statement = statement.where(*_history_conditions(query, paged=False))
+    return int(conn.execute(statement).scalar_one())
+
+
+def count_resources(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(resource)).scalar_one())
