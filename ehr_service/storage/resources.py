@@ -152,12 +152,13 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     """Insert a first version under a client-chosen id; False if the id is taken
     (a concurrent update-as-create won the race)."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    result = conn.execute(
+    inserted = conn.execute(
         dialect_insert(resource)
         .values(**version.current_row())
         .on_conflict_do_nothing(index_elements=["res_type", "res_id"])
-    )
-    if result.rowcount != 1:
+        .returning(resource.c.res_id)
+    ).first()
+    if inserted is None:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
     return True

@@ -1,0 +1,147 @@
+"""Fixtures: every API test runs on SQLite and on a real PostgreSQL.
+
+PostgreSQL tests need ``EHR_TEST_DATABASE_URL`` (CI sets it). Without it they
+skip with a reason locally and fail under ``CI=true``. Each xdist worker gets a
+database of its own, derived from that URL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from ehr_service.app import build_services, create_app
+from ehr_service.config import PROJECT_ROOT, Settings
+from ehr_service.interactions.context import Services
+from ehr_service.storage.database import Database, normalise_url
+from ehr_service.storage.migrate import upgrade
+from ehr_service.storage.tables import metadata
+
+MIGRATIONS = PROJECT_ROOT / "migrations"
+BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="pg",
+                                                              marks=pytest.mark.pg)]
+BASE = "http://testserver/fhir"
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = os.environ.get("EHR_TEST_DATABASE_URL")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but EHR_TEST_DATABASE_URL is not set: PostgreSQL tests must run")
+        pytest.skip("PostgreSQL tests skipped: set EHR_TEST_DATABASE_URL "
+                    "(e.g. postgresql://postgres@127.0.0.1:5432/ehr_test) to run them")
+    parsed = make_url(normalise_url(url))
+    worker_db = f"{parsed.database}_{_worker()}"
+    admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{worker_db}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{worker_db}"'))
+    admin.dispose()
+    worker_url = parsed.set(database=worker_db).render_as_string(hide_password=False)
+    database = Database(worker_url)
+    upgrade(database, MIGRATIONS)
+    database.dispose()
+    return worker_url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "ehr.sqlite3"
+    database = Database(f"sqlite:///{path}")
+    upgrade(database, MIGRATIONS)
+    database.dispose()
+    return path
+
+
+def truncate_all(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in metadata.sorted_tables)
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / "ehr.sqlite3"
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
+    url: str = request.getfixturevalue("pg_url")
+    truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def make_services(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Services]]:
+    made: list[Services] = []
+
+    def factory(**overrides: Any) -> Services:
+        settings = Settings(database_url=database_url, data_dir=tmp_path / "data",
+                            environment="test", **overrides)
+        services = build_services(settings)
+        made.append(services)
+        return services
+
+    yield factory
+    for services in made:
+        services.database.dispose()
+
+
+@pytest.fixture
+def services(make_services: Callable[..., Services]) -> Services:
+    return make_services()
+
+
+@pytest.fixture
+def make_client(make_services: Callable[..., Services]) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(services=make_services(**overrides)),
+                            raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[TestClient]:
+    with TestClient(create_app(services=services), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def samples_dirs() -> list[Path]:
+    """Synthea bundles: the copy in the repo, plus EHR_SAMPLES_DIR (or ../shared)."""
+    dirs = [PROJECT_ROOT / "tests" / "data" / "synthea"]
+    configured = os.environ.get("EHR_SAMPLES_DIR")
+    shared = Path(configured) if configured else PROJECT_ROOT.parent / "shared/samples/synthea-r4"
+    if shared.is_dir():
+        dirs.append(shared)
+    return dirs
+
+
+def sample_bundles() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for directory in samples_dirs():
+        for path in sorted(directory.glob("*.json")):
+            seen.setdefault(path.name, path)
+    return list(seen.values())
