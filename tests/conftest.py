@@ -26,8 +26,10 @@ from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.tables import metadata
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="pg",
-                                                              marks=pytest.mark.pg)]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="pg", marks=pytest.mark.pg),
+]
 BASE = "http://testserver/fhir"
 
 
@@ -41,8 +43,10 @@ def pg_url() -> str:
     if not url:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but EHR_TEST_DATABASE_URL is not set: PostgreSQL tests must run")
-        pytest.skip("PostgreSQL tests skipped: set EHR_TEST_DATABASE_URL "
-                    "(e.g. postgresql://postgres@127.0.0.1:5432/ehr_test) to run them")
+        pytest.skip(
+            "PostgreSQL tests skipped: set EHR_TEST_DATABASE_URL "
+            "(e.g. postgresql://postgres@127.0.0.1:5432/ehr_test) to run them"
+        )
     parsed = make_url(normalise_url(url))
     worker_db = f"{parsed.database}_{_worker()}"
     admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
@@ -91,8 +95,9 @@ def make_services(database_url: str, tmp_path: Path) -> Iterator[Callable[..., S
     made: list[Services] = []
 
     def factory(**overrides: Any) -> Services:
-        settings = Settings(database_url=database_url, data_dir=tmp_path / "data",
-                            environment="test", **overrides)
+        settings = Settings(
+            database_url=database_url, data_dir=tmp_path / "data", environment="test", **overrides
+        )
         services = build_services(settings)
         made.append(services)
         return services
@@ -112,8 +117,9 @@ def make_client(make_services: Callable[..., Services]) -> Iterator[Callable[...
     clients: list[TestClient] = []
 
     def factory(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(services=make_services(**overrides)),
-                            raise_server_exceptions=False)
+        client = TestClient(
+            create_app(services=make_services(**overrides)), raise_server_exceptions=False
+        )
         client.__enter__()
         clients.append(client)
         return client

@@ -13,8 +13,12 @@ FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
 def patient(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": "王", "given": ["芳"]}],
-                            "gender": "female", "birthDate": "1968-03-14"}
+    body: dict[str, Any] = {
+        "resourceType": "Patient",
+        "name": [{"family": "王", "given": ["芳"]}],
+        "gender": "female",
+        "birthDate": "1968-03-14",
+    }
     body.update(fields)
     return body
 

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -43,8 +44,9 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     issues = []
     for error in exc.errors()[:50]:
         location = ".".join(str(p) for p in error.get("loc", ()))
-        issues.append(Issue(f"{location}: {error.get('msg', 'invalid')}", "invalid",
-                            expression=(location,)))
+        issues.append(
+            Issue(f"{location}: {error.get('msg', 'invalid')}", "invalid", expression=(location,))
+        )
     return render_error(FhirError(Category.INCORRECT, tuple(issues)), _rendering(request))
 
 
@@ -57,7 +59,20 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
         message = f"{request.method} is not supported at {request.url.path[:200]}"
     else:
         message = str(exc.detail)
-    return render_error(FhirError.of(category, message), _rendering(request))
+    error = FhirError.of(category, message)
+    error.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        error.headers["Allow"] = ", ".join(allowed_methods(request))
+    return render_error(error, _rendering(request))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route offers at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

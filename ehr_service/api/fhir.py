@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
+from ehr_service.api.errors import allowed_methods
 from ehr_service.api.negotiation import JSON_TYPES, check_content_type
 from ehr_service.api.rendering import render_result
-from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
 from ehr_service.interactions import bundle, create, delete, dispatch, history, patch, read, update
@@ -29,8 +30,8 @@ router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
 ResourceType = Annotated[str, Path(description="An R4 resource type", **docs.TYPE_PARAM)]
 ResourceId = Annotated[str, Path(description="Logical id", **docs.ID_PARAM)]
 VersionId = Annotated[str, Path(description="Version id", **docs.ID_PARAM)]
-IfMatch = Annotated[str | None, Header(description='W/"<versionId>"')]
-IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"')]
+IfMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
+IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 
 _JSON_BODY = frozenset(JSON_TYPES)
 _PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
@@ -52,6 +53,27 @@ async def _body(request: Request, allowed: frozenset[str]) -> Any:
     return parse_json(await request.body())
 
 
+_RESERVED = {"metadata", "_history"}
+
+
+def _type(request: Request, resource_type: str) -> str:
+    """The URL's resource type; a reserved segment (``/fhir/metadata``) with another
+    method than its own is a 405, not an unknown type."""
+    if resource_type in _RESERVED:
+        raise FhirError(
+            Category.METHOD_NOT_ALLOWED,
+            (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
+            headers={"Allow": ", ".join(allowed_methods(request))},
+        )
+    return check_type(resource_type)
+
+
+def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[str, str]:
+    if resource_id == "_history":
+        _type(request, "_history")
+    return _type(request, resource_type), check_id(resource_id)
+
+
 def _etag(value: str | None, header: str) -> int | None:
     return parse_etag(value, header) if value is not None else None
 
@@ -65,8 +87,12 @@ async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
     return render_result(dispatch.capabilities(ctx), ctx.base_url, rendering)
 
 
-@router.post("", **docs.route("batch or transaction", {200, 400, 404, 409, 410, 412, 413,
-                                                       415, 422, 501}, body="Bundle"))
+@router.post(
+    "",
+    **docs.route(
+        "batch or transaction", {200, 400, 404, 409, 410, 412, 413, 415, 422, 501}, body="Bundle"
+    ),
+)
 async def batch_or_transaction(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     body = await _body(request, _JSON_BODY)
     result = await run_in_threadpool(bundle.process_bundle, ctx, body)
@@ -80,88 +106,135 @@ async def history_system(ctx: Context, rendering: RenderingDep) -> Response:
 
 
 @router.get("/{resource_type}/_history", **docs.route("history (type)", {200, 400, 404}))
-async def history_type(resource_type: ResourceType, ctx: Context,
-                       rendering: RenderingDep) -> Response:
-    rtype = check_type(resource_type)
+async def history_type(
+    request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
+) -> Response:
+    rtype = _type(request, resource_type)
     result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype))
     return render_result(result, ctx.base_url, rendering)
 
 
-@router.post("/{resource_type}", **docs.route("create", {201, 400, 404, 413, 415, 422},
-                                               body="resource"))
-async def create_resource(request: Request, resource_type: ResourceType, ctx: Context,
-                          rendering: RenderingDep) -> Response:
-    rtype = check_type(resource_type)
+@router.post(
+    "/{resource_type}", **docs.route("create", {201, 400, 404, 413, 415, 422}, body="resource")
+)
+async def create_resource(
+    request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
+) -> Response:
+    rtype = _type(request, resource_type)
     if request.headers.get("if-none-exist"):
-        raise FhirError.of(Category.NOT_IMPLEMENTED,
-                           "Conditional create (If-None-Exist) is not supported yet",
-                           code="not-supported")
+        raise FhirError.of(
+            Category.NOT_IMPLEMENTED,
+            "Conditional create (If-None-Exist) is not supported yet",
+            code="not-supported",
+        )
     body = await _body(request, _JSON_BODY)
     result = await run_in_threadpool(_in_write, ctx, lambda c: create.create(c, ctx, rtype, body))
     return _write_response(result, ctx, rendering)
 
 
 @router.get("/{resource_type}/{resource_id}", **docs.route("read", {200, 304, 400, 404, 410}))
-async def read_resource(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
-                        rendering: RenderingDep, if_none_match: IfNoneMatch = None) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
+async def read_resource(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
     known = _etag(if_none_match, "If-None-Match")
     result = await run_in_threadpool(_in_read, ctx, lambda c: read.read(c, rtype, rid, known))
     return render_result(result, ctx.base_url, rendering)
 
 
-@router.put("/{resource_type}/{resource_id}",
-            **docs.route("update", {200, 201, 400, 404, 409, 412, 413, 415, 422}, body="resource"))
-async def update_resource(request: Request, resource_type: ResourceType, resource_id: ResourceId,
-                          ctx: Context, rendering: RenderingDep,
-                          if_match: IfMatch = None) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
+@router.put(
+    "/{resource_type}/{resource_id}",
+    **docs.route("update", {200, 201, 400, 404, 409, 412, 413, 415, 422}, body="resource"),
+)
+async def update_resource(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_match: IfMatch = None,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
     body = await _body(request, _JSON_BODY)
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected))
+        _in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected)
+    )
     return _write_response(result, ctx, rendering)
 
 
-@router.patch("/{resource_type}/{resource_id}",
-              **docs.route("patch", {200, 400, 404, 409, 410, 412, 413, 415, 422}, body="patch"))
-async def patch_resource(request: Request, resource_type: ResourceType, resource_id: ResourceId,
-                         ctx: Context, rendering: RenderingDep,
-                         if_match: IfMatch = None) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
+@router.patch(
+    "/{resource_type}/{resource_id}",
+    **docs.route("patch", {200, 400, 404, 409, 410, 412, 413, 415, 422}, body="patch"),
+)
+async def patch_resource(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_match: IfMatch = None,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
     document = await _body(request, _PATCH_BODY)
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected))
+        _in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected)
+    )
     return _write_response(result, ctx, rendering)
 
 
-@router.delete("/{resource_type}/{resource_id}",
-               **docs.route("delete", {200, 204, 400, 404, 409, 412}))
-async def delete_resource(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
-                          rendering: RenderingDep, if_match: IfMatch = None) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
+@router.delete(
+    "/{resource_type}/{resource_id}", **docs.route("delete", {200, 204, 400, 404, 409, 412})
+)
+async def delete_resource(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_match: IfMatch = None,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected))
+        _in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected)
+    )
     return _write_response(result, ctx, rendering)
 
 
-@router.get("/{resource_type}/{resource_id}/_history",
-            **docs.route("history (instance)", {200, 400, 404}))
-async def history_instance(resource_type: ResourceType, resource_id: ResourceId, ctx: Context,
-                           rendering: RenderingDep) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
-    result = await run_in_threadpool(
-        _in_read, ctx, lambda c: history.history(c, ctx, rtype, rid))
+@router.get(
+    "/{resource_type}/{resource_id}/_history", **docs.route("history (instance)", {200, 400, 404})
+)
+async def history_instance(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    ctx: Context,
+    rendering: RenderingDep,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
+    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype, rid))
     return render_result(result, ctx.base_url, rendering)
 
 
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}",
-            **docs.route("vread", {200, 400, 404, 410}))
-async def vread_resource(resource_type: ResourceType, resource_id: ResourceId,
-                         version_id: VersionId, ctx: Context, rendering: RenderingDep) -> Response:
-    rtype, rid = check_type(resource_type), check_id(resource_id)
-    result = await run_in_threadpool(
-        _in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
+@router.get(
+    "/{resource_type}/{resource_id}/_history/{version_id}",
+    **docs.route("vread", {200, 400, 404, 410}),
+)
+async def vread_resource(
+    request: Request,
+    resource_type: ResourceType,
+    resource_id: ResourceId,
+    version_id: VersionId,
+    ctx: Context,
+    rendering: RenderingDep,
+) -> Response:
+    rtype, rid = _instance(request, resource_type, resource_id)
+    result = await run_in_threadpool(_in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
     return render_result(result, ctx.base_url, rendering)

@@ -49,7 +49,15 @@ def _media_ranges(accept: str) -> list[tuple[str, float]]:
 
 def negotiate(request: Request) -> Rendering:
     """The representation to answer with, or 406 if the client takes no JSON."""
-    pretty = request.query_params.get("_pretty", "false").lower() == "true"
+    pretty_raw = request.query_params.get("_pretty", "false").lower()
+    if pretty_raw not in {"true", "false"}:
+        raise FhirError.of(
+            Category.INCORRECT,
+            "_pretty must be true or false",
+            code="value",
+            expression=["_pretty"],
+        )
+    pretty = pretty_raw == "true"
     requested = request.query_params.get("_format")
     if requested is not None:
         fmt = requested.strip().lower().split(";")[0]
@@ -69,8 +77,7 @@ def negotiate(request: Request) -> Rendering:
         return Rendering("application/json", pretty)
     raise FhirError.of(
         Category.NOT_ACCEPTABLE,
-        "The Accept header excludes JSON; this server speaks FHIR JSON only "
-        f"({FHIR_JSON})",
+        f"The Accept header excludes JSON; this server speaks FHIR JSON only ({FHIR_JSON})",
     )
 
 

@@ -12,6 +12,7 @@ from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 FHIR_JSON = "application/fhir+json"
 TYPE_PARAM: dict[str, Any] = {"json_schema_extra": {"enum": sorted(R4_RESOURCE_TYPES)}}
 ID_PARAM: dict[str, Any] = {"json_schema_extra": {"pattern": "^[A-Za-z0-9\\-.]{1,64}$"}}
+ETAG_PARAM: dict[str, Any] = {"json_schema_extra": {"pattern": '^(W/)?"[0-9]{1,18}"$'}}
 
 _RESOURCE_SCHEMA = {
     "type": "object",
@@ -65,24 +66,53 @@ _DESCRIPTIONS = {
     501: "Not implemented yet (OperationOutcome)",
     503: "Database unavailable (OperationOutcome)",
 }
-_ALWAYS = {406, 500, 503}
+_ALWAYS = {400, 406, 500, 503}
 _NO_BODY = {204, 304}
 
 _COMMON_PARAMS: list[dict[str, Any]] = [
-    {"name": "_format", "in": "query", "required": False, "schema": {"type": "string"},
-     "description": "json | application/fhir+json | application/json"},
-    {"name": "_pretty", "in": "query", "required": False,
-     "schema": {"type": "string", "enum": ["true", "false"]}},
+    {
+        "name": "_format",
+        "in": "query",
+        "required": False,
+        "schema": {
+            "type": "string",
+            "enum": ["json", "application/fhir+json", "application/json", "application/json+fhir"],
+        },
+    },
+    {
+        "name": "_pretty",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
 ]
-_PREFER = {"name": "Prefer", "in": "header", "required": False,
-           "schema": {"type": "string"},
-           "description": "return=minimal | representation | OperationOutcome"}
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "return=minimal | representation | OperationOutcome",
+}
 _HISTORY_PARAMS: list[dict[str, Any]] = [
-    {"name": "_since", "in": "query", "required": False, "schema": {"type": "string"}},
-    {"name": "_count", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 0}},
-    {"name": "_cursor", "in": "query", "required": False, "schema": {"type": "string"},
-     "description": "opaque paging cursor from a next/previous link"},
+    {
+        "name": "_since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "format": "date-time"},
+    },
+    {
+        "name": "_count",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "_cursor",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[ab][0-9]{1,19}$"},
+        "description": "opaque paging cursor from a next/previous link",
+    },
 ]
 
 
@@ -92,7 +122,9 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
     for status in sorted(statuses | _ALWAYS):
         response: dict[str, Any] = {"description": _DESCRIPTIONS[status]}
         if status not in _NO_BODY:
-            response["content"] = {FHIR_JSON: {"schema": {"type": "object"}}}
+            response["content"] = {
+                media: {"schema": {"type": "object"}} for media in (FHIR_JSON, "application/json")
+            }
         responses[status] = response
     parameters = list(_COMMON_PARAMS)
     if body is not None or summary == "delete":
@@ -102,6 +134,9 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
     extra: dict[str, Any] = {"parameters": parameters}
     if body is not None:
         extra["requestBody"] = {"required": True, "content": _BODIES[body]}
-    return {"summary": summary, "responses": responses, "openapi_extra": extra,
-            "response_class": Response}
-
+    return {
+        "summary": summary,
+        "responses": responses,
+        "openapi_extra": extra,
+        "response_class": Response,
+    }

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from ehr_service.interactions.bundle import process_bundle
-from ehr_service.interactions.context import ReturnPreference, RequestContext, Services
+from ehr_service.interactions.context import RequestContext, ReturnPreference, Services
 from ehr_service.storage import resources
 
 logger = logging.getLogger("ehr_service.demo")
@@ -58,70 +58,119 @@ def demo_bundle() -> dict[str, Any]:
         return str(entry["fullUrl"])
 
     for key, name, city, district in _HOSPITALS:
-        add(key, {
-            "resourceType": "Organization",
-            "identifier": [{"system": "urn:ehr-service:demo:org", "value": key}],
-            "active": True,
-            "name": name,
-            "address": [{"city": city, "district": district, "country": "CN"}],
-        })
+        add(
+            key,
+            {
+                "resourceType": "Organization",
+                "identifier": [{"system": "urn:ehr-service:demo:org", "value": key}],
+                "active": True,
+                "name": name,
+                "address": [{"city": city, "district": district, "country": "CN"}],
+            },
+        )
     for key, family, given, gender, birth, hospital in _RESIDENTS:
-        patient = add(key, {
-            "resourceType": "Patient",
-            "identifier": [{"system": MRN_SYSTEM, "value": f"MRN-{key.upper()}"}],
-            "name": [{"text": family + given, "family": family, "given": [given]}],
-            "gender": gender,
-            "birthDate": birth,
-            "managingOrganization": {"reference": urls[hospital]},
-        })
-        encounter = add(f"{key}-enc", {
-            "resourceType": "Encounter",
-            "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                      "code": "AMB", "display": "ambulatory"},
-            "subject": {"reference": patient},
-            "serviceProvider": {"reference": urls[hospital]},
-            "period": {"start": "2026-11-02T09:00:00+08:00", "end": "2026-11-02T10:00:00+08:00"},
-        })
+        patient = add(
+            key,
+            {
+                "resourceType": "Patient",
+                "identifier": [{"system": MRN_SYSTEM, "value": f"MRN-{key.upper()}"}],
+                "name": [{"text": family + given, "family": family, "given": [given]}],
+                "gender": gender,
+                "birthDate": birth,
+                "managingOrganization": {"reference": urls[hospital]},
+            },
+        )
+        encounter = add(
+            f"{key}-enc",
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                    "display": "ambulatory",
+                },
+                "subject": {"reference": patient},
+                "serviceProvider": {"reference": urls[hospital]},
+                "period": {
+                    "start": "2026-11-02T09:00:00+08:00",
+                    "end": "2026-11-02T10:00:00+08:00",
+                },
+            },
+        )
         results = []
         for code, display, value, unit, ucum in _LABS:
-            results.append({"reference": add(f"{key}-{code}", {
-                "resourceType": "Observation",
+            results.append(
+                {
+                    "reference": add(
+                        f"{key}-{code}",
+                        {
+                            "resourceType": "Observation",
+                            "status": "final",
+                            "category": [
+                                {
+                                    "coding": [
+                                        {
+                                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                            "code": "laboratory",
+                                        }
+                                    ]
+                                }
+                            ],
+                            "code": {
+                                "coding": [{"system": LOINC, "code": code, "display": display}]
+                            },
+                            "subject": {"reference": patient},
+                            "encounter": {"reference": encounter},
+                            "effectiveDateTime": "2026-11-02T09:30:00+08:00",
+                            "performer": [{"reference": urls[hospital]}],
+                            "valueQuantity": {
+                                "value": value,
+                                "unit": unit,
+                                "system": "http://unitsofmeasure.org",
+                                "code": ucum,
+                            },
+                        },
+                    )
+                }
+            )
+        add(
+            f"{key}-report",
+            {
+                "resourceType": "DiagnosticReport",
                 "status": "final",
-                "category": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                    "code": "laboratory"}]}],
-                "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+                "code": {
+                    "coding": [
+                        {
+                            "system": LOINC,
+                            "code": "24323-8",
+                            "display": "Comprehensive metabolic 2000 panel",
+                        }
+                    ]
+                },
                 "subject": {"reference": patient},
                 "encounter": {"reference": encounter},
                 "effectiveDateTime": "2026-11-02T09:30:00+08:00",
                 "performer": [{"reference": urls[hospital]}],
-                "valueQuantity": {"value": value, "unit": unit,
-                                  "system": "http://unitsofmeasure.org", "code": ucum},
-            })})
-        add(f"{key}-report", {
-            "resourceType": "DiagnosticReport",
-            "status": "final",
-            "code": {"coding": [{"system": LOINC, "code": "24323-8",
-                                 "display": "Comprehensive metabolic 2000 panel"}]},
-            "subject": {"reference": patient},
-            "encounter": {"reference": encounter},
-            "effectiveDateTime": "2026-11-02T09:30:00+08:00",
-            "performer": [{"reference": urls[hospital]}],
-            "result": results,
-        })
-        add(f"{key}-ct", {
-            "resourceType": "ImagingStudy",
-            "status": "available",
-            "subject": {"reference": patient},
-            "encounter": {"reference": encounter},
-            "started": "2026-11-02T09:45:00+08:00",
-            "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
-                          "code": "CT"}],
-            "description": "CT chest without contrast",
-            "numberOfSeries": 1,
-            "numberOfInstances": 120,
-        })
+                "result": results,
+            },
+        )
+        add(
+            f"{key}-ct",
+            {
+                "resourceType": "ImagingStudy",
+                "status": "available",
+                "subject": {"reference": patient},
+                "encounter": {"reference": encounter},
+                "started": "2026-11-02T09:45:00+08:00",
+                "modality": [
+                    {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}
+                ],
+                "description": "CT chest without contrast",
+                "numberOfSeries": 1,
+                "numberOfInstances": 120,
+            },
+        )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 

@@ -33,7 +33,9 @@ class PatientCompartment:
 
     @classmethod
     def load(cls, profiles_dir: Path) -> PatientCompartment:
-        definition = orjson.loads((profiles_dir / "compartmentdefinition-patient.json").read_bytes())
+        definition = orjson.loads(
+            (profiles_dir / "compartmentdefinition-patient.json").read_bytes()
+        )
         bundle = orjson.loads((profiles_dir / "search-parameters.json").read_bytes())
         expressions: dict[tuple[str, str], str] = {}
         for entry in bundle["entry"]:

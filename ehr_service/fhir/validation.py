@@ -78,8 +78,13 @@ def _unreported_required(
         alias = info.alias or name
         if alias in resource or f"_{alias}" in resource or (alias,) in reported:
             continue
-        issues.append(Issue(f"Element '{alias}' is required", "required",
-                            expression=(f"{resource_type}.{alias}",)))
+        issues.append(
+            Issue(
+                f"Element '{alias}' is required",
+                "required",
+                expression=(f"{resource_type}.{alias}",),
+            )
+        )
     return issues
 
 
@@ -91,23 +96,39 @@ def json_shape_issues(value: Any, path: str) -> list[Issue]:
         node, where, in_array = stack.pop()
         if isinstance(node, dict):
             if not node:
-                issues.append(Issue("Empty objects are not allowed in FHIR JSON", "structure",
-                                    expression=(where,)))
+                issues.append(
+                    Issue(
+                        "Empty objects are not allowed in FHIR JSON",
+                        "structure",
+                        expression=(where,),
+                    )
+                )
             for key, child in node.items():
                 stack.append((child, f"{where}.{key}", False))
         elif isinstance(node, list):
             if not node:
-                issues.append(Issue("Empty arrays are not allowed in FHIR JSON", "structure",
-                                    expression=(where,)))
+                issues.append(
+                    Issue(
+                        "Empty arrays are not allowed in FHIR JSON",
+                        "structure",
+                        expression=(where,),
+                    )
+                )
             for index, child in enumerate(node):
                 stack.append((child, f"{where}[{index}]", True))
         elif node is None and not in_array:
             # null is only meaningful inside arrays of primitives with `_x` siblings.
-            issues.append(Issue("null is not allowed here in FHIR JSON", "structure",
-                                expression=(where,)))
+            issues.append(
+                Issue("null is not allowed here in FHIR JSON", "structure", expression=(where,))
+            )
         elif isinstance(node, str) and not node.strip():
-            issues.append(Issue("Empty or blank strings are not allowed in FHIR JSON", "value",
-                                expression=(where,)))
+            issues.append(
+                Issue(
+                    "Empty or blank strings are not allowed in FHIR JSON",
+                    "value",
+                    expression=(where,),
+                )
+            )
     return issues
 
 
@@ -115,16 +136,27 @@ def check_resource_type(resource: Any, expression: str = "") -> str:
     """The resource's type, if it is a JSON object naming an R4 resource type."""
     where = expression or "resourceType"
     if not isinstance(resource, dict):
-        raise FhirError.of(Category.INCORRECT, "A resource must be a JSON object",
-                           code="structure", expression=[expression or "$this"])
+        raise FhirError.of(
+            Category.INCORRECT,
+            "A resource must be a JSON object",
+            code="structure",
+            expression=[expression or "$this"],
+        )
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
-        raise FhirError.of(Category.INCORRECT, "The resource has no resourceType",
-                           code="required", expression=[where])
+        raise FhirError.of(
+            Category.INCORRECT,
+            "The resource has no resourceType",
+            code="required",
+            expression=[where],
+        )
     if resource_type not in R4_RESOURCE_TYPES:
-        raise FhirError.of(Category.INCORRECT,
-                           f"'{resource_type[:64]}' is not a FHIR R4 resource type",
-                           code="not-supported", expression=[where])
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"'{resource_type[:64]}' is not a FHIR R4 resource type",
+            code="not-supported",
+            expression=[where],
+        )
     return resource_type
 
 
@@ -151,8 +183,7 @@ def resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]
                 )
             )
     except (ValueError, TypeError) as exc:  # defensive: a model raising outside pydantic
-        issues.append(Issue(f"Invalid resource: {exc}", "structure",
-                            expression=(resource_type,)))
+        issues.append(Issue(f"Invalid resource: {exc}", "structure", expression=(resource_type,)))
     return issues
 
 

@@ -61,27 +61,43 @@ def process_bundle(ctx: RequestContext, body: Any) -> Result:
 def _check_bundle(ctx: RequestContext, body: Any) -> tuple[str, list[Any]]:
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise FhirError.of(
-            Category.INCORRECT, "POST to the base needs a Bundle", code="structure",
+            Category.INCORRECT,
+            "POST to the base needs a Bundle",
+            code="structure",
             expression=["resourceType"],
         )
     bundle_type = body.get("type")
-    if bundle_type not in {"batch", "transaction"}:
+    if not isinstance(bundle_type, str) or bundle_type not in {"batch", "transaction"}:
         raise FhirError.of(
             Category.INCORRECT,
             "POST to the base takes a Bundle of type 'batch' or 'transaction'",
-            code="value", expression=["Bundle.type"],
+            code="value",
+            expression=["Bundle.type"],
         )
     entries = body.get("entry", [])
     if not isinstance(entries, list):
-        raise FhirError.of(Category.INCORRECT, "Bundle.entry must be an array",
-                           code="structure", expression=["Bundle.entry"])
+        raise FhirError.of(
+            Category.INCORRECT,
+            "Bundle.entry must be an array",
+            code="structure",
+            expression=["Bundle.entry"],
+        )
     limit = ctx.settings.max_bundle_entries
     if len(entries) > limit:
         raise FhirError.of(
             Category.TOO_LARGE,
             f"The bundle has {len(entries)} entries; this server takes at most {limit}",
-            code="too-long", expression=["Bundle.entry"],
+            code="too-long",
+            expression=["Bundle.entry"],
         )
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise FhirError.of(
+                Category.INCORRECT,
+                f"Bundle.entry[{index}] must be an object",
+                code="structure",
+                expression=[f"Bundle.entry[{index}]"],
+            )
     return bundle_type, entries
 
 
@@ -89,35 +105,49 @@ def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
     where = f"Bundle.entry[{index}]"
     request = raw.get("request") if isinstance(raw, dict) else None
     if not isinstance(request, dict):
-        raise FhirError.of(Category.INCORRECT, f"{where} has no request", code="required",
-                           expression=[f"{where}.request"])
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{where} has no request",
+            code="required",
+            expression=[f"{where}.request"],
+        )
     method, url = request.get("method"), request.get("url")
-    if method not in _ORDER or not isinstance(url, str) or not url:
+    if not isinstance(method, str) or method not in _ORDER or not isinstance(url, str) or not url:
         raise FhirError.of(
             Category.INCORRECT,
             f"{where}.request needs a method (GET, HEAD, POST, PUT, PATCH, DELETE) and a url",
-            code="required", expression=[f"{where}.request"],
+            code="required",
+            expression=[f"{where}.request"],
         )
     target = route(method, url, ctx.base_url)
     if request.get("ifNoneExist") or target.interaction in {
-        Interaction.SEARCH_TYPE, Interaction.CONDITIONAL
+        Interaction.SEARCH_TYPE,
+        Interaction.CONDITIONAL,
     }:
         raise FhirError.of(
             Category.NOT_IMPLEMENTED,
             f"{where}: search and conditional interactions are not supported yet",
-            code="not-supported", expression=[f"{where}.request"],
+            code="not-supported",
+            expression=[f"{where}.request"],
         )
     resource = raw.get("resource")
     if target.interaction in {Interaction.CREATE, Interaction.UPDATE} and resource is None:
-        raise FhirError.of(Category.INCORRECT, f"{where} needs a resource for {method}",
-                           code="required", expression=[f"{where}.resource"])
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{where} needs a resource for {method}",
+            code="required",
+            expression=[f"{where}.resource"],
+        )
     if target.interaction is Interaction.PATCH:
         resource = _patch_document(where, resource)
     full_url = raw.get("fullUrl")
     if_match = request.get("ifMatch")
     if_none_match = request.get("ifNoneMatch")
     return Entry(
-        index, method, target, resource,
+        index,
+        method,
+        target,
+        resource,
         full_url if isinstance(full_url, str) else None,
         parse_etag(if_match) if isinstance(if_match, str) else None,
         parse_etag(if_none_match, "If-None-Match") if isinstance(if_none_match, str) else None,
@@ -135,13 +165,18 @@ def _patch_document(where: str, resource: Any) -> Any:
         raise FhirError.of(
             Category.INCORRECT,
             f"{where}: a PATCH entry needs a Binary with contentType {JSON_PATCH_MEDIA_TYPE}",
-            code="structure", expression=[f"{where}.resource"],
+            code="structure",
+            expression=[f"{where}.resource"],
         )
     try:
         return orjson.loads(base64.b64decode(resource["data"], validate=True))
     except (binascii.Error, ValueError):
-        raise FhirError.of(Category.INCORRECT, f"{where}: the Binary holds no JSON Patch",
-                           code="structure", expression=[f"{where}.resource.data"]) from None
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{where}: the Binary holds no JSON Patch",
+            code="structure",
+            expression=[f"{where}.resource.data"],
+        ) from None
 
 
 def _in_entry(entry_index: int, error: FhirError) -> FhirError:
@@ -202,7 +237,8 @@ def _resolve_placeholders(entries: list[Entry]) -> None:
                     Category.INCORRECT,
                     f"Bundle.entry[{entry.index}] and Bundle.entry[{identities[identity]}] "
                     f"both change {identity}",
-                    code="invalid", expression=[f"Bundle.entry[{entry.index}].request.url"],
+                    code="invalid",
+                    expression=[f"Bundle.entry[{entry.index}].request.url"],
                 )
             identities[identity] = entry.index
         else:
@@ -212,7 +248,8 @@ def _resolve_placeholders(entries: list[Entry]) -> None:
                 raise FhirError.of(
                     Category.INCORRECT,
                     f"Bundle.entry[{entry.index}].fullUrl '{entry.full_url[:100]}' is not unique",
-                    code="invalid", expression=[f"Bundle.entry[{entry.index}].fullUrl"],
+                    code="invalid",
+                    expression=[f"Bundle.entry[{entry.index}].fullUrl"],
                 )
             mapping[entry.full_url] = identity
     for entry in entries:
@@ -224,7 +261,8 @@ def _resolve_placeholders(entries: list[Entry]) -> None:
                 Category.INCORRECT,
                 f"Bundle.entry[{entry.index}] refers to '{unresolved[0][:100]}', "
                 "which no entry of the bundle defines",
-                code="not-found", expression=[f"Bundle.entry[{entry.index}].resource"],
+                code="not-found",
+                expression=[f"Bundle.entry[{entry.index}].resource"],
             )
 
 
@@ -284,8 +322,14 @@ def _response_entries(
     out = []
     for result in results:
         if isinstance(result, FhirError):
-            out.append({"response": {"status": status_line(result.status),
-                                     "outcome": error_outcome(result)}})
+            out.append(
+                {
+                    "response": {
+                        "status": status_line(result.status),
+                        "outcome": error_outcome(result),
+                    }
+                }
+            )
             continue
         out.append(_result_entry(ctx, result))
     return {
@@ -318,4 +362,3 @@ def _result_entry(ctx: RequestContext, result: Result) -> dict[str, Any]:
         entry["resource"] = result.body
     entry["response"] = response
     return entry
-

@@ -23,7 +23,12 @@ def delete(
     if stored.deleted:
         # Deleting a deleted resource changes nothing (idempotent, no new version).
         return Result(
-            204, None, resource_type, resource_id, stored.version_id, stored.last_updated,
+            204,
+            None,
+            resource_type,
+            resource_id,
+            stored.version_id,
+            stored.last_updated,
             message=f"{what} was already deleted",
         )
     check_if_match(stored, if_match, what)
@@ -39,6 +44,11 @@ def delete(
     if not resources.replace_current(conn, version, stored.version_id):
         raise FhirError.of(Category.CONFLICT, f"{what} was changed concurrently; retry")
     return Result(
-        204, None, resource_type, resource_id, version.version_id, version.last_updated,
+        204,
+        None,
+        resource_type,
+        resource_id,
+        version.version_id,
+        version.last_updated,
         message=f"Deleted {what}",
     )

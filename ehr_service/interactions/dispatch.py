@@ -29,7 +29,11 @@ def run(
 ) -> Result:
     kind, rtype, rid = target.interaction, target.resource_type, target.resource_id
     scoped = RequestContext(
-        ctx.services, ctx.base_url, ctx.request_id, ctx.caller, ctx.prefer_return,
+        ctx.services,
+        ctx.base_url,
+        ctx.request_id,
+        ctx.caller,
+        ctx.prefer_return,
         target.query or {},
     )
     if kind is Interaction.CAPABILITIES:

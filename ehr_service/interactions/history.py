@@ -55,11 +55,13 @@ def history(
     query = ctx.query
     count = page_size(query, ctx.settings)
     since_raw = first_value(query, "_since")
-    since = parse_instant_param(since_raw, "_since") if since_raw else None
+    since = parse_instant_param(since_raw, "_since") if since_raw is not None else None
     cursor = parse_cursor(query)
-    if resource_type and resource_id and resources.read_current(
-        conn, resource_type, resource_id
-    ) is None:
+    if (
+        resource_type
+        and resource_id
+        and resources.read_current(conn, resource_type, resource_id) is None
+    ):
         raise not_found(resource_type, resource_id)
 
     base_query = HistoryQuery(resource_type, resource_id, since)
@@ -74,16 +76,24 @@ def history(
 
     path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
     link_base = f"{ctx.base_url}/{path}"
-    params = {"_count": str(count), "_since": since_raw or None}
+    params: dict[str, str | None] = {"_count": str(count), "_since": since_raw}
     links = [{"relation": "self", "url": page_url(link_base, {**params, **_cursor_param(query)})}]
     older_exist = has_more if cursor.after is None else True
     newer_exist = not cursor.is_first_page if cursor.after is None else has_more
     if versions and older_exist:
-        links.append({"relation": "next", "url": page_url(
-            link_base, {**params, CURSOR_PARAM: f"b{versions[-1].seq}"})})
+        links.append(
+            {
+                "relation": "next",
+                "url": page_url(link_base, {**params, CURSOR_PARAM: f"b{versions[-1].seq}"}),
+            }
+        )
     if versions and newer_exist:
-        links.append({"relation": "previous", "url": page_url(
-            link_base, {**params, CURSOR_PARAM: f"a{versions[0].seq}"})})
+        links.append(
+            {
+                "relation": "previous",
+                "url": page_url(link_base, {**params, CURSOR_PARAM: f"a{versions[0].seq}"}),
+            }
+        )
 
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -100,6 +110,6 @@ def history(
     return Result(200, bundle)
 
 
-def _cursor_param(query: dict[str, list[str]]) -> dict[str, str]:
+def _cursor_param(query: dict[str, list[str]]) -> dict[str, str | None]:
     value = first_value(query, CURSOR_PARAM)
     return {CURSOR_PARAM: value} if value else {}

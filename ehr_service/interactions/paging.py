@@ -8,6 +8,7 @@ than ``n``, ``a<n>`` for entries newer than ``n``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -30,8 +31,10 @@ def page_size(query: dict[str, list[str]], settings: Settings) -> int:
         return settings.default_page_size
     if not raw.strip().isdigit():
         raise FhirError.of(
-            Category.INCORRECT, f"_count must be a non-negative integer, not '{raw[:20]}'",
-            code="value", expression=["_count"],
+            Category.INCORRECT,
+            f"_count must be a non-negative integer, not '{raw[:20]}'",
+            code="value",
+            expression=["_count"],
         )
     return min(int(raw), settings.max_page_size)
 
@@ -53,13 +56,15 @@ def parse_cursor(query: dict[str, list[str]]) -> Cursor:
     match = _CURSOR.fullmatch(raw)
     if match is None:
         raise FhirError.of(
-            Category.INCORRECT, f"{CURSOR_PARAM} is not a cursor this server issued",
-            code="value", expression=[CURSOR_PARAM],
+            Category.INCORRECT,
+            f"{CURSOR_PARAM} is not a cursor this server issued",
+            code="value",
+            expression=[CURSOR_PARAM],
         )
     seq = int(match["seq"])
     return Cursor(before=seq) if match["direction"] == "b" else Cursor(after=seq)
 
 
-def page_url(base: str, params: dict[str, str]) -> str:
+def page_url(base: str, params: Mapping[str, str | None]) -> str:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return f"{base}?{query}" if query else base

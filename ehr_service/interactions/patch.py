@@ -32,7 +32,8 @@ def check_patch_document(document: Any) -> list[dict[str, Any]]:
     for index, operation in enumerate(document):
         if (
             not isinstance(operation, dict)
-            or operation.get("op") not in _OPERATIONS
+            or not isinstance(operation.get("op"), str)
+            or operation["op"] not in _OPERATIONS
             or not isinstance(operation.get("path"), str)
         ):
             raise FhirError.of(

@@ -41,7 +41,8 @@ class Route:
 
 def unknown_type(resource_type: str) -> FhirError:
     return FhirError.of(
-        Category.NOT_FOUND, f"'{resource_type[:64]}' is not a FHIR R4 resource type",
+        Category.NOT_FOUND,
+        f"'{resource_type[:64]}' is not a FHIR R4 resource type",
         code="not-supported",
     )
 

@@ -26,14 +26,15 @@ def check_body_id(body: Any, resource_id: str) -> None:
     body_id = body.get("id") if isinstance(body, dict) else None
     if body_id is None:
         raise FhirError.of(
-            Category.INCORRECT, "An update must carry the resource id", code="required",
+            Category.INCORRECT,
+            "An update must carry the resource id",
+            code="required",
             expression=["id"],
         )
     if body_id != resource_id:
         raise FhirError.of(
             Category.INCORRECT,
-            f"The resource id '{str(body_id)[:64]}' differs from the id in the URL "
-            f"'{resource_id}'",
+            f"The resource id '{str(body_id)[:64]}' differs from the id in the URL '{resource_id}'",
             code="invalid",
             expression=["id"],
         )

@@ -86,7 +86,9 @@ class Database:
             conn = self.engine.connect()
         except OperationalError as exc:
             raise FhirError.of(
-                Category.UNAVAILABLE, "The database is not reachable; try again later", code="transient"
+                Category.UNAVAILABLE,
+                "The database is not reachable; try again later",
+                code="transient",
             ) from exc
         try:
             if write:

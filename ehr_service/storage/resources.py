@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import resource, resource_version
@@ -76,7 +76,7 @@ def _bytes(value: Any) -> bytes | None:
     return bytes(value)
 
 
-def _current(row: Row[Any]) -> StoredVersion:
+def _current(row: Any) -> StoredVersion:
     return StoredVersion(
         row.res_type,
         row.res_id,
@@ -88,7 +88,7 @@ def _current(row: Row[Any]) -> StoredVersion:
     )
 
 
-def _version(row: Row[Any]) -> StoredVersion:
+def _version(row: Any) -> StoredVersion:
     return StoredVersion(
         row.res_type,
         row.res_id,

@@ -19,16 +19,22 @@ def tx(*entries: dict, kind: str = "transaction") -> dict:
 
 
 def post(resource: dict, full_url: str | None = None) -> dict:
-    entry: dict = {"resource": resource,
-                   "request": {"method": "POST", "url": resource["resourceType"]}}
+    entry: dict = {
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"]},
+    }
     if full_url:
         entry["fullUrl"] = full_url
     return entry
 
 
 def test_transaction_rewrites_placeholders_everywhere(client: TestClient) -> None:
-    encounter = {"resourceType": "Encounter", "status": "finished",
-                 "class": {"code": "AMB"}, "subject": {"reference": P_URL}}
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "subject": {"reference": P_URL},
+    }
     obs = observation(P_URL)
     obs["encounter"] = {"reference": E_URL}
     obs["derivedFrom"] = [{"reference": E_URL}]
@@ -71,9 +77,10 @@ def test_transaction_failure_late_in_processing_rolls_back(
 ) -> None:
     existing = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()
     before = snapshot(services)
-    stale_update = {"resource": {**existing, "gender": "male"},
-                    "request": {"method": "PUT", "url": f"Patient/{existing['id']}",
-                                "ifMatch": 'W/"4"'}}
+    stale_update = {
+        "resource": {**existing, "gender": "male"},
+        "request": {"method": "PUT", "url": f"Patient/{existing['id']}", "ifMatch": 'W/"4"'},
+    }
     response = client.post("/fhir", json=tx(post(patient()), stale_update), headers=FHIR_JSON)
     assert response.status_code == 412
     assert snapshot(services) == before
@@ -83,13 +90,19 @@ def test_transaction_processing_order_and_mixed_interactions(client: TestClient)
     doomed = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()
     kept = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()
     patch_ops = [{"op": "replace", "path": "/gender", "value": "other"}]
-    binary = {"resourceType": "Binary", "contentType": "application/json-patch+json",
-              "data": base64.b64encode(orjson.dumps(patch_ops)).decode()}
+    binary = {
+        "resourceType": "Binary",
+        "contentType": "application/json-patch+json",
+        "data": base64.b64encode(orjson.dumps(patch_ops)).decode(),
+    }
     bundle = tx(
         {"request": {"method": "GET", "url": f"Patient/{kept['id']}"}},
         {"resource": binary, "request": {"method": "PATCH", "url": f"Patient/{kept['id']}"}},
         {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
-        {"resource": patient(id="fixed-id"), "request": {"method": "PUT", "url": "Patient/fixed-id"}},
+        {
+            "resource": patient(id="fixed-id"),
+            "request": {"method": "PUT", "url": "Patient/fixed-id"},
+        },
     )
     response = client.post("/fhir", json=bundle, headers=FHIR_JSON)
     assert response.status_code == 200, response.text
@@ -110,8 +123,13 @@ def test_transaction_rejections(client: TestClient, services: Services) -> None:
     cases = [
         (tx(post(dangling)), 400),
         (tx(post(patient(), P_URL), post(patient(), P_URL)), 400),
-        (tx({"resource": patient(id="a"), "request": {"method": "PUT", "url": "Patient/a"}},
-            {"request": {"method": "DELETE", "url": "Patient/a"}}), 400),
+        (
+            tx(
+                {"resource": patient(id="a"), "request": {"method": "PUT", "url": "Patient/a"}},
+                {"request": {"method": "DELETE", "url": "Patient/a"}},
+            ),
+            400,
+        ),
         (tx({"resource": patient()}), 400),
         (tx({"request": {"method": "POST", "url": "Unicorn"}, "resource": patient()}), 404),
         (tx({"request": {"method": "GET", "url": "Patient?name=x"}}), 501),
@@ -127,8 +145,9 @@ def test_transaction_rejections(client: TestClient, services: Services) -> None:
 
 def test_bundle_entry_limit_is_413(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(max_bundle_entries=3)
-    response = client.post("/fhir", json=tx(*[post(patient()) for _ in range(4)]),
-                           headers=FHIR_JSON)
+    response = client.post(
+        "/fhir", json=tx(*[post(patient()) for _ in range(4)]), headers=FHIR_JSON
+    )
     assert response.status_code == 413
     assert response.json()["issue"][0]["code"] == "too-long"
 
@@ -155,7 +174,30 @@ def test_batch_entries_succeed_or_fail_alone(client: TestClient) -> None:
 
 
 def test_prefer_minimal_applies_to_entries(client: TestClient) -> None:
-    response = client.post("/fhir", json=tx(post(patient())),
-                           headers={**FHIR_JSON, "Prefer": "return=minimal"})
+    response = client.post(
+        "/fhir", json=tx(post(patient())), headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
     entry = response.json()["entry"][0]
     assert "resource" not in entry and entry["response"]["status"] == "201 Created"
+
+
+def test_wrongly_typed_bundle_fields_are_400(client: TestClient) -> None:
+    for body in (
+        {"resourceType": "Bundle", "type": {}, "entry": []},
+        {"resourceType": "Bundle", "type": "batch", "entry": [[None]]},
+        {"resourceType": "Bundle", "type": "batch", "entry": {}},
+        tx({"request": {"method": ["POST"], "url": "Patient"}, "resource": patient()}),
+        tx({"request": {"method": "POST", "url": 5}, "resource": patient()}),
+    ):
+        response = client.post("/fhir", json=body, headers=FHIR_JSON)
+        assert response.status_code == 400, (body, response.text)
+
+
+def test_wrongly_typed_patch_operation_is_400(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    response = client.patch(
+        f"/fhir/Patient/{pid}",
+        json=[{"op": ["add"], "path": "/x"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert response.status_code == 400

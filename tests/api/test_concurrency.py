@@ -28,13 +28,20 @@ def _versions(client_services: Services, pid: str) -> list[int]:
 
 
 def test_twenty_updates_with_the_same_if_match(services: Services) -> None:
-    [created] = asyncio.run(_race(services, [
-        {"method": "POST", "url": "/fhir/Patient", "json": patient(), "headers": FHIR_JSON}]))
+    [created] = asyncio.run(
+        _race(
+            services,
+            [{"method": "POST", "url": "/fhir/Patient", "json": patient(), "headers": FHIR_JSON}],
+        )
+    )
     body = created.json()
     requests = [
-        {"method": "PUT", "url": f"/fhir/Patient/{body['id']}",
-         "json": {**body, "birthDate": f"1970-01-{i + 1:02d}"},
-         "headers": {**FHIR_JSON, "If-Match": 'W/"1"'}}
+        {
+            "method": "PUT",
+            "url": f"/fhir/Patient/{body['id']}",
+            "json": {**body, "birthDate": f"1970-01-{i + 1:02d}"},
+            "headers": {**FHIR_JSON, "If-Match": 'W/"1"'},
+        }
         for i in range(20)
     ]
     responses = asyncio.run(_race(services, requests))
@@ -44,12 +51,20 @@ def test_twenty_updates_with_the_same_if_match(services: Services) -> None:
 
 
 def test_twenty_updates_without_if_match_all_land_in_order(services: Services) -> None:
-    [created] = asyncio.run(_race(services, [
-        {"method": "POST", "url": "/fhir/Patient", "json": patient(), "headers": FHIR_JSON}]))
+    [created] = asyncio.run(
+        _race(
+            services,
+            [{"method": "POST", "url": "/fhir/Patient", "json": patient(), "headers": FHIR_JSON}],
+        )
+    )
     body = created.json()
     requests = [
-        {"method": "PUT", "url": f"/fhir/Patient/{body['id']}",
-         "json": {**body, "birthDate": f"1970-01-{i + 1:02d}"}, "headers": FHIR_JSON}
+        {
+            "method": "PUT",
+            "url": f"/fhir/Patient/{body['id']}",
+            "json": {**body, "birthDate": f"1970-01-{i + 1:02d}"},
+            "headers": FHIR_JSON,
+        }
         for i in range(20)
     ]
     responses = asyncio.run(_race(services, requests))
@@ -59,8 +74,12 @@ def test_twenty_updates_without_if_match_all_land_in_order(services: Services) -
 
 def test_concurrent_update_as_create_makes_one_resource(services: Services) -> None:
     requests = [
-        {"method": "PUT", "url": "/fhir/Patient/same-id", "json": patient(id="same-id"),
-         "headers": FHIR_JSON}
+        {
+            "method": "PUT",
+            "url": "/fhir/Patient/same-id",
+            "json": patient(id="same-id"),
+            "headers": FHIR_JSON,
+        }
         for _ in range(10)
     ]
     responses = asyncio.run(_race(services, requests))

@@ -17,8 +17,14 @@ def create_patient(client: TestClient, **fields: object) -> dict:
 def test_create_assigns_id_and_meta_ignoring_the_clients(client: TestClient) -> None:
     response = client.post(
         "/fhir/Patient",
-        json=patient(id="mine", meta={"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z",
-                                      "tag": [{"system": "urn:t", "code": "x"}]}),
+        json=patient(
+            id="mine",
+            meta={
+                "versionId": "7",
+                "lastUpdated": "2001-01-01T00:00:00Z",
+                "tag": [{"system": "urn:t", "code": "x"}],
+            },
+        ),
         headers=FHIR_JSON,
     )
     assert response.status_code == 201
@@ -26,7 +32,8 @@ def test_create_assigns_id_and_meta_ignoring_the_clients(client: TestClient) -> 
     assert body["id"] != "mine"
     assert body["meta"]["versionId"] == "1"
     assert body["meta"]["lastUpdated"].startswith("20") and body["meta"]["lastUpdated"] != (
-        "2001-01-01T00:00:00Z")
+        "2001-01-01T00:00:00Z"
+    )
     assert body["meta"]["tag"] == [{"system": "urn:t", "code": "x"}]
     assert response.headers["etag"] == 'W/"1"'
     assert response.headers["location"] == f"http://testserver/fhir/Patient/{body['id']}/_history/1"
@@ -66,8 +73,9 @@ def test_update_versions_and_vread(client: TestClient) -> None:
 
 
 def test_update_as_create_uses_the_client_id(client: TestClient) -> None:
-    response = client.put("/fhir/Patient/resident-1", json=patient(id="resident-1"),
-                          headers=FHIR_JSON)
+    response = client.put(
+        "/fhir/Patient/resident-1", json=patient(id="resident-1"), headers=FHIR_JSON
+    )
     assert response.status_code == 201
     assert response.headers["location"].endswith("/fhir/Patient/resident-1/_history/1")
     assert client.get("/fhir/Patient/resident-1").json()["id"] == "resident-1"
@@ -76,8 +84,9 @@ def test_update_as_create_uses_the_client_id(client: TestClient) -> None:
 def test_update_id_must_match_url(client: TestClient, services: Services) -> None:
     created = create_patient(client)
     before = snapshot(services)
-    wrong = client.put(f"/fhir/Patient/{created['id']}", json={**created, "id": "other"},
-                       headers=FHIR_JSON)
+    wrong = client.put(
+        f"/fhir/Patient/{created['id']}", json={**created, "id": "other"}, headers=FHIR_JSON
+    )
     assert wrong.status_code == 400
     assert wrong.json()["resourceType"] == "OperationOutcome"
     missing = client.put(f"/fhir/Patient/{created['id']}", json=patient(), headers=FHIR_JSON)
@@ -95,14 +104,25 @@ def test_resource_type_must_match_url(client: TestClient, services: Services) ->
 
 def test_invalid_resource_lists_every_problem(client: TestClient, services: Services) -> None:
     before = snapshot(services)
-    bad = {"resourceType": "Observation", "code": {"text": 5}, "valueQuantity": {"value": "x"},
-           "subject": {}, "unknownElement": 1, "note": []}
+    bad = {
+        "resourceType": "Observation",
+        "code": {"text": 5},
+        "valueQuantity": {"value": "x"},
+        "subject": {},
+        "unknownElement": 1,
+        "note": [],
+    }
     response = client.post("/fhir/Observation", json=bad, headers=FHIR_JSON)
     assert response.status_code == 400
     outcome = response.json()
     expressions = issue_expressions(outcome)
-    for expected in ("Observation.status", "Observation.code.text", "Observation.unknownElement",
-                     "Observation.subject", "Observation.note"):
+    for expected in (
+        "Observation.status",
+        "Observation.code.text",
+        "Observation.unknownElement",
+        "Observation.subject",
+        "Observation.note",
+    ):
         assert expected in expressions, (expected, expressions)
     assert all(issue["severity"] == "error" for issue in outcome["issue"])
     assert snapshot(services) == before
@@ -123,8 +143,9 @@ def test_every_r4_type_is_accepted(client: TestClient) -> None:
 
 def test_unknown_type_is_404(client: TestClient) -> None:
     assert client.get("/fhir/Unicorn/1").status_code == 404
-    response = client.post("/fhir/Citation", json={"resourceType": "Citation"},
-                           headers=FHIR_JSON)  # R4B only, not R4
+    response = client.post(
+        "/fhir/Citation", json={"resourceType": "Citation"}, headers=FHIR_JSON
+    )  # R4B only, not R4
     assert response.status_code == 404
 
 
@@ -144,8 +165,9 @@ def test_delete_then_read_is_410_and_history_keeps_it(client: TestClient) -> Non
     history = client.get(f"/fhir/Patient/{pid}/_history").json()
     assert history["total"] == 2
     assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]
-    revived = client.put(f"/fhir/Patient/{pid}", json={**created, "gender": "other"},
-                         headers=FHIR_JSON)
+    revived = client.put(
+        f"/fhir/Patient/{pid}", json={**created, "gender": "other"}, headers=FHIR_JSON
+    )
     assert revived.status_code == 201
     assert revived.json()["meta"]["versionId"] == "3"
     assert client.delete("/fhir/Patient/never-was").status_code == 404
@@ -155,28 +177,33 @@ def test_if_match(client: TestClient, services: Services) -> None:
     created = create_patient(client)
     pid = created["id"]
     before = snapshot(services)
-    stale = client.put(f"/fhir/Patient/{pid}", json=created,
-                       headers={**FHIR_JSON, "If-Match": 'W/"5"'})
+    stale = client.put(
+        f"/fhir/Patient/{pid}", json=created, headers={**FHIR_JSON, "If-Match": 'W/"5"'}
+    )
     assert stale.status_code == 412
     assert snapshot(services) == before
     assert client.delete(f"/fhir/Patient/{pid}", headers={"If-Match": 'W/"9"'}).status_code == 412
     bad = client.put(f"/fhir/Patient/{pid}", json=created, headers={**FHIR_JSON, "If-Match": "x"})
     assert bad.status_code == 400
-    fresh = client.put(f"/fhir/Patient/{pid}", json=created,
-                       headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    fresh = client.put(
+        f"/fhir/Patient/{pid}", json=created, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
     assert fresh.status_code == 200
-    missing = client.put("/fhir/Patient/nope", json=patient(id="nope"),
-                         headers={**FHIR_JSON, "If-Match": 'W/"1"'})
+    missing = client.put(
+        "/fhir/Patient/nope", json=patient(id="nope"), headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+    )
     assert missing.status_code == 412
 
 
 def test_prefer_return(client: TestClient) -> None:
-    minimal = client.post("/fhir/Patient", json=patient(),
-                          headers={**FHIR_JSON, "Prefer": "return=minimal"})
+    minimal = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
     assert minimal.status_code == 201 and minimal.content == b""
     assert minimal.headers["location"]
-    outcome = client.post("/fhir/Patient", json=patient(),
-                          headers={**FHIR_JSON, "Prefer": "return=OperationOutcome"})
+    outcome = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=OperationOutcome"}
+    )
     assert outcome.status_code == 201
     assert outcome.json()["resourceType"] == "OperationOutcome"
     assert outcome.json()["issue"][0]["severity"] == "information"
@@ -200,10 +227,11 @@ def test_pretty_and_format(client: TestClient) -> None:
 
 def test_compartment_owner_is_stored(client: TestClient, services: Services) -> None:
     created = create_patient(client)
-    response = client.post("/fhir/Observation", json=observation(f"Patient/{created['id']}"),
-                           headers=FHIR_JSON)
+    response = client.post(
+        "/fhir/Observation", json=observation(f"Patient/{created['id']}"), headers=FHIR_JSON
+    )
     assert response.status_code == 201
-    current, versions = snapshot(services)
+    current, _versions = snapshot(services)
     owners = {(row[0], row[5]) for row in current}
     assert ("Observation", created["id"]) in owners
     assert ("Patient", created["id"]) in owners

@@ -11,8 +11,11 @@ from tests.helpers import FHIR_JSON, patient
 
 
 def _ids(bundle: dict) -> list[tuple[str, str]]:
-    return [(e["resource"]["id"], e["resource"]["meta"]["versionId"])
-            for e in bundle.get("entry", []) if "resource" in e]
+    return [
+        (e["resource"]["id"], e["resource"]["meta"]["versionId"])
+        for e in bundle.get("entry", [])
+        if "resource" in e
+    ]
 
 
 def _link(bundle: dict, relation: str) -> str | None:
@@ -35,8 +38,11 @@ def test_instance_type_and_system_history(client: TestClient) -> None:
     [pid] = _create(client, 1)
     current = client.get(f"/fhir/Patient/{pid}").json()
     client.put(f"/fhir/Patient/{pid}", json={**current, "gender": "male"}, headers=FHIR_JSON)
-    client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final",
-                                           "code": {"text": "x"}}, headers=FHIR_JSON)
+    client.post(
+        "/fhir/Observation",
+        json={"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+        headers=FHIR_JSON,
+    )
     instance = client.get(f"/fhir/Patient/{pid}/_history").json()
     assert instance["type"] == "history" and instance["total"] == 2
     assert _ids(instance) == [(pid, "2"), (pid, "1")]
@@ -47,7 +53,10 @@ def test_instance_type_and_system_history(client: TestClient) -> None:
     assert {e["resource"]["resourceType"] for e in type_level["entry"]} == {"Patient"}
     system = client.get("/fhir/_history").json()
     assert [e["resource"]["resourceType"] for e in system["entry"]] == [
-        "Observation", "Patient", "Patient"]
+        "Observation",
+        "Patient",
+        "Patient",
+    ]
     assert client.get("/fhir/Patient/unknown/_history").status_code == 404
 
 

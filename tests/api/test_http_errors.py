@@ -14,8 +14,11 @@ from tests.helpers import FHIR_JSON, patient, snapshot
 
 def test_xml_body_is_415(client: TestClient, services: Services) -> None:
     before = snapshot(services)
-    response = client.post("/fhir/Patient", content=b"<Patient xmlns='http://hl7.org/fhir'/>",
-                           headers={"Content-Type": "application/fhir+xml"})
+    response = client.post(
+        "/fhir/Patient",
+        content=b"<Patient xmlns='http://hl7.org/fhir'/>",
+        headers={"Content-Type": "application/fhir+xml"},
+    )
     assert response.status_code == 415
     assert response.json()["resourceType"] == "OperationOutcome"
     assert snapshot(services) == before
@@ -26,13 +29,15 @@ def test_accept_without_json_is_406(client: TestClient) -> None:
     assert response.status_code == 406
     assert response.json()["issue"][0]["code"] == "not-supported"
     assert client.get("/fhir/metadata?_format=xml").status_code == 406
-    assert client.get("/fhir/metadata", headers={"Accept": "text/html, */*;q=0.8"}).status_code \
-        == 200
+    assert (
+        client.get("/fhir/metadata", headers={"Accept": "text/html, */*;q=0.8"}).status_code == 200
+    )
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
-    response = client.post("/fhir/Patient", content=b'{"resourceType": "Patient",',
-                           headers=FHIR_JSON)
+    response = client.post(
+        "/fhir/Patient", content=b'{"resourceType": "Patient",', headers=FHIR_JSON
+    )
     assert response.status_code == 400
     assert response.json()["issue"][0]["code"] == "structure"
     assert client.post("/fhir/Patient", content=b"[1,2]", headers=FHIR_JSON).status_code == 400
@@ -99,9 +104,15 @@ def test_metadata_lists_what_works(client: TestClient) -> None:
     assert len(types) == 147 and "Patient" in types and "MedicinalProduct" in types
     patient_entry = next(r for r in rest["resource"] if r["type"] == "Patient")
     assert {i["code"] for i in patient_entry["interaction"]} == {
-        "read", "vread", "update", "patch", "delete", "history-instance", "history-type",
-        "create"}
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+    }
     assert "searchParam" not in patient_entry  # search is not offered yet
-    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch",
-                                                        "history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     assert statement["patchFormat"] == ["application/json-patch+json"]

@@ -16,8 +16,10 @@ def _created(client: TestClient) -> str:
 
 def test_patch_applies_and_versions(client: TestClient) -> None:
     pid = _created(client)
-    ops = [{"op": "replace", "path": "/gender", "value": "male"},
-           {"op": "add", "path": "/active", "value": True}]
+    ops = [
+        {"op": "replace", "path": "/gender", "value": "male"},
+        {"op": "add", "path": "/active", "value": True},
+    ]
     response = client.patch(f"/fhir/Patient/{pid}", json=ops, headers=PATCH)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -44,9 +46,16 @@ def test_patch_errors_change_nothing(client: TestClient, services: Services) -> 
         response = client.patch(f"/fhir/Patient/{pid}", json=ops, headers=headers)
         assert response.status_code == status, (ops, response.text)
         assert response.json()["resourceType"] == "OperationOutcome"
-    stale = client.patch(f"/fhir/Patient/{pid}", json=[{"op": "remove", "path": "/gender"}],
-                         headers={**PATCH, "If-Match": 'W/"3"'})
+    stale = client.patch(
+        f"/fhir/Patient/{pid}",
+        json=[{"op": "remove", "path": "/gender"}],
+        headers={**PATCH, "If-Match": 'W/"3"'},
+    )
     assert stale.status_code == 412
-    assert client.patch("/fhir/Patient/missing", json=[{"op": "remove", "path": "/gender"}],
-                        headers=PATCH).status_code == 404
+    assert (
+        client.patch(
+            "/fhir/Patient/missing", json=[{"op": "remove", "path": "/gender"}], headers=PATCH
+        ).status_code
+        == 404
+    )
     assert snapshot(services) == before

@@ -16,8 +16,11 @@ from tests.helpers import FHIR_JSON
 
 def _strip(resource: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in resource.items() if k not in {"id", "meta"}}
-    meta = {k: v for k, v in (resource.get("meta") or {}).items()
-            if k not in {"versionId", "lastUpdated"}}
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in {"versionId", "lastUpdated"}
+    }
     if meta:
         out["meta"] = meta
     return out
@@ -27,8 +30,7 @@ def _strip(resource: dict[str, Any]) -> dict[str, Any]:
 def test_sample_bundle_ingests_and_reads_back(client: TestClient, path: Path) -> None:
     raw = path.read_bytes()
     sent = orjson.loads(raw)
-    response = client.post("/fhir", content=raw, headers={**FHIR_JSON,
-                                                          "Prefer": "return=minimal"})
+    response = client.post("/fhir", content=raw, headers={**FHIR_JSON, "Prefer": "return=minimal"})
     assert response.status_code == 200, response.text[:2000]
     results = response.json()["entry"]
     assert len(results) == len(sent["entry"])
