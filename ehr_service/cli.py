@@ -105,3 +105,7 @@ def openapi(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,13 @@ def upgrade(database: Database, migrations_dir: Path, revision: str = "head") ->
         command.upgrade(config, revision)
 
 
+def downgrade(database: Database, migrations_dir: Path, revision: str) -> None:
+    config = alembic_config(migrations_dir, database.url)
+    with database.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
 def is_at_head(database: Database, migrations_dir: Path) -> bool:
     """True when the database schema is at the newest migration."""
     script = ScriptDirectory.from_config(alembic_config(migrations_dir, database.url))

@@ -1,0 +1,213 @@
+"""`make bench`: ingest and read benchmarks on SQLite and PostgreSQL, side by side.
+
+Prints a table and writes ``bench-results/bench-<time>.json``. Figures are
+ratios against work measured in the same run (DESIGN.md §10): transaction
+ingest against the validation-only rate of the same resources, and read
+latency of a real server process over loopback.
+
+PostgreSQL: ``EHR_BENCH_DATABASE_URL`` (default: a database ``ehr_bench`` on
+127.0.0.1:5432, created if missing); skipped with a note if unreachable.
+Samples: the Synthea bundles of ``EHR_SAMPLES_DIR`` (or ../shared), plus the
+copy kept in tests/data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from fhir.resources.R4B import get_fhir_model_class  # noqa: E402
+
+from ehr_service.storage.database import normalise_url  # noqa: E402
+from tests.conftest import sample_bundles  # noqa: E402
+
+ROUNDS = int(os.environ.get("EHR_BENCH_ROUNDS", "2"))
+READS = int(os.environ.get("EHR_BENCH_READS", "2000"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def validation_rate(bundles: list[bytes]) -> tuple[int, float]:
+    """Resources/s of fhir.resources validation alone, in this process."""
+    resources = [e["resource"] for raw in bundles for e in orjson.loads(raw)["entry"]]
+    models = [get_fhir_model_class(r["resourceType"]) for r in resources]
+    for model, resource in list(zip(models, resources, strict=True))[:300]:  # warm up
+        model.model_validate(resource)
+    started = time.perf_counter()
+    for _ in range(ROUNDS):
+        for model, resource in zip(models, resources, strict=True):
+            model.model_validate(resource)
+    elapsed = time.perf_counter() - started
+    return len(resources) * ROUNDS, len(resources) * ROUNDS / elapsed
+
+
+def _pg_url() -> str | None:
+    url = os.environ.get("EHR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ehr_bench")
+    parsed = make_url(normalise_url(url))
+    try:
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{parsed.database}"'))
+        admin.dispose()
+    except sa.exc.OperationalError as exc:
+        print(f"PostgreSQL not reachable, skipped: {exc.__class__.__name__}")
+        return None
+    return parsed.render_as_string(hide_password=False)
+
+
+class Server:
+    def __init__(self, database_url: str, data_dir: Path) -> None:
+        self.port = _free_port()
+        self.env = {
+            **os.environ,
+            "EHR_DATABASE_URL": database_url,
+            "EHR_DATA_DIR": str(data_dir),
+            "EHR_LOG_LEVEL": "WARNING",
+            "EHR_MAX_BODY_BYTES": str(64 * 1024 * 1024),
+        }
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        exe = [sys.executable, "-m", "ehr_service.cli"]
+        subprocess.run([*exe, "migrate"], env=self.env, check=True, capture_output=True)
+        self.process = subprocess.Popen(
+            [*exe, "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/metadata", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Server(database_url, Path(tmp)) as server,
+        httpx.Client(timeout=300) as client,
+    ):
+        headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+        locations: list[str] = []
+        count = 0
+        started = time.perf_counter()
+        for _ in range(ROUNDS):
+            for raw in bundles:
+                response = client.post(server.base, content=raw, headers=headers)
+                response.raise_for_status()
+                entries = response.json()["entry"]
+                count += len(entries)
+                locations.extend(e["response"]["location"].split("/_history")[0] for e in entries)
+        ingest_seconds = time.perf_counter() - started
+        latencies = []
+        targets = [locations[(i * 7919) % len(locations)] for i in range(READS)]
+        read_started = time.perf_counter()
+        for target in targets:
+            t0 = time.perf_counter()
+            response = client.get(f"{server.base}/{target}")
+            latencies.append((time.perf_counter() - t0) * 1000)
+            assert response.status_code == 200
+        read_seconds = time.perf_counter() - read_started
+    return {
+        "backend": name,
+        "ingested_resources": count,
+        "ingest_seconds": round(ingest_seconds, 3),
+        "ingest_resources_per_s": round(count / ingest_seconds, 1),
+        "reads": READS,
+        "read_p50_ms": round(_percentile(latencies, 50), 3),
+        "read_p95_ms": round(_percentile(latencies, 95), 3),
+        "read_p99_ms": round(_percentile(latencies, 99), 3),
+        "reads_per_s_sequential": round(READS / read_seconds, 1),
+    }
+
+
+def main() -> None:
+    paths = sample_bundles()
+    bundles = [p.read_bytes() for p in paths]
+    validated, rate = validation_rate(bundles)
+    print(f"samples: {len(paths)} bundles, {validated // ROUNDS} resources, {ROUNDS} rounds")
+    print(f"validation only (fhir.resources R4B, 1 process): {rate:,.0f} resources/s")
+    backends = [("sqlite", f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3")]
+    pg = _pg_url()
+    if pg:
+        backends.append(("postgresql", pg))
+    results = []
+    for name, url in backends:
+        result = bench_backend(name, url, bundles)
+        result["validation_only_resources_per_s"] = round(rate, 1)
+        result["ingest_to_validation_ratio"] = round(result["ingest_resources_per_s"] / rate, 3)
+        results.append(result)
+
+    header = (
+        f"{'backend':<11}{'ingest res/s':>14}{'valid. res/s':>14}{'ratio':>8}"
+        f"{'read p50 ms':>13}{'read p95 ms':>13}{'read p99 ms':>13}{'reads/s':>10}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r['backend']:<11}{r['ingest_resources_per_s']:>14,.0f}"
+            f"{r['validation_only_resources_per_s']:>14,.0f}"
+            f"{r['ingest_to_validation_ratio']:>8.2f}{r['read_p50_ms']:>13.2f}"
+            f"{r['read_p95_ms']:>13.2f}{r['read_p99_ms']:>13.2f}"
+            f"{r['reads_per_s_sequential']:>10,.0f}"
+        )
+    out_dir = ROOT / "bench-results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = {
+        "date": stamp,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "results": results,
+    }
+    path = out_dir / f"bench-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
