@@ -4,6 +4,8 @@ FROM python:3.11-slim AS builder
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ehr_service ./ehr_service
+COPY fhir_profiles ./fhir_profiles
+COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -11,16 +13,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     EHR_DATA_DIR=/var/lib/ehr-service \
     EHR_HOST=0.0.0.0 \
-    EHR_PORT=8080 \
-    EHR_PROFILES_DIR=/opt/ehr-service/fhir_profiles \
-    EHR_MIGRATIONS_DIR=/opt/ehr-service/migrations
+    EHR_PORT=8080
 RUN useradd --system --uid 10001 --home-dir /var/lib/ehr-service ehr \
-    && mkdir -p /var/lib/ehr-service /opt/ehr-service \
+    && mkdir -p /var/lib/ehr-service \
     && chown ehr /var/lib/ehr-service
 COPY --from=builder /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
-COPY fhir_profiles /opt/ehr-service/fhir_profiles
-COPY migrations /opt/ehr-service/migrations
 USER ehr
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --retries=3 \

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ehr_service.locations import shipped_dir
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,8 +44,8 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1_000, ge=1)
 
-    profiles_dir: Path = PROJECT_ROOT / "fhir_profiles"
-    migrations_dir: Path = PROJECT_ROOT / "migrations"
+    profiles_dir: Path = Field(default_factory=lambda: shipped_dir("fhir_profiles"))
+    migrations_dir: Path = Field(default_factory=lambda: shipped_dir("migrations"))
     log_level: str = "INFO"
 
     @model_validator(mode="after")

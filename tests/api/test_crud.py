@@ -235,3 +235,17 @@ def test_compartment_owner_is_stored(client: TestClient, services: Services) -> 
     owners = {(row[0], row[5]) for row in current}
     assert ("Observation", created["id"]) in owners
     assert ("Patient", created["id"]) in owners
+
+
+def test_r4_only_types_are_validated_too(client: TestClient, services: Services) -> None:
+    before = snapshot(services)
+    response = client.post(
+        "/fhir/MedicinalProduct",
+        json={"resourceType": "MedicinalProduct", "name": {"productName": "x"}, "bogus": 1},
+        headers=FHIR_JSON,
+    )
+    assert response.status_code == 400
+    assert {"MedicinalProduct.name", "MedicinalProduct.bogus"} <= set(
+        issue_expressions(response.json())
+    )
+    assert snapshot(services) == before
