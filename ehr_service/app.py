@@ -14,6 +14,7 @@ from ehr_service.api import errors, fhir
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import load_compartment
+from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
 from ehr_service.storage.database import Database
 
@@ -26,6 +27,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         database=Database(settings.effective_database_url, pool_size=settings.database_pool_size),
         compartment=load_compartment(settings.profiles_dir),
+        registry=load_registry(settings.profiles_dir),
     )
 
 

@@ -92,3 +92,35 @@ def parse_etag(value: str, header: str = "If-Match") -> int:
             Category.INCORRECT, f'{header} must look like W/"<versionId>"', code="value"
         )
     return int(match["version"])
+
+
+def date_range(value: str) -> tuple[datetime, datetime] | None:
+    """The instants a FHIR date/dateTime/instant covers: ``2024-02`` is all of
+    February (R4 §3.1.1.5.6, implicit precision). None if unparseable."""
+    match = _DATE_TIME.fullmatch(value.strip())
+    if match is None:
+        return None
+    try:
+        low = parse_instant_param(value, "date")
+    except FhirError:
+        return None
+    parts = match.groupdict()
+    if parts["fraction"] is not None:
+        digits = len(parts["fraction"])
+        step = timedelta(microseconds=10 ** max(0, 6 - digits)) if digits < 6 else None
+        high = low + step - _TICK if step else low
+    elif parts["second"] is not None:
+        high = low + timedelta(seconds=1) - _TICK
+    elif parts["minute"] is not None:
+        high = low + timedelta(minutes=1) - _TICK
+    elif parts["day"] is not None:
+        high = low + timedelta(days=1) - _TICK
+    elif parts["month"] is not None:
+        year, month = low.year + (low.month // 12), low.month % 12 + 1
+        high = low.replace(year=year, month=month) - _TICK
+    else:
+        high = low.replace(year=low.year + 1) - _TICK
+    return low, high
+
+
+_TICK = timedelta(microseconds=1)

@@ -1,231 +1,358 @@
-"""Validate R4 resources against the official StructureDefinitions.
+"""Structural validation of the R4 resource types that have no ``fhir.resources.R4B`` model.
 
-For the R4 resource types that fhir.resources R4B has no model for (R4B
-replaced or dropped them) the element trees of their StructureDefinition
-snapshots (``fhir_profiles/r4-structures.json``, built by
-``fhir_profiles/_build_structures.py``) drive the check: unknown elements,
-cardinality, JSON array vs. single value (R4 §2.6.2), choice types, primitive
-JSON types and regexes, nested datatypes and backbone elements. Every problem
-is reported with its location.
+The rules come from two places of the FHIR R4 (4.0.1) specification:
+
+* the StructureDefinition snapshots (``snapshot.element``) of the 18 types in
+  :data:`STRUCTURE_ONLY_TYPES` and of every datatype they use, reduced by
+  ``fhir_profiles/_build_structures.py`` to ``fhir_profiles/r4-structures.json``:
+  element names, min/max cardinality, type codes (choice ``[x]`` types),
+  ``contentReference`` and the primitive types' regexes;
+* the JSON representation, R4 §2.6.2: elements whose maximum cardinality is
+  above 1 are always JSON arrays and the others never are; ``value[x]`` is sent
+  as ``valueString``/``valueQuantity``...; boolean, integer and decimal are JSON
+  booleans and numbers, other primitives strings; a primitive's id/extensions
+  go in a ``_name`` sibling (an array aligned with the values, ``null`` where a
+  side has nothing); empty objects, arrays and strings are not allowed.
+
+The definitions are compiled once, on first use, into a graph of nodes keyed by
+JSON property name, so a validation is one walk over the resource with dict
+lookups and precompiled regexes. Every problem is reported, each with its
+FHIRPath-like location (``MedicinalProduct.name[0].productName``).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ehr_service.fhir.errors import Issue
+from ehr_service.fhir.resource_types import R4_TYPES_WITHOUT_R4B_MODEL
 from ehr_service.locations import shipped_dir
 
+# In a source checkout this is Path(__file__).resolve().parents[2] / "fhir_profiles";
+# shipped_dir also finds the copy bundled into the wheel.
 STRUCTURES_FILE = shipped_dir("fhir_profiles") / "r4-structures.json"
-_INTEGER_TYPES = {"integer", "positiveInt", "unsignedInt"}
+
+STRUCTURE_ONLY_TYPES: frozenset[str] = R4_TYPES_WITHOUT_R4B_MODEL
+
+# Deeper nesting is refused rather than risking RecursionError (two frames a level).
+MAX_DEPTH = 100
+# R4 §2.24 integer: a 32-bit signed value; positiveInt/unsignedInt narrow it by regex.
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
-class _Definitions:
+@dataclass(slots=True, eq=False)
+class _Primitive:
+    name: str
+    kind: str  # JSON kind (R4 §2.6.2): "string", "boolean", "integer" or "decimal"
+    regex: re.Pattern[str] | None
+    max_length: int | None
+
+
+@dataclass(slots=True, eq=False)
+class _Element:
+    name: str  # as defined: "value[x]" for a choice
+    min: int
+    max: int | None  # None: unbounded ("*")
+    xml_attr: bool  # Element.id, Extension.url: no `_name` sibling
+    # JSON names with their `_name` siblings: (valueString, _valueString), ...
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    many: bool = field(init=False)  # a JSON array (R4 §2.6.2: max above 1)
+    choice: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Plain fields, not properties: read for every JSON property validated.
+        self.many = self.max is None or self.max > 1
+        self.choice = self.name.endswith("[x]")
+
+
+@dataclass(slots=True, eq=False)
+class _Node:
+    """A complex datatype, resource or backbone element: what its JSON object may hold."""
+
+    is_resource: bool
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    required: list[_Element] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One JSON property name and what its value(s) must be."""
+
+    element: _Element
+    sibling_key: str  # "_" + the JSON name
+    primitive: _Primitive | None = None
+    node: _Node | None = None
+    resource: bool = False  # a contained resource (type Resource)
+
+
+class _Model:
     def __init__(self, document: dict[str, Any]) -> None:
         self.resources: frozenset[str] = frozenset(document["resources"])
-        self.structures: dict[str, dict[str, list[Any]]] = document["structures"]
-        self.regexes = {
-            name: re.compile(regex) if regex else None
-            for name, regex in document["primitives"].items()
+        self.primitives = {
+            name: _Primitive(
+                name,
+                spec["json"],
+                re.compile(spec["regex"]) if "regex" in spec else None,
+                spec.get("maxLength"),
+            )
+            for name, spec in document["primitives"].items()
         }
-        # children[type][parent path] -> {element name: definition}
-        self.children: dict[str, dict[str, dict[str, list[Any]]]] = {}
-        for type_name, elements in self.structures.items():
-            by_parent: dict[str, dict[str, list[Any]]] = {}
-            for path, definition in elements.items():
-                parent, _, name = path.rpartition(".")
-                by_parent.setdefault(parent, {})[name] = definition
-            self.children[type_name] = by_parent
+        types: dict[str, dict[str, Any]] = document["types"]
+        # Nodes first (one per type and per inline backbone path), links second:
+        # the graph is cyclic (Extension.extension, contentReference).
+        self.nodes: dict[tuple[str, str], _Node] = {}
+        for type_name, record in types.items():
+            is_resource = record["kind"] == "resource"
+            self.nodes[type_name, ""] = _Node(is_resource)
+            for path in record["elements"]:
+                parent = path.rpartition(".")[0]
+                if parent and (type_name, parent) not in self.nodes:
+                    self.nodes[type_name, parent] = _Node(False)
+        for type_name, record in types.items():
+            for path, spec in record["elements"].items():
+                self._link(type_name, path, spec)
+
+    def _link(self, type_name: str, path: str, spec: list[Any]) -> None:
+        parent, _, name = path.rpartition(".")
+        node = self.nodes[type_name, parent]
+        low, high, codes = spec[0], spec[1], spec[2]
+        extra: dict[str, Any] = spec[3] if len(spec) > 3 else {}
+        element = _Element(name, low, None if high == "*" else int(high),
+                           bool(extra.get("xmlAttr")))
+        if low > 0:
+            node.required.append(element)
+        reference = extra.get("contentReference")
+        if reference:  # "#Type.a.b": same definition as element a.b of this type
+            target = self.nodes[type_name, reference.lstrip("#").split(".", 1)[1]]
+            self._add(node, name, _Slot(element, f"_{name}", node=target))
+            return
+        if (type_name, path) in self.nodes:  # inline BackboneElement / Element
+            inline = self.nodes[type_name, path]
+            self._add(node, name, _Slot(element, f"_{name}", node=inline))
+            return
+        profiles: dict[str, str] = extra.get("profile", {})
+        for code in codes:
+            key = name[:-3] + code[0].upper() + code[1:] if element.choice else name
+            if code in self.primitives:
+                slot = _Slot(element, f"_{key}", primitive=self.primitives[code])
+            elif code == "Resource":
+                slot = _Slot(element, f"_{key}", resource=True)
+            else:
+                target = self.nodes[profiles.get(code, code), ""]
+                slot = _Slot(element, f"_{key}", node=target)
+            self._add(node, key, slot)
+
+    @staticmethod
+    def _add(node: _Node, key: str, slot: _Slot) -> None:
+        slot.element.keys.append((key, slot.sibling_key))
+        node.slots[key] = slot
 
 
 @cache
-def _definitions(path: Path = STRUCTURES_FILE) -> _Definitions:
-    return _Definitions(orjson.loads(path.read_bytes()))
+def _model() -> _Model:
+    return _Model(orjson.loads(STRUCTURES_FILE.read_bytes()))
 
 
 def structure_only_types() -> frozenset[str]:
-    return _definitions().resources
+    """The resource types the shipped definitions cover (should be STRUCTURE_ONLY_TYPES)."""
+    return _model().resources
 
 
-def validate_structure(resource: dict[str, Any]) -> list[Issue]:
-    """Every structural problem of a resource of one of the structure-only types."""
-    definitions = _definitions()
-    resource_type = resource.get("resourceType")
-    if resource_type not in definitions.structures:
-        return [
-            Issue(
-                f"No structure definition for {resource_type}",
-                "not-supported",
-                expression=(str(resource_type),),
-            )
-        ]
-    issues: list[Issue] = []
-    _check_object(
-        definitions, resource, str(resource_type), "", str(resource_type), issues, is_resource=True
-    )
-    return issues
+def validate_structure(
+    resource: dict[str, Any], resource_type: str | None = None
+) -> list[Issue]:
+    """Every structural problem of a resource of one of :data:`STRUCTURE_ONLY_TYPES`.
+
+    ``resource_type``, when given, is the type the resource must declare.
+    Returns an empty list when the resource is valid.
+    """
+    walker = _Walker(_model())
+    declared = resource.get("resourceType") if isinstance(resource, dict) else None
+    where = resource_type or (declared if isinstance(declared, str) else "Resource")
+    walker.resource(resource, where, resource_type, 0)
+    return walker.issues
 
 
-def _match_child(children: dict[str, list[Any]], key: str) -> tuple[str, list[Any], str] | None:
-    """(element name, definition, type code) for a JSON key, handling ``value[x]``."""
-    if key in children and not key.endswith("[x]"):
-        definition = children[key]
-        codes = definition[2]
-        return key, definition, codes[0] if len(codes) == 1 else ""
-    for name, definition in children.items():
-        if name.endswith("[x]") and key.startswith(name[:-3]):
-            suffix = key[len(name) - 3 :]
-            for code in definition[2]:
-                if code[:1].upper() + code[1:] == suffix:
-                    return name, definition, code
-    return None
+def _label(key: str) -> str:
+    # Property names come from the client: keep diagnostics short.
+    return key if len(key) <= 64 else key[:61] + "..."
 
 
-def _check_object(
-    definitions: _Definitions,
-    node: dict[str, Any],
-    type_name: str,
-    path: str,
-    where: str,
-    issues: list[Issue],
-    *,
-    is_resource: bool = False,
-) -> None:
-    children = definitions.children.get(type_name, {}).get(path, {})
-    if not is_resource and type_name not in {"Element", "BackboneElement"}:
-        # Every datatype and backbone element also allows id/extension (inherited).
-        base = definitions.children["BackboneElement"][""]
-        children = {**base, **children}
-    seen: set[str] = set()
-    for key, value in node.items():
-        if is_resource and key == "resourceType":
-            continue
-        if key.startswith("_"):
-            if _match_child(children, key[1:]) is None:
-                issues.append(
-                    Issue(f"Unknown element '{key}'", "structure", expression=(f"{where}.{key}",))
-                )
-            continue
-        matched = _match_child(children, key)
-        if matched is None:
-            issues.append(
-                Issue(f"Unknown element '{key}'", "structure", expression=(f"{where}.{key}",))
-            )
-            continue
-        name, definition, code = matched
-        if name in seen and name.endswith("[x]"):
-            issues.append(
-                Issue(
-                    f"Only one type of '{name}' is allowed",
-                    "structure",
-                    expression=(f"{where}.{key}",),
-                )
-            )
-        seen.add(name)
-        many = definition[1] != "1"
-        if many != isinstance(value, list):
-            issues.append(
-                Issue(
-                    f"'{key}' must be {'an array' if many else 'a single value, not an array'}",
-                    "structure",
-                    expression=(f"{where}.{key}",),
-                )
-            )
-            continue
-        items = value if isinstance(value, list) else [value]
-        for index, item in enumerate(items):
-            item_where = f"{where}.{key}[{index}]" if many else f"{where}.{key}"
-            _check_value(
-                definitions,
-                item,
-                type_name,
-                _join(path, name),
-                definition,
-                code,
-                item_where,
-                issues,
-            )
-    for name, definition in children.items():
-        if definition[0] >= 1 and name not in seen and f"_{name}" not in node:
-            issues.append(
-                Issue(f"Element '{name}' is required", "required", expression=(f"{where}.{name}",))
-            )
+class _Walker:
+    __slots__ = ("issues", "model", "too_deep")
 
+    def __init__(self, model: _Model) -> None:
+        self.model = model
+        self.issues: list[Issue] = []
+        self.too_deep = False  # report the depth limit once, not once per sibling
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    def issue(self, code: str, diagnostics: str, where: str) -> None:
+        self.issues.append(Issue(diagnostics, code, expression=(where,)))
 
+    def resource(self, value: Any, where: str, expected: str | None, depth: int) -> None:
+        if not isinstance(value, dict):
+            self.issue("structure", "A resource must be a JSON object", where)
+            return
+        declared = value.get("resourceType")
+        if declared is None:
+            self.issue("required", "The resource has no resourceType", f"{where}.resourceType")
+            return
+        if not isinstance(declared, str):
+            self.issue("value", "resourceType must be a string", f"{where}.resourceType")
+            return
+        if expected is not None and declared != expected:
+            self.issue("invalid", f"resourceType must be '{expected}'", f"{where}.resourceType")
+            return
+        node = self.model.nodes.get((declared, ""))
+        if node is None or declared not in self.model.resources:
+            self.issue("not-supported", f"No structure definition for '{_label(declared)}'",
+                       f"{where}.resourceType")
+            return
+        self.object(value, node, where, depth)
 
-def _check_value(
-    definitions: _Definitions,
-    value: Any,
-    type_name: str,
-    path: str,
-    definition: list[Any],
-    code: str,
-    where: str,
-    issues: list[Issue],
-) -> None:
-    content_reference = definition[3]
-    if content_reference:
-        _expect_object(definitions, value, type_name, content_reference, where, issues)
-    elif code in definitions.regexes:
-        _check_primitive(definitions, value, code, where, issues)
-    elif code in {"BackboneElement", "Element"} and definitions.children[type_name].get(path):
-        _expect_object(definitions, value, type_name, path, where, issues)
-    elif code == "Resource":
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            issues.append(
-                Issue(
-                    "A contained resource must be an object with a resourceType",
-                    "structure",
-                    expression=(where,),
-                )
-            )
-        elif value["resourceType"] in definitions.resources:
-            _check_object(
-                definitions, value, value["resourceType"], "", where, issues, is_resource=True
-            )
-    elif code in definitions.structures:
-        _expect_object(definitions, value, code, "", where, issues)
+    def object(self, obj: dict[str, Any], node: _Node, where: str, depth: int) -> None:
+        if not obj:
+            self.issue("structure", "Empty objects are not allowed in FHIR JSON", where)
+            return
+        if depth > MAX_DEPTH:
+            if not self.too_deep:
+                self.issue("structure", f"Nested more than {MAX_DEPTH} levels deep", where)
+                self.too_deep = True
+            return
+        chosen: dict[int, str] = {}  # id(choice element) -> the JSON name used
+        for key, value in obj.items():
+            if key == "resourceType" and node.is_resource:
+                continue
+            sibling = key[:1] == "_"
+            name = key[1:] if sibling else key
+            slot = node.slots.get(name)
+            path = f"{where}.{key}"
+            if slot is None or (sibling and (slot.primitive is None or slot.element.xml_attr)):
+                self.issue("structure", f"Unknown element '{_label(key)}'", path)
+                continue
+            element = slot.element
+            if element.choice:
+                first = chosen.setdefault(id(element), name)
+                if first != name:
+                    self.issue("structure", f"Only one of '{element.name}' is allowed "
+                               f"(already have '{first}')", path)
+            if element.max == 0:
+                self.issue("structure", f"Element '{name}' is not allowed here", path)
+            elif sibling:
+                self.sibling(value, element, obj.get(name), path)
+            else:
+                self.property(value, slot, obj.get(slot.sibling_key), path, depth)
+        for element in node.required:
+            count = 0
+            for name, sibling_name in element.keys:
+                value = obj.get(name)
+                if value is None:
+                    value = obj.get(sibling_name)  # an extension-only primitive counts
+                if value is not None:
+                    count += len(value) if isinstance(value, list) else 1
+            if count < element.min:
+                self.issue("required", f"Element '{element.name}' is required"
+                           + (f" at least {element.min} times" if element.min > 1 else ""),
+                           f"{where}.{element.name}")
 
+    def property(self, value: Any, slot: _Slot, sibling: Any, path: str, depth: int) -> None:
+        element = slot.element
+        if not isinstance(value, list):
+            if element.many:
+                self.issue("structure", f"'{element.name}' must be a JSON array", path)
+            self.value(value, slot, path, depth)
+            return
+        if not value:
+            self.issue("structure", "Empty arrays are not allowed in FHIR JSON", path)
+            return
+        if not element.many:
+            self.issue("structure", f"'{element.name}' must be a single value, not an array",
+                       path)
+        elif element.max is not None and len(value) > element.max:
+            self.issue("structure", f"'{element.name}' allows at most {element.max} items",
+                       path)
+        extended = sibling if slot.primitive is not None and isinstance(sibling, list) else ()
+        for index, item in enumerate(value):
+            if item is None and index < len(extended) and isinstance(extended[index], dict):
+                continue  # this repetition has only an id/extensions (in `_name`)
+            self.value(item, slot, f"{path}[{index}]", depth)
 
-def _expect_object(
-    definitions: _Definitions,
-    value: Any,
-    type_name: str,
-    path: str,
-    where: str,
-    issues: list[Issue],
-) -> None:
-    if not isinstance(value, dict):
-        issues.append(Issue("Expected an object", "structure", expression=(where,)))
-        return
-    _check_object(definitions, value, type_name, path, where, issues)
+    def value(self, value: Any, slot: _Slot, where: str, depth: int) -> None:
+        if value is None:
+            self.issue("structure", "null is not allowed here in FHIR JSON", where)
+        elif slot.primitive is not None:
+            self.primitive(value, slot.primitive, where)
+        elif slot.resource:
+            declared = value.get("resourceType") if isinstance(value, dict) else None
+            if not isinstance(declared, str):
+                self.issue("structure", "A contained resource must be a JSON object "
+                           "with a string resourceType", where)
+            elif declared in self.model.resources:
+                self.resource(value, where, None, depth + 1)
+        elif slot.node is not None:
+            if isinstance(value, dict):
+                self.object(value, slot.node, where, depth + 1)
+            else:
+                self.issue("structure", "Expected a JSON object", where)
 
+    def primitive(self, value: Any, primitive: _Primitive, where: str) -> None:
+        kind = primitive.kind
+        if kind == "string":
+            if not isinstance(value, str):
+                self.issue("value", f"Expected a JSON string ({primitive.name})", where)
+            elif not value:
+                self.issue("structure", "Empty strings are not allowed in FHIR JSON", where)
+            elif primitive.max_length is not None and len(value) > primitive.max_length:
+                self.issue("value", f"At most {primitive.max_length} characters "
+                           f"({primitive.name})", where)
+            elif primitive.regex is not None and primitive.regex.fullmatch(value) is None:
+                self.issue("value", f"Not a valid {primitive.name}", where)
+        elif kind == "boolean":
+            if not isinstance(value, bool):
+                self.issue("value", f"Expected JSON true or false ({primitive.name})", where)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            self.issue("value", f"Expected a JSON number ({primitive.name})", where)
+        elif kind == "integer":
+            if not isinstance(value, int):
+                self.issue("value", f"Expected a whole number ({primitive.name})", where)
+            elif not _INT_MIN <= value <= _INT_MAX or (
+                primitive.regex is not None and primitive.regex.fullmatch(str(value)) is None
+            ):
+                self.issue("value", f"Not a valid {primitive.name}", where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            self.issue("value", f"Not a valid {primitive.name}", where)
 
-def _check_primitive(
-    definitions: _Definitions, value: Any, code: str, where: str, issues: list[Issue]
-) -> None:
-    if code == "boolean":
-        valid_json = isinstance(value, bool)
-    elif code in _INTEGER_TYPES:
-        valid_json = isinstance(value, int) and not isinstance(value, bool)
-    elif code == "decimal":
-        valid_json = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        valid_json = isinstance(value, str)
-    if not valid_json:
-        issues.append(
-            Issue(f"Expected a JSON value of FHIR type {code}", "value", expression=(where,))
-        )
-        return
-    regex = definitions.regexes.get(code)
-    text = value if isinstance(value, str) else str(value).lower()
-    if regex is not None and not regex.fullmatch(text):
-        issues.append(Issue(f"Not a valid {code}", "value", expression=(where,)))
+    def sibling(self, value: Any, element: _Element, primitive: Any, path: str) -> None:
+        """The `_name` of a primitive: object, or array of objects/nulls (R4 §2.6.2.1)."""
+        if not element.many:
+            if isinstance(value, dict):
+                if not value:
+                    self.issue("structure", "Empty objects are not allowed in FHIR JSON", path)
+            else:
+                self.issue("structure", "Expected a JSON object (id and extensions)", path)
+            return
+        if not isinstance(value, list):
+            self.issue("structure", f"'_{element.name}' must be a JSON array", path)
+            return
+        if not value:
+            self.issue("structure", "Empty arrays are not allowed in FHIR JSON", path)
+            return
+        values = primitive if isinstance(primitive, list) else ()
+        if isinstance(primitive, list) and len(primitive) != len(value):
+            self.issue("structure", f"'_{element.name}' must have as many items as "
+                       f"'{element.name}'", path)
+        for index, item in enumerate(value):
+            where = f"{path}[{index}]"
+            if item is None:
+                if index >= len(values) or values[index] is None:
+                    self.issue("structure", "null is not allowed here in FHIR JSON", where)
+            elif not isinstance(item, dict):
+                self.issue("structure", "Expected a JSON object or null", where)
+            elif not item:
+                self.issue("structure", "Empty objects are not allowed in FHIR JSON", where)

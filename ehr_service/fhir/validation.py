@@ -91,45 +91,43 @@ def _unreported_required(
 def json_shape_issues(value: Any, path: str) -> list[Issue]:
     """Empty or null values that FHIR JSON does not allow (R4 §2.6.2)."""
     issues: list[Issue] = []
-    stack: list[tuple[Any, str, bool]] = [(value, path, False)]
-    while stack and len(issues) < MAX_REPORTED_ISSUES:
-        node, where, in_array = stack.pop()
-        if isinstance(node, dict):
-            if not node:
-                issues.append(
-                    Issue(
-                        "Empty objects are not allowed in FHIR JSON",
-                        "structure",
-                        expression=(where,),
-                    )
-                )
-            for key, child in node.items():
-                stack.append((child, f"{where}.{key}", False))
-        elif isinstance(node, list):
-            if not node:
-                issues.append(
-                    Issue(
-                        "Empty arrays are not allowed in FHIR JSON",
-                        "structure",
-                        expression=(where,),
-                    )
-                )
-            for index, child in enumerate(node):
-                stack.append((child, f"{where}[{index}]", True))
-        elif node is None and not in_array:
-            # null is only meaningful inside arrays of primitives with `_x` siblings.
-            issues.append(
-                Issue("null is not allowed here in FHIR JSON", "structure", expression=(where,))
-            )
-        elif isinstance(node, str) and not node.strip():
-            issues.append(
-                Issue(
-                    "Empty or blank strings are not allowed in FHIR JSON",
-                    "value",
-                    expression=(where,),
-                )
-            )
-    return issues
+    _shape(value, [path], False, issues)
+    return issues[:MAX_REPORTED_ISSUES]
+
+
+def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> None:
+    # Runs on every stored resource: plain recursion, and the location is only
+    # formatted when there is a problem to report.
+    kind = type(node)
+    if kind is dict:
+        if not node:
+            issues.append(Issue("Empty objects are not allowed in FHIR JSON", "structure",
+                                expression=("".join(where),)))
+        for key, child in node.items():
+            if child is None or type(child) in _CHECKED:
+                where.append(f".{key}")
+                _shape(child, where, False, issues)
+                where.pop()
+    elif kind is list:
+        if not node:
+            issues.append(Issue("Empty arrays are not allowed in FHIR JSON", "structure",
+                                expression=("".join(where),)))
+        for index, child in enumerate(node):
+            if type(child) in _CHECKED:
+                where.append(f"[{index}]")
+                _shape(child, where, True, issues)
+                where.pop()
+    elif kind is str:
+        if not node or node.isspace():
+            issues.append(Issue("Empty or blank strings are not allowed in FHIR JSON", "value",
+                                expression=("".join(where),)))
+    elif node is None and not in_array:
+        # null is only meaningful inside arrays of primitives with `_x` siblings.
+        issues.append(Issue("null is not allowed here in FHIR JSON", "structure",
+                            expression=("".join(where),)))
+
+
+_CHECKED = {dict, list, str}
 
 
 def check_resource_type(resource: Any, expression: str = "") -> str:

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import PatientCompartment
+from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.storage.database import Database
 
@@ -18,6 +19,7 @@ class Services:
     settings: Settings
     database: Database
     compartment: PatientCompartment
+    registry: SearchParameterRegistry
 
 
 class ReturnPreference(StrEnum):

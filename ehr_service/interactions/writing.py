@@ -14,6 +14,7 @@ import orjson
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant
+from ehr_service.fhir.search.values import index_rows
 from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.storage.resources import NewVersion
@@ -61,5 +62,6 @@ def prepare_version(
         method=method,
         compartment_patient_id=ctx.services.compartment.owner(stored),
         content=orjson.dumps(stored),
+        index=index_rows(ctx.services.registry, stored),
     )
     return version, stored

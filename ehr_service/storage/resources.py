@@ -16,6 +16,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage.bulk import bulk_insert
+from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.tables import resource, resource_version
 
 
@@ -45,6 +48,7 @@ class NewVersion:
     method: str  # POST, PUT, PATCH, DELETE
     compartment_patient_id: str | None
     content: bytes | None  # None for a deletion
+    index: IndexRows | None = None  # search index rows of this version (None: none)
 
     def version_row(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,12 @@ _CURRENT_COLUMNS = (
 )
 
 
+_CURRENT_NAMES = ("res_type", "res_id", "version_id", "last_updated", "deleted",
+                  "compartment_patient_id", "content")
+_VERSION_NAMES = ("res_type", "res_id", "version_id", "last_updated", "method", "deleted",
+                  "compartment_patient_id", "content")
+
+
 def read_current(
     conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredVersion | None:
@@ -144,8 +154,14 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     """Insert first versions of resources that do not exist yet (server ids)."""
     if not versions:
         return
-    conn.execute(insert(resource), [v.current_row() for v in versions])
-    conn.execute(insert(resource_version), [v.version_row() for v in versions])
+    current = [v.current_row() for v in versions]
+    bulk_insert(conn, resource, _CURRENT_NAMES, [tuple(r[c] for c in _CURRENT_NAMES)
+                                                 for r in current])
+    history_rows = [v.version_row() for v in versions]
+    bulk_insert(conn, resource_version, _VERSION_NAMES,
+                [tuple(r[c] for c in _VERSION_NAMES) for r in history_rows])
+    insert_index(conn, [(v.resource_type, v.resource_id, v.compartment_patient_id, v.index)
+                        for v in versions if v.index is not None])
 
 
 def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
@@ -161,6 +177,9 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     if inserted is None:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
+    if version.index is not None:
+        insert_index(conn, [(version.resource_type, version.resource_id,
+                             version.compartment_patient_id, version.index)])
     return True
 
 
@@ -183,6 +202,10 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     if result.rowcount != 1:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
+    delete_index(conn, version.resource_type, version.resource_id)
+    if version.index is not None:
+        insert_index(conn, [(version.resource_type, version.resource_id,
+                             version.compartment_patient_id, version.index)])
     return True
 
 

@@ -1,0 +1,64 @@
+"""Writing search index rows, in the transaction that writes the resource."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, Table, delete
+
+from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage.bulk import bulk_insert
+from ehr_service.storage.tables import (
+    INDEX_TABLES,
+    search_composite,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+# IndexRows field -> (table, value columns after `param`)
+_LAYOUT: dict[str, tuple[Table, tuple[str, ...]]] = {
+    "strings": (search_string, ("value_norm", "value_exact")),
+    "tokens": (search_token, ("system", "code", "text_norm")),
+    "dates": (search_date, ("low", "high")),
+    "references": (search_reference, ("target_type", "target_id", "url", "identifier_system",
+                                      "identifier_value")),
+    "quantities": (search_quantity, ("value", "system", "code")),
+    "numbers": (search_number, ("value",)),
+    "uris": (search_uri, ("value",)),
+    "composites": (search_composite, ("c1_system", "c1_code", "c2_system", "c2_code",
+                                      "c2_value", "c2_low", "c2_high")),
+}
+
+
+def insert_index(
+    conn: Connection, entries: Sequence[tuple[str, str, str | None, IndexRows]]
+) -> None:
+    """Insert the index rows of resources (type, id, compartment patient, rows)."""
+    for name, (table, columns) in _LAYOUT.items():
+        rows = [
+            (resource_type, resource_id, patient_id, *row)
+            for resource_type, resource_id, patient_id, index in entries
+            for row in getattr(index, name)
+        ]
+        bulk_insert(conn, table, ("res_type", "res_id", "compartment_patient_id", "param",
+                                  *columns), rows)
+
+
+def delete_index(conn: Connection, resource_type: str, resource_id: str) -> None:
+    for table in INDEX_TABLES:
+        conn.execute(delete(table).where(table.c.res_type == resource_type,
+                                         table.c.res_id == resource_id))
+
+
+def clear_index(conn: Connection, resource_type: str | None = None) -> None:
+    """Remove every index row (of one type), before a reindex."""
+    for table in INDEX_TABLES:
+        statement = delete(table)
+        if resource_type is not None:
+            statement = statement.where(table.c.res_type == resource_type)
+        conn.execute(statement)
