@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(default=10_000, ge=1)
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1_000, ge=1)
+    max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
+    max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
 
     profiles_dir: Path = Field(default_factory=lambda: shipped_dir("fhir_profiles"))
     migrations_dir: Path = Field(default_factory=lambda: shipped_dir("migrations"))

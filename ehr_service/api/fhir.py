@@ -4,7 +4,9 @@ check the URL and headers, then run one interaction in a worker thread."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,12 +16,22 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
 from ehr_service.api.errors import allowed_methods
-from ehr_service.api.negotiation import JSON_TYPES, check_content_type
+from ehr_service.api.negotiation import JSON_TYPES, check_content_type, strict_handling
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
-from ehr_service.interactions import bundle, create, delete, dispatch, history, patch, read, update
+from ehr_service.interactions import (
+    bundle,
+    create,
+    delete,
+    dispatch,
+    history,
+    patch,
+    read,
+    search,
+    update,
+)
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
 from ehr_service.interactions.results import Result
@@ -34,6 +46,7 @@ IfMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETA
 IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 
 _JSON_BODY = frozenset(JSON_TYPES)
+_FORM_BODY = frozenset({"application/x-www-form-urlencoded"})
 _PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
 T = TypeVar("T")
 
@@ -53,7 +66,7 @@ async def _body(request: Request, allowed: frozenset[str]) -> Any:
     return parse_json(await request.body())
 
 
-_RESERVED = {"metadata", "_history"}
+_RESERVED = {"metadata", "_history", "_search"}
 
 
 def _type(request: Request, resource_type: str) -> str:
@@ -69,8 +82,9 @@ def _type(request: Request, resource_type: str) -> str:
 
 
 def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[str, str]:
-    if resource_id == "_history":
-        _type(request, "_history")
+    if resource_id in _RESERVED:
+        _type(request, resource_id)
+
     return _type(request, resource_type), check_id(resource_id)
 
 
@@ -111,6 +125,39 @@ async def history_type(
 ) -> Response:
     rtype = _type(request, resource_type)
     result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/{resource_type}", **docs.route("search", {200, 400, 404, 501}))
+async def search_get(
+    request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
+) -> Response:
+    rtype = _type(request, resource_type)
+    strict = strict_handling(request)
+    result = await run_in_threadpool(
+        _in_read, ctx, lambda c: search.search(c, ctx, rtype, strict=strict)
+    )
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.post(
+    "/{resource_type}/_search", **docs.route("search", {200, 400, 404, 415, 501}, body="form")
+)
+async def search_post(
+    request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
+) -> Response:
+    """POST [type]/_search: parameters in a form body, merged with the URL's (R4 §3.1.1)."""
+    rtype = _type(request, resource_type)
+    check_content_type(request, _FORM_BODY)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    query = {k: list(v) for k, v in ctx.query.items()}
+    for key, values in form.items():
+        query.setdefault(key, []).extend(values)
+    scoped = replace(ctx, query=query)
+    strict = strict_handling(request)
+    result = await run_in_threadpool(
+        _in_read, ctx, lambda c: search.search(c, scoped, rtype, strict=strict)
+    )
     return render_result(result, ctx.base_url, rendering)
 
 

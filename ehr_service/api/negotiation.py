@@ -107,3 +107,13 @@ def return_preference(request: Request) -> ReturnPreference:
                 except ValueError:
                     continue
     return ReturnPreference.REPRESENTATION
+
+
+def strict_handling(request: Request) -> bool:
+    """``Prefer: handling=strict``: unknown search parameters are errors (R4 §3.1.1.3)."""
+    for header in request.headers.getlist("prefer"):
+        for item in header.split(","):
+            key, _, value = item.strip().partition("=")
+            if key.strip().lower() == "handling" and value.strip().lower() == "strict":
+                return True
+    return False

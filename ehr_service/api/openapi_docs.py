@@ -47,6 +47,11 @@ _BODIES = {
     "resource": {FHIR_JSON: {"schema": _RESOURCE_SCHEMA}},
     "Bundle": {FHIR_JSON: {"schema": _BUNDLE_SCHEMA}},
     "patch": {"application/json-patch+json": {"schema": _PATCH_SCHEMA}},
+    "form": {
+        "application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "additionalProperties": True}
+        }
+    },
 }
 _DESCRIPTIONS = {
     200: "OK",
@@ -116,6 +121,39 @@ _HISTORY_PARAMS: list[dict[str, Any]] = [
 ]
 
 
+_SEARCH_PARAMS: list[dict[str, Any]] = [
+    {
+        "name": "_count",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {"name": "_sort", "in": "query", "required": False, "schema": {"type": "string"}},
+    {
+        "name": "_total",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["none", "estimate", "accurate"]},
+    },
+    {
+        "name": "_summary",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true", "false", "text", "data", "count"]},
+    },
+    {"name": "_elements", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "_include", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "_revinclude", "in": "query", "required": False, "schema": {"type": "string"}},
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "handling=strict | handling=lenient",
+    },
+]
+
+
 def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str, Any]:
     """Keyword arguments for a FastAPI route decorator."""
     responses: dict[int | str, dict[str, Any]] = {}
@@ -127,6 +165,8 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
             }
         responses[status] = response
     parameters = list(_COMMON_PARAMS)
+    if summary == "search":
+        parameters.extend(_SEARCH_PARAMS)
     if body is not None or summary == "delete":
         parameters.append(_PREFER)
     if summary.startswith("history"):

@@ -123,8 +123,9 @@ class _Model:
         node = self.nodes[type_name, parent]
         low, high, codes = spec[0], spec[1], spec[2]
         extra: dict[str, Any] = spec[3] if len(spec) > 3 else {}
-        element = _Element(name, low, None if high == "*" else int(high),
-                           bool(extra.get("xmlAttr")))
+        element = _Element(
+            name, low, None if high == "*" else int(high), bool(extra.get("xmlAttr"))
+        )
         if low > 0:
             node.required.append(element)
         reference = extra.get("contentReference")
@@ -164,9 +165,7 @@ def structure_only_types() -> frozenset[str]:
     return _model().resources
 
 
-def validate_structure(
-    resource: dict[str, Any], resource_type: str | None = None
-) -> list[Issue]:
+def validate_structure(resource: dict[str, Any], resource_type: str | None = None) -> list[Issue]:
     """Every structural problem of a resource of one of :data:`STRUCTURE_ONLY_TYPES`.
 
     ``resource_type``, when given, is the type the resource must declare.
@@ -211,8 +210,11 @@ class _Walker:
             return
         node = self.model.nodes.get((declared, ""))
         if node is None or declared not in self.model.resources:
-            self.issue("not-supported", f"No structure definition for '{_label(declared)}'",
-                       f"{where}.resourceType")
+            self.issue(
+                "not-supported",
+                f"No structure definition for '{_label(declared)}'",
+                f"{where}.resourceType",
+            )
             return
         self.object(value, node, where, depth)
 
@@ -240,8 +242,11 @@ class _Walker:
             if element.choice:
                 first = chosen.setdefault(id(element), name)
                 if first != name:
-                    self.issue("structure", f"Only one of '{element.name}' is allowed "
-                               f"(already have '{first}')", path)
+                    self.issue(
+                        "structure",
+                        f"Only one of '{element.name}' is allowed (already have '{first}')",
+                        path,
+                    )
             if element.max == 0:
                 self.issue("structure", f"Element '{name}' is not allowed here", path)
             elif sibling:
@@ -257,9 +262,12 @@ class _Walker:
                 if value is not None:
                     count += len(value) if isinstance(value, list) else 1
             if count < element.min:
-                self.issue("required", f"Element '{element.name}' is required"
-                           + (f" at least {element.min} times" if element.min > 1 else ""),
-                           f"{where}.{element.name}")
+                self.issue(
+                    "required",
+                    f"Element '{element.name}' is required"
+                    + (f" at least {element.min} times" if element.min > 1 else ""),
+                    f"{where}.{element.name}",
+                )
 
     def property(self, value: Any, slot: _Slot, sibling: Any, path: str, depth: int) -> None:
         element = slot.element
@@ -272,11 +280,9 @@ class _Walker:
             self.issue("structure", "Empty arrays are not allowed in FHIR JSON", path)
             return
         if not element.many:
-            self.issue("structure", f"'{element.name}' must be a single value, not an array",
-                       path)
+            self.issue("structure", f"'{element.name}' must be a single value, not an array", path)
         elif element.max is not None and len(value) > element.max:
-            self.issue("structure", f"'{element.name}' allows at most {element.max} items",
-                       path)
+            self.issue("structure", f"'{element.name}' allows at most {element.max} items", path)
         extended = sibling if slot.primitive is not None and isinstance(sibling, list) else ()
         for index, item in enumerate(value):
             if item is None and index < len(extended) and isinstance(extended[index], dict):
@@ -291,8 +297,11 @@ class _Walker:
         elif slot.resource:
             declared = value.get("resourceType") if isinstance(value, dict) else None
             if not isinstance(declared, str):
-                self.issue("structure", "A contained resource must be a JSON object "
-                           "with a string resourceType", where)
+                self.issue(
+                    "structure",
+                    "A contained resource must be a JSON object with a string resourceType",
+                    where,
+                )
             elif declared in self.model.resources:
                 self.resource(value, where, None, depth + 1)
         elif slot.node is not None:
@@ -309,8 +318,9 @@ class _Walker:
             elif not value:
                 self.issue("structure", "Empty strings are not allowed in FHIR JSON", where)
             elif primitive.max_length is not None and len(value) > primitive.max_length:
-                self.issue("value", f"At most {primitive.max_length} characters "
-                           f"({primitive.name})", where)
+                self.issue(
+                    "value", f"At most {primitive.max_length} characters ({primitive.name})", where
+                )
             elif primitive.regex is not None and primitive.regex.fullmatch(value) is None:
                 self.issue("value", f"Not a valid {primitive.name}", where)
         elif kind == "boolean":
@@ -345,8 +355,9 @@ class _Walker:
             return
         values = primitive if isinstance(primitive, list) else ()
         if isinstance(primitive, list) and len(primitive) != len(value):
-            self.issue("structure", f"'_{element.name}' must have as many items as "
-                       f"'{element.name}'", path)
+            self.issue(
+                "structure", f"'_{element.name}' must have as many items as '{element.name}'", path
+            )
         for index, item in enumerate(value):
             where = f"{path}[{index}]"
             if item is None:

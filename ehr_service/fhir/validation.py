@@ -101,8 +101,13 @@ def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> 
     kind = type(node)
     if kind is dict:
         if not node:
-            issues.append(Issue("Empty objects are not allowed in FHIR JSON", "structure",
-                                expression=("".join(where),)))
+            issues.append(
+                Issue(
+                    "Empty objects are not allowed in FHIR JSON",
+                    "structure",
+                    expression=("".join(where),),
+                )
+            )
         for key, child in node.items():
             if child is None or type(child) in _CHECKED:
                 where.append(f".{key}")
@@ -110,8 +115,13 @@ def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> 
                 where.pop()
     elif kind is list:
         if not node:
-            issues.append(Issue("Empty arrays are not allowed in FHIR JSON", "structure",
-                                expression=("".join(where),)))
+            issues.append(
+                Issue(
+                    "Empty arrays are not allowed in FHIR JSON",
+                    "structure",
+                    expression=("".join(where),),
+                )
+            )
         for index, child in enumerate(node):
             if type(child) in _CHECKED:
                 where.append(f"[{index}]")
@@ -119,12 +129,20 @@ def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> 
                 where.pop()
     elif kind is str:
         if not node or node.isspace():
-            issues.append(Issue("Empty or blank strings are not allowed in FHIR JSON", "value",
-                                expression=("".join(where),)))
+            issues.append(
+                Issue(
+                    "Empty or blank strings are not allowed in FHIR JSON",
+                    "value",
+                    expression=("".join(where),),
+                )
+            )
     elif node is None and not in_array:
         # null is only meaningful inside arrays of primitives with `_x` siblings.
-        issues.append(Issue("null is not allowed here in FHIR JSON", "structure",
-                            expression=("".join(where),)))
+        issues.append(
+            Issue(
+                "null is not allowed here in FHIR JSON", "structure", expression=("".join(where),)
+            )
+        )
 
 
 _CHECKED = {dict, list, str}
@@ -160,11 +178,11 @@ def check_resource_type(resource: Any, expression: str = "") -> str:
 
 def resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
     """Every structural problem of a resource whose type is known to be R4."""
-    issues = json_shape_issues(resource, resource_type)
     if resource_type in R4_TYPES_WITHOUT_R4B_MODEL:
         from ehr_service.fhir.structure_validation import validate_structure
 
-        return issues + validate_structure(resource)
+        return validate_structure(resource)  # checks the JSON shape rules itself
+    issues = json_shape_issues(resource, resource_type)
     model = _model_class(resource_type)
     try:
         model.model_validate(resource)

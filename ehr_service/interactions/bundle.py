@@ -126,7 +126,7 @@ def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
     }:
         raise FhirError.of(
             Category.NOT_IMPLEMENTED,
-            f"{where}: search and conditional interactions are not supported yet",
+            f"{where}: conditional interactions are not supported yet",
             code="not-supported",
             expression=[f"{where}.request"],
         )

@@ -8,7 +8,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, utc_now
-from ehr_service.interactions import create, delete, history, patch, read, update
+from ehr_service.interactions import create, delete, history, patch, read, search, update
 from ehr_service.interactions.capability import capability_statement
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -45,6 +45,8 @@ def run(
         return create.create(conn, ctx, rtype, body)
     if kind is Interaction.HISTORY_TYPE:
         return history.history(conn, scoped, rtype)
+    if kind is Interaction.SEARCH_TYPE:
+        return search.search(conn, scoped, rtype)
     assert rid is not None
     if kind is Interaction.READ:
         return read.read(conn, rtype, rid, if_none_match)

@@ -117,10 +117,25 @@ _CURRENT_COLUMNS = (
 )
 
 
-_CURRENT_NAMES = ("res_type", "res_id", "version_id", "last_updated", "deleted",
-                  "compartment_patient_id", "content")
-_VERSION_NAMES = ("res_type", "res_id", "version_id", "last_updated", "method", "deleted",
-                  "compartment_patient_id", "content")
+_CURRENT_NAMES = (
+    "res_type",
+    "res_id",
+    "version_id",
+    "last_updated",
+    "deleted",
+    "compartment_patient_id",
+    "content",
+)
+_VERSION_NAMES = (
+    "res_type",
+    "res_id",
+    "version_id",
+    "last_updated",
+    "method",
+    "deleted",
+    "compartment_patient_id",
+    "content",
+)
 
 
 def read_current(
@@ -155,13 +170,24 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     if not versions:
         return
     current = [v.current_row() for v in versions]
-    bulk_insert(conn, resource, _CURRENT_NAMES, [tuple(r[c] for c in _CURRENT_NAMES)
-                                                 for r in current])
+    bulk_insert(
+        conn, resource, _CURRENT_NAMES, [tuple(r[c] for c in _CURRENT_NAMES) for r in current]
+    )
     history_rows = [v.version_row() for v in versions]
-    bulk_insert(conn, resource_version, _VERSION_NAMES,
-                [tuple(r[c] for c in _VERSION_NAMES) for r in history_rows])
-    insert_index(conn, [(v.resource_type, v.resource_id, v.compartment_patient_id, v.index)
-                        for v in versions if v.index is not None])
+    bulk_insert(
+        conn,
+        resource_version,
+        _VERSION_NAMES,
+        [tuple(r[c] for c in _VERSION_NAMES) for r in history_rows],
+    )
+    insert_index(
+        conn,
+        [
+            (v.resource_type, v.resource_id, v.compartment_patient_id, v.index)
+            for v in versions
+            if v.index is not None
+        ],
+    )
 
 
 def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
@@ -178,8 +204,17 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
     if version.index is not None:
-        insert_index(conn, [(version.resource_type, version.resource_id,
-                             version.compartment_patient_id, version.index)])
+        insert_index(
+            conn,
+            [
+                (
+                    version.resource_type,
+                    version.resource_id,
+                    version.compartment_patient_id,
+                    version.index,
+                )
+            ],
+        )
     return True
 
 
@@ -204,8 +239,17 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     conn.execute(insert(resource_version).values(**version.version_row()))
     delete_index(conn, version.resource_type, version.resource_id)
     if version.index is not None:
-        insert_index(conn, [(version.resource_type, version.resource_id,
-                             version.compartment_patient_id, version.index)])
+        insert_index(
+            conn,
+            [
+                (
+                    version.resource_type,
+                    version.resource_id,
+                    version.compartment_patient_id,
+                    version.index,
+                )
+            ],
+        )
     return True
 
 

@@ -25,13 +25,17 @@ _LAYOUT: dict[str, tuple[Table, tuple[str, ...]]] = {
     "strings": (search_string, ("value_norm", "value_exact")),
     "tokens": (search_token, ("system", "code", "text_norm")),
     "dates": (search_date, ("low", "high")),
-    "references": (search_reference, ("target_type", "target_id", "url", "identifier_system",
-                                      "identifier_value")),
+    "references": (
+        search_reference,
+        ("target_type", "target_id", "url", "identifier_system", "identifier_value"),
+    ),
     "quantities": (search_quantity, ("value", "system", "code")),
     "numbers": (search_number, ("value",)),
     "uris": (search_uri, ("value",)),
-    "composites": (search_composite, ("c1_system", "c1_code", "c2_system", "c2_code",
-                                      "c2_value", "c2_low", "c2_high")),
+    "composites": (
+        search_composite,
+        ("c1_system", "c1_code", "c2_system", "c2_code", "c2_value", "c2_low", "c2_high"),
+    ),
 }
 
 
@@ -45,14 +49,16 @@ def insert_index(
             for resource_type, resource_id, patient_id, index in entries
             for row in getattr(index, name)
         ]
-        bulk_insert(conn, table, ("res_type", "res_id", "compartment_patient_id", "param",
-                                  *columns), rows)
+        bulk_insert(
+            conn, table, ("res_type", "res_id", "compartment_patient_id", "param", *columns), rows
+        )
 
 
 def delete_index(conn: Connection, resource_type: str, resource_id: str) -> None:
     for table in INDEX_TABLES:
-        conn.execute(delete(table).where(table.c.res_type == resource_type,
-                                         table.c.res_id == resource_id))
+        conn.execute(
+            delete(table).where(table.c.res_type == resource_type, table.c.res_id == resource_id)
+        )
 
 
 def clear_index(conn: Connection, resource_type: str | None = None) -> None:

@@ -123,57 +123,122 @@ TEXT = String(255)
 NUMBER = Float(precision=53)
 
 search_string = _index_table(
-    "search_string", Column("value_norm", TEXT, nullable=False),
+    "search_string",
+    Column("value_norm", TEXT, nullable=False),
     Column("value_exact", TEXT, nullable=False),
 )
 search_token = _index_table(
-    "search_token", Column("system", String(255)), Column("code", TEXT),
+    "search_token",
+    Column("system", String(255)),
+    Column("code", TEXT),
     Column("text_norm", TEXT),
 )
 search_date = _index_table(
-    "search_date", Column("low", UTCDateTime, nullable=False),
+    "search_date",
+    Column("low", UTCDateTime, nullable=False),
     Column("high", UTCDateTime, nullable=False),
 )
 search_reference = _index_table(
-    "search_reference", Column("target_type", RESOURCE_TYPE), Column("target_id", RESOURCE_ID),
-    Column("url", String(512)), Column("identifier_system", String(255)),
+    "search_reference",
+    Column("target_type", RESOURCE_TYPE),
+    Column("target_id", RESOURCE_ID),
+    Column("url", String(512)),
+    Column("identifier_system", String(255)),
     Column("identifier_value", TEXT),
 )
 search_quantity = _index_table(
-    "search_quantity", Column("value", NUMBER, nullable=False), Column("system", String(255)),
+    "search_quantity",
+    Column("value", NUMBER, nullable=False),
+    Column("system", String(255)),
     Column("code", TEXT),
 )
 search_number = _index_table("search_number", Column("value", NUMBER, nullable=False))
 search_uri = _index_table("search_uri", Column("value", String(512), nullable=False))
 search_composite = _index_table(
-    "search_composite", Column("c1_system", String(255)), Column("c1_code", TEXT),
-    Column("c2_system", String(255)), Column("c2_code", TEXT), Column("c2_value", NUMBER),
-    Column("c2_low", UTCDateTime), Column("c2_high", UTCDateTime),
+    "search_composite",
+    Column("c1_system", String(255)),
+    Column("c1_code", TEXT),
+    Column("c2_system", String(255)),
+    Column("c2_code", TEXT),
+    Column("c2_value", NUMBER),
+    Column("c2_low", UTCDateTime),
+    Column("c2_high", UTCDateTime),
 )
-INDEX_TABLES = (search_string, search_token, search_date, search_reference, search_quantity,
-                search_number, search_uri, search_composite)
+INDEX_TABLES = (
+    search_string,
+    search_token,
+    search_date,
+    search_reference,
+    search_quantity,
+    search_number,
+    search_uri,
+    search_composite,
+)
 
 for _table in INDEX_TABLES:
     Index(f"ix_{_table.name}_resource", _table.c.res_type, _table.c.res_id)
 # varchar_pattern_ops: PostgreSQL uses the index for prefix LIKE in any collation.
-Index("ix_search_string_value", search_string.c.res_type, search_string.c.param,
-      search_string.c.value_norm, postgresql_ops={"value_norm": "varchar_pattern_ops"})
-Index("ix_search_token_code", search_token.c.res_type, search_token.c.param,
-      search_token.c.code, search_token.c.system)
-Index("ix_search_token_patient", search_token.c.compartment_patient_id, search_token.c.res_type,
-      search_token.c.param, search_token.c.code)
-Index("ix_search_date_range", search_date.c.res_type, search_date.c.param, search_date.c.low,
-      search_date.c.high)
-Index("ix_search_reference_target", search_reference.c.target_type,
-      search_reference.c.target_id, search_reference.c.res_type, search_reference.c.param)
-Index("ix_search_reference_url", search_reference.c.res_type, search_reference.c.param,
-      search_reference.c.url)
-Index("ix_search_reference_identifier", search_reference.c.res_type, search_reference.c.param,
-      search_reference.c.identifier_value)
-Index("ix_search_quantity_value", search_quantity.c.res_type, search_quantity.c.param,
-      search_quantity.c.code, search_quantity.c.value)
-Index("ix_search_number_value", search_number.c.res_type, search_number.c.param,
-      search_number.c.value)
+Index(
+    "ix_search_string_value",
+    search_string.c.res_type,
+    search_string.c.param,
+    search_string.c.value_norm,
+    postgresql_ops={"value_norm": "varchar_pattern_ops"},
+)
+Index(
+    "ix_search_token_code",
+    search_token.c.res_type,
+    search_token.c.param,
+    search_token.c.code,
+    search_token.c.system,
+)
+Index(
+    "ix_search_token_patient",
+    search_token.c.compartment_patient_id,
+    search_token.c.res_type,
+    search_token.c.param,
+    search_token.c.code,
+)
+Index(
+    "ix_search_date_range",
+    search_date.c.res_type,
+    search_date.c.param,
+    search_date.c.low,
+    search_date.c.high,
+)
+Index(
+    "ix_search_reference_target",
+    search_reference.c.target_type,
+    search_reference.c.target_id,
+    search_reference.c.res_type,
+    search_reference.c.param,
+)
+Index(
+    "ix_search_reference_url",
+    search_reference.c.res_type,
+    search_reference.c.param,
+    search_reference.c.url,
+)
+Index(
+    "ix_search_reference_identifier",
+    search_reference.c.res_type,
+    search_reference.c.param,
+    search_reference.c.identifier_value,
+)
+Index(
+    "ix_search_quantity_value",
+    search_quantity.c.res_type,
+    search_quantity.c.param,
+    search_quantity.c.code,
+    search_quantity.c.value,
+)
+Index(
+    "ix_search_number_value", search_number.c.res_type, search_number.c.param, search_number.c.value
+)
 Index("ix_search_uri_value", search_uri.c.res_type, search_uri.c.param, search_uri.c.value)
-Index("ix_search_composite_code", search_composite.c.res_type, search_composite.c.param,
-      search_composite.c.c1_code)
+Index(
+    "ix_search_composite_code",
+    search_composite.c.res_type,
+    search_composite.c.param,
+    search_composite.c.c1_code,
+)

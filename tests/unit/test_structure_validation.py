@@ -17,13 +17,24 @@ from ehr_service.fhir.structure_validation import (
 )
 
 EIGHTEEN = {
-    "EffectEvidenceSynthesis", "MedicinalProduct", "MedicinalProductAuthorization",
-    "MedicinalProductContraindication", "MedicinalProductIndication",
-    "MedicinalProductIngredient", "MedicinalProductInteraction",
-    "MedicinalProductManufactured", "MedicinalProductPackaged",
-    "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect",
-    "RiskEvidenceSynthesis", "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein",
-    "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
+    "EffectEvidenceSynthesis",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "RiskEvidenceSynthesis",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
 }
 
 
@@ -31,11 +42,16 @@ def medicinal_product() -> dict[str, Any]:
     return {
         "resourceType": "MedicinalProduct",
         "id": "aspirin-100",
-        "meta": {"versionId": "3", "lastUpdated": "2024-05-01T10:00:00.123Z",
-                 "profile": ["http://example.org/fhir/StructureDefinition/mp"],
-                 "tag": [{"system": "urn:tags", "code": "demo"}]},
-        "text": {"status": "generated",
-                 "div": '<div xmlns="http://www.w3.org/1999/xhtml">Aspirin 100 mg</div>'},
+        "meta": {
+            "versionId": "3",
+            "lastUpdated": "2024-05-01T10:00:00.123Z",
+            "profile": ["http://example.org/fhir/StructureDefinition/mp"],
+            "tag": [{"system": "urn:tags", "code": "demo"}],
+        },
+        "text": {
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml">Aspirin 100 mg</div>',
+        },
         "contained": [
             {"resourceType": "SubstanceProtein", "id": "p1", "numberOfSubunits": 1},
             {"resourceType": "Organization", "id": "org", "name": "Acme Pharma"},
@@ -43,39 +59,62 @@ def medicinal_product() -> dict[str, Any]:
         "extension": [
             {
                 "url": "http://example.org/ext/strength",
-                "valueQuantity": {"value": 100, "unit": "mg",
-                                  "system": "http://unitsofmeasure.org", "code": "mg"},
+                "valueQuantity": {
+                    "value": 100,
+                    "unit": "mg",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mg",
+                },
             },
-            {"url": "http://example.org/ext/pair",
-             "extension": [{"url": "first", "valueBoolean": True},
-                           {"url": "second", "valueDecimal": 0.25}]},
+            {
+                "url": "http://example.org/ext/pair",
+                "extension": [
+                    {"url": "first", "valueBoolean": True},
+                    {"url": "second", "valueDecimal": 0.25},
+                ],
+            },
         ],
         "modifierExtension": [{"url": "http://example.org/ext/m", "valueCode": "ok"}],
-        "identifier": [{"system": "urn:oid:1.2.3", "value": "MP-1",
-                        "period": {"start": "2020-01"}}],
+        "identifier": [
+            {"system": "urn:oid:1.2.3", "value": "MP-1", "period": {"start": "2020-01"}}
+        ],
         "type": {"coding": [{"system": "http://example.org/type", "code": "MP"}], "text": "MP"},
         "domain": {"system": "http://hl7.org/fhir/medicinal-product-domain", "code": "Human"},
         "specialMeasures": ["Keep dry", None],
-        "_specialMeasures": [None, {"extension": [{"url": "http://example.org/ext/why",
-                                                   "valueCode": "withheld"}]}],
-        "marketingStatus": [{"country": {"text": "NL"}, "status": {"text": "active"},
-                             "dateRange": {"start": "2020-01-01"}}],
-        "pharmaceuticalProduct": [{"reference": "#p1"}],
-        "name": [{
-            "productName": "Aspirin 100 mg tablets",
-            "_productName": {"id": "pn"},
-            "namePart": [{"part": "Aspirin", "type": {"code": "INV"}}],
-            "countryLanguage": [{
-                "country": {"text": "NL"},
-                "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "nl"}]},
-            }],
-        }],
-        "manufacturingBusinessOperation": [
-            {"effectiveDate": "2019-06-30T12:00:00+02:00",
-             "manufacturer": [{"reference": "#org", "display": "Acme"}]}
+        "_specialMeasures": [
+            None,
+            {"extension": [{"url": "http://example.org/ext/why", "valueCode": "withheld"}]},
         ],
-        "specialDesignation": [{"indicationCodeableConcept": {"text": "Pain"},
-                                "date": "2021-03-04"}],
+        "marketingStatus": [
+            {
+                "country": {"text": "NL"},
+                "status": {"text": "active"},
+                "dateRange": {"start": "2020-01-01"},
+            }
+        ],
+        "pharmaceuticalProduct": [{"reference": "#p1"}],
+        "name": [
+            {
+                "productName": "Aspirin 100 mg tablets",
+                "_productName": {"id": "pn"},
+                "namePart": [{"part": "Aspirin", "type": {"code": "INV"}}],
+                "countryLanguage": [
+                    {
+                        "country": {"text": "NL"},
+                        "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "nl"}]},
+                    }
+                ],
+            }
+        ],
+        "manufacturingBusinessOperation": [
+            {
+                "effectiveDate": "2019-06-30T12:00:00+02:00",
+                "manufacturer": [{"reference": "#org", "display": "Acme"}],
+            }
+        ],
+        "specialDesignation": [
+            {"indicationCodeableConcept": {"text": "Pain"}, "date": "2021-03-04"}
+        ],
     }
 
 
@@ -87,14 +126,25 @@ def substance_protein() -> dict[str, Any]:
         "numberOfSubunits": 2,
         "disulfideLinkage": ["A6-A11", "A7-B7"],
         "subunit": [
-            {"subunit": 1, "sequence": "GIVEQCCTSICSLYQLENYCN", "length": 21,
-             "sequenceAttachment": {"contentType": "text/plain",
-                                    "data": "R0lWRVFD Q1RTSUNT\nTFlRTEVOWUNO", "size": 21},
-             "nTerminalModificationId": {"system": "urn:x", "value": "n1"},
-             "nTerminalModification": "none"},
-            {"subunit": 2, "sequence": "FVNQHLCGSHLVEALYLVCGERGFFYTPKT", "length": 30,
-             "cTerminalModification": "amide",
-             "extension": [{"url": "http://example.org/ext/chain", "valueString": "B"}]},
+            {
+                "subunit": 1,
+                "sequence": "GIVEQCCTSICSLYQLENYCN",
+                "length": 21,
+                "sequenceAttachment": {
+                    "contentType": "text/plain",
+                    "data": "R0lWRVFD Q1RTSUNT\nTFlRTEVOWUNO",
+                    "size": 21,
+                },
+                "nTerminalModificationId": {"system": "urn:x", "value": "n1"},
+                "nTerminalModification": "none",
+            },
+            {
+                "subunit": 2,
+                "sequence": "FVNQHLCGSHLVEALYLVCGERGFFYTPKT",
+                "length": 30,
+                "cTerminalModification": "amide",
+                "extension": [{"url": "http://example.org/ext/chain", "valueString": "B"}],
+            },
         ],
     }
 
@@ -113,8 +163,17 @@ def test_shipped_definitions_cover_all_18_types() -> None:
     for name in EIGHTEEN:
         assert document["types"][name]["kind"] == "resource"
         assert document["types"][name]["elements"]["id"][2] == ["id"]
-    for datatype in ("Element", "BackboneElement", "Extension", "Meta", "Narrative",
-                     "Reference", "CodeableConcept", "Quantity", "SimpleQuantity"):
+    for datatype in (
+        "Element",
+        "BackboneElement",
+        "Extension",
+        "Meta",
+        "Narrative",
+        "Reference",
+        "CodeableConcept",
+        "Quantity",
+        "SimpleQuantity",
+    ):
         assert datatype in document["types"]
     assert {"string", "boolean", "integer", "decimal", "dateTime"} <= set(document["primitives"])
 
@@ -171,8 +230,12 @@ def test_a_primitive_with_only_extensions_counts_as_present() -> None:
     resource = medicinal_product()
     del resource["name"][0]["productName"]
     resource["name"][0]["_productName"] = {
-        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
-                       "valueCode": "masked"}]
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                "valueCode": "masked",
+            }
+        ]
     }
     assert found(resource) == set()
 
@@ -314,32 +377,45 @@ def test_nested_datatypes_and_profiles() -> None:
     assert found(info) == {
         # Range.low is a SimpleQuantity: comparator has max 0
         ("structure", "SubstanceReferenceInformation.target[0].amountRange.low.comparator"),
-        ("value",
-         "SubstanceReferenceInformation.target[2].source[0].identifier.assigner.identifier"
-         ".period.end"),
+        (
+            "value",
+            "SubstanceReferenceInformation.target[2].source[0].identifier.assigner.identifier"
+            ".period.end",
+        ),
     }
 
 
 def test_content_references() -> None:
     packaged = {
         "resourceType": "MedicinalProductPackaged",
-        "packageItem": [{
-            "type": {"text": "box"},
-            "quantity": {"value": 1},
-            "packageItem": [{"type": {"text": "blister"}, "colour": "red",
-                             "packageItem": [{"quantity": {"value": 10}}]}],
-        }],
+        "packageItem": [
+            {
+                "type": {"text": "box"},
+                "quantity": {"value": 1},
+                "packageItem": [
+                    {
+                        "type": {"text": "blister"},
+                        "colour": "red",
+                        "packageItem": [{"quantity": {"value": 10}}],
+                    }
+                ],
+            }
+        ],
     }
     assert found(packaged) == {
         ("required", "MedicinalProductPackaged.packageItem[0].packageItem[0].quantity"),
         ("structure", "MedicinalProductPackaged.packageItem[0].packageItem[0].colour"),
-        ("required",
-         "MedicinalProductPackaged.packageItem[0].packageItem[0].packageItem[0].type"),
+        ("required", "MedicinalProductPackaged.packageItem[0].packageItem[0].packageItem[0].type"),
     }
     spec = {
         "resourceType": "SubstanceSpecification",
-        "name": [{"name": "insulin", "synonym": [{"preferred": True}],
-                  "translation": [{"name": "insuline", "language": [{"text": "fr"}]}]}],
+        "name": [
+            {
+                "name": "insulin",
+                "synonym": [{"preferred": True}],
+                "translation": [{"name": "insuline", "language": [{"text": "fr"}]}],
+            }
+        ],
         "molecularWeight": [{"amount": {"value": "5808"}}],
         "structure": {"molecularWeight": {"method": {"text": "calc"}}},
     }
@@ -392,8 +468,11 @@ def test_empty_values_and_nulls() -> None:
 
 def test_every_problem_is_reported() -> None:
     resource = substance_protein() | {
-        "numberOfSubunits": "two", "disulfideLinkage": "A6-A11", "sequenceType": [{"text": "x"}],
-        "extra": True, "text": {"div": "<div>x</div>"},
+        "numberOfSubunits": "two",
+        "disulfideLinkage": "A6-A11",
+        "sequenceType": [{"text": "x"}],
+        "extra": True,
+        "text": {"div": "<div>x</div>"},
     }
     resource["subunit"][1]["length"] = -3.5
     resource["subunit"][1]["extension"].append({"valueString": ""})
@@ -419,7 +498,6 @@ def test_deep_nesting_is_refused_without_crashing() -> None:
         child = {"type": {"text": "t"}, "quantity": {"value": 1}}
         item["packageItem"] = [child]
         item = child
-    issues = validate_structure({"resourceType": "MedicinalProductPackaged",
-                                 "packageItem": [root]})
+    issues = validate_structure({"resourceType": "MedicinalProductPackaged", "packageItem": [root]})
     assert [i.code for i in issues] == ["structure"]
     assert "levels deep" in issues[0].diagnostics

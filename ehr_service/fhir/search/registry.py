@@ -20,8 +20,9 @@ from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 # Parameters every type has, answered from columns of the resource table.
 COLUMN_PARAMETERS = {"_id": "token", "_lastUpdated": "date"}
 # Types this server indexes (special and query-only parameters are not).
-INDEXED_TYPES = frozenset({"string", "token", "date", "reference", "quantity", "number", "uri",
-                           "composite"})
+INDEXED_TYPES = frozenset(
+    {"string", "token", "date", "reference", "quantity", "number", "uri", "composite"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,11 @@ class SearchParameterRegistry:
             bases = definition.get("base", [])
             applies_to = R4_RESOURCE_TYPES if set(bases) & {"Resource", "DomainResource"} else bases
             components = tuple(
-                Component(c["definition"], compile_relative(c["expression"]),
-                          types_by_url.get(c["definition"], ""))
+                Component(
+                    c["definition"],
+                    compile_relative(c["expression"]),
+                    types_by_url.get(c["definition"], ""),
+                )
                 for c in definition.get("component", [])
             )
             for resource_type in applies_to:
@@ -82,8 +86,10 @@ class SearchParameterRegistry:
                     continue
                 extract = None
                 expression = definition.get("expression") or ""
-                if kind in INDEXED_TYPES and expression and definition["code"] not in (
-                    COLUMN_PARAMETERS
+                if (
+                    kind in INDEXED_TYPES
+                    and expression
+                    and definition["code"] not in (COLUMN_PARAMETERS)
                 ):
                     extract = compile_expression(expression, resource_type, choices)
                 if kind == "composite" and len(components) != 2:

@@ -45,13 +45,23 @@ class IndexRows:
     tokens: list[tuple[str, str | None, str | None, str | None]] = field(default_factory=list)
     dates: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     references: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] = (
-        field(default_factory=list))
+        field(default_factory=list)
+    )
     quantities: list[tuple[str, float, str | None, str | None]] = field(default_factory=list)
     numbers: list[tuple[str, float]] = field(default_factory=list)
     uris: list[tuple[str, str]] = field(default_factory=list)
-    composites: list[tuple[str, str | None, str | None, str | None, str | None,
-                           float | None, datetime | None, datetime | None]] = (
-        field(default_factory=list))
+    composites: list[
+        tuple[
+            str,
+            str | None,
+            str | None,
+            str | None,
+            str | None,
+            float | None,
+            datetime | None,
+            datetime | None,
+        ]
+    ] = field(default_factory=list)
 
 
 def _strings(node: Any) -> list[str]:
@@ -87,15 +97,25 @@ def tokens_of(node: Any) -> list[tuple[str | None, str | None, str | None]]:
         for coding in node.get("coding") or []:
             if isinstance(coding, dict):
                 display = concept_text or coding.get("display")
-                out.append((coding.get("system"), coding.get("code"),
-                            normalise(display) if isinstance(display, str) else None))
+                out.append(
+                    (
+                        coding.get("system"),
+                        coding.get("code"),
+                        normalise(display) if isinstance(display, str) else None,
+                    )
+                )
         if not out and concept_text:
             out.append((None, None, normalise(concept_text)))
         return out
     if "code" in node:  # Coding
         display = node.get("display")
-        return [(node.get("system"), node.get("code"),
-                 normalise(display) if isinstance(display, str) else None)]
+        return [
+            (
+                node.get("system"),
+                node.get("code"),
+                normalise(display) if isinstance(display, str) else None,
+            )
+        ]
     if "value" in node and isinstance(node["value"], str):  # Identifier, ContactPoint
         system = node.get("system")
         if system in _CONTACT_SYSTEMS:  # ContactPoint: the token is its value alone
@@ -136,14 +156,16 @@ def quantities_of(node: Any) -> list[tuple[float, str | None, str | None]]:
     return []
 
 
-def references_of(node: Any) -> list[tuple[str | None, str | None, str | None, str | None,
-                                           str | None]]:
+ReferenceValue = tuple[str | None, str | None, str | None, str | None, str | None]
+
+
+def references_of(node: Any) -> list[ReferenceValue]:
     """(target type, target id, url, identifier system, identifier value)."""
     if isinstance(node, str):  # canonical or uri
         return [(None, None, node.split("|")[0], None, None)]
     if not isinstance(node, dict):
         return []
-    out = []
+    out: list[ReferenceValue] = []
     reference = node.get("reference")
     if isinstance(reference, str) and not reference.startswith("#"):
         parsed = parse_reference(reference)
@@ -163,14 +185,17 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
         for text in _strings(node):
             rows.strings.append((code, normalise(text), text[:MAX_STRING]))
     elif kind == "token":
-        for system, value, text in tokens_of(node):
-            rows.tokens.append((code, system, value, text))
-        if isinstance(node, dict) and isinstance(node.get("type"), dict) and isinstance(
-            node.get("value"), str
+        for token in tokens_of(node):
+            rows.tokens.append((code, *token))
+        if (
+            isinstance(node, dict)
+            and isinstance(node.get("type"), dict)
+            and isinstance(node.get("value"), str)
         ):  # Identifier.type, for :of-type
             for type_system, type_code, _ in tokens_of(node["type"]):
-                rows.tokens.append((f"{code}:of-type", f"{type_system}|{type_code}",
-                                    node["value"], None))
+                rows.tokens.append(
+                    (f"{code}:of-type", f"{type_system}|{type_code}", node["value"], None)
+                )
     elif kind == "date":
         for low, high in dates_of(node):
             rows.dates.append((code, low, high))
@@ -178,8 +203,8 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
         for target_type, target_id, url, id_system, id_value in references_of(node):
             rows.references.append((code, target_type, target_id, url, id_system, id_value))
     elif kind == "quantity":
-        for value, system, unit in quantities_of(node):
-            rows.quantities.append((code, value, system, unit))
+        for quantity in quantities_of(node):
+            rows.quantities.append((code, *quantity))
     elif kind == "number":
         if isinstance(node, int | float) and not isinstance(node, bool):
             rows.numbers.append((code, float(node)))
@@ -187,28 +212,52 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
         rows.uris.append((code, node))
 
 
-def _add_composite(rows: IndexRows, parameter: SearchParameter, element: Any,
-                   resource: dict[str, Any]) -> None:
+def _add_composite(
+    rows: IndexRows, parameter: SearchParameter, element: Any, resource: dict[str, Any]
+) -> None:
     first, second = parameter.components
-    for c1_system, c1_code, _ in [t for n in first.extract(element, resource)
-                                  for t in tokens_of(n)]:
+    for c1_system, c1_code, _ in [
+        t for n in first.extract(element, resource) for t in tokens_of(n)
+    ]:
         for node in second.extract(element, resource):
             if second.type == "quantity":
-                for value, system, unit in quantities_of(node):
-                    rows.composites.append((parameter.code, c1_system, c1_code, system, unit,
-                                            value, None, None))
+                for amount, system, unit in quantities_of(node):
+                    rows.composites.append(
+                        (parameter.code, c1_system, c1_code, system, unit, amount, None, None)
+                    )
             elif second.type == "date":
                 for low, high in dates_of(node):
-                    rows.composites.append((parameter.code, c1_system, c1_code, None, None,
-                                            None, low, high))
+                    rows.composites.append(
+                        (parameter.code, c1_system, c1_code, None, None, None, low, high)
+                    )
             elif second.type == "string":
                 for text in _strings(node):
-                    rows.composites.append((parameter.code, c1_system, c1_code, None,
-                                            normalise(text), None, None, None))
+                    rows.composites.append(
+                        (
+                            parameter.code,
+                            c1_system,
+                            c1_code,
+                            None,
+                            normalise(text),
+                            None,
+                            None,
+                            None,
+                        )
+                    )
             else:  # token or reference: compare as system|code
-                for system, value, _ in tokens_of(node):
-                    rows.composites.append((parameter.code, c1_system, c1_code, system, value,
-                                            None, None, None))
+                for token_system, token_code, _ in tokens_of(node):
+                    rows.composites.append(
+                        (
+                            parameter.code,
+                            c1_system,
+                            c1_code,
+                            token_system,
+                            token_code,
+                            None,
+                            None,
+                            None,
+                        )
+                    )
 
 
 def index_rows(registry: SearchParameterRegistry, resource: dict[str, Any]) -> IndexRows:

@@ -1,0 +1,209 @@
+"""Parse a search request into typed criteria (R4 §3.1.1.1-5).
+
+``name[:modifier]=value[,value]`` with prefixes, escapes (``\\,`` ``\\|``
+``\\$``), comma OR and repeated-parameter AND; chained names
+(``subject:Patient.name``); result parameters (``_count``, ``_sort``...) are
+collected apart. Unknown parameters are reported, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.fhir.search.registry import (
+    COLUMN_PARAMETERS,
+    SearchParameter,
+    SearchParameterRegistry,
+)
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+PREFIXED_TYPES = {"number", "date", "quantity"}
+RESULT_PARAMETERS = {
+    "_count",
+    "_sort",
+    "_total",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_contained",
+    "_containedType",
+    "_cursor",
+    "_format",
+    "_pretty",
+}
+MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"text", "not", "of-type", "missing", "above", "below", "in", "not-in"},
+    "date": {"missing"},
+    "reference": {"identifier", "missing"},
+    "quantity": {"missing"},
+    "number": {"missing"},
+    "uri": {"above", "below", "missing"},
+    "composite": {"missing"},
+}
+SUPPORTED_TOKEN_MODIFIERS = {"text", "not", "of-type", "missing"}
+_SPLIT_COMMA = re.compile(r"(?<!\\),")
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    """One ``name[:modifier]=v1,v2`` (values ORed); criteria of a search are ANDed."""
+
+    parameter: SearchParameter
+    modifier: str | None
+    values: tuple[str, ...]
+    chain: tuple[tuple[SearchParameter, str], ...] = ()  # (reference param, target type)
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseChain:
+    """``_has:Observation:patient:code=1234-5``."""
+
+    source_type: str
+    reference: SearchParameter
+    criterion: Criterion
+
+
+@dataclass(slots=True)
+class SearchRequest:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    reverse_chains: list[ReverseChain] = field(default_factory=list)
+    result: dict[str, list[str]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+
+def split_values(raw: str) -> tuple[str, ...]:
+    return tuple(v.replace("\\,", ",") for v in _SPLIT_COMMA.split(raw))
+
+
+def split_token(value: str) -> tuple[str | None, str]:
+    """``system|code`` -> (system, code); ``|code`` -> ("", code); ``code`` -> (None, code)."""
+    parts = re.split(r"(?<!\\)\|", value, maxsplit=1)
+    if len(parts) == 1:
+        return None, _unescape(parts[0])
+    return _unescape(parts[0]), _unescape(parts[1])
+
+
+def _unescape(value: str) -> str:
+    return value.replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _bad(message: str, name: str) -> FhirError:
+    return FhirError.of(Category.INCORRECT, message, code="invalid", expression=[name])
+
+
+class SearchParser:
+    def __init__(self, registry: SearchParameterRegistry) -> None:
+        self.registry = registry
+
+    def parse(self, resource_type: str, query: dict[str, list[str]]) -> SearchRequest:
+        request = SearchRequest(resource_type)
+        for name, raw_values in query.items():
+            base = name.split(":", 1)[0].split(".", 1)[0]
+            if base in RESULT_PARAMETERS:
+                request.result[name] = request.result.get(name, []) + raw_values
+                continue
+            if name.startswith("_has:"):
+                for raw in raw_values:
+                    request.reverse_chains.append(self._has(resource_type, name, raw))
+                continue
+            for raw in raw_values:
+                criterion = self.criterion(resource_type, name, raw)
+                if criterion is None:
+                    request.unknown.append(name)
+                    break
+                request.criteria.append(criterion)
+        return request
+
+    def criterion(self, resource_type: str, name: str, raw: str) -> Criterion | None:
+        """A criterion, or None for a parameter this type does not define."""
+        head, _, rest = name.partition(".")
+        code, _, modifier = head.partition(":")
+        parameter = self._parameter(resource_type, code)
+        if parameter is None:
+            return None
+        if rest:  # chaining: subject:Patient.name=x
+            if parameter.type != "reference":
+                raise _bad(f"'{code}' is not a reference: it cannot be chained", name)
+            targets = [modifier] if modifier else list(parameter.targets)
+            if modifier and modifier not in R4_RESOURCE_TYPES:
+                raise _bad(f"'{modifier}' is not a resource type", name)
+            candidates = [t for t in targets if self._chained(t, rest, raw) is not None]
+            if len(candidates) != 1:
+                raise _bad(
+                    f"Chain '{name}' must name one target type (e.g. {code}:Patient.{rest})"
+                    if candidates
+                    else f"No target of '{code}' has a parameter '{rest}'",
+                    name,
+                )
+            inner = self._chained(candidates[0], rest, raw)
+            assert inner is not None
+            return Criterion(
+                inner.parameter,
+                inner.modifier,
+                inner.values,
+                ((parameter, candidates[0]), *inner.chain),
+            )
+        if modifier:
+            allowed = MODIFIERS.get(parameter.type, set())
+            if parameter.type == "reference" and modifier in R4_RESOURCE_TYPES:
+                pass
+            elif modifier not in allowed:
+                raise _bad(
+                    f"Modifier ':{modifier}' is not valid for {parameter.type} parameter '{code}'",
+                    name,
+                )
+            elif parameter.type == "token" and modifier not in SUPPORTED_TOKEN_MODIFIERS:
+                raise FhirError.of(
+                    Category.NOT_IMPLEMENTED,
+                    f"Modifier ':{modifier}' needs terminology services, "
+                    "which this server does not offer",
+                    code="not-supported",
+                    expression=[name],
+                )
+        values = split_values(raw)
+        if modifier == "missing" and values not in {("true",), ("false",)}:
+            raise _bad(f"{name} takes true or false", name)
+        return Criterion(parameter, modifier or None, values)
+
+    def _chained(self, target_type: str, rest: str, raw: str) -> Criterion | None:
+        try:
+            return self.criterion(target_type, rest, raw)
+        except FhirError:
+            return None
+
+    def _parameter(self, resource_type: str, code: str) -> SearchParameter | None:
+        parameter = self.registry.get(resource_type, code)
+        if parameter is None or parameter.type in {"special"}:
+            return None
+        if parameter.extract is None and code not in COLUMN_PARAMETERS:
+            return None  # defined, but not indexed (e.g. 3-part composites, _text)
+        return parameter
+
+    def _has(self, resource_type: str, name: str, raw: str) -> ReverseChain:
+        parts = name.split(":", 3)
+        if len(parts) != 4 or parts[1] not in R4_RESOURCE_TYPES:
+            raise _bad("_has takes the form _has:Type:reference:parameter=value", name)
+        _, source_type, reference_code, rest = parts
+        reference = self.registry.get(source_type, reference_code)
+        if reference is None or reference.type != "reference":
+            raise _bad(f"{source_type} has no reference parameter '{reference_code}'", name)
+        if reference.targets and resource_type not in reference.targets:
+            raise _bad(f"{source_type}.{reference_code} cannot refer to {resource_type}", name)
+        if rest.startswith("_has:"):
+            raise _bad("nested _has is not supported", name)
+        criterion = self.criterion(source_type, rest, raw)
+        if criterion is None:
+            raise _bad(f"{source_type} has no search parameter '{rest}'", name)
+        return ReverseChain(source_type, reference, criterion)

@@ -1,0 +1,283 @@
+"""search-type (R4 §3.1.1): GET and POST ``[type]/_search``.
+
+Criteria are compiled to SQL over the index tables; results come back as a
+``searchset`` Bundle with paging links, includes, totals and an
+OperationOutcome entry for parameters this server ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcome
+from ehr_service.fhir.primitives import format_instant, new_id, utc_now
+from ehr_service.fhir.search.query import SearchParser, SearchRequest
+from ehr_service.fhir.search.shaping import subset
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.paging import first_value, page_size
+from ehr_service.interactions.results import Result
+from ehr_service.storage import search_queries
+from ehr_service.storage.search_queries import Found
+from ehr_service.storage.search_sql import SearchCompiler
+
+SUMMARY_VALUES = {"true", "false", "text", "data", "count"}
+TOTAL_VALUES = {"none", "estimate", "accurate"}
+
+
+def _issue(message: str) -> Issue:
+    return Issue(message, "not-supported", "warning")
+
+
+def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool]]:
+    order = []
+    for raw in request.result.get("_sort", []):
+        for key in raw.split(","):
+            descending = key.startswith("-")
+            code = key.lstrip("-")
+            parameter = parser._parameter(request.resource_type, code)
+            if parameter is None or parameter.type == "composite":
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"Cannot sort by '{code}'",
+                    code="invalid",
+                    expression=["_sort"],
+                )
+            order.append((search_queries.sort_key(parameter, descending), descending))
+    return order
+
+
+def _choice(request: SearchRequest, name: str, allowed: set[str]) -> str | None:
+    value = first_value(request.result, name)
+    if value is not None and value not in allowed:
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"{name} must be one of {sorted(allowed)}",
+            code="value",
+            expression=[name],
+        )
+    return value
+
+
+def search(
+    conn: Connection, ctx: RequestContext, resource_type: str, *, strict: bool = False
+) -> Result:
+    parser = SearchParser(ctx.services.registry)
+    request = parser.parse(resource_type, ctx.query)
+    warnings = [
+        _issue(f"Unknown or unsupported search parameter '{name}' was ignored")
+        for name in request.unknown
+    ]
+    if warnings and strict:
+        raise FhirError(
+            Category.INCORRECT,
+            tuple(
+                Issue(w.diagnostics.replace(" was ignored", ""), "not-supported") for w in warnings
+            ),
+        )
+    compiler = SearchCompiler(ctx.base_url)
+    where = compiler.where(resource_type, request.criteria, request.reverse_chains)
+    count = page_size(request.result, ctx.settings)
+    summary = _choice(request, "_summary", SUMMARY_VALUES)
+    total_mode = _choice(request, "_total", TOTAL_VALUES)
+    elements_raw = first_value(request.result, "_elements")
+    elements = frozenset(e.strip() for e in elements_raw.split(",")) if elements_raw else None
+    order = _sort(request, parser)
+    cursor = first_value(request.result, "_cursor")
+    after_id, offset = _parse_cursor(cursor, bool(order))
+
+    found: list[Found] = []
+    if summary != "count" and count > 0:
+        found = search_queries.page(
+            conn, where, order, limit=count + 1, after_id=after_id, offset=offset
+        )
+    has_next = len(found) > count
+    found = found[:count]
+    total = None
+    if (
+        summary == "count"
+        or total_mode in {"accurate", "estimate"}
+        or (total_mode is None and cursor is None)
+    ):
+        total = search_queries.count(conn, where)
+
+    included, include_warnings = _includes(conn, ctx, request, resource_type, found)
+    warnings.extend(include_warnings)
+
+    links = _links(ctx, resource_type, request, count, cursor, found, has_next, order, offset)
+    entries = [_entry(ctx, f, "match", summary, elements) for f in found]
+    entries += [_entry(ctx, f, "include", summary, None) for f in included]
+    if warnings:
+        entries.append(
+            {
+                "resource": operation_outcome(Category.INCORRECT, warnings),
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "meta": {"lastUpdated": format_instant(utc_now())},
+        "type": "searchset",
+    }
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return Result(200, bundle)
+
+
+def _parse_cursor(cursor: str | None, sorted_search: bool) -> tuple[str | None, int]:
+    if cursor is None:
+        return None, 0
+    if sorted_search and cursor[:1] == "o" and cursor[1:].isdigit():
+        return None, int(cursor[1:])
+    if not sorted_search and cursor[:1] == "k" and 1 < len(cursor) <= 65:
+        return cursor[1:], 0
+    raise FhirError.of(
+        Category.INCORRECT,
+        "_cursor is not a cursor this server issued",
+        code="value",
+        expression=["_cursor"],
+    )
+
+
+def _entry(
+    ctx: RequestContext,
+    found: Found,
+    mode: str,
+    summary: str | None,
+    elements: frozenset[str] | None,
+) -> dict[str, Any]:
+    content: Any = orjson.Fragment(found.content)
+    if summary in {"true", "text", "data"} or elements is not None:
+        content = subset(orjson.loads(found.content), summary, elements)
+    return {
+        "fullUrl": f"{ctx.base_url}/{found.resource_type}/{found.resource_id}",
+        "resource": content,
+        "search": {"mode": mode},
+    }
+
+
+def _links(
+    ctx: RequestContext,
+    resource_type: str,
+    request: SearchRequest,
+    count: int,
+    cursor: str | None,
+    found: list[Found],
+    has_next: bool,
+    order: list[tuple[Any, bool]],
+    offset: int,
+) -> list[dict[str, str]]:
+    params: list[tuple[str, str]] = []
+    for name, values in ctx.query.items():
+        if name in {"_cursor", "_count", "_format", "_pretty"} or name in request.unknown:
+            continue
+        params.extend((name, v) for v in values)
+    params.append(("_count", str(count)))
+    base = f"{ctx.base_url}/{resource_type}"
+
+    def url(extra: str | None) -> str:
+        items = params + ([("_cursor", extra)] if extra else [])
+        return base + "?" + "&".join(f"{k}={v}" for k, v in _encoded(items))
+
+    links = [{"relation": "self", "url": url(cursor)}]
+    if has_next and found:
+        nxt = f"o{offset + count}" if order else f"k{found[-1].resource_id}"
+        links.append({"relation": "next", "url": url(nxt)})
+    if order and offset > 0:
+        links.append({"relation": "previous", "url": url(f"o{max(0, offset - count)}")})
+    return links
+
+
+def _encoded(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    from urllib.parse import quote
+
+    return [(quote(k, safe=":._-"), quote(v, safe=":._-|,$/")) for k, v in items]
+
+
+def _includes(
+    conn: Connection,
+    ctx: RequestContext,
+    request: SearchRequest,
+    resource_type: str,
+    found: list[Found],
+) -> tuple[list[Found], list[Issue]]:
+    specs = [
+        (name, value)
+        for name in ("_include", "_include:iterate", "_revinclude", "_revinclude:iterate")
+        for value in request.result.get(name, [])
+    ]
+    if not specs or not found:
+        return [], []
+    registry = ctx.services.registry
+    seen = {(f.resource_type, f.resource_id) for f in found}
+    included: list[Found] = []
+    warnings: list[Issue] = []
+    frontier = found
+    limit = ctx.settings.max_include_count
+    for depth in range(ctx.settings.max_include_depth):
+        wanted: list[tuple[str, str]] = []
+        for name, value in specs:
+            if depth > 0 and not name.endswith(":iterate"):
+                continue
+            parts = value.split(":")
+            if len(parts) not in {2, 3}:
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"{name}={value}: use Type:param[:Target]",
+                    code="value",
+                    expression=[name],
+                )
+            source_type, code = parts[0], parts[1]
+            target = parts[2] if len(parts) == 3 else None
+            reference = registry.get(source_type, code)
+            if code != "*" and (reference is None or reference.type != "reference"):
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"{name}: {source_type} has no reference parameter '{code}'",
+                    code="value",
+                    expression=[name],
+                )
+            if name.startswith("_include"):
+                ids = [f.resource_id for f in frontier if f.resource_type == source_type]
+                if ids:
+                    wanted += search_queries.referenced(
+                        conn, source_type, ids, None if code == "*" else code, target
+                    )
+            else:
+                by_type: dict[str, list[str]] = {}
+                for f in frontier:
+                    by_type.setdefault(f.resource_type, []).append(f.resource_id)
+                for target_type, ids in by_type.items():
+                    if target and target != target_type:
+                        continue
+                    wanted += search_queries.referring(conn, source_type, code, target_type, ids)
+        new = [w for w in dict.fromkeys(wanted) if w not in seen]
+        if not new:
+            break
+        room = limit - len(included)
+        if len(new) > room:
+            warnings.append(
+                _issue(
+                    f"Only {limit} included resources are returned per page; "
+                    "narrow the search or lower _count"
+                )
+            )
+            new = new[:room]
+        batch = search_queries.read_many(conn, new)
+        seen.update(new)
+        included.extend(batch)
+        frontier = batch
+        if len(included) >= limit:
+            break
+    else:
+        if any(n.endswith(":iterate") for n, _ in specs):
+            warnings.append(
+                _issue(f"_include:iterate stopped after {ctx.settings.max_include_depth} rounds")
+            )
+    return included, warnings

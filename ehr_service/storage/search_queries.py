@@ -1,0 +1,146 @@
+"""Run compiled searches: matching page, totals, includes and sort keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, false, func, select, tuple_
+
+from ehr_service.fhir.search.registry import SearchParameter
+from ehr_service.storage.tables import (
+    resource,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+_SORT_COLUMNS = {
+    "string": (search_string, "value_norm", "value_norm"),
+    "token": (search_token, "code", "code"),
+    "date": (search_date, "low", "high"),
+    "number": (search_number, "value", "value"),
+    "quantity": (search_quantity, "value", "value"),
+    "reference": (search_reference, "target_id", "target_id"),
+    "uri": (search_uri, "value", "value"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    resource_type: str
+    resource_id: str
+    content: bytes
+
+
+def sort_key(parameter: SearchParameter, descending: bool) -> Any:
+    """The value a resource sorts by: its smallest (ascending) or largest value."""
+    if parameter.code == "_id":
+        return resource.c.res_id
+    if parameter.code == "_lastUpdated":
+        return resource.c.last_updated
+    table, low, high = _SORT_COLUMNS[parameter.type]
+    column = table.c[high if descending else low]
+    aggregate = func.max(column) if descending else func.min(column)
+    return (
+        select(aggregate)
+        .where(
+            table.c.res_type == resource.c.res_type,
+            table.c.res_id == resource.c.res_id,
+            table.c.param == parameter.code,
+        )
+        .scalar_subquery()
+    )
+
+
+def page(
+    conn: Connection,
+    where: Sequence[ColumnElement[bool]],
+    order: Sequence[tuple[Any, bool]],
+    *,
+    limit: int,
+    after_id: str | None = None,
+    offset: int = 0,
+) -> list[Found]:
+    """One page of matches. Without sort keys: keyset-paged on the id (stable under
+    concurrent writes); with sort keys: by offset."""
+    statement = select(resource.c.res_type, resource.c.res_id, resource.c.content).where(*where)
+    if order:
+        clauses = [(key.desc() if desc else key.asc()).nulls_last() for key, desc in order]
+        statement = statement.order_by(*clauses, resource.c.res_id).offset(offset)
+    else:
+        if after_id is not None:
+            statement = statement.where(resource.c.res_id > after_id)
+        statement = statement.order_by(resource.c.res_id)
+    rows = conn.execute(statement.limit(limit)).all()
+    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+
+
+def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:
+    statement = select(func.count()).select_from(resource).where(*where)
+    return int(conn.execute(statement).scalar_one())
+
+
+def read_many(conn: Connection, identities: Iterable[tuple[str, str]]) -> list[Found]:
+    """Live resources by (type, id), in no particular order."""
+    wanted = list(dict.fromkeys(identities))
+    found: list[Found] = []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows = conn.execute(
+            select(resource.c.res_type, resource.c.res_id, resource.c.content).where(
+                tuple_(resource.c.res_type, resource.c.res_id).in_(chunk),
+                resource.c.deleted == false(),
+            )
+        ).all()
+        found.extend(Found(r.res_type, r.res_id, bytes(r.content)) for r in rows)
+    return found
+
+
+def referenced(
+    conn: Connection,
+    source_type: str,
+    source_ids: Sequence[str],
+    param: str | None,
+    target_type: str | None,
+) -> list[tuple[str, str]]:
+    """(type, id) of resources that ``source_ids`` refer to through ``param`` (any if None)."""
+    ref = search_reference
+    conditions = [
+        ref.c.res_type == source_type,
+        ref.c.res_id.in_(source_ids),
+        ref.c.target_id.is_not(None),
+    ]
+    if param is not None:
+        conditions.append(ref.c.param == param)
+    if target_type is not None:
+        conditions.append(ref.c.target_type == target_type)
+    rows = conn.execute(select(ref.c.target_type, ref.c.target_id).where(*conditions)).all()
+    return [(r.target_type, r.target_id) for r in rows]
+
+
+def referring(
+    conn: Connection,
+    source_type: str,
+    param: str,
+    target_type: str,
+    target_ids: Sequence[str],
+) -> list[tuple[str, str]]:
+    """(type, id) of ``source_type`` resources that refer to the targets through ``param``."""
+    ref = search_reference
+    rows = conn.execute(
+        select(ref.c.res_id)
+        .where(
+            ref.c.res_type == source_type,
+            ref.c.param == param,
+            ref.c.target_type == target_type,
+            ref.c.target_id.in_(target_ids),
+        )
+        .distinct()
+    ).all()
+    return [(source_type, r.res_id) for r in rows]

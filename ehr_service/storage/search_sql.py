@@ -1,0 +1,333 @@
+"""Compile parsed FHIR search criteria to SQL over the index tables (R4 §3.1.1).
+
+Each criterion becomes ``res_id IN (SELECT res_id FROM search_<type> WHERE ...)``
+so that both PostgreSQL and SQLite drive the lookup from the value indexes;
+criteria are ANDed, the values of one criterion ORed. Chains nest the same
+shape through ``search_reference``; ``_has`` reverses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    false,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import date_range, utc_now
+from ehr_service.fhir.references import parse_reference
+from ehr_service.fhir.search.query import (
+    Criterion,
+    ReverseChain,
+    split_prefix,
+    split_token,
+)
+from ehr_service.fhir.search.registry import SearchParameter
+from ehr_service.fhir.search.values import normalise
+from ehr_service.storage.tables import (
+    resource,
+    search_composite,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+_TABLES = {
+    "string": search_string,
+    "token": search_token,
+    "date": search_date,
+    "reference": search_reference,
+    "quantity": search_quantity,
+    "number": search_number,
+    "uri": search_uri,
+    "composite": search_composite,
+}
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _bad(message: str) -> FhirError:
+    return FhirError.of(Category.INCORRECT, message, code="value")
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _number_bounds(text: str) -> tuple[float, float, float]:
+    """(value, low, high) with the implicit precision of the digits given (R4 §3.1.1.5.1)."""
+    if not _NUMBER.fullmatch(text):
+        raise _bad(f"'{text[:40]}' is not a number")
+    value = float(text)
+    mantissa = text.lower().split("e")[0]
+    exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    half = 0.5 * 10 ** (exponent - decimals)
+    return value, value - half, value + half
+
+
+def _compare_number(column: Any, prefix: str, text: str) -> ColumnElement[bool]:
+    value, low, high = _number_bounds(text)
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix in {"gt", "sa"}:
+        return column > value  # type: ignore[no-any-return]
+    if prefix in {"lt", "eb"}:
+        return column < value  # type: ignore[no-any-return]
+    if prefix == "ge":
+        return column >= value  # type: ignore[no-any-return]
+    if prefix == "le":
+        return column <= value  # type: ignore[no-any-return]
+    margin = abs(value) * 0.1  # ap: within 10 %
+    return and_(column >= value - margin, column <= value + margin)
+
+
+def _date_bounds(text: str) -> tuple[datetime, datetime]:
+    found = date_range(text)
+    if found is None:
+        raise _bad(f"'{text[:40]}' is not a valid date")
+    return found
+
+
+def _compare_dates(low: Any, high: Any, prefix: str, text: str) -> ColumnElement[bool]:
+    """Ranges compared as R4 §3.1.1.5.6 defines for each prefix."""
+    search_low, search_high = _date_bounds(text)
+    if prefix == "eq":
+        return and_(low >= search_low, high <= search_high)
+    if prefix == "ne":
+        return or_(low < search_low, high > search_high)
+    if prefix == "gt":
+        return high > search_high  # type: ignore[no-any-return]
+    if prefix == "lt":
+        return low < search_low  # type: ignore[no-any-return]
+    if prefix == "ge":
+        return high >= search_low  # type: ignore[no-any-return]
+    if prefix == "le":
+        return low <= search_high  # type: ignore[no-any-return]
+    if prefix == "sa":
+        return low > search_high  # type: ignore[no-any-return]
+    if prefix == "eb":
+        return high < search_low  # type: ignore[no-any-return]
+    margin = max(abs(utc_now() - search_low) * 0.1, timedelta(days=1))  # ap
+    return and_(low <= search_high + margin, high >= search_low - margin)
+
+
+def _token_match(
+    table: Any, value: str, system_col: str = "system", code_col: str = "code"
+) -> ColumnElement[bool]:
+    system, code = split_token(value)
+    system_column, code_column = table.c[system_col], table.c[code_col]
+    if system is None:
+        return code_column == code  # type: ignore[no-any-return]
+    if system == "":
+        return and_(system_column.is_(None), code_column == code)
+    if code == "":
+        return system_column == system  # type: ignore[no-any-return]
+    return and_(system_column == system, code_column == code)
+
+
+class SearchCompiler:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    # -- one value of one criterion -----------------------------------------
+    def _value(
+        self, parameter: SearchParameter, modifier: str | None, value: str
+    ) -> ColumnElement[bool]:
+        kind = parameter.type
+        table = _TABLES[kind]
+        if kind == "string":
+            if modifier == "exact":
+                return table.c.value_exact == value
+            pattern = _like_escape(normalise(value))
+            pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+            return table.c.value_norm.like(pattern, escape="\\")
+        if kind == "token":
+            if modifier == "text":
+                pattern = f"{_like_escape(normalise(value))}%"
+                return table.c.text_norm.like(pattern, escape="\\")
+            if modifier == "of-type":
+                parts = re.split(r"(?<!\\)\|", value)
+                if len(parts) != 3:
+                    raise _bad(":of-type takes system|code|value")
+                return and_(table.c.system == f"{parts[0]}|{parts[1]}", table.c.code == parts[2])
+            return _token_match(table, value)
+        if kind == "date":
+            prefix, text = split_prefix(value)
+            return _compare_dates(table.c.low, table.c.high, prefix, text)
+        if kind in {"number", "quantity"}:
+            prefix, text = split_prefix(value)
+            if kind == "number":
+                return _compare_number(table.c.value, prefix, text)
+            number, _, unit = text.partition("|")
+            clause = _compare_number(table.c.value, prefix, number)
+            if unit:
+                system, _, code = unit.partition("|")
+                conditions = [clause]
+                if code:
+                    conditions.append(table.c.code == code)
+                    if system:
+                        conditions.append(table.c.system == system)
+                else:  # only a system given: 5.4|http://unitsofmeasure.org
+                    conditions.append(table.c.system == system)
+                clause = and_(*conditions)
+            return clause
+        if kind == "uri":
+            if modifier == "below":
+                return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
+            if modifier == "above":
+                return literal(value).like(table.c.value + "%")
+            return table.c.value == value
+        if kind == "reference":
+            return self._reference(parameter, modifier, value)
+        if kind == "composite":
+            return self._composite(parameter, value)
+        raise FhirError.of(
+            Category.NOT_IMPLEMENTED, f"{kind} parameters are not supported", code="not-supported"
+        )
+
+    def _reference(
+        self, parameter: SearchParameter, modifier: str | None, value: str
+    ) -> ColumnElement[bool]:
+        table = search_reference
+        if modifier == "identifier":
+            return _token_match(table, value, "identifier_system", "identifier_value")
+        if value.startswith(self.base_url + "/"):
+            value = value[len(self.base_url) + 1 :]
+        parsed = parse_reference(value)
+        if parsed is not None and parsed.base is None:
+            if modifier and parsed.resource_type != modifier:
+                return false()
+            return and_(
+                table.c.target_type == parsed.resource_type, table.c.target_id == parsed.resource_id
+            )
+        if "/" in value or ":" in value:  # absolute URL or canonical
+            return table.c.url == value.split("|")[0]
+        if modifier:
+            return and_(table.c.target_type == modifier, table.c.target_id == value)
+        if len(parameter.targets) == 1:
+            return and_(table.c.target_type == parameter.targets[0], table.c.target_id == value)
+        return table.c.target_id == value
+
+    def _composite(self, parameter: SearchParameter, value: str) -> ColumnElement[bool]:
+        table = search_composite
+        first_value, sep, second_value = value.partition("$")
+        if not sep:
+            raise _bad(f"Composite parameter '{parameter.code}' takes value1$value2")
+        clause = _token_match(table, first_value, "c1_system", "c1_code")
+        second_type = parameter.components[1].type
+        if second_type == "quantity":
+            prefix, text = split_prefix(second_value)
+            number, _, unit = text.partition("|")
+            conditions = [_compare_number(table.c.c2_value, prefix, number)]
+            if unit:
+                system, _, code = unit.partition("|")
+                if code:
+                    conditions.append(table.c.c2_code == code)
+                if system:
+                    conditions.append(table.c.c2_system == system)
+            second = and_(*conditions)
+        elif second_type == "date":
+            prefix, text = split_prefix(second_value)
+            second = _compare_dates(table.c.c2_low, table.c.c2_high, prefix, text)
+        elif second_type == "string":
+            second = table.c.c2_code.like(f"{_like_escape(normalise(second_value))}%", escape="\\")
+        else:
+            second = _token_match(table, second_value, "c2_system", "c2_code")
+        return and_(clause, second)
+
+    # -- criteria -----------------------------------------------------------
+    def ids_matching(self, resource_type: str, criterion: Criterion) -> Select[Any]:
+        """SELECT res_id of ``resource_type`` resources that satisfy the criterion."""
+        parameter = criterion.parameter
+        if criterion.chain:
+            (reference, target_type), *rest = criterion.chain
+            inner = Criterion(parameter, criterion.modifier, criterion.values, tuple(rest))
+            ref = search_reference
+            return select(ref.c.res_id).where(
+                ref.c.res_type == resource_type,
+                ref.c.param == reference.code,
+                ref.c.target_type == target_type,
+                ref.c.target_id.in_(self.ids_matching(target_type, inner)),
+            )
+        if parameter.code == "_id":
+            return select(resource.c.res_id).where(
+                resource.c.res_type == resource_type, resource.c.res_id.in_(criterion.values)
+            )
+        if parameter.code == "_lastUpdated":
+            clauses = [
+                _compare_dates(resource.c.last_updated, resource.c.last_updated, *split_prefix(v))
+                for v in criterion.values
+            ]
+            return select(resource.c.res_id).where(
+                resource.c.res_type == resource_type, or_(*clauses)
+            )
+        table = _TABLES[parameter.type]
+        param_name = parameter.code
+        if criterion.modifier == "of-type":
+            param_name = f"{parameter.code}:of-type"
+        clauses = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
+        return select(table.c.res_id).where(
+            table.c.res_type == resource_type, table.c.param == param_name, or_(*clauses)
+        )
+
+    def criterion_clause(self, resource_type: str, criterion: Criterion) -> ColumnElement[bool]:
+        parameter = criterion.parameter
+        if criterion.modifier == "missing":
+            table = _TABLES.get(parameter.type)
+            if table is None:
+                return false() if criterion.values == ("true",) else true()
+            present = select(table.c.res_id).where(
+                table.c.res_type == resource_type, table.c.param == parameter.code
+            )
+            if criterion.values == ("true",):
+                return not_(resource.c.res_id.in_(present))
+            return resource.c.res_id.in_(present)
+        if criterion.modifier == "not":
+            plain = Criterion(parameter, None, criterion.values, criterion.chain)
+            return not_(resource.c.res_id.in_(self.ids_matching(resource_type, plain)))
+        if criterion.chain or parameter.code in {"_id", "_lastUpdated"}:
+            return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
+        return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
+
+    def reverse_chain_clause(self, resource_type: str, chain: ReverseChain) -> ColumnElement[bool]:
+        ref = search_reference
+        sources = self.ids_matching(chain.source_type, chain.criterion)
+        targets = select(ref.c.target_id).where(
+            ref.c.res_type == chain.source_type,
+            ref.c.param == chain.reference.code,
+            ref.c.target_type == resource_type,
+            ref.c.res_id.in_(sources),
+        )
+        return resource.c.res_id.in_(targets)
+
+    def where(
+        self,
+        resource_type: str,
+        criteria: Sequence[Criterion],
+        reverse_chains: Sequence[ReverseChain] = (),
+    ) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = [
+            resource.c.res_type == resource_type,
+            resource.c.deleted == false(),
+        ]
+        clauses.extend(self.criterion_clause(resource_type, c) for c in criteria)
+        clauses.extend(self.reverse_chain_clause(resource_type, r) for r in reverse_chains)
+        return clauses
