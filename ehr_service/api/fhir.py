@@ -23,6 +23,7 @@ from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
 from ehr_service.interactions import (
     bundle,
+    conditional,
     create,
     delete,
     dispatch,
@@ -168,14 +169,84 @@ async def create_resource(
     request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
 ) -> Response:
     rtype = _type(request, resource_type)
-    if request.headers.get("if-none-exist"):
-        raise FhirError.of(
-            Category.NOT_IMPLEMENTED,
-            "Conditional create (If-None-Exist) is not supported yet",
-            code="not-supported",
-        )
+    criteria = request.headers.get("if-none-exist")
     body = await _body(request, _JSON_BODY)
-    result = await run_in_threadpool(_in_write, ctx, lambda c: create.create(c, ctx, rtype, body))
+    if criteria is not None:
+        result = await run_in_threadpool(
+            _in_write,
+            ctx,
+            lambda c: conditional.conditional_create(c, ctx, rtype, body, criteria),
+        )
+    else:
+        result = await run_in_threadpool(
+            _in_write, ctx, lambda c: create.create(c, ctx, rtype, body)
+        )
+    return _write_response(result, ctx, rendering)
+
+
+def _criteria(ctx: RequestContext) -> dict[str, list[str]]:
+    criteria = {k: v for k, v in ctx.query.items() if k not in {"_format", "_pretty"}}
+    if not criteria:
+        raise FhirError.of(
+            Category.INCORRECT,
+            "A conditional interaction needs search criteria in the URL",
+            code="required",
+        )
+    return criteria
+
+
+@router.put(
+    "/{resource_type}",
+    **docs.route("conditional update", {200, 201, 400, 404, 409, 412, 413, 415}, body="resource"),
+)
+async def conditional_update(
+    request: Request,
+    resource_type: ResourceType,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_match: IfMatch = None,
+) -> Response:
+    rtype, criteria = _type(request, resource_type), _criteria(ctx)
+    expected = _etag(if_match, "If-Match")
+    body = await _body(request, _JSON_BODY)
+    result = await run_in_threadpool(
+        _in_write,
+        ctx,
+        lambda c: conditional.conditional_update(c, ctx, rtype, body, criteria, expected),
+    )
+    return _write_response(result, ctx, rendering)
+
+
+@router.patch(
+    "/{resource_type}",
+    **docs.route("conditional patch", {200, 400, 404, 409, 412, 413, 415, 422}, body="patch"),
+)
+async def conditional_patch(
+    request: Request,
+    resource_type: ResourceType,
+    ctx: Context,
+    rendering: RenderingDep,
+    if_match: IfMatch = None,
+) -> Response:
+    rtype, criteria = _type(request, resource_type), _criteria(ctx)
+    expected = _etag(if_match, "If-Match")
+    document = await _body(request, _PATCH_BODY)
+    result = await run_in_threadpool(
+        _in_write,
+        ctx,
+        lambda c: conditional.conditional_patch(c, ctx, rtype, document, criteria, expected),
+    )
+    return _write_response(result, ctx, rendering)
+
+
+@router.delete("/{resource_type}", **docs.route("conditional delete", {200, 204, 400, 404, 412}))
+async def conditional_delete(
+    request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
+) -> Response:
+    rtype, criteria = _type(request, resource_type), _criteria(ctx)
+    result = await run_in_threadpool(
+        _in_write, ctx, lambda c: conditional.conditional_delete(c, ctx, rtype, criteria)
+    )
     return _write_response(result, ctx, rendering)
 
 

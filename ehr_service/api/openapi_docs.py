@@ -167,8 +167,30 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
     parameters = list(_COMMON_PARAMS)
     if summary == "search":
         parameters.extend(_SEARCH_PARAMS)
-    if body is not None or summary == "delete":
+    if body is not None or "delete" in summary:
         parameters.append(_PREFER)
+    if summary.startswith("conditional"):
+        parameters.append(
+            {
+                "name": "criteria",
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                "description": "search parameters selecting the resource",
+            }
+        )
+    if summary == "create":
+        parameters.append(
+            {
+                "name": "If-None-Exist",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "search criteria: create only if none match",
+            }
+        )
     if summary.startswith("history"):
         parameters.extend(_HISTORY_PARAMS)
     extra: dict[str, Any] = {"parameters": parameters}

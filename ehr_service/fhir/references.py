@@ -75,3 +75,22 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> list[str]:
                 elif isinstance(value, dict | list):
                     stack.append(value)
     return unresolved
+
+
+_CONDITIONAL = re.compile(r"[A-Z][A-Za-z]+\?.+")
+
+
+def conditional_references(node: Any) -> set[str]:
+    """``Reference.reference`` values that are searches (``Patient?identifier=a|b``)."""
+    found: set[str] = set()
+    stack: list[Any] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            value = current.get("reference")
+            if isinstance(value, str) and _CONDITIONAL.fullmatch(value):
+                found.add(value)
+            stack.extend(v for v in current.values() if isinstance(v, dict | list))
+        elif isinstance(current, list):
+            stack.extend(v for v in current if isinstance(v, dict | list))
+    return found

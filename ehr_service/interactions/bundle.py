@@ -20,8 +20,8 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError, error_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, parse_etag, utc_now
-from ehr_service.fhir.references import rewrite_references
-from ehr_service.interactions import dispatch
+from ehr_service.fhir.references import conditional_references, rewrite_references
+from ehr_service.interactions import conditional, dispatch
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
@@ -42,6 +42,7 @@ class Entry:
     full_url: str | None = None
     if_match: int | None = None
     if_none_match: int | None = None
+    if_none_exist: str | None = None
     assigned_id: str | None = None
     result: Result | None = field(default=None)
 
@@ -120,25 +121,29 @@ def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
             expression=[f"{where}.request"],
         )
     target = route(method, url, ctx.base_url)
-    if request.get("ifNoneExist") or target.interaction in {
-        Interaction.SEARCH_TYPE,
-        Interaction.CONDITIONAL,
-    }:
+    if_none_exist = request.get("ifNoneExist")
+    if if_none_exist is not None and (
+        not isinstance(if_none_exist, str) or target.interaction is not Interaction.CREATE
+    ):
         raise FhirError.of(
-            Category.NOT_IMPLEMENTED,
-            f"{where}: conditional interactions are not supported yet",
-            code="not-supported",
-            expression=[f"{where}.request"],
+            Category.INCORRECT,
+            f"{where}.request.ifNoneExist is a search string, for POST only",
+            code="invalid",
+            expression=[f"{where}.request.ifNoneExist"],
         )
     resource = raw.get("resource")
-    if target.interaction in {Interaction.CREATE, Interaction.UPDATE} and resource is None:
+    needs_body = {Interaction.CREATE, Interaction.UPDATE}
+    if (
+        target.interaction in needs_body
+        or (target.interaction is Interaction.CONDITIONAL and method in {"PUT", "PATCH"})
+    ) and resource is None:
         raise FhirError.of(
             Category.INCORRECT,
             f"{where} needs a resource for {method}",
             code="required",
             expression=[f"{where}.resource"],
         )
-    if target.interaction is Interaction.PATCH:
+    if method == "PATCH":
         resource = _patch_document(where, resource)
     full_url = raw.get("fullUrl")
     if_match = request.get("ifMatch")
@@ -151,6 +156,7 @@ def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
         full_url if isinstance(full_url, str) else None,
         parse_etag(if_match) if isinstance(if_match, str) else None,
         parse_etag(if_none_match, "If-None-Match") if isinstance(if_none_match, str) else None,
+        if_none_exist,
     )
 
 
@@ -207,28 +213,59 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
             entries.append(_parse_entry(ctx, index, raw))
         except FhirError as error:
             raise _in_entry(index, error) from None
-    _resolve_placeholders(entries)
     ordered = sorted(entries, key=lambda e: _ORDER[e.method])
     with ctx.services.database.write() as conn:
-        creates = [e for e in ordered if e.route.interaction is Interaction.CREATE]
+        _resolve_placeholders(conn, ctx, entries)
         for entry in ordered:
             if entry.method == "DELETE":
                 _run_entry(conn, ctx, entry)
-        _bulk_create(conn, ctx, creates)
+        creates = [e for e in ordered if e.method == "POST" and e.result is None]
+        _bulk_create(conn, ctx, [e for e in creates if e.if_none_exist is None])
+        for entry in creates:
+            if entry.if_none_exist is not None:
+                _conditional_create(conn, ctx, entry)
         for entry in ordered:
             if entry.method not in {"DELETE", "POST"}:
                 _run_entry(conn, ctx, entry)
     return Result(200, _response_bundle(ctx, "transaction-response", entries))
 
 
-def _resolve_placeholders(entries: list[Entry]) -> None:
-    """Assign ids to created resources and rewrite every placeholder reference."""
+def _conditional_create(conn: Connection, ctx: RequestContext, entry: Entry) -> None:
+    assert entry.route.resource_type is not None and entry.if_none_exist is not None
+    try:
+        entry.result = conditional.conditional_create(
+            conn,
+            ctx,
+            entry.route.resource_type,
+            entry.resource,
+            entry.if_none_exist,
+            entry.assigned_id,
+        )
+    except FhirError as error:
+        raise _in_entry(entry.index, error) from None
+
+
+def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[Entry]) -> None:
+    """Assign ids to created resources and rewrite every placeholder reference
+    and conditional reference (``Patient?identifier=...``) of the bundle."""
     mapping: dict[str, str] = {}
     identities: dict[str, int] = {}
     for entry in entries:
         target = entry.route
         if target.interaction is Interaction.CREATE:
-            entry.assigned_id = new_id()
+            try:
+                match = (
+                    conditional.existing_match(
+                        conn, ctx, str(target.resource_type), entry.if_none_exist
+                    )
+                    if entry.if_none_exist is not None
+                    else None
+                )
+            except FhirError as error:
+                raise _in_entry(entry.index, error) from None
+            if match is not None:  # If-None-Exist found it: nothing to create
+                entry.result = conditional.existing_result(conn, str(target.resource_type), match)
+            entry.assigned_id = match or new_id()
             identity = f"{target.resource_type}/{entry.assigned_id}"
         elif target.interaction in _WRITES:
             identity = f"{target.resource_type}/{target.resource_id}"
@@ -253,8 +290,14 @@ def _resolve_placeholders(entries: list[Entry]) -> None:
                 )
             mapping[entry.full_url] = identity
     for entry in entries:
-        if entry.route.interaction not in {Interaction.CREATE, Interaction.UPDATE}:
+        if entry.method not in {"POST", "PUT"} or entry.result is not None:
             continue
+        for reference in conditional_references(entry.resource):
+            if reference not in mapping:
+                try:
+                    mapping[reference] = conditional.resolve_reference(conn, ctx, reference)
+                except FhirError as error:
+                    raise _in_entry(entry.index, error) from None
         unresolved = rewrite_references(entry.resource, mapping)
         if unresolved:
             raise FhirError.of(

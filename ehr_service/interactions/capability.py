@@ -11,6 +11,7 @@ from typing import Any
 
 from ehr_service import __version__
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameterRegistry
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
 
 TYPE_INTERACTIONS = (
@@ -22,23 +23,49 @@ TYPE_INTERACTIONS = (
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
 
+def _search_params(registry: SearchParameterRegistry, resource_type: str) -> list[dict[str, Any]]:
+    """Only the parameters the search engine really applies to this type."""
+    out = []
+    for code, parameter in sorted(registry.for_type(resource_type).items()):
+        if parameter.extract is None and code not in COLUMN_PARAMETERS:
+            continue
+        out.append({"name": code, "definition": parameter.url, "type": parameter.type})
+    return out
+
+
+def capability_statement(
+    base_url: str, date: str, registry: SearchParameterRegistry
+) -> dict[str, Any]:
+    return _capability_statement(base_url, date, registry)
+
+
 @cache
-def capability_statement(base_url: str, date: str) -> dict[str, Any]:
+def _capability_statement(
+    base_url: str, date: str, registry: SearchParameterRegistry
+) -> dict[str, Any]:
     resources = [
         {
             "type": resource_type,
             "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+            "searchInclude": ["*"]
+            + sorted(
+                f"{resource_type}:{p.code}"
+                for p in registry.for_type(resource_type).values()
+                if p.type == "reference" and p.extract is not None
+            ),
+            "searchParam": _search_params(registry, resource_type),
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
+            "conditionalCreate": True,
             "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
         }
         for resource_type in sorted(R4_RESOURCE_TYPES)
     ]

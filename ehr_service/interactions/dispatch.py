@@ -8,7 +8,16 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, utc_now
-from ehr_service.interactions import create, delete, history, patch, read, search, update
+from ehr_service.interactions import (
+    conditional,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search,
+    update,
+)
 from ehr_service.interactions.capability import capability_statement
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -16,7 +25,10 @@ from ehr_service.interactions.routing import Interaction, Route
 
 
 def capabilities(ctx: RequestContext) -> Result:
-    return Result(200, capability_statement(ctx.base_url, format_instant(utc_now())[:10]))
+    statement = capability_statement(
+        ctx.base_url, format_instant(utc_now())[:10], ctx.services.registry
+    )
+    return Result(200, statement)
 
 
 def run(
@@ -47,6 +59,13 @@ def run(
         return history.history(conn, scoped, rtype)
     if kind is Interaction.SEARCH_TYPE:
         return search.search(conn, scoped, rtype)
+    if kind is Interaction.CONDITIONAL:
+        criteria = target.query or {}
+        if target.method == "PUT":
+            return conditional.conditional_update(conn, ctx, rtype, body, criteria, if_match)
+        if target.method == "PATCH":
+            return conditional.conditional_patch(conn, ctx, rtype, body, criteria, if_match)
+        return conditional.conditional_delete(conn, ctx, rtype, criteria)
     assert rid is not None
     if kind is Interaction.READ:
         return read.read(conn, rtype, rid, if_none_match)

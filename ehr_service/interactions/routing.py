@@ -33,6 +33,7 @@ class Interaction(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Route:
     interaction: Interaction
+    method: str = "GET"
     resource_type: str | None = None
     resource_id: str | None = None
     version_id: str | None = None
@@ -75,21 +76,21 @@ def route(method: str, url: str, base_url: str) -> Route:
     method = method.upper()
     shape = (method, len(segments))
     if segments == ["metadata"] and method in {"GET", "HEAD"}:
-        return Route(Interaction.CAPABILITIES, query=query)
+        return Route(Interaction.CAPABILITIES, method, query=query)
     if segments == ["_history"] and method in {"GET", "HEAD"}:
-        return Route(Interaction.HISTORY_SYSTEM, query=query)
+        return Route(Interaction.HISTORY_SYSTEM, method, query=query)
     if not segments:
         raise FhirError.of(Category.INCORRECT, "request.url names no resource type", code="value")
     resource_type = check_type(segments[0])
     if len(segments) == 1:
         if method == "POST":
-            return Route(Interaction.CREATE, resource_type, query=query)
+            return Route(Interaction.CREATE, method, resource_type, query=query)
         if method in {"GET", "HEAD"}:
-            return Route(Interaction.SEARCH_TYPE, resource_type, query=query)
+            return Route(Interaction.SEARCH_TYPE, method, resource_type, query=query)
         if method in {"PUT", "PATCH", "DELETE"}:
-            return Route(Interaction.CONDITIONAL, resource_type, query=query)
+            return Route(Interaction.CONDITIONAL, method, resource_type, query=query)
     if len(segments) == 2 and segments[1] == "_history" and method in {"GET", "HEAD"}:
-        return Route(Interaction.HISTORY_TYPE, resource_type, query=query)
+        return Route(Interaction.HISTORY_TYPE, method, resource_type, query=query)
     if len(segments) >= 2:
         resource_id = check_id(segments[1])
         by_shape = {
@@ -100,12 +101,16 @@ def route(method: str, url: str, base_url: str) -> Route:
             ("DELETE", 2): Interaction.DELETE,
         }
         if shape in by_shape:
-            return Route(by_shape[shape], resource_type, resource_id, query=query)
+            return Route(by_shape[shape], method, resource_type, resource_id, query=query)
         if segments[2:3] == ["_history"] and method in {"GET", "HEAD"}:
             if len(segments) == 3:
-                return Route(Interaction.HISTORY_INSTANCE, resource_type, resource_id, query=query)
+                return Route(
+                    Interaction.HISTORY_INSTANCE, method, resource_type, resource_id, query=query
+                )
             if len(segments) == 4:
-                return Route(Interaction.VREAD, resource_type, resource_id, segments[3], query)
+                return Route(
+                    Interaction.VREAD, method, resource_type, resource_id, segments[3], query
+                )
     raise FhirError.of(
         Category.INCORRECT, f"{method} {url[:100]} is not a FHIR interaction", code="not-supported"
     )

@@ -242,3 +242,13 @@ Index(
     search_composite.c.param,
     search_composite.c.c1_code,
 )
+
+# Conditional create (If-None-Exist): one row per (type, normalised criteria) so that
+# concurrent conditional creates of the same thing serialise on a unique constraint.
+conditional_create_key = Table(
+    "conditional_create_key",
+    metadata,
+    Column("res_type", RESOURCE_TYPE, primary_key=True),
+    Column("criteria", String(255), primary_key=True),
+    Column("res_id", RESOURCE_ID, nullable=False),
+)

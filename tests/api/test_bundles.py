@@ -132,7 +132,7 @@ def test_transaction_rejections(client: TestClient, services: Services) -> None:
         ),
         (tx({"resource": patient()}), 400),
         (tx({"request": {"method": "POST", "url": "Unicorn"}, "resource": patient()}), 404),
-        (tx({"request": {"method": "GET", "url": "Patient?name=x"}}), 501),
+        (tx({"request": {"method": "GET", "url": "Observation?code:in=http://vs"}}), 501),
         ({"resourceType": "Bundle", "type": "collection"}, 400),
         (patient(), 400),
     ]

@@ -112,7 +112,13 @@ def test_metadata_lists_what_works(client: TestClient) -> None:
         "history-instance",
         "history-type",
         "create",
+        "search-type",
     }
-    assert "searchParam" not in patient_entry  # search is not offered yet
+    params = {p["name"]: p["type"] for p in patient_entry["searchParam"]}
+    assert params["birthdate"] == "date" and params["identifier"] == "token"
+    assert params["_id"] == "token" and params["_lastUpdated"] == "date"
+    assert "_content" not in params and "_query" not in params  # not applied: not claimed
+    assert "Patient:organization" in patient_entry["searchInclude"]
+    assert patient_entry["conditionalCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     assert statement["patchFormat"] == ["application/json-patch+json"]

@@ -1,0 +1,208 @@
+"""Search conformance table on both backends, plus result parameters and errors."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.search_dataset import CASES, RESOURCES
+from tests.helpers import FHIR_JSON
+
+
+@pytest.fixture
+def dataset(client: TestClient) -> TestClient:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in RESOURCES
+        ],
+    }
+    response = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+    return client
+
+
+def _matches(bundle: dict) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_conformance_table(dataset: TestClient) -> None:
+    failures = []
+    for query, expected in CASES:
+        response = dataset.get(f"/fhir/{query}")
+        if response.status_code != 200:
+            failures.append((query, response.status_code, response.text[:300]))
+            continue
+        bundle = response.json()
+        got = _matches(bundle)
+        if isinstance(expected, list):
+            ok = got == expected
+        else:
+            ok = set(got) == expected and len(got) == len(expected)
+        if not ok or bundle.get("total") != len(expected):
+            failures.append(
+                (
+                    query,
+                    sorted(expected) if isinstance(expected, set) else expected,
+                    got,
+                    bundle.get("total"),
+                )
+            )
+    assert not failures, "\n".join(map(str, failures))
+
+
+def test_include_revinclude_and_iterate(dataset: TestClient) -> None:
+    bundle = dataset.get("/fhir/Observation?_id=o3&_include=Observation:performer").json()
+    modes = {(e["resource"]["id"], e["search"]["mode"]) for e in bundle["entry"]}
+    assert modes == {("o3", "match"), ("org2", "include")}
+    assert bundle["total"] == 1
+    rev = dataset.get("/fhir/Patient?_id=p1&_revinclude=Observation:subject").json()
+    assert {(e["resource"]["id"], e["search"]["mode"]) for e in rev["entry"]} == {
+        ("p1", "match"),
+        ("o1", "include"),
+        ("o2", "include"),
+    }
+    iterate = dataset.get(
+        "/fhir/Observation?_id=o1&_include=Observation:subject"
+        "&_include:iterate=Patient:organization"
+    ).json()
+    assert {e["resource"]["id"] for e in iterate["entry"]} == {"o1", "p1", "org1"}
+    typed = dataset.get("/fhir/Observation?_id=o1&_include=Observation:performer:Practitioner")
+    assert [e["resource"]["id"] for e in typed.json()["entry"]] == ["o1"]
+
+
+def test_include_bounds_warn_instead_of_truncating(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(max_include_count=1)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in RESOURCES
+        ],
+    }
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+    result = client.get("/fhir/Patient?_id=p1&_revinclude=Observation:subject").json()
+    modes = [e["search"]["mode"] for e in result["entry"]]
+    assert modes.count("include") == 1
+    outcome = next(e["resource"] for e in result["entry"] if e["search"]["mode"] == "outcome")
+    assert "included resources" in outcome["issue"][0]["diagnostics"]
+    assert outcome["issue"][0]["severity"] == "warning"
+
+
+def test_paging_links_walk_every_match_once(dataset: TestClient) -> None:
+    seen: list[str] = []
+    url: str | None = "/fhir/Observation?_count=1"
+    pages = 0
+    while url:
+        bundle = dataset.get(url).json()
+        seen += _matches(bundle)
+        pages += 1
+        if pages == 2:  # a write between pages does not disturb paging
+            dataset.put(
+                "/fhir/Observation/o0", json={**RESOURCES[5], "id": "o0"}, headers=FHIR_JSON
+            )
+        url = next(
+            (
+                lnk["url"].replace("http://testserver", "")
+                for lnk in bundle["link"]
+                if lnk["relation"] == "next"
+            ),
+            None,
+        )
+    assert sorted(seen) == ["o1", "o2", "o3", "o4"]
+    sorted_pages = dataset.get("/fhir/Patient?_sort=birthdate&_count=2").json()
+    nxt = next(lnk["url"] for lnk in sorted_pages["link"] if lnk["relation"] == "next")
+    second = dataset.get(nxt.replace("http://testserver", "")).json()
+    assert _matches(second) == ["p3"]
+    assert any(lnk["relation"] == "previous" for lnk in second["link"])
+
+
+def test_result_parameters(dataset: TestClient) -> None:
+    count = dataset.get("/fhir/Patient?_summary=count").json()
+    assert count["total"] == 3 and "entry" not in count
+    assert "total" not in dataset.get("/fhir/Patient?_total=none").json()
+    summary = dataset.get("/fhir/Patient?_id=p1&_summary=true").json()["entry"][0]["resource"]
+    assert "telecom" in summary and "address" in summary and "managingOrganization" in summary
+    assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+    data = dataset.get("/fhir/Patient?_id=p1&_summary=data").json()["entry"][0]["resource"]
+    assert "text" not in data and "gender" in data
+    elements = dataset.get("/fhir/Patient?_id=p1&_elements=gender").json()["entry"][0]
+    assert set(elements["resource"]) == {"resourceType", "id", "meta", "gender"}
+    clamped = dataset.get("/fhir/Patient?_count=100000").json()
+    assert len(clamped["entry"]) == 3
+
+
+def test_post_search_equals_get(dataset: TestClient) -> None:
+    posted = dataset.post(
+        "/fhir/Observation/_search",
+        content="code=2345-7&subject=p1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert posted.status_code == 200
+    assert _matches(posted.json()) == ["o1"]
+    wrong = dataset.post("/fhir/Observation/_search", json={"code": "x"}, headers=FHIR_JSON)
+    assert wrong.status_code == 415
+
+
+def test_unknown_parameters_are_reported_or_refused(dataset: TestClient) -> None:
+    lenient = dataset.get("/fhir/Patient?gender=male&shoe-size=42").json()
+    assert _matches(lenient) == ["p2"]
+    outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "shoe-size" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    assert "shoe-size" not in lenient["link"][0]["url"]
+    strict = dataset.get(
+        "/fhir/Patient?gender=male&shoe-size=42", headers={"Prefer": "handling=strict"}
+    )
+    assert strict.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Patient?birthdate=yesterday",
+        "Observation?value-quantity=lots",
+        "Patient?_sort=shoe",
+        "Patient?_summary=maybe",
+        "Patient?family:missing=perhaps",
+        "Patient?gender:exact=x",
+        "Patient?_total=all",
+        "Observation?subject.nothing=1",
+        "Patient?_has:Nope:x:y=1",
+        "Patient?_include=Patient:gender",
+        "Observation?code-value-quantity=2345-7",
+        "Patient?_cursor=zzz",
+        "Patient?identifier:of-type=a|b",
+    ],
+)
+def test_bad_search_values_are_400(dataset: TestClient, query: str) -> None:
+    response = dataset.get(f"/fhir/{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_terminology_modifiers_are_501(dataset: TestClient) -> None:
+    response = dataset.get("/fhir/Observation?code:below=http://loinc.org|2345")
+    assert response.status_code == 501
+
+
+def test_search_in_a_batch(dataset: TestClient) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Patient?gender=male"}}],
+    }
+    response = dataset.post("/fhir", json=bundle, headers=FHIR_JSON).json()
+    inner = response["entry"][0]["resource"]
+    assert inner["type"] == "searchset" and _matches(inner) == ["p2"]
+
+
+def test_index_follows_updates_and_deletes(dataset: TestClient) -> None:
+    p1 = dataset.get("/fhir/Patient/p1").json()
+    dataset.put("/fhir/Patient/p1", json={**p1, "gender": "male"}, headers=FHIR_JSON)
+    assert set(_matches(dataset.get("/fhir/Patient?gender=male").json())) == {"p1", "p2"}
+    dataset.delete("/fhir/Patient/p2")
+    assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == ["p1"]
+    assert _matches(dataset.get("/fhir/Patient?identifier=B2").json()) == []
