@@ -52,12 +52,14 @@ def _capability_statement(
         {
             "type": resource_type,
             "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
-            "searchInclude": ["*"]
-            + sorted(
-                f"{resource_type}:{p.code}"
-                for p in registry.for_type(resource_type).values()
-                if p.type == "reference" and p.extract is not None
-            ),
+            "searchInclude": [
+                f"{resource_type}:*",
+                *sorted(
+                    f"{resource_type}:{p.code}"
+                    for p in registry.for_type(resource_type).values()
+                    if p.type == "reference" and p.extract is not None
+                ),
+            ],
             "searchParam": _search_params(registry, resource_type),
             "versioning": "versioned-update",
             "readHistory": True,

@@ -20,7 +20,6 @@ from ehr_service.interactions.results import Result
 from ehr_service.storage import conditional_keys, resources, search_queries
 from ehr_service.storage.search_sql import SearchCompiler
 
-
 Criteria = str | dict[str, list[str]]
 
 
