@@ -89,6 +89,24 @@ def load(
 
 
 @app.command()
+def reindex(
+    resource_type: Annotated[str | None, typer.Option("--type", help="only this type")] = None,
+) -> None:
+    """Rebuild the search indexes (after search parameter definitions change)."""
+    from ehr_service.app import build_services
+    from ehr_service.interactions.reindex import reindex as run_reindex
+
+    services = build_services(_settings())
+    try:
+        count = run_reindex(
+            services, resource_type, progress=lambda n: typer.echo(f"{n} resources", err=True)
+        )
+    finally:
+        services.database.dispose()
+    typer.echo(f"reindexed {count} resources")
+
+
+@app.command()
 def openapi(
     output: Annotated[Path | None, typer.Option(help="file to write (default stdout)")] = None,
 ) -> None:

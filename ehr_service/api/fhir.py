@@ -27,6 +27,7 @@ from ehr_service.interactions import (
     create,
     delete,
     dispatch,
+    everything,
     history,
     patch,
     read,
@@ -70,22 +71,25 @@ async def _body(request: Request, allowed: frozenset[str]) -> Any:
 _RESERVED = {"metadata", "_history", "_search"}
 
 
+def _not_allowed(request: Request) -> FhirError:
+    return FhirError(
+        Category.METHOD_NOT_ALLOWED,
+        (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
+        headers={"Allow": ", ".join(allowed_methods(request))},
+    )
+
+
 def _type(request: Request, resource_type: str) -> str:
     """The URL's resource type; a reserved segment (``/fhir/metadata``) with another
     method than its own is a 405, not an unknown type."""
     if resource_type in _RESERVED:
-        raise FhirError(
-            Category.METHOD_NOT_ALLOWED,
-            (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
-            headers={"Allow": ", ".join(allowed_methods(request))},
-        )
+        raise _not_allowed(request)
     return check_type(resource_type)
 
 
 def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[str, str]:
-    if resource_id in _RESERVED:
-        _type(request, resource_id)
-
+    if resource_id in _RESERVED or resource_id.startswith("$"):  # _search, $everything...
+        raise _not_allowed(request)
     return _type(request, resource_type), check_id(resource_id)
 
 
@@ -111,6 +115,22 @@ async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
 async def batch_or_transaction(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     body = await _body(request, _JSON_BODY)
     result = await run_in_threadpool(bundle.process_bundle, ctx, body)
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/Patient/$everything", **docs.route("everything", {200, 400}))
+async def everything_all(ctx: Context, rendering: RenderingDep) -> Response:
+    """All patients' compartments, paged (for system callers once access control lands)."""
+    result = await run_in_threadpool(_in_read, ctx, lambda c: everything.everything(c, ctx, None))
+    return render_result(result, ctx.base_url, rendering)
+
+
+@router.get("/Patient/{resource_id}/$everything", **docs.route("everything", {200, 400, 404, 410}))
+async def everything_patient(
+    resource_id: ResourceId, ctx: Context, rendering: RenderingDep
+) -> Response:
+    pid = check_id(resource_id)
+    result = await run_in_threadpool(_in_read, ctx, lambda c: everything.everything(c, ctx, pid))
     return render_result(result, ctx.base_url, rendering)
 
 

@@ -191,6 +191,25 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
                 "description": "search criteria: create only if none match",
             }
         )
+    if summary == "everything":
+        parameters.extend(
+            [
+                {
+                    "name": "_since",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "format": "date-time"},
+                },
+                {"name": "_type", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "_count",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                {"name": "_cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+            ]
+        )
     if summary.startswith("history"):
         parameters.extend(_HISTORY_PARAMS)
     extra: dict[str, Any] = {"parameters": parameters}

@@ -71,6 +71,13 @@ def _capability_statement(
         }
         for resource_type in sorted(R4_RESOURCE_TYPES)
     ]
+    patient = next(r for r in resources if r["type"] == "Patient")
+    patient["operation"] = [
+        {
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        }
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

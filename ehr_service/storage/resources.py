@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, false, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.fhir.search.values import IndexRows
@@ -300,3 +300,26 @@ def count_history(conn: Connection, query: HistoryQuery) -> int:
 
 def count_resources(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(resource)).scalar_one())
+
+
+def live_batch(
+    conn: Connection, resource_type: str | None, after: tuple[str, str] | None, limit: int
+) -> list[tuple[str, str, str | None, bytes]]:
+    """(type, id, compartment patient, content) of live resources, keyset-ordered."""
+    conditions = [resource.c.deleted == false()]
+    if resource_type is not None:
+        conditions.append(resource.c.res_type == resource_type)
+    if after is not None:
+        conditions.append(tuple_(resource.c.res_type, resource.c.res_id) > after)
+    rows = conn.execute(
+        select(
+            resource.c.res_type,
+            resource.c.res_id,
+            resource.c.compartment_patient_id,
+            resource.c.content,
+        )
+        .where(*conditions)
+        .order_by(resource.c.res_type, resource.c.res_id)
+        .limit(limit)
+    ).all()
+    return [(r.res_type, r.res_id, r.compartment_patient_id, bytes(r.content)) for r in rows]

@@ -68,3 +68,12 @@ def clear_index(conn: Connection, resource_type: str | None = None) -> None:
         if resource_type is not None:
             statement = statement.where(table.c.res_type == resource_type)
         conn.execute(statement)
+
+
+def replace_index(
+    conn: Connection, entries: Sequence[tuple[str, str, str | None, IndexRows]]
+) -> None:
+    """Rewrite the index rows of existing resources (reindex)."""
+    for resource_type, resource_id, _patient, _rows in entries:
+        delete_index(conn, resource_type, resource_id)
+    insert_index(conn, entries)

@@ -144,3 +144,70 @@ def referring(
         .distinct()
     ).all()
     return [(source_type, r.res_id) for r in rows]
+
+
+def compartment_page(
+    conn: Connection,
+    patient_id: str | None,
+    *,
+    types: Sequence[str] | None,
+    since: Any,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> list[Found]:
+    """Live resources of one patient's compartment (or of every patient's, for None),
+    keyset-paged on (type, id) so that a lifelong record streams page by page."""
+    conditions = [resource.c.deleted == false()]
+    if patient_id is not None:
+        conditions.append(resource.c.compartment_patient_id == patient_id)
+    else:
+        conditions.append(resource.c.compartment_patient_id.is_not(None))
+    if types:
+        conditions.append(resource.c.res_type.in_(types))
+    if since is not None:
+        conditions.append(resource.c.last_updated >= since)
+    if after is not None:
+        conditions.append(tuple_(resource.c.res_type, resource.c.res_id) > after)
+    rows = conn.execute(
+        select(resource.c.res_type, resource.c.res_id, resource.c.content)
+        .where(*conditions)
+        .order_by(resource.c.res_type, resource.c.res_id)
+        .limit(limit)
+    ).all()
+    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+
+
+def compartment_count(
+    conn: Connection, patient_id: str | None, types: Sequence[str] | None, since: Any
+) -> int:
+    conditions = [resource.c.deleted == false()]
+    if patient_id is not None:
+        conditions.append(resource.c.compartment_patient_id == patient_id)
+    else:
+        conditions.append(resource.c.compartment_patient_id.is_not(None))
+    if types:
+        conditions.append(resource.c.res_type.in_(types))
+    if since is not None:
+        conditions.append(resource.c.last_updated >= since)
+    return int(
+        conn.execute(select(func.count()).select_from(resource).where(*conditions)).scalar_one()
+    )
+
+
+def references_from(
+    conn: Connection, identities: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """(type, id) of every resource the given resources refer to."""
+    if not identities:
+        return []
+    ref = search_reference
+    rows = conn.execute(
+        select(ref.c.target_type, ref.c.target_id)
+        .where(
+            tuple_(ref.c.res_type, ref.c.res_id).in_(list(identities)),
+            ref.c.target_id.is_not(None),
+            ref.c.target_type.is_not(None),
+        )
+        .distinct()
+    ).all()
+    return [(r.target_type, r.target_id) for r in rows]

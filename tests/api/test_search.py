@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from ehr_service.interactions.context import Services
 from tests.api.search_dataset import CASES, RESOURCES
 from tests.helpers import FHIR_JSON
 
@@ -206,3 +208,22 @@ def test_index_follows_updates_and_deletes(dataset: TestClient) -> None:
     dataset.delete("/fhir/Patient/p2")
     assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == ["p1"]
     assert _matches(dataset.get("/fhir/Patient?identifier=B2").json()) == []
+
+
+def test_reindex_rebuilds_lost_index_rows(dataset: TestClient, services: Services) -> None:
+    from ehr_service.interactions.reindex import reindex
+    from ehr_service.storage.tables import INDEX_TABLES
+
+    def index_rows() -> list[list[tuple]]:
+        with services.database.read() as conn:
+            return [
+                sorted(tuple(map(str, r)) for r in conn.execute(sa.select(t))) for t in INDEX_TABLES
+            ]
+
+    before = index_rows()
+    with services.database.write() as conn:
+        conn.execute(sa.delete(INDEX_TABLES[1]))  # lose every token row
+    assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == []
+    assert reindex(services, batch_size=3) == len(RESOURCES)
+    assert index_rows() == before
+    assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == ["p2"]
