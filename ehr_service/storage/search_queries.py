@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, false, func, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Select, false, func, select, tuple_
 
 from ehr_service.fhir.search.registry import SearchParameter
 from ehr_service.storage.tables import (
@@ -69,6 +69,19 @@ def page(
 ) -> list[Found]:
     """One page of matches. Without sort keys: keyset-paged on the id (stable under
     concurrent writes); with sort keys: by offset."""
+    statement = page_statement(where, order, limit=limit, after_id=after_id, offset=offset)
+    rows = conn.execute(statement).all()
+    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+
+
+def page_statement(
+    where: Sequence[ColumnElement[bool]],
+    order: Sequence[tuple[Any, bool]],
+    *,
+    limit: int,
+    after_id: str | None = None,
+    offset: int = 0,
+) -> Select[Any]:
     statement = select(resource.c.res_type, resource.c.res_id, resource.c.content).where(*where)
     if order:
         clauses = [(key.desc() if desc else key.asc()).nulls_last() for key, desc in order]
@@ -77,8 +90,7 @@ def page(
         if after_id is not None:
             statement = statement.where(resource.c.res_id > after_id)
         statement = statement.order_by(resource.c.res_id)
-    rows = conn.execute(statement.limit(limit)).all()
-    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+    return statement.limit(limit)
 
 
 def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:
@@ -124,16 +136,11 @@ def referenced(
     return [(r.target_type, r.target_id) for r in rows]
 
 
-def referring(
-    conn: Connection,
-    source_type: str,
-    param: str,
-    target_type: str,
-    target_ids: Sequence[str],
-) -> list[tuple[str, str]]:
-    """(type, id) of ``source_type`` resources that refer to the targets through ``param``."""
+def referring_statement(
+    source_type: str, param: str, target_type: str, target_ids: Sequence[str]
+) -> Select[Any]:
     ref = search_reference
-    rows = conn.execute(
+    return (
         select(ref.c.res_id)
         .where(
             ref.c.res_type == source_type,
@@ -142,7 +149,18 @@ def referring(
             ref.c.target_id.in_(target_ids),
         )
         .distinct()
-    ).all()
+    )
+
+
+def referring(
+    conn: Connection,
+    source_type: str,
+    param: str,
+    target_type: str,
+    target_ids: Sequence[str],
+) -> list[tuple[str, str]]:
+    """(type, id) of ``source_type`` resources that refer to the targets through ``param``."""
+    rows = conn.execute(referring_statement(source_type, param, target_type, target_ids)).all()
     return [(source_type, r.res_id) for r in rows]
 
 
