@@ -37,7 +37,7 @@ def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool]
         for key in raw.split(","):
             descending = key.startswith("-")
             code = key.lstrip("-")
-            parameter = parser._parameter(request.resource_type, code)
+            parameter = parser.parameter(request.resource_type, code)
             if parameter is None or parameter.type == "composite":
                 raise FhirError.of(
                     Category.INCORRECT,

@@ -61,7 +61,13 @@ class Database:
             self.engine = _sqlite_engine(self.url)
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                # Search statements differ by their values' selectivity: a cached generic
+                # plan of a prepared statement can be 100x slower than the custom plan.
+                connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
             )
         self.dialect = self.engine.dialect.name
 

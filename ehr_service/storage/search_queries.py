@@ -6,7 +6,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, false, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    false,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 
 from ehr_service.fhir.search.registry import SearchParameter
 from ehr_service.storage.tables import (
@@ -98,6 +108,17 @@ def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:
     return int(conn.execute(statement).scalar_one())
 
 
+def _by_type(table: Any, identities: Iterable[tuple[str, str]]) -> ColumnElement[bool]:
+    """``(type, id) IN (...)`` as ORed per-type ``res_id IN`` lists: SQLite does not
+    use an index for row-value IN lists, but does for these."""
+    grouped: dict[str, list[str]] = {}
+    for resource_type, resource_id in identities:
+        grouped.setdefault(resource_type, []).append(resource_id)
+    return or_(
+        *(and_(table.c.res_type == t, table.c.res_id.in_(ids)) for t, ids in grouped.items())
+    )
+
+
 def read_many(conn: Connection, identities: Iterable[tuple[str, str]]) -> list[Found]:
     """Live resources by (type, id), in no particular order."""
     wanted = list(dict.fromkeys(identities))
@@ -106,7 +127,7 @@ def read_many(conn: Connection, identities: Iterable[tuple[str, str]]) -> list[F
         chunk = wanted[start : start + 500]
         rows = conn.execute(
             select(resource.c.res_type, resource.c.res_id, resource.c.content).where(
-                tuple_(resource.c.res_type, resource.c.res_id).in_(chunk),
+                _by_type(resource, chunk),
                 resource.c.deleted == false(),
             )
         ).all()
@@ -222,7 +243,7 @@ def references_from(
     rows = conn.execute(
         select(ref.c.target_type, ref.c.target_id)
         .where(
-            tuple_(ref.c.res_type, ref.c.res_id).in_(list(identities)),
+            _by_type(ref, identities),
             ref.c.target_id.is_not(None),
             ref.c.target_type.is_not(None),
         )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    exists,
     false,
     literal,
     not_,
@@ -141,6 +142,22 @@ def _token_match(
     if code == "":
         return system_column == system  # type: ignore[no-any-return]
     return and_(system_column == system, code_column == code)
+
+
+def _selectivity_rank(criterion: Criterion) -> int:
+    """Which criterion the database should start from: the likely most selective."""
+    kind = criterion.parameter.type
+    if criterion.modifier in {"missing", "not"}:
+        return 9
+    if criterion.parameter.code == "_id":
+        return 0
+    if kind == "reference" and not criterion.chain:
+        return 1
+    if kind == "token" and criterion.modifier is None:
+        return 2
+    if kind == "string":
+        return 3
+    return 4
 
 
 class SearchCompiler:
@@ -288,7 +305,13 @@ class SearchCompiler:
             table.c.res_type == resource_type, table.c.param == param_name, or_(*clauses)
         )
 
-    def criterion_clause(self, resource_type: str, criterion: Criterion) -> ColumnElement[bool]:
+    def criterion_clause(
+        self, resource_type: str, criterion: Criterion, *, drives: bool = True
+    ) -> ColumnElement[bool]:
+        """The criterion as a condition on ``resource``. The driving criterion is an
+        ``IN (ids)`` the database starts from; the others are correlated EXISTS checks
+        on the candidate rows (cheap through the per-resource index), so a
+        patient-scoped query does not materialise every row of a common code."""
         parameter = criterion.parameter
         if criterion.modifier == "missing":
             table = _TABLES.get(parameter.type)
@@ -303,9 +326,32 @@ class SearchCompiler:
         if criterion.modifier == "not":
             plain = Criterion(parameter, None, criterion.values, criterion.chain)
             return not_(resource.c.res_id.in_(self.ids_matching(resource_type, plain)))
-        if criterion.chain or parameter.code in {"_id", "_lastUpdated"}:
+        if parameter.code == "_id":
+            return resource.c.res_id.in_(criterion.values)
+        if parameter.code == "_lastUpdated":
+            return or_(
+                *(
+                    _compare_dates(
+                        resource.c.last_updated, resource.c.last_updated, *split_prefix(v)
+                    )
+                    for v in criterion.values
+                )
+            )
+        if drives or criterion.chain:
             return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
-        return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
+        table = _TABLES[parameter.type]
+        param_name = parameter.code
+        if criterion.modifier == "of-type":
+            param_name = f"{parameter.code}:of-type"
+        values = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
+        return exists(
+            select(literal(1)).where(
+                table.c.res_type == resource.c.res_type,
+                table.c.res_id == resource.c.res_id,
+                table.c.param == param_name,
+                or_(*values),
+            )
+        )
 
     def reverse_chain_clause(self, resource_type: str, chain: ReverseChain) -> ColumnElement[bool]:
         ref = search_reference
@@ -328,6 +374,9 @@ class SearchCompiler:
             resource.c.res_type == resource_type,
             resource.c.deleted == false(),
         ]
-        clauses.extend(self.criterion_clause(resource_type, c) for c in criteria)
+        driver = min(criteria, key=_selectivity_rank, default=None)
+        clauses.extend(
+            self.criterion_clause(resource_type, c, drives=c is driver) for c in criteria
+        )
         clauses.extend(self.reverse_chain_clause(resource_type, r) for r in reverse_chains)
         return clauses

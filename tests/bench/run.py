@@ -68,8 +68,10 @@ def validation_rate(bundles: list[bytes]) -> tuple[int, float]:
     return len(resources) * ROUNDS, len(resources) * ROUNDS / elapsed
 
 
-def _pg_url() -> str | None:
-    url = os.environ.get("EHR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ehr_bench")
+def _pg_url(url: str | None = None) -> str | None:
+    url = url or os.environ.get(
+        "EHR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ehr_bench"
+    )
     parsed = make_url(normalise_url(url))
     try:
         admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -160,6 +162,60 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
     }
 
 
+def _fresh_pg(name: str) -> str | None:
+    base = os.environ.get("EHR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/x")
+    return _pg_url(
+        make_url(normalise_url(base)).set(database=name).render_as_string(hide_password=False)
+    )
+
+
+def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
+    from ehr_service.app import build_services
+    from ehr_service.config import Settings
+    from ehr_service.storage.migrate import upgrade
+    from tests.bench import search_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        services = build_services(Settings(database_url=url, data_dir=Path(tmp)))
+        upgrade(services.database, services.settings.migrations_dir)
+        rows: list[dict[str, Any]] = []
+        loaded = 0
+        try:
+            for size in sizes:
+                patients = size // search_bench.PER_PATIENT
+                started = time.perf_counter()
+                search_bench.load(services, loaded, patients - loaded)
+                load_seconds = time.perf_counter() - started
+                loaded = patients
+                figures = search_bench.measure(services, patients)
+                rows.append(
+                    {
+                        "backend": name,
+                        "resources": size,
+                        "load_resources_per_s": round(
+                            (size - (rows[-1]["resources"] if rows else 0)) / load_seconds
+                        ),
+                        **{f"{q}_{k}": v for q, f in figures.items() for k, v in f.items()},
+                    }
+                )
+                print(
+                    f"  {name} {size:>9,} resources: "
+                    + ", ".join(f"{q} p95 {f['p95_ms']:.2f} ms" for q, f in figures.items()),
+                    flush=True,
+                )
+        finally:
+            services.database.dispose()
+    base = rows[0]
+    for row in rows:
+        for query in ("patient+code+date", "identifier", "$everything"):
+            row[f"{query}_p95_growth"] = round(row[f"{query}_p95_ms"] / base[f"{query}_p95_ms"], 2)
+    return rows
+
+
+def _sizes(variable: str, default: str) -> list[int]:
+    return [int(v) for v in os.environ.get(variable, default).split(",") if v]
+
+
 def main() -> None:
     paths = sample_bundles()
     bundles = [p.read_bytes() for p in paths]
@@ -192,6 +248,32 @@ def main() -> None:
             f"{r['read_p95_ms']:>13.2f}{r['read_p99_ms']:>13.2f}"
             f"{r['reads_per_s_sequential']:>10,.0f}"
         )
+    print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
+    search_rows = bench_search(
+        "sqlite",
+        f"sqlite:///{tempfile.mkdtemp()}/search.sqlite3",
+        _sizes("EHR_BENCH_SQLITE_SIZES", "10000,100000"),
+    )
+    pg_search = _fresh_pg("ehr_bench_search")
+    if pg_search:
+        search_rows += bench_search(
+            "postgresql", pg_search, _sizes("EHR_BENCH_PG_SIZES", "10000,100000,1000000")
+        )
+    header = (
+        f"{'backend':<11}{'resources':>11}{'load res/s':>12}{'pat+code+date p50/p95':>24}"
+        f"{'growth':>8}{'identifier p95':>16}{'$everything p95':>17}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in search_rows:
+        print(
+            f"{r['backend']:<11}{r['resources']:>11,}{r['load_resources_per_s']:>12,}"
+            f"{r['patient+code+date_p50_ms']:>13.2f} / {r['patient+code+date_p95_ms']:<8.2f}"
+            f"{r['patient+code+date_p95_growth']:>8.2f}{r['identifier_p95_ms']:>16.2f}"
+            f"{r['$everything_p95_ms']:>17.2f}"
+        )
+
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -203,6 +285,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
         },
         "results": results,
+        "search": search_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -130,7 +130,7 @@ class SearchParser:
         """A criterion, or None for a parameter this type does not define."""
         head, _, rest = name.partition(".")
         code, _, modifier = head.partition(":")
-        parameter = self._parameter(resource_type, code)
+        parameter = self.parameter(resource_type, code)
         if parameter is None:
             return None
         if rest:  # chaining: subject:Patient.name=x
@@ -183,7 +183,8 @@ class SearchParser:
         except FhirError:
             return None
 
-    def _parameter(self, resource_type: str, code: str) -> SearchParameter | None:
+    def parameter(self, resource_type: str, code: str) -> SearchParameter | None:
+        """A parameter this server can apply to the type, or None."""
         parameter = self.registry.get(resource_type, code)
         if parameter is None or parameter.type in {"special"}:
             return None
