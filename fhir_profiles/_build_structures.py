@@ -29,30 +29,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STRUCTURE_ONLY_TYPES = (
-    "EffectEvidenceSynthesis",
-    "MedicinalProduct",
-    "MedicinalProductAuthorization",
-    "MedicinalProductContraindication",
-    "MedicinalProductIndication",
-    "MedicinalProductIngredient",
-    "MedicinalProductInteraction",
-    "MedicinalProductManufactured",
-    "MedicinalProductPackaged",
-    "MedicinalProductPharmaceutical",
-    "MedicinalProductUndesirableEffect",
-    "RiskEvidenceSynthesis",
-    "SubstanceNucleicAcid",
-    "SubstancePolymer",
-    "SubstanceProtein",
-    "SubstanceReferenceInformation",
-    "SubstanceSourceMaterial",
-    "SubstanceSpecification",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ehr_service.fhir.resource_types import R4_TYPES_WITHOUT_R4B_MODEL
+
+# The R4 types fhir.resources R4B has no model for (one list, in the package).
+STRUCTURE_ONLY_TYPES = tuple(sorted(R4_TYPES_WITHOUT_R4B_MODEL))
 # Always shipped, even if (in theory) nothing referenced them.
 ROOT_DATATYPES = (
-    "Element", "BackboneElement", "Extension", "Meta", "Narrative",
-    "Reference", "CodeableConcept", "Coding", "Quantity",
+    "Element",
+    "BackboneElement",
+    "Extension",
+    "Meta",
+    "Narrative",
+    "Reference",
+    "CodeableConcept",
+    "Coding",
+    "Quantity",
 )
 REGEX_URL = "http://hl7.org/fhir/StructureDefinition/regex"
 FHIR_TYPE_URL = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
@@ -126,14 +118,18 @@ def _elements(definition: dict[str, Any], wanted: list[str]) -> dict[str, list[A
     declared = {e["path"] for e in definition.get("differential", {}).get("element", ())}
     for element in elements[1:]:  # [0] is the type itself
         base_path = element.get("base", {}).get("path", element["path"])
-        if (definition.get("derivation") == "specialization"
-                and base_path.split(".", 1)[0] == definition["type"]
-                and element["path"] not in declared):
+        if (
+            definition.get("derivation") == "specialization"
+            and base_path.split(".", 1)[0] == definition["type"]
+            and element["path"] not in declared
+        ):
             # A snapshot is the base type's elements plus the differential. The
             # shared bundle has some that are neither (Meta.project, Meta.author...,
             # not in R4 4.0.1): leave them out so they stay unknown elements.
-            print(f"warning: {element['path']} is in the snapshot but not the "
-                  "differential; left out", file=sys.stderr)
+            print(
+                f"warning: {element['path']} is in the snapshot but not the differential; left out",
+                file=sys.stderr,
+            )
             continue
         path = element["path"].split(".", 1)[1]
         base_max = element.get("base", {}).get("max", element["max"])
@@ -196,8 +192,10 @@ def main(argv: list[str]) -> int:
     target = Path(__file__).resolve().parent / "r4-structures.json"
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     target.write_text(text + "\n", encoding="utf-8")
-    print(f"wrote {target} ({len(text) + 1} bytes, {len(data['types'])} types, "
-          f"{len(data['primitives'])} primitives)")
+    print(
+        f"wrote {target} ({len(text) + 1} bytes, {len(data['types'])} types, "
+        f"{len(data['primitives'])} primitives)"
+    )
     return 0
 
 

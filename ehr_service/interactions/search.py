@@ -101,7 +101,9 @@ def search(
         or total_mode in {"accurate", "estimate"}
         or (total_mode is None and cursor is None)
     ):
-        total = search_queries.count(conn, where)
+        first_page_is_all = cursor is None and summary != "count" and not has_next and count > 0
+        # A first page that holds every match already tells the total: no COUNT query.
+        total = len(found) if first_page_is_all else search_queries.count(conn, where)
 
     included, include_warnings = _includes(conn, ctx, request, resource_type, found)
     warnings.extend(include_warnings)

@@ -185,6 +185,21 @@ def referring(
     return [(source_type, r.res_id) for r in rows]
 
 
+def _compartment_conditions(
+    patient_id: str | None, types: Sequence[str] | None, since: Any
+) -> list[ColumnElement[bool]]:
+    conditions = [resource.c.deleted == false()]
+    if patient_id is not None:
+        conditions.append(resource.c.compartment_patient_id == patient_id)
+    else:
+        conditions.append(resource.c.compartment_patient_id.is_not(None))
+    if types:
+        conditions.append(resource.c.res_type.in_(types))
+    if since is not None:
+        conditions.append(resource.c.last_updated >= since)
+    return conditions
+
+
 def compartment_page(
     conn: Connection,
     patient_id: str | None,
@@ -196,15 +211,7 @@ def compartment_page(
 ) -> list[Found]:
     """Live resources of one patient's compartment (or of every patient's, for None),
     keyset-paged on (type, id) so that a lifelong record streams page by page."""
-    conditions = [resource.c.deleted == false()]
-    if patient_id is not None:
-        conditions.append(resource.c.compartment_patient_id == patient_id)
-    else:
-        conditions.append(resource.c.compartment_patient_id.is_not(None))
-    if types:
-        conditions.append(resource.c.res_type.in_(types))
-    if since is not None:
-        conditions.append(resource.c.last_updated >= since)
+    conditions = _compartment_conditions(patient_id, types, since)
     if after is not None:
         conditions.append(tuple_(resource.c.res_type, resource.c.res_id) > after)
     rows = conn.execute(
@@ -219,15 +226,7 @@ def compartment_page(
 def compartment_count(
     conn: Connection, patient_id: str | None, types: Sequence[str] | None, since: Any
 ) -> int:
-    conditions = [resource.c.deleted == false()]
-    if patient_id is not None:
-        conditions.append(resource.c.compartment_patient_id == patient_id)
-    else:
-        conditions.append(resource.c.compartment_patient_id.is_not(None))
-    if types:
-        conditions.append(resource.c.res_type.in_(types))
-    if since is not None:
-        conditions.append(resource.c.last_updated >= since)
+    conditions = _compartment_conditions(patient_id, types, since)
     return int(
         conn.execute(select(func.count()).select_from(resource).where(*conditions)).scalar_one()
     )

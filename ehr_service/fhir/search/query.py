@@ -29,8 +29,6 @@ RESULT_PARAMETERS = {
     "_elements",
     "_include",
     "_revinclude",
-    "_contained",
-    "_containedType",
     "_cursor",
     "_format",
     "_pretty",

@@ -270,4 +270,9 @@ def index_rows(registry: SearchParameterRegistry, resource: dict[str, Any]) -> I
                 _add_composite(rows, parameter, node, resource)
             else:
                 _add(rows, parameter, parameter.type, node)
+    # FHIRPath unions deduplicate (e.g. a given name repeated in two names): so do we.
+    for name in IndexRows.__slots__:
+        values = getattr(rows, name)
+        if len(values) > 1:
+            setattr(rows, name, list(dict.fromkeys(values)))
     return rows
