@@ -45,7 +45,7 @@ def main() -> None:
             if key not in compiled_library and parameter.type != "composite":
                 try:
                     compiled_library[key] = fp_compile(parameter.expression)
-                except Exception:  # noqa: BLE001 - an expression the library cannot parse
+                except Exception:
                     compiled_library[key] = None
     started = time.perf_counter()
     ours = [
@@ -69,13 +69,13 @@ def main() -> None:
                 uses_resource_root = parameter.expression.startswith("Resource.")
                 value = evaluate(resource) if evaluate and not uses_resource_root else None
                 row.append((parameter.code, value))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 row.append((parameter.code, None))
         theirs.append(row)
     theirs_seconds = time.perf_counter() - started
     compared = differing = unsupported = 0
     for a, b in zip(ours, theirs, strict=True):
-        for (code, mine), (_, library) in zip(a, b, strict=True):
+        for (_code, mine), (_, library) in zip(a, b, strict=True):
             if library is None:
                 unsupported += 1  # e.g. resolve(), which fhirpathpy does not implement
                 continue
