@@ -49,8 +49,9 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> list[str]:
     """Replace, in place, every string equal to a key of ``mapping``.
 
     Covers ``Reference.reference`` and uri-typed elements (placeholders may be
-    used in both). Returns placeholders (``urn:uuid:``/``urn:oid:``) found in
-    ``reference`` elements that the mapping cannot resolve.
+    used in both). Returns the ``reference`` values the mapping cannot resolve
+    that need resolving: placeholders (``urn:uuid:``/``urn:oid:``) and
+    conditional references (``Patient?identifier=...``), in one walk.
     """
     unresolved: list[str] = []
     stack: list[Any] = [node]
@@ -62,7 +63,10 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> list[str]:
                     target = mapping.get(value)
                     if target is not None:
                         current[key] = target
-                    elif key == "reference" and value.startswith(PLACEHOLDER_PREFIXES):
+                    elif key == "reference" and (
+                        value.startswith(PLACEHOLDER_PREFIXES)
+                        or ("?" in value and is_conditional_reference(value))
+                    ):
                         unresolved.append(value)
                 elif isinstance(value, dict | list):
                     stack.append(value)
@@ -80,17 +84,6 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> list[str]:
 _CONDITIONAL = re.compile(r"[A-Z][A-Za-z]+\?.+")
 
 
-def conditional_references(node: Any) -> set[str]:
-    """``Reference.reference`` values that are searches (``Patient?identifier=a|b``)."""
-    found: set[str] = set()
-    stack: list[Any] = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, dict):
-            value = current.get("reference")
-            if isinstance(value, str) and _CONDITIONAL.fullmatch(value):
-                found.add(value)
-            stack.extend(v for v in current.values() if isinstance(v, dict | list))
-        elif isinstance(current, list):
-            stack.extend(v for v in current if isinstance(v, dict | list))
-    return found
+def is_conditional_reference(value: str) -> bool:
+    """A ``Reference.reference`` that is a search (``Patient?identifier=a|b``)."""
+    return _CONDITIONAL.fullmatch(value) is not None

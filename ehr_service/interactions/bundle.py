@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError, error_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, parse_etag, utc_now
-from ehr_service.fhir.references import conditional_references, rewrite_references
+from ehr_service.fhir.references import is_conditional_reference, rewrite_references
 from ehr_service.interactions import conditional, dispatch
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
@@ -292,13 +292,15 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
     for entry in entries:
         if entry.method not in {"POST", "PUT"} or entry.result is not None:
             continue
-        for reference in conditional_references(entry.resource):
-            if reference not in mapping:
+        unresolved = rewrite_references(entry.resource, mapping)
+        searches = [r for r in unresolved if is_conditional_reference(r)]
+        if searches:  # Patient?identifier=...: resolve, then rewrite once more
+            for reference in searches:
                 try:
                     mapping[reference] = conditional.resolve_reference(conn, ctx, reference)
                 except FhirError as error:
                     raise _in_entry(entry.index, error) from None
-        unresolved = rewrite_references(entry.resource, mapping)
+            unresolved = rewrite_references(entry.resource, mapping)
         if unresolved:
             raise FhirError.of(
                 Category.INCORRECT,

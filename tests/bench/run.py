@@ -170,6 +170,8 @@ def _fresh_pg(name: str) -> str | None:
 
 
 def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
+    if not sizes:
+        return []
     from ehr_service.app import build_services
     from ehr_service.config import Settings
     from ehr_service.storage.migrate import upgrade
