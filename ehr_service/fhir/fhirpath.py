@@ -253,3 +253,17 @@ def _split_union(expression: str) -> Iterator[str]:
             yield expression[start:index]
             start = index + 1
     yield expression[start:]
+
+
+def applicable_parts(expression: str, resource_type: str) -> frozenset[str]:
+    """The union members of an expression that apply to ``resource_type``, as text
+    (to recognise a parameter that is the union of others, e.g. ``combo-code``)."""
+    parts = set()
+    for part in _split_union(expression):
+        text = " ".join(part.split())
+        root = text.lstrip("(").split(".", 1)[0].split(" ", 1)[0]
+        if root in {resource_type, "Resource", "DomainResource"}:
+            parts.add(
+                text.replace("Resource.", f"{resource_type}.", 1) if root != resource_type else text
+            )
+    return frozenset(parts)

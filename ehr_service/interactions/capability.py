@@ -32,7 +32,7 @@ def _search_params(registry: SearchParameterRegistry, resource_type: str) -> lis
     """Only the parameters the search engine really applies to this type."""
     out = []
     for code, parameter in sorted(registry.for_type(resource_type).items()):
-        if parameter.extract is None and code not in COLUMN_PARAMETERS:
+        if not parameter.stored_as and code not in COLUMN_PARAMETERS:
             continue
         out.append({"name": code, "definition": parameter.url, "type": parameter.type})
     return out

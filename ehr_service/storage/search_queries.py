@@ -62,7 +62,7 @@ def sort_key(parameter: SearchParameter, descending: bool) -> Any:
         .where(
             table.c.res_type == resource.c.res_type,
             table.c.res_id == resource.c.res_id,
-            table.c.param == parameter.code,
+            table.c.param.in_(parameter.stored_as),
         )
         .scalar_subquery()
     )
@@ -167,6 +167,7 @@ def referring_statement(
             ref.c.res_type == source_type,
             ref.c.param == param,
             ref.c.target_type == target_type,
+            ref.c.target_id.is_not(None),  # lets the partial target index serve
             ref.c.target_id.in_(target_ids),
         )
         .distinct()

@@ -144,6 +144,13 @@ def _token_match(
     return and_(system_column == system, code_column == code)
 
 
+def stored_names(parameter: SearchParameter, modifier: str | None = None) -> list[str]:
+    """The index parameter names holding a parameter's rows (see ``stored_as``)."""
+    if modifier == "of-type":
+        return [f"{name}:of-type" for name in parameter.stored_as]
+    return list(parameter.stored_as)
+
+
 def _selectivity_rank(criterion: Criterion) -> int:
     """Which criterion the database should start from: the likely most selective."""
     kind = criterion.parameter.type
@@ -282,6 +289,7 @@ class SearchCompiler:
                 ref.c.res_type == resource_type,
                 ref.c.param == reference.code,
                 ref.c.target_type == target_type,
+                ref.c.target_id.is_not(None),
                 ref.c.target_id.in_(self.ids_matching(target_type, inner)),
             )
         if parameter.code == "_id":
@@ -297,12 +305,10 @@ class SearchCompiler:
                 resource.c.res_type == resource_type, or_(*clauses)
             )
         table = _TABLES[parameter.type]
-        param_name = parameter.code
-        if criterion.modifier == "of-type":
-            param_name = f"{parameter.code}:of-type"
+        names = stored_names(parameter, criterion.modifier)
         clauses = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
         return select(table.c.res_id).where(
-            table.c.res_type == resource_type, table.c.param == param_name, or_(*clauses)
+            table.c.res_type == resource_type, table.c.param.in_(names), or_(*clauses)
         )
 
     def criterion_clause(
@@ -318,7 +324,7 @@ class SearchCompiler:
             if table is None:
                 return false() if criterion.values == ("true",) else true()
             present = select(table.c.res_id).where(
-                table.c.res_type == resource_type, table.c.param == parameter.code
+                table.c.res_type == resource_type, table.c.param.in_(parameter.stored_as)
             )
             if criterion.values == ("true",):
                 return not_(resource.c.res_id.in_(present))
@@ -340,15 +346,13 @@ class SearchCompiler:
         if drives or criterion.chain:
             return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
         table = _TABLES[parameter.type]
-        param_name = parameter.code
-        if criterion.modifier == "of-type":
-            param_name = f"{parameter.code}:of-type"
+        names = stored_names(parameter, criterion.modifier)
         values = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
         return exists(
             select(literal(1)).where(
                 table.c.res_type == resource.c.res_type,
                 table.c.res_id == resource.c.res_id,
-                table.c.param == param_name,
+                table.c.param.in_(names),
                 or_(*values),
             )
         )

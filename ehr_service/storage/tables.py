@@ -193,13 +193,6 @@ Index(
     search_token.c.system,
 )
 Index(
-    "ix_search_token_patient",
-    search_token.c.compartment_patient_id,
-    search_token.c.res_type,
-    search_token.c.param,
-    search_token.c.code,
-)
-Index(
     "ix_search_date_range",
     search_date.c.res_type,
     search_date.c.param,
@@ -212,18 +205,26 @@ Index(
     search_reference.c.target_id,
     search_reference.c.res_type,
     search_reference.c.param,
+    # Partial: most rows have only one of target / url / identifier, and every
+    # index entry is work on the ingest path.
+    postgresql_where=search_reference.c.target_id.is_not(None),
+    sqlite_where=search_reference.c.target_id.is_not(None),
 )
 Index(
     "ix_search_reference_url",
     search_reference.c.res_type,
     search_reference.c.param,
     search_reference.c.url,
+    postgresql_where=search_reference.c.url.is_not(None),
+    sqlite_where=search_reference.c.url.is_not(None),
 )
 Index(
     "ix_search_reference_identifier",
     search_reference.c.res_type,
     search_reference.c.param,
     search_reference.c.identifier_value,
+    postgresql_where=search_reference.c.identifier_value.is_not(None),
+    sqlite_where=search_reference.c.identifier_value.is_not(None),
 )
 Index(
     "ix_search_quantity_value",

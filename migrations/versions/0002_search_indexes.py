@@ -78,10 +78,19 @@ def upgrade() -> None:
     sa.Column('identifier_value', sa.String(length=255), nullable=True),
     sa.Column('compartment_patient_id', sa.String(length=64), nullable=True)
     )
-    op.create_index('ix_search_reference_identifier', 'search_reference', ['res_type', 'param', 'identifier_value'])
+    op.create_index(
+        'ix_search_reference_identifier', 'search_reference', ['res_type', 'param', 'identifier_value'],
+        postgresql_where=sa.text('identifier_value IS NOT NULL'), sqlite_where=sa.text('identifier_value IS NOT NULL'),
+    )
     op.create_index('ix_search_reference_resource', 'search_reference', ['res_type', 'res_id'])
-    op.create_index('ix_search_reference_target', 'search_reference', ['target_type', 'target_id', 'res_type', 'param'])
-    op.create_index('ix_search_reference_url', 'search_reference', ['res_type', 'param', 'url'])
+    op.create_index(
+        'ix_search_reference_target', 'search_reference', ['target_type', 'target_id', 'res_type', 'param'],
+        postgresql_where=sa.text('target_id IS NOT NULL'), sqlite_where=sa.text('target_id IS NOT NULL'),
+    )
+    op.create_index(
+        'ix_search_reference_url', 'search_reference', ['res_type', 'param', 'url'],
+        postgresql_where=sa.text('url IS NOT NULL'), sqlite_where=sa.text('url IS NOT NULL'),
+    )
 
     op.create_table('search_string',
     sa.Column('res_type', sa.String(length=64), nullable=False),
@@ -109,7 +118,6 @@ def upgrade() -> None:
     sa.Column('compartment_patient_id', sa.String(length=64), nullable=True)
     )
     op.create_index('ix_search_token_code', 'search_token', ['res_type', 'param', 'code', 'system'])
-    op.create_index('ix_search_token_patient', 'search_token', ['compartment_patient_id', 'res_type', 'param', 'code'])
     op.create_index('ix_search_token_resource', 'search_token', ['res_type', 'res_id'])
 
     op.create_table('search_uri',
@@ -130,7 +138,6 @@ def downgrade() -> None:
 
     op.drop_table('search_uri')
     op.drop_index('ix_search_token_resource', table_name='search_token')
-    op.drop_index('ix_search_token_patient', table_name='search_token')
     op.drop_index('ix_search_token_code', table_name='search_token')
 
     op.drop_table('search_token')

@@ -258,6 +258,16 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ("Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100", {"o4"}),
     ("Observation?component-code-value-quantity=http://loinc.org|8480-6$lt100", set()),
     ("Observation?code-value-quantity=2345-7$gt7", {"o3"}),
+    # union parameters (combo-*) searched through the parameters they unite
+    ("Observation?combo-code=8480-6", {"o4"}),
+    ("Observation?combo-code=2345-7", {"o1", "o3"}),
+    ("Observation?combo-value-quantity=gt100", {"o4"}),
+    ("Observation?combo-code-value-quantity=http://loinc.org|8480-6$gt100", {"o4"}),
+    ("Observation?combo-code:missing=true", set()),
+    (
+        "Observation?_sort=combo-value-quantity&combo-value-quantity:missing=false",
+        ["o1", "o2", "o3", "o4"],
+    ),
     # _id, _lastUpdated, meta parameters
     ("Patient?_id=p1,p2", {"p1", "p2"}),
     ("Patient?_lastUpdated=gt2000-01-01", {"p1", "p2", "p3"}),

@@ -186,7 +186,7 @@ class SearchParser:
         parameter = self.registry.get(resource_type, code)
         if parameter is None or parameter.type in {"special"}:
             return None
-        if parameter.extract is None and code not in COLUMN_PARAMETERS:
+        if not parameter.stored_as and code not in COLUMN_PARAMETERS:
             return None  # defined, but not indexed (e.g. 3-part composites, _text)
         return parameter
 

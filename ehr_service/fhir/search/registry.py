@@ -7,14 +7,19 @@ Each (resource type, code) gets a compiled extractor (:mod:`ehr_service.fhir.fhi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ehr_service.fhir.fhirpath import Extractor, compile_expression, compile_relative
+from ehr_service.fhir.fhirpath import (
+    Extractor,
+    applicable_parts,
+    compile_expression,
+    compile_relative,
+)
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 
 # Parameters every type has, answered from columns of the resource table.
@@ -42,6 +47,10 @@ class SearchParameter:
     targets: tuple[str, ...] = ()
     extract: Extractor | None = None
     components: tuple[Component, ...] = field(default_factory=tuple)
+    # Index parameter names holding this parameter's rows: its own code, or, for a
+    # parameter that is the union of others (Observation combo-code = code |
+    # component-code), theirs, so the union is searched without being stored twice.
+    stored_as: tuple[str, ...] = ()
 
 
 class SearchParameterRegistry:
@@ -103,8 +112,40 @@ class SearchParameterRegistry:
                     targets=tuple(definition.get("target", [])),
                     extract=extract,
                     components=components,
+                    stored_as=(definition["code"],) if extract is not None else (),
                 )
+        for resource_type, by_code in parameters.items():
+            _alias_unions(resource_type, by_code)
         return cls(parameters)
+
+
+def _alias_unions(resource_type: str, by_code: dict[str, SearchParameter]) -> None:
+    """Mark parameters whose expression is exactly the union of other indexed
+    parameters of the same kind as aliases of those (see ``stored_as``)."""
+    keys = {}
+    for code, parameter in by_code.items():
+        if parameter.extract is not None:
+            components = tuple(c.definition_url.rsplit("-", 1)[-1] for c in parameter.components)
+            keys[code] = (
+                parameter.type,
+                components,
+                applicable_parts(parameter.expression, resource_type),
+            )
+    for code in sorted(keys, key=lambda c: (len(keys[c][2]), c)):
+        kind, components, parts = keys[code]
+        if len(parts) < 2:
+            continue
+        covering = [
+            other
+            for other, (other_kind, other_components, other_parts) in keys.items()
+            if other != code
+            and other_kind == kind
+            and other_components == components
+            and other_parts < parts
+            and by_code[other].extract is not None
+        ]
+        if covering and frozenset().union(*(keys[c][2] for c in covering)) == parts:
+            by_code[code] = replace(by_code[code], extract=None, stored_as=tuple(sorted(covering)))
 
 
 @cache
