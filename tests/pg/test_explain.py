@@ -1,4 +1,4 @@
-"""On PostgreSQL the typical searches are answered from indexes, not table scans.
+"""On PostgreSQL (marked pg) the typical searches are answered from indexes, not table scans.
 
 With ``enable_seqscan`` off the planner still picks a sequential scan when no
 index can serve a condition, so a "Seq Scan" in the plan means a missing index.
@@ -6,32 +6,37 @@ index can serve a condition, so a "Seq Scan" in the plan means a missing index.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from ehr_service.app import create_app
+from ehr_service.app import build_services, create_app
+from ehr_service.config import Settings
 from ehr_service.fhir.search.query import SearchParser
 from ehr_service.interactions.context import Services
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_sql import SearchCompiler
-from tests.conftest import sample_bundles
+from tests.conftest import sample_bundles, truncate_all
 from tests.helpers import FHIR_JSON
+
+pytestmark = pytest.mark.pg
 
 LARGE_TABLES = ("resource", "search_token", "search_reference", "search_date", "search_string")
 
 
 @pytest.fixture
-def pg_services(make_services: Any, database_url: str) -> Services:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("EXPLAIN plans are checked on PostgreSQL")
-    services: Services = make_services()
+def pg_services(pg_url: str, tmp_path: Path) -> Iterator[Services]:
+    truncate_all(pg_url)
+    services = build_services(Settings(database_url=pg_url, data_dir=tmp_path, environment="test"))
     with TestClient(create_app(services=services)) as client:
         for path in sample_bundles()[:2]:
             client.post("/fhir", content=path.read_bytes(), headers=FHIR_JSON)
-    return services
+    yield services
+    services.database.dispose()
 
 
 def _plan(services: Services, statement: sa.Select[Any]) -> str:
