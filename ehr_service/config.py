@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
     max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
 
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="gen-0 garbage collection threshold of the server process (0: Python's)",
+    )
     profiles_dir: Path = Field(default_factory=lambda: shipped_dir("fhir_profiles"))
     migrations_dir: Path = Field(default_factory=lambda: shipped_dir("migrations"))
     log_level: str = "INFO"
