@@ -7,6 +7,9 @@ OperationOutcome entry for parameters this server ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,7 +23,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.results import Result
 from ehr_service.storage import search_queries
-from ehr_service.storage.search_queries import Found
+from ehr_service.storage.search_queries import Found, Position
 from ehr_service.storage.search_sql import SearchCompiler
 
 SUMMARY_VALUES = {"true", "false", "text", "data", "count"}
@@ -86,15 +89,23 @@ def search(
     elements = frozenset(e.strip() for e in elements_raw.split(",")) if elements_raw else None
     order = _sort(request, parser)
     cursor = first_value(request.result, "_cursor")
-    after_id, offset = _parse_cursor(cursor, bool(order))
+    direction, position = decode_cursor(cursor, len(order))
+    backwards = direction == "p"
 
     found: list[Found] = []
     if summary != "count" and count > 0:
         found = search_queries.page(
-            conn, where, order, limit=count + 1, after_id=after_id, offset=offset
+            conn,
+            where,
+            order,
+            limit=count + 1,
+            after=None if backwards else position,
+            before=position if backwards else None,
         )
-    has_next = len(found) > count
-    found = found[:count]
+    more = len(found) > count  # beyond the page, in the direction read
+    found = found[1:] if backwards and more else found[:count]
+    has_next = (not backwards and more) or (backwards and bool(found))
+    has_previous = (backwards and more) or (not backwards and cursor is not None)
     total = None
     if (
         summary == "count"
@@ -108,7 +119,7 @@ def search(
     included, include_warnings = _includes(conn, ctx, request, resource_type, found)
     warnings.extend(include_warnings)
 
-    links = _links(ctx, resource_type, request, count, cursor, found, has_next, order, offset)
+    links = _links(ctx, resource_type, request, count, cursor, found, has_next, has_previous)
     entries = [_entry(ctx, f, "match", summary, elements) for f in found]
     entries += [_entry(ctx, f, "include", summary, None) for f in included]
     if warnings:
@@ -132,19 +143,39 @@ def search(
     return Result(200, bundle)
 
 
-def _parse_cursor(cursor: str | None, sorted_search: bool) -> tuple[str | None, int]:
+def encode_cursor(direction: str, found: Found) -> str:
+    """``n`` (rows after) or ``p`` (rows before) a row, by its sort values and id."""
+    values = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in found.sort_values]
+    payload = orjson.dumps([*values, found.resource_id])
+    return direction + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, keys: int) -> tuple[str, Position | None]:
     if cursor is None:
-        return None, 0
-    if sorted_search and cursor[:1] == "o" and cursor[1:].isdigit():
-        return None, int(cursor[1:])
-    if not sorted_search and cursor[:1] == "k" and 1 < len(cursor) <= 65:
-        return cursor[1:], 0
-    raise FhirError.of(
-        Category.INCORRECT,
-        "_cursor is not a cursor this server issued",
-        code="value",
-        expression=["_cursor"],
-    )
+        return "n", None
+    try:
+        if cursor[:1] not in {"n", "p"} or len(cursor) > 2048:
+            raise ValueError(cursor)
+        raw = cursor[1:]
+        decoded = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(decoded, list) or len(decoded) != keys + 1:
+            raise ValueError(cursor)
+        *values, resource_id = decoded
+        if not isinstance(resource_id, str):
+            raise ValueError(cursor)
+        sort_values = tuple(
+            datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in values
+        )
+        if any(isinstance(v, dict | list) for v in sort_values):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise FhirError.of(
+            Category.INCORRECT,
+            "_cursor is not a cursor this server issued for this search",
+            code="value",
+            expression=["_cursor"],
+        ) from None
+    return cursor[0], Position(sort_values, resource_id)
 
 
 def _entry(
@@ -172,8 +203,7 @@ def _links(
     cursor: str | None,
     found: list[Found],
     has_next: bool,
-    order: list[tuple[Any, bool]],
-    offset: int,
+    has_previous: bool,
 ) -> list[dict[str, str]]:
     params: list[tuple[str, str]] = []
     for name, values in ctx.query.items():
@@ -189,10 +219,9 @@ def _links(
 
     links = [{"relation": "self", "url": url(cursor)}]
     if has_next and found:
-        nxt = f"o{offset + count}" if order else f"k{found[-1].resource_id}"
-        links.append({"relation": "next", "url": url(nxt)})
-    if order and offset > 0:
-        links.append({"relation": "previous", "url": url(f"o{max(0, offset - count)}")})
+        links.append({"relation": "next", "url": url(encode_cursor("n", found[-1]))})
+    if has_previous and found:
+        links.append({"relation": "previous", "url": url(encode_cursor("p", found[0]))})
     return links
 
 

@@ -46,6 +46,15 @@ class Found:
     resource_type: str
     resource_id: str
     content: bytes
+    sort_values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a page ends: the sort key values of a row, then its id (the tiebreak)."""
+
+    sort_values: tuple[Any, ...]
+    resource_id: str
 
 
 def sort_key(parameter: SearchParameter, descending: bool) -> Any:
@@ -74,14 +83,21 @@ def page(
     order: Sequence[tuple[Any, bool]],
     *,
     limit: int,
-    after_id: str | None = None,
-    offset: int = 0,
+    after: Position | None = None,
+    before: Position | None = None,
 ) -> list[Found]:
-    """One page of matches. Without sort keys: keyset-paged on the id (stable under
-    concurrent writes); with sort keys: by offset."""
-    statement = page_statement(where, order, limit=limit, after_id=after_id, offset=offset)
+    """One page of matches in (sort keys, id) order, keyset-paged: rows after
+    ``after`` or, reading backwards, the rows just before ``before``. A keyset
+    keeps pages correct while data is written (no offsets that shift)."""
+    statement = page_statement(where, order, limit=limit, after=after, before=before)
     rows = conn.execute(statement).all()
-    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+    found = [
+        Found(r.res_type, r.res_id, bytes(r.content), tuple(r[3 + i] for i in range(len(order))))
+        for r in rows
+    ]
+    if before is not None:
+        found.reverse()
+    return found
 
 
 def page_statement(
@@ -89,18 +105,52 @@ def page_statement(
     order: Sequence[tuple[Any, bool]],
     *,
     limit: int,
-    after_id: str | None = None,
-    offset: int = 0,
+    after: Position | None = None,
+    before: Position | None = None,
 ) -> Select[Any]:
-    statement = select(resource.c.res_type, resource.c.res_id, resource.c.content).where(*where)
-    if order:
-        clauses = [(key.desc() if desc else key.asc()).nulls_last() for key, desc in order]
-        statement = statement.order_by(*clauses, resource.c.res_id).offset(offset)
-    else:
-        if after_id is not None:
-            statement = statement.where(resource.c.res_id > after_id)
-        statement = statement.order_by(resource.c.res_id)
-    return statement.limit(limit)
+    keys = [key.label(f"sort_{i}") for i, (key, _) in enumerate(order)]
+    statement = select(resource.c.res_type, resource.c.res_id, resource.c.content, *keys)
+    statement = statement.where(*where)
+    if after is not None:
+        statement = statement.where(_beyond(order, after, forward=True))
+    if before is not None:
+        statement = statement.where(_beyond(order, before, forward=False))
+    backwards = before is not None
+    clauses = []
+    for key, descending in order:
+        if descending != backwards:
+            clauses.append(key.desc().nulls_first() if backwards else key.desc().nulls_last())
+        else:
+            clauses.append(key.asc().nulls_first() if backwards else key.asc().nulls_last())
+    clauses.append(resource.c.res_id.desc() if backwards else resource.c.res_id.asc())
+    return statement.order_by(*clauses).limit(limit)
+
+
+def _beyond(
+    order: Sequence[tuple[Any, bool]], position: Position, *, forward: bool
+) -> ColumnElement[bool]:
+    """Rows after (``forward``) or before ``position`` in (keys NULLS LAST, id) order."""
+    alternatives: list[ColumnElement[bool]] = []
+    equal_so_far: list[ColumnElement[bool]] = []
+    for (key, descending), value in zip(order, position.sort_values, strict=True):
+        if value is None:
+            # NULLs sort last: nothing but NULLs follows; every non-NULL precedes.
+            step = false() if forward else key.is_not(None)
+            equal = key.is_(None)
+        else:
+            greater = key < value if descending else key > value
+            smaller = key > value if descending else key < value
+            step = or_(greater, key.is_(None)) if forward else smaller
+            equal = key == value
+        alternatives.append(and_(*equal_so_far, step))
+        equal_so_far.append(equal)
+    tiebreak = (
+        resource.c.res_id > position.resource_id
+        if forward
+        else resource.c.res_id < position.resource_id
+    )
+    alternatives.append(and_(*equal_so_far, tiebreak))
+    return or_(*alternatives)
 
 
 def count(conn: Connection, where: Sequence[ColumnElement[bool]]) -> int:

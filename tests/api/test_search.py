@@ -227,3 +227,50 @@ def test_reindex_rebuilds_lost_index_rows(dataset: TestClient, services: Service
     assert reindex(services, batch_size=3) == len(RESOURCES)
     assert index_rows() == before
     assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == ["p2"]
+
+
+def _link(bundle: dict, relation: str) -> str | None:
+    return next(
+        (
+            lnk["url"].replace("http://testserver", "")
+            for lnk in bundle["link"]
+            if lnk["relation"] == relation
+        ),
+        None,
+    )
+
+
+def test_sorted_paging_is_stable_while_writing_and_walks_back(dataset: TestClient) -> None:
+    first = dataset.get("/fhir/Patient?_sort=-birthdate&_count=1").json()
+    assert _matches(first) == ["p3"] and _link(first, "previous") is None
+    # a new resident sorting before the next page must not shift or repeat it
+    dataset.put(
+        "/fhir/Patient/p0",
+        json={"resourceType": "Patient", "id": "p0", "birthDate": "2000-01-01"},
+        headers=FHIR_JSON,
+    )
+    second = dataset.get(_link(first, "next") or "").json()
+    assert _matches(second) == ["p1"]
+    third = dataset.get(_link(second, "next") or "").json()
+    assert _matches(third) == ["p2"]
+    back = dataset.get(_link(third, "previous") or "").json()
+    assert _matches(back) == ["p1"]
+    back_again = dataset.get(_link(back, "previous") or "").json()
+    assert _matches(back_again) == ["p3"]  # p0 sorts first now, one more page back
+    assert _matches(dataset.get(_link(back_again, "previous") or "").json()) == ["p0"]
+
+
+def test_sorting_puts_missing_values_last_and_pages_through_them(dataset: TestClient) -> None:
+    seen: list[str] = []
+    url: str | None = "/fhir/Patient?_sort=address-city&_count=1"
+    while url:
+        bundle = dataset.get(url).json()
+        seen += _matches(bundle)
+        url = _link(bundle, "next")
+    assert seen[0] == "p1" and sorted(seen[1:]) == ["p2", "p3"] and len(seen) == 3
+
+
+def test_forged_cursor_is_400(dataset: TestClient) -> None:
+    for cursor in ("nAAAA", "x", "n" + "A" * 3000, "pW10"):
+        response = dataset.get(f"/fhir/Patient?_sort=birthdate&_cursor={cursor}")
+        assert response.status_code == 400, cursor
