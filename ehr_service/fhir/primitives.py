@@ -76,7 +76,16 @@ def parse_instant_param(value: str, name: str) -> datetime:
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-        moment -= sign * offset
+        if offset > timedelta(hours=14):
+            raise FhirError.of(
+                Category.INCORRECT, f"{name}: time zone '{tz}' is out of range", code="value"
+            )
+        try:
+            moment -= sign * offset
+        except OverflowError:  # year 1 moved before the calendar starts, or 9999 past it
+            moment = (
+                datetime.min.replace(tzinfo=UTC) if sign > 0 else datetime.max.replace(tzinfo=UTC)
+            )
     return moment
 
 
@@ -104,7 +113,13 @@ def date_range(value: str) -> tuple[datetime, datetime] | None:
         low = parse_instant_param(value, "date")
     except FhirError:
         return None
-    parts = match.groupdict()
+    try:
+        return low, _range_end(low, match.groupdict())
+    except (OverflowError, ValueError):  # the end of year 9999
+        return low, datetime.max.replace(tzinfo=UTC)
+
+
+def _range_end(low: datetime, parts: dict[str, str | None]) -> datetime:
     if parts["fraction"] is not None:
         digits = len(parts["fraction"])
         step = timedelta(microseconds=10 ** max(0, 6 - digits)) if digits < 6 else None
@@ -120,7 +135,7 @@ def date_range(value: str) -> tuple[datetime, datetime] | None:
         high = low.replace(year=year, month=month) - _TICK
     else:
         high = low.replace(year=low.year + 1) - _TICK
-    return low, high
+    return high
 
 
 _TICK = timedelta(microseconds=1)

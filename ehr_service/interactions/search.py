@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +35,8 @@ def _issue(message: str) -> Issue:
     return Issue(message, "not-supported", "warning")
 
 
-def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool]]:
+def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool, type]]:
+    """(SQL sort key, descending, Python type of its values) per ``_sort`` key."""
     order = []
     for raw in request.result.get("_sort", []):
         for key in raw.split(","):
@@ -48,8 +50,14 @@ def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool]
                     code="invalid",
                     expression=["_sort"],
                 )
-            order.append((search_queries.sort_key(parameter, descending), descending))
+            kind = _SORT_VALUE_TYPES.get(parameter.type, str)
+            if parameter.code == "_lastUpdated":
+                kind = datetime
+            order.append((search_queries.sort_key(parameter, descending), descending, kind))
     return order
+
+
+_SORT_VALUE_TYPES: dict[str, type] = {"date": datetime, "number": float, "quantity": float}
 
 
 def _choice(request: SearchRequest, name: str, allowed: set[str]) -> str | None:
@@ -87,9 +95,10 @@ def search(
     total_mode = _choice(request, "_total", TOTAL_VALUES)
     elements_raw = first_value(request.result, "_elements")
     elements = frozenset(e.strip() for e in elements_raw.split(",")) if elements_raw else None
-    order = _sort(request, parser)
+    sort = _sort(request, parser)
+    order = [(key, descending) for key, descending, _ in sort]
     cursor = first_value(request.result, "_cursor")
-    direction, position = decode_cursor(cursor, len(order))
+    direction, position = decode_cursor(cursor, [kind for _, _, kind in sort])
     backwards = direction == "p"
 
     found: list[Found] = []
@@ -150,7 +159,9 @@ def encode_cursor(direction: str, found: Found) -> str:
     return direction + base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, keys: int) -> tuple[str, Position | None]:
+def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position | None]:
+    """Check a cursor against the search's sort keys: a value of the wrong type
+    would otherwise reach the SQL comparison."""
     if cursor is None:
         return "n", None
     try:
@@ -158,7 +169,7 @@ def decode_cursor(cursor: str | None, keys: int) -> tuple[str, Position | None]:
             raise ValueError(cursor)
         raw = cursor[1:]
         decoded = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if not isinstance(decoded, list) or len(decoded) != keys + 1:
+        if not isinstance(decoded, list) or len(decoded) != len(kinds) + 1:
             raise ValueError(cursor)
         *values, resource_id = decoded
         if not isinstance(resource_id, str):
@@ -166,8 +177,15 @@ def decode_cursor(cursor: str | None, keys: int) -> tuple[str, Position | None]:
         sort_values = tuple(
             datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in values
         )
-        if any(isinstance(v, dict | list) for v in sort_values):
-            raise ValueError(cursor)
+        for value, kind in zip(sort_values, kinds, strict=True):
+            if value is None:
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if type(value) is not kind:
+                raise ValueError(cursor)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(cursor)
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
         raise FhirError.of(
             Category.INCORRECT,

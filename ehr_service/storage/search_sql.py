@@ -8,6 +8,7 @@ shape through ``search_reference``; ``_has`` reverses it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -36,7 +37,7 @@ from ehr_service.fhir.search.query import (
     split_token,
 )
 from ehr_service.fhir.search.registry import SearchParameter
-from ehr_service.fhir.search.values import normalise
+from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
 from ehr_service.storage.tables import (
     resource,
     search_composite,
@@ -75,6 +76,8 @@ def _number_bounds(text: str) -> tuple[float, float, float]:
     if not _NUMBER.fullmatch(text):
         raise _bad(f"'{text[:40]}' is not a number")
     value = float(text)
+    if not math.isfinite(value) or abs(value) > 1e300:
+        raise _bad(f"'{text[:40]}' is out of range")
     mantissa = text.lower().split("e")[0]
     exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
@@ -127,7 +130,15 @@ def _compare_dates(low: Any, high: Any, prefix: str, text: str) -> ColumnElement
     if prefix == "eb":
         return high < search_low  # type: ignore[no-any-return]
     margin = max(abs(utc_now() - search_low) * 0.1, timedelta(days=1))  # ap
-    return and_(low <= search_high + margin, high >= search_low - margin)
+    return and_(low <= _shifted(search_high, margin), high >= _shifted(search_low, -margin))
+
+
+def _shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta`` clamped to the representable range."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return DATE_MAX if delta > timedelta(0) else DATE_MIN
 
 
 def _token_match(

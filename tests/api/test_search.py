@@ -274,3 +274,59 @@ def test_forged_cursor_is_400(dataset: TestClient) -> None:
     for cursor in ("nAAAA", "x", "n" + "A" * 3000, "pW10"):
         response = dataset.get(f"/fhir/Patient?_sort=birthdate&_cursor={cursor}")
         assert response.status_code == 400, cursor
+
+
+def _cursor(values: list) -> str:
+    import base64
+
+    import orjson
+
+    return "n" + base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Observation?component-code-value-quantity=8480-6$5e400",
+        "Observation?value-quantity=1e400",
+        "Observation?value-quantity=nan",
+        f"Patient?_sort=birthdate&_cursor={_cursor(['x', 'p1'])}",
+        f"Patient?_sort=birthdate&_cursor={_cursor([True, 'p1'])}",
+        f"RiskAssessment?_sort=probability&_cursor={_cursor(['a', 'ra1'])}",
+        f"Patient?_sort=family&_cursor={_cursor([5, 'p1'])}",
+        "Patient?birthdate=1980-02-03T10:00:00%2B99:99",
+    ],
+)
+def test_hostile_values_are_400_not_500(dataset: TestClient, query: str) -> None:
+    assert dataset.get(f"/fhir/{query}").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Observation?code-value-date=8480-6$9999",
+        "Observation?date=sa9999",
+        "Observation?date=ap9999",
+        "Observation?date=ap0001",
+        "Patient?birthdate=0001-01-01T00:00:00%2B14:00",
+        "Patient?birthdate=9999-12-31T23:00:00-12:00",
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar(dataset: TestClient, query: str) -> None:
+    assert dataset.get(f"/fhir/{query}").status_code == 200
+
+
+def test_extreme_stored_dates_are_indexed(dataset: TestClient) -> None:
+    response = dataset.post(
+        "/fhir/Observation",
+        json={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "effectiveDateTime": "9999-12-31T23:59:59-14:00",
+        },
+        headers=FHIR_JSON,
+    )
+    assert response.status_code == 201
+    found = dataset.get("/fhir/Observation?date=ge9999-01-01").json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [response.json()["id"]]
