@@ -250,8 +250,20 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
     and conditional reference (``Patient?identifier=...``) of the bundle."""
     mapping: dict[str, str] = {}
     identities: dict[str, int] = {}
+    creating: dict[tuple[str, str], int] = {}  # conditional creates that found nothing
     for entry in entries:
         target = entry.route
+        if target.interaction is Interaction.CREATE and entry.if_none_exist is not None:
+            key = (str(target.resource_type), entry.if_none_exist.strip())
+            if key in creating:
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"Bundle.entry[{entry.index}] and Bundle.entry[{creating[key]}] "
+                    "conditionally create the same resource",
+                    code="invalid",
+                    expression=[f"Bundle.entry[{entry.index}].request.ifNoneExist"],
+                )
+            creating[key] = entry.index
         if target.interaction is Interaction.CREATE:
             try:
                 match = (

@@ -177,6 +177,8 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
         sort_values = tuple(
             datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in values
         )
+        if any(isinstance(v, datetime) and v.tzinfo is None for v in sort_values):
+            raise ValueError(cursor)
         for value, kind in zip(sort_values, kinds, strict=True):
             if value is None:
                 continue

@@ -36,7 +36,7 @@ from ehr_service.fhir.search.query import (
     split_prefix,
     split_token,
 )
-from ehr_service.fhir.search.registry import SearchParameter
+from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
 from ehr_service.storage.tables import (
     resource,
@@ -73,15 +73,15 @@ def _like_escape(text: str) -> str:
 
 def _number_bounds(text: str) -> tuple[float, float, float]:
     """(value, low, high) with the implicit precision of the digits given (R4 §3.1.1.5.1)."""
-    if not _NUMBER.fullmatch(text):
+    if len(text) > 64 or not _NUMBER.fullmatch(text):
         raise _bad(f"'{text[:40]}' is not a number")
+    mantissa, _, exponent_text = text.lower().partition("e")
+    exponent = int(exponent_text) if exponent_text else 0
     value = float(text)
-    if not math.isfinite(value) or abs(value) > 1e300:
+    if abs(exponent) > 300 or not math.isfinite(value) or abs(value) > 1e300:
         raise _bad(f"'{text[:40]}' is out of range")
-    mantissa = text.lower().split("e")[0]
-    exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    half = 0.5 * 10 ** (exponent - decimals)
+    half = 0.5 * 10.0 ** (exponent - decimals)
     return value, value - half, value + half
 
 
@@ -250,8 +250,14 @@ class SearchCompiler:
         if parsed is not None and parsed.base is None:
             if modifier and parsed.resource_type != modifier:
                 return false()
-            return and_(
-                table.c.target_type == parsed.resource_type, table.c.target_id == parsed.resource_id
+            # A reference written with this server's own base URL is stored as a URL.
+            absolute = f"{self.base_url}/{parsed.resource_type}/{parsed.resource_id}"
+            return or_(
+                and_(
+                    table.c.target_type == parsed.resource_type,
+                    table.c.target_id == parsed.resource_id,
+                ),
+                table.c.url == absolute,
             )
         if "/" in value or ":" in value:  # absolute URL or canonical
             return table.c.url == value.split("|")[0]
@@ -301,7 +307,7 @@ class SearchCompiler:
                 ref.c.param == reference.code,
                 ref.c.target_type == target_type,
                 ref.c.target_id.is_not(None),
-                ref.c.target_id.in_(self.ids_matching(target_type, inner)),
+                ref.c.target_id.in_(self.live_ids(target_type, [inner])),
             )
         if parameter.code == "_id":
             return select(resource.c.res_id).where(
@@ -330,8 +336,10 @@ class SearchCompiler:
         on the candidate rows (cheap through the per-resource index), so a
         patient-scoped query does not materialise every row of a common code."""
         parameter = criterion.parameter
-        if criterion.modifier == "missing":
+        if criterion.modifier == "missing" and not criterion.chain:
             table = _TABLES.get(parameter.type)
+            if parameter.code in COLUMN_PARAMETERS:  # every resource has an id and a time
+                return false() if criterion.values == ("true",) else true()
             if table is None:
                 return false() if criterion.values == ("true",) else true()
             present = select(table.c.res_id).where(
@@ -368,9 +376,14 @@ class SearchCompiler:
             )
         )
 
+    def live_ids(self, resource_type: str, criteria: Sequence[Criterion]) -> Select[Any]:
+        """Ids of live resources meeting the criteria with their full semantics
+        (modifiers such as :missing and :not included): the inner end of a chain."""
+        return select(resource.c.res_id).where(*self.where(resource_type, criteria))
+
     def reverse_chain_clause(self, resource_type: str, chain: ReverseChain) -> ColumnElement[bool]:
         ref = search_reference
-        sources = self.ids_matching(chain.source_type, chain.criterion)
+        sources = self.live_ids(chain.source_type, [chain.criterion])
         targets = select(ref.c.target_id).where(
             ref.c.res_type == chain.source_type,
             ref.c.param == chain.reference.code,

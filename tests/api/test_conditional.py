@@ -142,3 +142,27 @@ def test_conditional_references_and_if_none_exist_in_a_transaction(client: TestC
         ],
     }
     assert client.post("/fhir", json=ambiguous, headers=FHIR_JSON).status_code == 404
+
+
+def test_two_identical_conditional_creates_in_one_transaction_are_refused(
+    client: TestClient, services: Services
+) -> None:
+    before = snapshot(services)
+    entry = {
+        "resource": patient(**MRN),
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|C-42"},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {**entry, "fullUrl": "urn:uuid:8d3c0b5e-0000-4000-8000-00000000000a"},
+            {**entry, "fullUrl": "urn:uuid:8d3c0b5e-0000-4000-8000-00000000000b"},
+            {
+                "resource": observation("urn:uuid:8d3c0b5e-0000-4000-8000-00000000000b"),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 400
+    assert snapshot(services) == before

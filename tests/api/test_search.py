@@ -330,3 +330,46 @@ def test_extreme_stored_dates_are_indexed(dataset: TestClient) -> None:
     assert response.status_code == 201
     found = dataset.get("/fhir/Observation?date=ge9999-01-01").json()
     assert [e["resource"]["id"] for e in found["entry"]] == [response.json()["id"]]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Observation?value-quantity=0e400",
+        "Observation?value-quantity=0e99999999",
+        "Observation?component-code-value-quantity=8480-6$0e400",
+        "Organization?partof.partof.partof.partof.partof.partof.partof.partof.name=x",
+        f"Patient?_sort=_lastUpdated&_cursor={_cursor([{'t': '2020-01-01'}, 'p1'])}",
+    ],
+)
+def test_review_findings_are_400(dataset: TestClient, query: str) -> None:
+    assert dataset.get(f"/fhir/{query}").status_code == 400
+
+
+def test_modifiers_at_the_end_of_chains_and_has(dataset: TestClient) -> None:
+    def ids(query: str) -> set[str]:
+        return set(_matches(dataset.get(f"/fhir/{query}").json()))
+
+    # p3's only Observation is o4 (code 85354-9)
+    assert "p3" not in ids("Patient?_has:Observation:patient:code:not=85354-9")
+    assert "p1" in ids("Patient?_has:Observation:patient:code:not=85354-9")
+    assert ids("Patient?_has:Observation:patient:category:missing=false") == {"p1"}
+    assert ids("Observation?subject:Patient.address-city:missing=true") == {"o3", "o4"}
+    assert ids("Observation?subject:Patient.address-city:missing=false") == {"o1", "o2"}
+    assert ids("Patient?_id:missing=true") == set()
+    assert ids("Patient?_id:missing=false") == {"p1", "p2", "p3"}
+    assert ids("Patient?_lastUpdated:missing=true") == set()
+
+
+def test_references_with_this_servers_base_url_are_found(dataset: TestClient) -> None:
+    obs = {
+        "resourceType": "Observation",
+        "id": "abs",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "http://testserver/fhir/Patient/p2"},
+    }
+    dataset.put("/fhir/Observation/abs", json=obs, headers=FHIR_JSON)
+    assert "abs" in _matches(dataset.get("/fhir/Observation?subject=Patient/p2").json())
+    absolute = dataset.get("/fhir/Observation?subject=http://testserver/fhir/Patient/p2").json()
+    assert "abs" in _matches(absolute)

@@ -45,6 +45,7 @@ MODIFIERS = {
 }
 SUPPORTED_TOKEN_MODIFIERS = {"text", "not", "of-type", "missing"}
 _SPLIT_COMMA = re.compile(r"(?<!\\),")
+MAX_CHAIN_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +135,12 @@ class SearchParser:
         if rest:  # chaining: subject:Patient.name=x
             if parameter.type != "reference":
                 raise _bad(f"'{code}' is not a reference: it cannot be chained", name)
+            if name.count(".") > MAX_CHAIN_DEPTH:
+                raise _bad(f"Chains are limited to {MAX_CHAIN_DEPTH} links", name)
             targets = [modifier] if modifier else list(parameter.targets)
             if modifier and modifier not in R4_RESOURCE_TYPES:
                 raise _bad(f"'{modifier}' is not a resource type", name)
-            candidates = [t for t in targets if self._chained(t, rest, raw) is not None]
+            candidates = {t: c for t in targets if (c := self._chained(t, rest, raw)) is not None}
             if len(candidates) != 1:
                 raise _bad(
                     f"Chain '{name}' must name one target type (e.g. {code}:Patient.{rest})"
@@ -145,13 +148,9 @@ class SearchParser:
                     else f"No target of '{code}' has a parameter '{rest}'",
                     name,
                 )
-            inner = self._chained(candidates[0], rest, raw)
-            assert inner is not None
+            [(target, inner)] = candidates.items()
             return Criterion(
-                inner.parameter,
-                inner.modifier,
-                inner.values,
-                ((parameter, candidates[0]), *inner.chain),
+                inner.parameter, inner.modifier, inner.values, ((parameter, target), *inner.chain)
             )
         if modifier:
             allowed = MODIFIERS.get(parameter.type, set())
