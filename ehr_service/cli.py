@@ -111,8 +111,8 @@ def openapi(
     output: Annotated[Path | None, typer.Option(help="file to write (default stdout)")] = None,
 ) -> None:
     """Print or write the OpenAPI document of the HTTP API."""
+    from ehr_service.api.openapi_export import openapi_bytes
     from ehr_service.app import create_app
-    from ehr_service.openapi_export import openapi_bytes
 
     document = openapi_bytes(create_app(Settings(database_url="sqlite://")))
     if output is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ehr_service.api.openapi_export import openapi_bytes
 from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT, Settings
-from ehr_service.openapi_export import openapi_bytes
 
 COMMITTED = PROJECT_ROOT / "openapi" / "openapi.json"
 
