@@ -11,12 +11,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import errors, fhir
+from ehr_service.api import errors, fhir, mpi
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
+from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.storage.database import Database
 
 logger = logging.getLogger("ehr_service")
@@ -29,6 +30,7 @@ def build_services(settings: Settings) -> Services:
         database=Database(settings.effective_database_url, pool_size=settings.database_pool_size),
         compartment=load_compartment(settings.profiles_dir),
         registry=load_registry(settings.profiles_dir),
+        identity=ResidentIdentity.from_settings(settings),
     )
 
 
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     app.state.services = services
+    app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(fhir.router)
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

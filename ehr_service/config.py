@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
     max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
 
+    # Resident identity (DESIGN.md §6).
+    field_keys_file: Path | None = Field(
+        default=None,
+        description="key file of the blind index and data keys; "
+        "default: keys/field-keys.json under data_dir, created on first run",
+    )
+    record_number_system: str = Field(
+        default="urn:ehr-service:lifelong-record-number",
+        description="identifier system of the lifelong record numbers this service assigns",
+    )
+    record_number_prefix: str = Field(
+        default="EHR", pattern=r"^[A-Z]{0,8}$", description="prefix of every record number"
+    )
+
     gc_threshold: int = Field(
         default=50_000,
         ge=0,
@@ -66,6 +80,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'ehr.sqlite3'}"
+
+    @property
+    def effective_field_keys_file(self) -> Path:
+        return self.field_keys_file or self.data_dir / "keys" / "field-keys.json"
 
     @property
     def is_sqlite(self) -> bool:

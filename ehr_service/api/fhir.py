@@ -47,23 +47,23 @@ VersionId = Annotated[str, Path(description="Version id", **docs.ID_PARAM)]
 IfMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 
-_JSON_BODY = frozenset(JSON_TYPES)
+JSON_BODY = frozenset(JSON_TYPES)
 _FORM_BODY = frozenset({"application/x-www-form-urlencoded"})
 _PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
 T = TypeVar("T")
 
 
-def _in_read(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+def in_read(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
     with ctx.services.database.read() as conn:
         return action(conn)
 
 
-def _in_write(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+def in_write(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
     with ctx.services.database.write() as conn:
         return action(conn)
 
 
-async def _body(request: Request, allowed: frozenset[str]) -> Any:
+async def json_body(request: Request, allowed: frozenset[str]) -> Any:
     check_content_type(request, allowed)
     return parse_json(await request.body())
 
@@ -98,12 +98,12 @@ def _etag(value: str | None, header: str) -> int | None:
 
 
 def _write_response(result: Result, ctx: RequestContext, rendering: RenderingDep) -> Response:
-    return render_result(result.shaped(ctx.prefer_return), ctx.base_url, rendering)
+    return render_result(result.shaped(ctx.prefer_return), ctx, rendering)
 
 
 @router.get("/metadata", **docs.route("CapabilityStatement", {200}))
 async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
-    return render_result(dispatch.capabilities(ctx), ctx.base_url, rendering)
+    return render_result(dispatch.capabilities(ctx), ctx, rendering)
 
 
 @router.post(
@@ -113,16 +113,16 @@ async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
     ),
 )
 async def batch_or_transaction(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
-    body = await _body(request, _JSON_BODY)
+    body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(bundle.process_bundle, ctx, body)
-    return render_result(result, ctx.base_url, rendering)
+    return render_result(result, ctx, rendering)
 
 
 @router.get("/Patient/$everything", **docs.route("everything", {200, 400}))
 async def everything_all(ctx: Context, rendering: RenderingDep) -> Response:
     """All patients' compartments, paged (for system callers once access control lands)."""
-    result = await run_in_threadpool(_in_read, ctx, lambda c: everything.everything(c, ctx, None))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, None))
+    return render_result(result, ctx, rendering)
 
 
 @router.get("/Patient/{resource_id}/$everything", **docs.route("everything", {200, 400, 404, 410}))
@@ -130,14 +130,14 @@ async def everything_patient(
     resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     pid = check_id(resource_id)
-    result = await run_in_threadpool(_in_read, ctx, lambda c: everything.everything(c, ctx, pid))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, pid))
+    return render_result(result, ctx, rendering)
 
 
 @router.get("/_history", **docs.route("history (system)", {200, 400}))
 async def history_system(ctx: Context, rendering: RenderingDep) -> Response:
-    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: history.history(c, ctx))
+    return render_result(result, ctx, rendering)
 
 
 @router.get("/{resource_type}/_history", **docs.route("history (type)", {200, 400, 404}))
@@ -145,8 +145,8 @@ async def history_type(
     request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
 ) -> Response:
     rtype = _type(request, resource_type)
-    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: history.history(c, ctx, rtype))
+    return render_result(result, ctx, rendering)
 
 
 @router.get("/{resource_type}", **docs.route("search", {200, 400, 404, 501}))
@@ -156,9 +156,9 @@ async def search_get(
     rtype = _type(request, resource_type)
     strict = strict_handling(request)
     result = await run_in_threadpool(
-        _in_read, ctx, lambda c: search.search(c, ctx, rtype, strict=strict)
+        in_read, ctx, lambda c: search.search(c, ctx, rtype, strict=strict)
     )
-    return render_result(result, ctx.base_url, rendering)
+    return render_result(result, ctx, rendering)
 
 
 @router.post(
@@ -177,29 +177,30 @@ async def search_post(
     scoped = replace(ctx, query=query)
     strict = strict_handling(request)
     result = await run_in_threadpool(
-        _in_read, ctx, lambda c: search.search(c, scoped, rtype, strict=strict)
+        in_read, ctx, lambda c: search.search(c, scoped, rtype, strict=strict)
     )
-    return render_result(result, ctx.base_url, rendering)
+    return render_result(result, ctx, rendering)
 
 
 @router.post(
-    "/{resource_type}", **docs.route("create", {201, 400, 404, 413, 415, 422}, body="resource")
+    "/{resource_type}",
+    **docs.route("create", {200, 201, 400, 404, 409, 412, 413, 415, 422}, body="resource"),
 )
 async def create_resource(
     request: Request, resource_type: ResourceType, ctx: Context, rendering: RenderingDep
 ) -> Response:
     rtype = _type(request, resource_type)
     criteria = request.headers.get("if-none-exist")
-    body = await _body(request, _JSON_BODY)
+    body = await json_body(request, JSON_BODY)
     if criteria is not None:
         result = await run_in_threadpool(
-            _in_write,
+            in_write,
             ctx,
             lambda c: conditional.conditional_create(c, ctx, rtype, body, criteria),
         )
     else:
         result = await run_in_threadpool(
-            _in_write, ctx, lambda c: create.create(c, ctx, rtype, body)
+            in_write, ctx, lambda c: create.create(c, ctx, rtype, body)
         )
     return _write_response(result, ctx, rendering)
 
@@ -217,7 +218,9 @@ def _criteria(ctx: RequestContext) -> dict[str, list[str]]:
 
 @router.put(
     "/{resource_type}",
-    **docs.route("conditional update", {200, 201, 400, 404, 409, 412, 413, 415}, body="resource"),
+    **docs.route(
+        "conditional update", {200, 201, 400, 404, 409, 412, 413, 415, 422}, body="resource"
+    ),
 )
 async def conditional_update(
     request: Request,
@@ -228,9 +231,9 @@ async def conditional_update(
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
     expected = _etag(if_match, "If-Match")
-    body = await _body(request, _JSON_BODY)
+    body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(
-        _in_write,
+        in_write,
         ctx,
         lambda c: conditional.conditional_update(c, ctx, rtype, body, criteria, expected),
     )
@@ -250,9 +253,9 @@ async def conditional_patch(
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
     expected = _etag(if_match, "If-Match")
-    document = await _body(request, _PATCH_BODY)
+    document = await json_body(request, _PATCH_BODY)
     result = await run_in_threadpool(
-        _in_write,
+        in_write,
         ctx,
         lambda c: conditional.conditional_patch(c, ctx, rtype, document, criteria, expected),
     )
@@ -265,7 +268,7 @@ async def conditional_delete(
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: conditional.conditional_delete(c, ctx, rtype, criteria)
+        in_write, ctx, lambda c: conditional.conditional_delete(c, ctx, rtype, criteria)
     )
     return _write_response(result, ctx, rendering)
 
@@ -281,8 +284,8 @@ async def read_resource(
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
     known = _etag(if_none_match, "If-None-Match")
-    result = await run_in_threadpool(_in_read, ctx, lambda c: read.read(c, rtype, rid, known))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: read.read(c, rtype, rid, known))
+    return render_result(result, ctx, rendering)
 
 
 @router.put(
@@ -299,9 +302,9 @@ async def update_resource(
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
-    body = await _body(request, _JSON_BODY)
+    body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected)
+        in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected)
     )
     return _write_response(result, ctx, rendering)
 
@@ -320,9 +323,9 @@ async def patch_resource(
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
-    document = await _body(request, _PATCH_BODY)
+    document = await json_body(request, _PATCH_BODY)
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected)
+        in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected)
     )
     return _write_response(result, ctx, rendering)
 
@@ -341,7 +344,7 @@ async def delete_resource(
     rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
     result = await run_in_threadpool(
-        _in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected)
+        in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected)
     )
     return _write_response(result, ctx, rendering)
 
@@ -357,8 +360,8 @@ async def history_instance(
     rendering: RenderingDep,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    result = await run_in_threadpool(_in_read, ctx, lambda c: history.history(c, ctx, rtype, rid))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: history.history(c, ctx, rtype, rid))
+    return render_result(result, ctx, rendering)
 
 
 @router.get(
@@ -374,5 +377,5 @@ async def vread_resource(
     rendering: RenderingDep,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    result = await run_in_threadpool(_in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
-    return render_result(result, ctx.base_url, rendering)
+    result = await run_in_threadpool(in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
+    return render_result(result, ctx, rendering)

@@ -6,6 +6,7 @@ them to indent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,14 +14,19 @@ from starlette.responses import Response
 
 from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
 from ehr_service.fhir.errors import FhirError, error_outcome
+from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 
+Present = Callable[[bytes], bytes]
 
-def _encode(body: bytes | dict[str, Any], pretty: bool) -> bytes:
+
+def _encode(body: bytes | dict[str, Any], pretty: bool, present: Present | None) -> bytes:
+    encoded = body if isinstance(body, bytes) else orjson.dumps(body)
+    if present is not None:
+        encoded = present(encoded)
     if pretty:
-        parsed = orjson.loads(body) if isinstance(body, bytes) else orjson.loads(orjson.dumps(body))
-        return orjson.dumps(parsed, option=orjson.OPT_INDENT_2)
-    return body if isinstance(body, bytes) else orjson.dumps(body)
+        return orjson.dumps(orjson.loads(encoded), option=orjson.OPT_INDENT_2)
+    return encoded
 
 
 def fhir_response(
@@ -28,19 +34,31 @@ def fhir_response(
     body: bytes | dict[str, Any] | None,
     rendering: Rendering = DEFAULT_RENDERING,
     headers: dict[str, str] | None = None,
+    present: Present | None = None,
 ) -> Response:
     if body is None or status in {204, 304}:
         return Response(status_code=status, headers=headers)
     return Response(
-        _encode(body, rendering.pretty),
+        _encode(body, rendering.pretty, present),
         status_code=status,
         headers=headers,
         media_type=f"{rendering.media_type}; charset=utf-8",
     )
 
 
-def render_result(result: Result, base_url: str, rendering: Rendering) -> Response:
-    return fhir_response(result.status, result.body, rendering, result.headers(base_url))
+def presenter(ctx: RequestContext) -> Present:
+    """How this caller sees resident ID numbers: unsealed, or masked only."""
+    protection = ctx.services.identity.protection
+    reveal = ctx.caller.sees_id_numbers
+    return lambda body: protection.present(body, reveal=reveal)
+
+
+def render_result(result: Result, ctx: RequestContext, rendering: Rendering) -> Response:
+    """Every FHIR response with resources passes here, so ID numbers are shown (or
+    not) by one rule whatever the path (read, search, history, bundles, operations)."""
+    return fhir_response(
+        result.status, result.body, rendering, result.headers(ctx.base_url), presenter(ctx)
+    )
 
 
 def render_error(error: FhirError, rendering: Rendering = DEFAULT_RENDERING) -> Response:

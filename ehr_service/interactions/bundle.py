@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from ehr_service.fhir.errors import Category, FhirError, error_outcome
+from ehr_service.fhir.errors import Category, FhirError, error_outcome, operation_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, parse_etag, utc_now
 from ehr_service.fhir.references import is_conditional_reference, rewrite_references
 from ehr_service.interactions import conditional, dispatch
@@ -329,7 +329,7 @@ def _bulk_create(conn: Connection, ctx: RequestContext, entries: list[Entry]) ->
         try:
             assert entry.route.resource_type is not None
             version = prepare_create(
-                ctx, entry.route.resource_type, entry.resource, entry.assigned_id
+                conn, ctx, entry.route.resource_type, entry.resource, entry.assigned_id
             )
         except FhirError as error:
             raise _in_entry(entry.index, error) from None
@@ -413,6 +413,8 @@ def _result_entry(ctx: RequestContext, result: Result) -> dict[str, Any]:
         response["lastModified"] = format_instant(result.last_updated)
     if isinstance(result.body, dict) and result.body.get("resourceType") == "OperationOutcome":
         response["outcome"] = result.body
+    elif result.warnings:  # R4: entry.response.outcome carries hints and warnings
+        response["outcome"] = operation_outcome(Category.UNPROCESSABLE, result.warnings)
     elif isinstance(result.body, bytes):
         entry["resource"] = orjson.Fragment(result.body)
     elif result.body is not None:

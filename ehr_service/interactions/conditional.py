@@ -5,16 +5,16 @@ the write transaction; zero, one or several matches decide what happens.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 from urllib.parse import parse_qs
 
 from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
-from ehr_service.fhir.search.query import RESULT_PARAMETERS, SearchParser
+from ehr_service.fhir.primitives import new_id
+from ehr_service.fhir.search.query import RESULT_PARAMETERS
 from ehr_service.interactions import create, delete, patch, update
-from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
 from ehr_service.storage import conditional_keys, resources, search_queries
@@ -45,7 +45,7 @@ def matching_ids(
     limit: int = 2,
 ) -> list[str]:
     """Ids of live resources matching the criteria (at most ``limit``)."""
-    request = SearchParser(ctx.services.registry).parse(resource_type, query)
+    request = search_parser(ctx).parse(resource_type, query)
     if request.unknown or request.result:
         names = ", ".join(request.unknown or list(request.result))
         raise FhirError.of(
@@ -59,9 +59,10 @@ def matching_ids(
     return [f.resource_id for f in search_queries.page(conn, where, [], limit=limit)]
 
 
-def _normalised(query: dict[str, list[str]]) -> str:
+def _normalised(ctx: RequestContext, query: dict[str, list[str]]) -> str:
+    """The criteria as a key: a keyed digest, since criteria may hold an ID number."""
     text = "&".join(f"{k}={v}" for k in sorted(query) for v in sorted(query[k]))
-    return text if len(text) <= 200 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return ctx.services.identity.protection.keyed_digest(text)
 
 
 def _several(resource_type: str) -> FhirError:
@@ -108,9 +109,9 @@ def conditional_create(
     match = existing_match(conn, ctx, resource_type, query)
     if match is not None:
         return existing_result(conn, resource_type, match)
-    key = _normalised(query)
-    version = create.prepare_create(ctx, resource_type, body, resource_id)
-    if not conditional_keys.claim(conn, resource_type, key, version.resource_id):
+    key = _normalised(ctx, query)
+    new_resource_id = resource_id or new_id()
+    if not conditional_keys.claim(conn, resource_type, key, new_resource_id):
         # Another transaction created (or is creating) a match: it has committed now.
         match = existing_match(conn, ctx, resource_type, query)
         if match is not None:
@@ -122,12 +123,14 @@ def conditional_create(
                 )
             return existing_result(conn, resource_type, match)
         conditional_keys.release(conn, resource_type, key)  # stale: its resource changed
-        if not conditional_keys.claim(conn, resource_type, key, version.resource_id):
+        if not conditional_keys.claim(conn, resource_type, key, new_resource_id):
             raise FhirError.of(
                 Category.CONFLICT,
                 "A concurrent conditional create is under way; retry",
                 code="conflict",
             )
+    # Prepared only once the key is ours: nothing (a record number) is spent on a loser.
+    version = create.prepare_create(conn, ctx, resource_type, body, new_resource_id)
     resources.insert_new(conn, [version])
     return create.created(version)
 

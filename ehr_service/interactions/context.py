@@ -7,7 +7,9 @@ from enum import StrEnum
 
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import PatientCompartment
+from ehr_service.fhir.search.query import SearchParser
 from ehr_service.fhir.search.registry import SearchParameterRegistry
+from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.storage.database import Database
 
@@ -20,6 +22,7 @@ class Services:
     database: Database
     compartment: PatientCompartment
     registry: SearchParameterRegistry
+    identity: ResidentIdentity
 
 
 class ReturnPreference(StrEnum):
@@ -42,3 +45,8 @@ class RequestContext:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+
+def search_parser(ctx: RequestContext) -> SearchParser:
+    """The parser every search goes through: ID numbers become their blind tokens."""
+    return SearchParser(ctx.services.registry, ctx.services.identity.protection.search_code)

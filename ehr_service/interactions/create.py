@@ -15,9 +15,14 @@ from ehr_service.storage.resources import NewVersion
 
 
 def prepare_create(
-    ctx: RequestContext, resource_type: str, body: Any, resource_id: str | None = None
+    conn: Connection,
+    ctx: RequestContext,
+    resource_type: str,
+    body: Any,
+    resource_id: str | None = None,
 ) -> NewVersion:
     version, _ = prepare_version(
+        conn,
         ctx,
         body,
         resource_type=resource_type,
@@ -39,10 +44,11 @@ def created(version: NewVersion) -> Result:
         version.last_updated,
         location=f"{version.resource_type}/{version.resource_id}/_history/{version.version_id}",
         message=f"Created {version.resource_type}/{version.resource_id}",
+        warnings=version.warnings,
     )
 
 
 def create(conn: Connection, ctx: RequestContext, resource_type: str, body: Any) -> Result:
-    version = prepare_create(ctx, resource_type, body)
+    version = prepare_create(conn, ctx, resource_type, body)
     resources.insert_new(conn, [version])
     return created(version)

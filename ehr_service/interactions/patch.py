@@ -71,7 +71,9 @@ def patch(
     stored = current_or_fail(conn, resource_type, resource_id, for_update=True)
     check_if_match(stored, if_match, f"{resource_type}/{resource_id}")
     assert stored.content is not None
-    patched = apply_json_patch(orjson.loads(stored.content), operations)
+    # The patch sees what the writer wrote: resident ID numbers unsealed.
+    current = ctx.services.identity.protection.reveal(orjson.loads(stored.content))
+    patched = apply_json_patch(current, operations)
     if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
         raise FhirError.of(
             Category.UNPROCESSABLE, "A patch may not change the resource type", code="processing"

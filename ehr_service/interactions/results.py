@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ehr_service.fhir.errors import information_outcome
+from ehr_service.fhir.errors import Category, Issue, information_outcome
 from ehr_service.fhir.primitives import etag, http_date
 from ehr_service.interactions.context import ReturnPreference
 
@@ -54,6 +54,7 @@ class Result:
     last_updated: datetime | None = None
     location: str | None = None  # relative: Type/id/_history/n
     message: str | None = None  # set by writes only: what happened, for return=OperationOutcome
+    warnings: tuple[Issue, ...] = ()  # accepted with these warnings (e.g. an ID number check)
 
     def headers(self, base_url: str) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -71,6 +72,7 @@ class Result:
             return replace(self, body=None)
         if preference is ReturnPreference.OPERATION_OUTCOME:
             outcome = information_outcome(self.message or status_line(self.status))
+            outcome["issue"].extend(w.as_json(Category.UNPROCESSABLE) for w in self.warnings)
             return replace(self, status=200 if self.status == 204 else self.status, body=outcome)
         return self
 

@@ -20,7 +20,7 @@ from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcom
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.search.query import SearchParser, SearchRequest
 from ehr_service.fhir.search.shaping import subset
-from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.results import Result
 from ehr_service.storage import search_queries
@@ -75,7 +75,7 @@ def _choice(request: SearchRequest, name: str, allowed: set[str]) -> str | None:
 def search(
     conn: Connection, ctx: RequestContext, resource_type: str, *, strict: bool = False
 ) -> Result:
-    parser = SearchParser(ctx.services.registry)
+    parser = search_parser(ctx)
     request = parser.parse(resource_type, ctx.query)
     warnings = [
         _issue(f"Unknown or unsupported search parameter '{name}' was ignored")

@@ -61,6 +61,7 @@ def store_next_version(
 ) -> Result:
     """Write ``body`` as the version after ``stored`` (locked by the caller)."""
     version, _ = prepare_version(
+        conn,
         ctx,
         body,
         resource_type=stored.resource_type,
@@ -68,6 +69,7 @@ def store_next_version(
         version_id=stored.version_id + 1,
         now=utc_now(),
         method=method,
+        previous=stored.content,
     )
     if not resources.replace_current(conn, version, stored.version_id):
         raise FhirError.of(
@@ -85,6 +87,7 @@ def store_next_version(
         version.version_id,
         version.last_updated,
         message=f"Updated {version.resource_type}/{version.resource_id}",
+        warnings=version.warnings,
     )
 
 
@@ -103,6 +106,7 @@ def update(
     if stored is not None:
         return store_next_version(conn, ctx, stored, body, method="PUT")
     version, _ = prepare_version(
+        conn,
         ctx,
         body,
         resource_type=resource_type,

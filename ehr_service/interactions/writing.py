@@ -11,12 +11,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy import Connection
 
-from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import format_instant
-from ehr_service.fhir.search.values import index_rows
+from ehr_service.fhir.search.values import IndexRows, index_rows
 from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
+from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
+from ehr_service.mpi.protection import Prepared
 from ehr_service.storage.resources import NewVersion
 
 
@@ -36,6 +39,7 @@ def with_server_meta(
 
 
 def prepare_version(
+    conn: Connection,
     ctx: RequestContext,
     resource: Any,
     *,
@@ -44,8 +48,14 @@ def prepare_version(
     version_id: int,
     now: datetime,
     method: str,
+    previous: bytes | None = None,
 ) -> tuple[NewVersion, dict[str, Any]]:
-    """Validate and serialise one version. Raises a 400 listing every problem."""
+    """Validate and serialise one version. Raises a 400 listing every problem.
+
+    ``previous`` is the stored content of the version this one follows. Resident
+    ID numbers are checked, indexed by blind token and stored sealed (see
+    :mod:`ehr_service.mpi.protection`); what is returned is the stored form.
+    """
     if not isinstance(resource, dict):
         raise FhirError.of(Category.INCORRECT, "A resource must be a JSON object", code="structure")
     if "meta" in resource and not isinstance(resource["meta"], dict):
@@ -54,6 +64,13 @@ def prepare_version(
         )
     stored = with_server_meta(resource, resource_id, version_id, now)
     validate_resource(stored, expected_type=resource_type)
+    identity = ctx.services.identity
+    prepared = identity.prepare(conn, stored, orjson.loads(previous) if previous else None)
+    content, index = _sealed(ctx, prepared)
+    if identity.protection.has_free_text_number(content):
+        identity.protection.mask_free_text(stored)
+        prepared.warnings.append(FREE_TEXT_WARNING)
+        content, index = _sealed(ctx, prepared)
     version = NewVersion(
         resource_type=resource_type,
         resource_id=resource_id,
@@ -61,7 +78,25 @@ def prepare_version(
         last_updated=now,
         method=method,
         compartment_patient_id=ctx.services.compartment.owner(stored),
-        content=orjson.dumps(stored),
-        index=index_rows(ctx.services.registry, stored),
+        content=content,
+        index=index,
+        id_number=prepared.unique_key,
+        warnings=tuple(prepared.warnings),
     )
     return version, stored
+
+
+FREE_TEXT_WARNING = Issue(
+    "A resident ID number outside an identifier (e.g. in text) was masked; "
+    f"send ID numbers as identifiers of system {ID_NUMBER_SYSTEM}",
+    "value",
+    "warning",
+)
+
+
+def _sealed(ctx: RequestContext, prepared: Prepared) -> tuple[bytes, IndexRows]:
+    """Index the blind tokens, then store masks and seals."""
+    prepared.index_form()
+    index = index_rows(ctx.services.registry, prepared.resource)
+    prepared.stored_form(ctx.services.identity.protection.seal)
+    return orjson.dumps(prepared.resource), index

@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, false, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
 from ehr_service.storage.bulk import bulk_insert
+from ehr_service.storage.identity import hold_id_number
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.tables import resource, resource_version
 
@@ -49,6 +51,8 @@ class NewVersion:
     compartment_patient_id: str | None
     content: bytes | None  # None for a deletion
     index: IndexRows | None = None  # search index rows of this version (None: none)
+    id_number: str | None = None  # a Patient's own resident ID number, as its blind token
+    warnings: tuple[Issue, ...] = ()  # accepted, but worth telling the client
 
     def version_row(self) -> dict[str, Any]:
         return {
@@ -138,6 +142,14 @@ _VERSION_NAMES = (
 )
 
 
+def _hold_identity(conn: Connection, version: NewVersion, *, new: bool = False) -> None:
+    """Keep the unique resident ID number of a Patient in step with its current
+    version (a deleted Patient frees its number for a corrected record)."""
+    if version.resource_type != "Patient" or (new and version.id_number is None):
+        return
+    hold_id_number(conn, version.resource_id, version.id_number, new=new)
+
+
 def read_current(
     conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredVersion | None:
@@ -188,6 +200,8 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
             if v.index is not None
         ],
     )
+    for v in versions:
+        _hold_identity(conn, v, new=True)
 
 
 def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
@@ -203,6 +217,7 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     if inserted is None:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
+    _hold_identity(conn, version, new=True)
     if version.index is not None:
         insert_index(
             conn,
@@ -237,6 +252,7 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     if result.rowcount != 1:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
+    _hold_identity(conn, version)
     delete_index(conn, version.resource_type, version.resource_id)
     if version.index is not None:
         insert_index(

@@ -253,3 +253,25 @@ conditional_create_key = Table(
     Column("criteria", String(255), primary_key=True),
     Column("res_id", RESOURCE_ID, nullable=False),
 )
+
+# Resident identity (DESIGN.md §6). One row per resident ID number, keyed by its
+# blind token (never the number): the primary key is what makes a resident unique,
+# whatever the concurrency. A global lookup table (not distributed by patient).
+resident_id_number = Table(
+    "resident_id_number",
+    metadata,
+    Column("blind_index", String(64), primary_key=True),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    UniqueConstraint("patient_id", name="uq_resident_id_number_patient_id"),
+)
+
+# Lifelong record numbers: allocated once per Patient, never reused (SQLite
+# AUTOINCREMENT and a PostgreSQL identity sequence both never hand a number out twice).
+record_number = Table(
+    "record_number",
+    metadata,
+    Column("number", SEQUENCE, primary_key=True, autoincrement=True),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    UniqueConstraint("patient_id", name="uq_record_number_patient_id"),
+    sqlite_autoincrement=True,
+)

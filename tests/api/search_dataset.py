@@ -195,7 +195,9 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ("Patient?identifier=urn:mrn|", {"p1", "p2"}),
     ("Patient?identifier=|A1", set()),
     ("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A1", {"p1"}),
-    ("Patient?identifier:missing=true", {"p3"}),
+    # every Patient carries the lifelong record number the server assigns
+    ("Patient?identifier:missing=true", set()),
+    ("Patient?identifier:missing=false", {"p1", "p2", "p3"}),
     ("Observation?code:text=gluc", {"o1", "o3"}),
     ("Patient?phone=13800000001", {"p1"}),
     ("Patient?active=true", {"p1"}),

@@ -9,6 +9,7 @@ collected apart. Unknown parameters are reported, not silently dropped.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ehr_service.fhir.errors import Category, FhirError
@@ -102,9 +103,19 @@ def _bad(message: str, name: str) -> FhirError:
     return FhirError.of(Category.INCORRECT, message, code="invalid", expression=[name])
 
 
+# (system or None, code) -> the code stored in the index instead, or None: as is.
+TokenCodeMap = Callable[[str | None, str], str | None]
+
+
 class SearchParser:
-    def __init__(self, registry: SearchParameterRegistry) -> None:
+    """``stored_code`` maps token values that are never stored as written (resident
+    ID numbers, kept as blind tokens) to what the index holds."""
+
+    def __init__(
+        self, registry: SearchParameterRegistry, stored_code: TokenCodeMap | None = None
+    ) -> None:
         self.registry = registry
+        self.stored_code = stored_code
 
     def parse(self, resource_type: str, query: dict[str, list[str]]) -> SearchRequest:
         request = SearchRequest(resource_type)
@@ -172,7 +183,27 @@ class SearchParser:
         values = split_values(raw)
         if modifier == "missing" and values not in {("true",), ("false",)}:
             raise _bad(f"{name} takes true or false", name)
+        if self.stored_code is not None and (
+            (parameter.type == "token" and modifier in {"", "not", "of-type"})
+            or (parameter.type == "reference" and modifier == "identifier")
+        ):
+            values = tuple(self._stored_token(v, of_type=modifier == "of-type") for v in values)
         return Criterion(parameter, modifier or None, values)
+
+    def _stored_token(self, value: str, *, of_type: bool) -> str:
+        """``system|code`` (or ``type-system|type-code|value``) as the index keeps it."""
+        assert self.stored_code is not None
+        if of_type:
+            head, bar, last = value.rpartition("|")
+            if not bar:
+                return value
+            stored = self.stored_code(None, _unescape(last))
+            return value if stored is None else f"{head}|{stored}"
+        system, code = split_token(value)
+        stored = self.stored_code(system or None, code)
+        if stored is None:
+            return value
+        return stored if system is None else f"{value[: len(value) - len(code) - 1]}|{stored}"
 
     def _chained(self, target_type: str, rest: str, raw: str) -> Criterion | None:
         try:

@@ -1,0 +1,69 @@
+"""Resident identity operations at ``/fhir/Patient/$...`` (DESIGN.md §6): ``$match``,
+``$merge`` and PIXm ``$ihe-pix``. Registered before the generic FHIR routes so that
+``/fhir/Patient/$ihe-pix`` is an operation, not a read of an id."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from ehr_service.api import openapi_docs as docs
+from ehr_service.api.deps import Context, RenderingDep
+from ehr_service.api.fhir import JSON_BODY, in_read, in_write, json_body
+from ehr_service.api.rendering import render_result
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.parameters import OperationInput
+from ehr_service.interactions import match, merge, pix
+
+router = APIRouter(prefix="/fhir", tags=["Resident identity"])
+
+
+@router.post("/Patient/$match", **docs.route("match", {200, 400, 415, 422}, body="resource"))
+async def patient_match(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+    """Scored candidate records of one person (Parameters: resource, onlyCertainMatches, count)."""
+    body = await json_body(request, JSON_BODY)
+    result = await run_in_threadpool(in_read, ctx, lambda c: match.match(c, ctx, body))
+    return render_result(result, ctx, rendering)
+
+
+@router.post(
+    "/Patient/$merge", **docs.route("merge", {200, 400, 404, 410, 415, 422}, body="resource")
+)
+async def patient_merge(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+    """Merge a duplicate record into the surviving one (Parameters: source-patient[-identifier],
+    target-patient[-identifier], result-patient, preview)."""
+    body = await json_body(request, JSON_BODY)
+    result = await run_in_threadpool(in_write, ctx, lambda c: merge.merge(c, ctx, body))
+    return render_result(result, ctx, rendering)
+
+
+@router.get("/Patient/$ihe-pix", **docs.route("ihe-pix", {200, 400, 403, 404}))
+async def patient_pix(
+    ctx: Context,
+    rendering: RenderingDep,
+    source_identifier: str | None = Query(None, alias="sourceIdentifier"),
+    target_system: list[str] = Query([], alias="targetSystem"),  # noqa: B008
+) -> Response:
+    """PIXm: the resident's identifiers in other domains."""
+    result = await run_in_threadpool(
+        in_read, ctx, lambda c: pix.ihe_pix(c, ctx, source_identifier, target_system)
+    )
+    return render_result(result, ctx, rendering)
+
+
+@router.post(
+    "/Patient/$ihe-pix", **docs.route("ihe-pix", {200, 400, 403, 404, 415}, body="resource")
+)
+async def patient_pix_post(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+    """PIXm with a Parameters body (sourceIdentifier: valueIdentifier, targetSystem: valueUri)."""
+    params = OperationInput(await json_body(request, JSON_BODY), "$ihe-pix")
+    identifier = params.value("sourceIdentifier", "Identifier")
+    if identifier is not None and not isinstance(identifier, dict):
+        raise FhirError.of(Category.INCORRECT, "sourceIdentifier must be an Identifier")
+    source = None
+    if identifier is not None:
+        source = f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+    targets = [str(p.get("valueUri")) for p in params.all("targetSystem")]
+    result = await run_in_threadpool(in_read, ctx, lambda c: pix.ihe_pix(c, ctx, source, targets))
+    return render_result(result, ctx, rendering)

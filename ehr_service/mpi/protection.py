@@ -1,0 +1,374 @@
+"""Resident ID numbers never rest in plaintext (DESIGN.md §6).
+
+On every write, each Identifier whose system is the resident ID number system, or
+whose value is a valid 18-character resident ID number under any system, is
+
+- validated (GB 11643; an invalid number under the ID system is a 422),
+- indexed as a **blind token** (keyed HMAC of the normalised number), so
+  ``identifier=<system>|<number>`` still finds it and a unique constraint can
+  hold one resident per number,
+- stored **masked** (``5001**********123X``) with the number **sealed** (AES-GCM)
+  in an extension beside it.
+
+Any other ID number found in free text (narrative, notes) is masked, with a
+warning. On the way out, :meth:`IdNumberProtection.present` opens the seals for
+callers allowed to see ID numbers and drops them for everyone else, so stored
+JSON is still served without a model round trip and no response path can forget.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.mpi.idnumber import (
+    CANDIDATE,
+    ID_NUMBER_SYSTEM,
+    IdNumber,
+    InvalidIdNumberError,
+    is_masked,
+    mask,
+    parse_id_number,
+)
+from ehr_service.security.fieldcrypto import Keyring, SealError
+
+SEALED_URL = "urn:ehr-service:extension:sealed-id-number"
+_SEALED_MARKER = SEALED_URL.encode()
+BLIND_PREFIX = "blind:"
+_PURPOSE = "resident-id-number"
+
+logger = logging.getLogger(__name__)
+
+
+def _is_identifier(node: dict[str, Any]) -> bool:
+    return isinstance(node.get("value"), str) and "code" not in node
+
+
+def _walk_identifiers(
+    node: Any, path: str, out: list[tuple[dict[str, Any], str]]
+) -> list[tuple[dict[str, Any], str]]:
+    """Every Identifier-shaped dict (and its FHIRPath-like location)."""
+    if isinstance(node, dict):
+        if _is_identifier(node):
+            out.append((node, path))
+        for key, value in node.items():
+            if isinstance(value, dict | list):
+                _walk_identifiers(value, f"{path}.{key}", out)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            if isinstance(item, dict | list):
+                _walk_identifiers(item, f"{path}[{index}]", out)
+    return out
+
+
+def _without_seal(node: dict[str, Any]) -> None:
+    extensions = node.get("extension")
+    if isinstance(extensions, list):
+        kept = [e for e in extensions if not (isinstance(e, dict) and e.get("url") == SEALED_URL)]
+        if len(kept) != len(extensions):
+            if kept:
+                node["extension"] = kept
+            else:
+                del node["extension"]
+
+
+def _seal_of(node: dict[str, Any]) -> str | None:
+    for extension in node.get("extension") or ():
+        if isinstance(extension, dict) and extension.get("url") == SEALED_URL:
+            sealed = extension.get("valueString")
+            return sealed if isinstance(sealed, str) else None
+    return None
+
+
+def is_sealed(node: Any) -> bool:
+    """Does this element carry a sealed ID number?"""
+    return isinstance(node, dict) and _seal_of(node) is not None
+
+
+def record_of(resource: dict[str, Any]) -> str:
+    """The associated data that binds a seal to its record."""
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+@dataclass(slots=True)
+class ProtectedValue:
+    node: dict[str, Any]
+    written: str  # exactly as the client wrote it
+    number: IdNumber
+    blind: str
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The protected values of one resource version, switchable between forms."""
+
+    resource: dict[str, Any]
+    values: list[ProtectedValue]
+    warnings: list[Issue] = field(default_factory=list)
+    unique_key: str | None = None  # the blind token of a Patient's own ID number
+
+    def index_form(self) -> None:
+        for value in self.values:
+            _without_seal(value.node)
+            value.node["value"] = value.blind
+
+    def stored_form(self, seal: Callable[[str, str], str]) -> None:
+        record = record_of(self.resource)
+        for value in self.values:
+            value.node["value"] = mask(value.written)
+            extensions = [
+                e for e in value.node.get("extension") or () if e.get("url") != SEALED_URL
+            ]
+            extensions.append({"url": SEALED_URL, "valueString": seal(value.written, record)})
+            value.node["extension"] = extensions
+
+
+def _strings(node: Any) -> Iterator[tuple[Any, Any, str]]:
+    """(container, key, text) of every string, for in-place masking."""
+    if isinstance(node, dict):
+        if node.get("url") == SEALED_URL:
+            return
+        for key, value in node.items():
+            if isinstance(value, str):
+                yield node, key, value
+            elif isinstance(value, dict | list):
+                yield from _strings(value)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, str):
+                yield node, index, value
+            elif isinstance(value, dict | list):
+                yield from _strings(value)
+
+
+def _valid_candidate(match: str) -> bool:
+    if len(match) != 18:
+        return False  # 15-digit runs are too often something else (IMEI, accession)
+    try:
+        parse_id_number(match)
+    except InvalidIdNumberError:
+        return False
+    return True
+
+
+class IdNumberProtection:
+    """Blind tokens, seals and masks of resident ID numbers, with one keyring."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    # -- tokens -------------------------------------------------------------------------
+    def blind_token(self, normalised: str) -> str:
+        return BLIND_PREFIX + self.keyring.blind(_PURPOSE, normalised)
+
+    def search_code(self, system: str | None, code: str) -> str | None:
+        """The blind token a token search must look for instead of ``code``; None
+        when ``code`` is not an ID number (and so is stored as written)."""
+        try:
+            number = parse_id_number(code)
+        except InvalidIdNumberError:
+            if system == ID_NUMBER_SYSTEM:  # matches nothing, and says nothing
+                return self.blind_token(code.upper())
+            return None
+        if number.legacy and system != ID_NUMBER_SYSTEM:
+            return None  # 15 digits under another system: not protected on write either
+        return self.blind_token(number.normalised)
+
+    def keyed_digest(self, text: str) -> str:
+        """A keyed digest of text that may hold an ID number (e.g. conditional criteria)."""
+        return "hmac:" + self.keyring.blind("criteria", text)
+
+    # -- writes -------------------------------------------------------------------------
+    def prepare(self, resource: dict[str, Any], previous: dict[str, Any] | None) -> Prepared:
+        """Find, check and tokenise the ID numbers of a resource about to be stored.
+
+        ``previous`` is the stored form of the version before: a masked value sent
+        back unchanged (by a caller who only ever saw the mask) keeps its number.
+        """
+        resource_type = str(resource.get("resourceType"))
+        known = self._masked_values(previous) if previous is not None else {}
+        errors: list[Issue] = []
+        values: list[ProtectedValue] = []
+        for node, path in _walk_identifiers(resource, resource_type, []):
+            written = node["value"]
+            under_system = node.get("system") == ID_NUMBER_SYSTEM
+            if is_masked(written):
+                if written not in known:
+                    if under_system:
+                        errors.append(
+                            Issue(
+                                f"{path}: a masked ID number can only be sent back unchanged; "
+                                "send the full number to change it",
+                                "value",
+                                expression=(f"{path}.value",),
+                            )
+                        )
+                    continue
+                written = known[written]
+            try:
+                number = parse_id_number(written)
+            except InvalidIdNumberError as exc:
+                if under_system:
+                    errors.append(
+                        Issue(
+                            f"{path}: not a valid resident ID number: {exc}",
+                            "value",
+                            expression=(f"{path}.value",),
+                        )
+                    )
+                continue
+            if not under_system and number.legacy:
+                continue
+            values.append(
+                ProtectedValue(node, written, number, self.blind_token(number.normalised))
+            )
+        if errors:
+            raise FhirError(Category.UNPROCESSABLE, tuple(errors))
+        prepared = Prepared(resource, values)
+        if resource_type == "Patient":
+            self._check_patient(prepared)
+        return prepared
+
+    def _check_patient(self, prepared: Prepared) -> None:
+        resource = prepared.resource
+        own = [
+            v
+            for v in prepared.values
+            if v.node.get("system") == ID_NUMBER_SYSTEM
+            and any(v.node is i for i in resource.get("identifier") or ())
+        ]
+        distinct = {v.number.normalised for v in own}
+        if len(distinct) > 1:
+            raise FhirError.of(
+                Category.UNPROCESSABLE,
+                "A Patient holds one resident ID number; these identifiers carry different ones",
+                code="business-rule",
+                expression=["Patient.identifier"],
+            )
+        if not own:
+            return
+        number = own[0].number
+        prepared.unique_key = own[0].blind
+        if number.legacy:
+            prepared.warnings.append(
+                Issue(
+                    "A 15-digit legacy ID number was upgraded to 18 digits for matching",
+                    "informational",
+                    "information",
+                    ("Patient.identifier",),
+                )
+            )
+        birth_date = resource.get("birthDate")
+        if (
+            isinstance(birth_date, str)
+            and birth_date != number.birth_date.isoformat()[: len(birth_date)]
+        ):
+            prepared.warnings.append(
+                Issue(
+                    "The birth date in the ID number differs from birthDate",
+                    "business-rule",
+                    "warning",
+                    ("Patient.birthDate",),
+                )
+            )
+        gender = resource.get("gender")
+        if gender in {"male", "female"} and gender != number.sex:
+            prepared.warnings.append(
+                Issue(
+                    "The sex digit of the ID number differs from gender",
+                    "business-rule",
+                    "warning",
+                    ("Patient.gender",),
+                )
+            )
+
+    def seal(self, plaintext: str, record: str) -> str:
+        return self.keyring.seal(plaintext, record)
+
+    def mask_free_text(self, resource: dict[str, Any]) -> bool:
+        """Mask valid ID numbers outside protected identifiers; True if any was."""
+        changed = False
+        for container, key, text in list(_strings(resource)):
+            if not CANDIDATE.search(text):
+                continue
+            masked = CANDIDATE.sub(
+                lambda m: mask(m.group(0)) if _valid_candidate(m.group(0)) else m.group(0), text
+            )
+            if masked != text:
+                container[key] = masked
+                changed = True
+        return changed
+
+    @staticmethod
+    def has_free_text_number(content: bytes) -> bool:
+        return any(
+            _valid_candidate(m.group(0).decode()) for m in _BYTES_CANDIDATE.finditer(content)
+        )
+
+    # -- reads --------------------------------------------------------------------------
+    def _masked_values(self, resource: dict[str, Any]) -> dict[str, str]:
+        record = record_of(resource)
+        out: dict[str, str] = {}
+        for node, _ in _walk_identifiers(resource, "", []):
+            sealed = _seal_of(node)
+            if sealed is None:
+                continue
+            try:
+                out[node["value"]] = self.keyring.open(sealed, record)
+            except SealError:
+                continue
+        return out
+
+    def reveal(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """The resource as its writer sent it: seals opened and removed, in place."""
+        self._present_node(resource, (), reveal=True)
+        return resource
+
+    def present(self, body: bytes, *, reveal: bool) -> bytes:
+        """Response bytes for a caller: seals opened (``reveal``) or dropped."""
+        if _SEALED_MARKER not in body:
+            return body
+        document = orjson.loads(body)
+        self._present_node(document, (), reveal=reveal)
+        return orjson.dumps(document)
+
+    def present_json(self, document: Any, *, reveal: bool) -> Any:
+        self._present_node(document, (), reveal=reveal)
+        return document
+
+    def _present_node(self, node: Any, records: tuple[str, ...], *, reveal: bool) -> None:
+        """Walk a response; ``records`` are the enclosing resources, innermost last
+        (a seal is bound to the resource it was written in)."""
+        if isinstance(node, dict):
+            if isinstance(node.get("resourceType"), str) and isinstance(node.get("id"), str):
+                records = (*records, record_of(node))
+            sealed = _seal_of(node) if "extension" in node else None
+            if sealed is not None:
+                _without_seal(node)
+                if reveal:
+                    self._open_into(node, sealed, records)
+            for value in node.values():
+                if isinstance(value, dict | list):
+                    self._present_node(value, records, reveal=reveal)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, dict | list):
+                    self._present_node(item, records, reveal=reveal)
+
+    def _open_into(self, node: dict[str, Any], sealed: str, records: tuple[str, ...]) -> None:
+        for record in reversed(records):  # contained resources: their container's seal
+            try:
+                node["value"] = self.keyring.open(sealed, record)
+                return
+            except SealError:
+                continue
+        logger.warning("a sealed ID number could not be opened; it stays masked")
+
+
+_BYTES_CANDIDATE = re.compile(CANDIDATE.pattern.encode())

@@ -1,0 +1,182 @@
+"""The SQL of resident identity: unique ID numbers (by blind token), record numbers,
+and the lookups of matching and merging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, delete, false, insert, or_, select, union
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.storage.tables import (
+    record_number,
+    resident_id_number,
+    resource,
+    search_date,
+    search_reference,
+    search_string,
+    search_token,
+)
+
+
+def _insert(conn: Connection) -> type[postgresql.Insert] | type[sqlite.Insert]:
+    return postgresql.Insert if conn.dialect.name == "postgresql" else sqlite.Insert
+
+
+def hold_id_number(
+    conn: Connection, patient_id: str, blind: str | None, *, new: bool = False
+) -> None:
+    """Make ``blind`` the one ID number of ``patient_id`` (None: it has none).
+
+    The primary key on the blind token decides races: a concurrent holder makes
+    this a 409, on PostgreSQL after that transaction commits.
+    """
+    table = resident_id_number
+    stale = table.c.patient_id == patient_id
+    if blind is not None:
+        stale = and_(stale, table.c.blind_index != blind)
+    if not new:
+        conn.execute(delete(table).where(stale))
+    if blind is None:
+        return
+    inserted = conn.execute(
+        _insert(conn)(table)
+        .values(blind_index=blind, patient_id=patient_id)
+        .on_conflict_do_nothing()
+        .returning(table.c.patient_id)
+    ).first()
+    if inserted is not None:
+        return
+    holder = conn.execute(
+        select(table.c.patient_id).where(table.c.blind_index == blind)
+    ).scalar_one_or_none()
+    if holder == patient_id:
+        return
+    raise FhirError.of(
+        Category.CONFLICT,
+        f"Patient/{holder} already holds this resident ID number: one record per resident "
+        "(update that record, or merge the two)",
+        code="duplicate",
+        expression=["Patient.identifier"],
+    )
+
+
+def id_number_holder(conn: Connection, blind: str) -> str | None:
+    return conn.execute(
+        select(resident_id_number.c.patient_id).where(resident_id_number.c.blind_index == blind)
+    ).scalar_one_or_none()
+
+
+def record_number_of(conn: Connection, patient_id: str) -> int | None:
+    return conn.execute(
+        select(record_number.c.number).where(record_number.c.patient_id == patient_id)
+    ).scalar_one_or_none()
+
+
+def allocate_record_number(conn: Connection, patient_id: str) -> int:
+    """The Patient's record number, allocated on first use and never reused."""
+    existing = record_number_of(conn, patient_id)
+    if existing is not None:
+        return existing
+    number = conn.execute(
+        insert(record_number).values(patient_id=patient_id).returning(record_number.c.number)
+    ).scalar_one()
+    return int(number)
+
+
+def match_candidates(
+    conn: Connection,
+    *,
+    birth_range: tuple[datetime, datetime] | None,
+    phones: Iterable[str],
+    names: Iterable[str],
+    limit: int,
+) -> list[str]:
+    """Ids of live Patients sharing a birth date, a phone number or a name (blocking)."""
+    queries = []
+    if birth_range is not None:
+        low, high = birth_range
+        queries.append(
+            select(search_date.c.res_id).where(
+                search_date.c.res_type == "Patient",
+                search_date.c.param == "birthdate",
+                search_date.c.low == low,
+                search_date.c.high == high,
+            )
+        )
+    phone_list = [p for p in phones if p]
+    if phone_list:
+        queries.append(
+            select(search_token.c.res_id).where(
+                search_token.c.res_type == "Patient",
+                search_token.c.param == "phone",
+                search_token.c.code.in_(phone_list),
+            )
+        )
+    name_list = [n for n in names if n]
+    if name_list:
+        queries.append(
+            select(search_string.c.res_id).where(
+                search_string.c.res_type == "Patient",
+                search_string.c.param == "name",
+                search_string.c.value_norm.in_(name_list),
+            )
+        )
+    if not queries:
+        return []
+    ids = union(*queries).subquery()
+    rows = conn.execute(
+        select(resource.c.res_id)
+        .where(
+            resource.c.res_type == "Patient",
+            resource.c.deleted == false(),
+            resource.c.res_id.in_(select(ids.c.res_id)),
+        )
+        .limit(limit)
+    ).all()
+    return [r.res_id for r in rows]
+
+
+def live_contents(conn: Connection, resource_type: str, ids: list[str]) -> dict[str, bytes]:
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == resource_type,
+            resource.c.res_id.in_(ids),
+            resource.c.deleted == false(),
+        )
+    ).all()
+    return {r.res_id: bytes(r.content) for r in rows}
+
+
+def patient_record_members(conn: Connection, patient_id: str) -> list[tuple[str, str]]:
+    """(type, id) of live resources owned by the patient or referring to it."""
+    owned = select(resource.c.res_type, resource.c.res_id).where(
+        resource.c.compartment_patient_id == patient_id, resource.c.deleted == false()
+    )
+    referring = select(search_reference.c.res_type, search_reference.c.res_id).where(
+        search_reference.c.target_type == "Patient", search_reference.c.target_id == patient_id
+    )
+    rows = conn.execute(union(owned, referring)).all()
+    return sorted(
+        (r.res_type, r.res_id)
+        for r in rows
+        if not (r.res_type == "Patient" and r.res_id == patient_id)
+    )
+
+
+def known_identifier_system(conn: Connection, system: str) -> bool:
+    """Does any Patient carry an identifier of ``system``?"""
+    row = conn.execute(
+        select(search_token.c.res_id)
+        .where(
+            search_token.c.res_type == "Patient",
+            search_token.c.param == "identifier",
+            or_(search_token.c.system == system),
+        )
+        .limit(1)
+    ).first()
+    return row is not None
