@@ -14,8 +14,50 @@ from ehr_service.config import Settings
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
 
+keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
 def _settings() -> Settings:
     return Settings()
+
+
+@keys_app.command("rotate-data-key")
+def rotate_data_key(
+    batch: Annotated[int, typer.Option(min=1, help="stored versions per transaction")] = 500,
+    wait: Annotated[
+        bool, typer.Option(help="let running servers pick up the new key before re-sealing")
+    ] = True,
+) -> None:
+    """Make a new data key active and re-seal every stored ID number with it."""
+    import time
+
+    from ehr_service.mpi.identity import ResidentIdentity, reseal_all
+    from ehr_service.security.fieldcrypto import REFRESH_SECONDS
+    from ehr_service.storage.database import Database
+
+    settings = _settings()
+    identity = ResidentIdentity.from_settings(settings)
+    new = identity.protection.keyring.rotate()
+    typer.echo(f"active data key: {new.kid}")
+    if wait:
+        time.sleep(REFRESH_SECONDS + 1)
+    database = Database(settings.effective_database_url)
+    try:
+        count = reseal_all(database, identity.protection, batch)
+    finally:
+        database.dispose()
+    typer.echo(f"re-sealed {count} stored versions")
+
+
+@keys_app.command("data-keys")
+def data_keys() -> None:
+    """List the data keys (ids and dates only; never key material)."""
+    from ehr_service.mpi.identity import ResidentIdentity
+
+    identity = ResidentIdentity.from_settings(_settings())
+    for kid, created, active in identity.protection.keyring.key_ids():
+        typer.echo(f"{kid}  {created}  {'active' if active else 'retired'}")
 
 
 @app.command()
@@ -27,8 +69,11 @@ def serve(
     """Run the HTTP server (run `ehr-service migrate` first)."""
     import uvicorn
 
+    from ehr_service.security import redaction
+
     settings = _settings()
     logging.basicConfig(level=settings.log_level)
+    redaction.install()
     uvicorn.run(
         "ehr_service.app:create_app",
         factory=True,
@@ -36,6 +81,7 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=redaction.uvicorn_log_config(),
     )
 
 

@@ -45,3 +45,20 @@ def snapshot(services: Services) -> tuple[list[Any], list[Any]]:
 
 def issue_expressions(outcome: dict[str, Any]) -> list[str]:
     return [e for issue in outcome["issue"] for e in issue.get("expression", [])]
+
+
+# The check-character weights of GB 11643 as printed in the standard, so tests do not
+# lean on the code under test to make their numbers.
+GB11643_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
+
+
+def make_id_number(area: str = "500101", born: str = "19900307", sequence: str = "123") -> str:
+    """A valid 18-character resident ID number (odd last sequence digit: male)."""
+    first17 = area + born + sequence
+    total = sum(int(d) * w for d, w in zip(first17, GB11643_WEIGHTS, strict=True))
+    return first17 + "10X98765432"[total % 11]
+
+
+def id_identifier(number: str) -> dict[str, Any]:
+    return {"system": ID_SYSTEM, "value": number}

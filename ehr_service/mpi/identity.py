@@ -15,9 +15,10 @@ from sqlalchemy import Connection
 from ehr_service.config import Settings
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.mpi.idnumber import check_character
-from ehr_service.mpi.protection import IdNumberProtection, Prepared
+from ehr_service.mpi.protection import SEALED_URL, IdNumberProtection, Prepared
 from ehr_service.security.fieldcrypto import Keyring
 from ehr_service.storage import identity as identity_store
+from ehr_service.storage.database import Database
 
 RECORD_NUMBER_TYPE = {
     "coding": [
@@ -62,9 +63,10 @@ class ResidentIdentity:
     ) -> Prepared:
         """Check and tokenise a resource about to be stored (``previous``: the stored
         form of the version it replaces)."""
+        prepared = self.protection.prepare(resource, previous)  # client's positions in errors
         if resource.get("resourceType") == "Patient":
             self._keep_record_number(conn, resource, previous)
-        return self.protection.prepare(resource, previous)
+        return prepared
 
     def _keep_record_number(
         self, conn: Connection, resource: dict[str, Any], previous: dict[str, Any] | None
@@ -92,4 +94,25 @@ class ResidentIdentity:
             "system": self.record_system,
             "value": own,
         }
-        resource["identifier"] = [record, *others]
+        resource["identifier"] = [*others, record]  # the client's identifiers keep their places
+
+
+def reseal_all(database: Database, protection: IdNumberProtection, batch: int = 500) -> int:
+    """Seal again, with the active data key, every stored value an older key sealed
+    (current rows and history). Batched, one transaction per batch; safe to re-run."""
+    marker = SEALED_URL.encode()
+    resealed = 0
+    for versions in (False, True):
+        after: tuple[str, ...] | None = None
+        while True:
+            with database.write() as conn:
+                rows = identity_store.sealed_batch(conn, marker, after, batch, versions=versions)
+                for key, content in rows:
+                    new_content = protection.reseal(content)
+                    if new_content is not None:
+                        identity_store.replace_sealed(conn, key, new_content, versions=versions)
+                        resealed += 1
+            if len(rows) < batch:
+                break
+            after = rows[-1][0]
+    return resealed

@@ -342,6 +342,43 @@ class IdNumberProtection:
         self._present_node(document, (), reveal=reveal)
         return document
 
+    def reseal(self, content: bytes) -> bytes | None:
+        """Stored content with every seal made by an older data key sealed again by
+        the active one; None when nothing needed it."""
+        if _SEALED_MARKER not in content:
+            return None
+        document = orjson.loads(content)
+        active = self.keyring.active.kid
+        changed = self._reseal_node(document, (), active)
+        return orjson.dumps(document) if changed else None
+
+    def _reseal_node(self, node: Any, records: tuple[str, ...], active: str) -> int:
+        changed = 0
+        if isinstance(node, dict):
+            if isinstance(node.get("resourceType"), str) and isinstance(node.get("id"), str):
+                records = (*records, record_of(node))
+            for extension in node.get("extension") or ():
+                if not (isinstance(extension, dict) and extension.get("url") == SEALED_URL):
+                    continue
+                sealed = str(extension.get("valueString"))
+                if self.keyring.key_id_of(sealed) == active:
+                    continue
+                for record in reversed(records):
+                    try:
+                        plaintext = self.keyring.open(sealed, record)
+                    except SealError:
+                        continue
+                    extension["valueString"] = self.keyring.seal(plaintext, record)
+                    changed += 1
+                    break
+            for value in node.values():
+                if isinstance(value, dict | list):
+                    changed += self._reseal_node(value, records, active)
+        elif isinstance(node, list):
+            for item in node:
+                changed += self._reseal_node(item, records, active)
+        return changed
+
     def _present_node(self, node: Any, records: tuple[str, ...], *, reveal: bool) -> None:
         """Walk a response; ``records`` are the enclosing resources, innermost last
         (a seal is bound to the resource it was written in)."""

@@ -21,6 +21,7 @@ import hmac
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE_BYTES = 12
 _VERSION = "v1"
+# How often a running process looks for a rotated key file (seconds).
+REFRESH_SECONDS = 5.0
 
 
 class SealError(ValueError):
@@ -88,6 +91,30 @@ class Keyring:
         self._blind_key = blind_key
         self._keys = {k.kid: k for k in data_keys}
         self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._mtime = self._file_mtime()
+
+    def _file_mtime(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Pick up a key file rotated by another process (checked every few seconds)."""
+        now = time.monotonic()
+        if not force and now - self._checked < REFRESH_SECONDS:
+            return
+        self._checked = now
+        mtime = self._file_mtime()
+        if mtime is None or (mtime == self._mtime and not force):
+            return
+        reloaded = Keyring.load(self.path)
+        if reloaded._blind_key != self._blind_key:
+            raise ValueError(f"{self.path.name}: the blind-index key changed; refusing to use it")
+        with self._lock:
+            self._keys = reloaded._keys
+            self._mtime = mtime
 
     # -- loading and saving ---------------------------------------------------------
     @classmethod
@@ -138,6 +165,7 @@ class Keyring:
             keys[new.kid] = new
             self._keys = keys
             _write_private(self.path, self._serialise())
+            self._mtime = self._file_mtime()
             return new
 
     # -- use --------------------------------------------------------------------------
@@ -154,6 +182,7 @@ class Keyring:
         return _b64(mac.digest())
 
     def seal(self, plaintext: str, associated: str) -> str:
+        self.refresh()
         key = self.active
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = AESGCM(key.key).encrypt(nonce, plaintext.encode(), associated.encode())
@@ -168,6 +197,9 @@ class Keyring:
         if len(parts) != 3 or parts[0] != _VERSION:
             raise SealError("not a sealed value")
         key = self._keys.get(parts[1])
+        if key is None:
+            self.refresh(force=True)
+            key = self._keys.get(parts[1])
         if key is None:
             raise SealError("sealed with an unknown key")
         try:

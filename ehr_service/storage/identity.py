@@ -5,8 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete, false, insert, or_, select, union
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    and_,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.fhir.errors import Category, FhirError
@@ -14,6 +28,7 @@ from ehr_service.storage.tables import (
     record_number,
     resident_id_number,
     resource,
+    resource_version,
     search_date,
     search_reference,
     search_string,
@@ -80,9 +95,17 @@ def allocate_record_number(conn: Connection, patient_id: str) -> int:
     existing = record_number_of(conn, patient_id)
     if existing is not None:
         return existing
+    # A concurrent update-as-create of the same id may allocate first: then use its number.
     number = conn.execute(
-        insert(record_number).values(patient_id=patient_id).returning(record_number.c.number)
-    ).scalar_one()
+        _insert(conn)(record_number)
+        .values(patient_id=patient_id)
+        .on_conflict_do_nothing(index_elements=["patient_id"])
+        .returning(record_number.c.number)
+    ).scalar_one_or_none()
+    if number is None:
+        number = record_number_of(conn, patient_id)
+    if number is None:  # pragma: no cover - the conflicting row is visible once it waited
+        raise FhirError.of(Category.CONFLICT, "A concurrent write allocated this record; retry")
     return int(number)
 
 
@@ -180,3 +203,44 @@ def known_identifier_system(conn: Connection, system: str) -> bool:
         .limit(1)
     ).first()
     return row is not None
+
+
+def sealed_batch(
+    conn: Connection, marker: bytes, after: tuple[str, ...] | None, limit: int, *, versions: bool
+) -> list[tuple[tuple[str, ...], bytes]]:
+    """(key, content) of stored rows holding ``marker``, keyset-paged: current rows
+    keyed by (type, id), history rows by their sequence number."""
+    key_columns: tuple[Any, ...]
+    if versions:
+        table = resource_version
+        key_columns = (resource_version.c.seq,)
+    else:
+        table = resource
+        key_columns = (resource.c.res_type, resource.c.res_id)
+    if conn.dialect.name == "postgresql":
+        holds = func.position(literal(marker, LargeBinary).op("IN")(table.c.content)) > 0
+    else:
+        holds = func.instr(table.c.content, literal(marker, LargeBinary)) > 0
+    query = select(*key_columns, table.c.content).where(table.c.content.is_not(None), holds)
+    if after is not None:
+        typed: tuple[Any, ...] = (int(after[0]),) if versions else after
+        query = query.where(tuple_(*key_columns) > typed)
+    rows = conn.execute(query.order_by(*key_columns).limit(limit)).all()
+    return [(tuple(str(v) for v in row[:-1]), bytes(row[-1])) for row in rows]
+
+
+def replace_sealed(
+    conn: Connection, key: tuple[str, ...], content: bytes, *, versions: bool
+) -> None:
+    if versions:
+        conn.execute(
+            update(resource_version)
+            .where(resource_version.c.seq == int(key[0]))
+            .values(content=content)
+        )
+    else:
+        conn.execute(
+            update(resource)
+            .where(resource.c.res_type == key[0], resource.c.res_id == key[1])
+            .values(content=content)
+        )

@@ -14,7 +14,6 @@ from ehr_service.fhir.references import rewrite_references
 from tests.conftest import sample_bundles
 from tests.helpers import FHIR_JSON
 
-
 RECORD_NUMBER_SYSTEM = Settings().record_number_system
 
 
