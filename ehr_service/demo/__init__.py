@@ -1,8 +1,8 @@
 """Demo data for ``make serve``: a few residents of Chongqing and Chengdu with
 laboratory and imaging results, loaded into an empty database on first start.
 
-Names, record numbers and results are invented. No resident ID numbers are
-included: those are protected data and arrive with the identity capability.
+Names, numbers and results are invented. The resident ID numbers are made up
+(valid in form, with their check characters) and, like any, are stored sealed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from ehr_service.interactions.bundle import process_bundle
 from ehr_service.interactions.context import RequestContext, ReturnPreference, Services
+from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
 from ehr_service.storage import resources
 
 logger = logging.getLogger("ehr_service.demo")
@@ -24,12 +25,19 @@ _HOSPITALS = [
     ("hosp-cq", "重庆医科大学附属第一医院", "Chongqing", "渝中区"),
     ("hosp-cd", "四川大学华西医院", "Chengdu", "武侯区"),
 ]
-# (key, family, given, gender, birthDate, hospital key)
+# (key, family, given, gender, birthDate, hospital key, district code, sequence)
 _RESIDENTS = [
-    ("p1", "王", "芳", "female", "1968-03-14", "hosp-cq"),
-    ("p2", "李", "建国", "male", "1955-11-02", "hosp-cq"),
-    ("p3", "张", "小雨", "female", "1992-07-21", "hosp-cd"),
+    ("p1", "王", "芳", "female", "1968-03-14", "hosp-cq", "500103", "024"),
+    ("p2", "李", "建国", "male", "1955-11-02", "hosp-cq", "500106", "013"),
+    ("p3", "张", "小雨", "female", "1992-07-21", "hosp-cd", "510107", "046"),
 ]
+
+
+def demo_id_number(district: str, birth: str, sequence: str) -> str:
+    first17 = district + birth.replace("-", "") + sequence
+    return first17 + check_character(first17)
+
+
 # (LOINC code, display, value, unit, UCUM unit)
 _LABS = [
     ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", 5.8, "mmol/L", "mmol/L"),
@@ -68,12 +76,18 @@ def demo_bundle() -> dict[str, Any]:
                 "address": [{"city": city, "district": district, "country": "CN"}],
             },
         )
-    for key, family, given, gender, birth, hospital in _RESIDENTS:
+    for key, family, given, gender, birth, hospital, district, sequence in _RESIDENTS:
         patient = add(
             key,
             {
                 "resourceType": "Patient",
-                "identifier": [{"system": MRN_SYSTEM, "value": f"MRN-{key.upper()}"}],
+                "identifier": [
+                    {
+                        "system": ID_NUMBER_SYSTEM,
+                        "value": demo_id_number(district, birth, sequence),
+                    },
+                    {"system": MRN_SYSTEM, "value": f"MRN-{key.upper()}"},
+                ],
                 "name": [{"text": family + given, "family": family, "given": [given]}],
                 "gender": gender,
                 "birthDate": birth,

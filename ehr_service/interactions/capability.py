@@ -76,7 +76,21 @@ def _capability_statement(
         {
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-        }
+        },
+        {
+            "name": "match",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+            "documentation": "Scored with match-grade: an equal resident ID number is certain",
+        },
+        {
+            "name": "merge",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+            "documentation": "The FHIR R5 Patient merge, offered on R4; preview supported",
+        },
+        {
+            "name": "ihe-pix",
+            "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+        },
     ]
     return {
         "resourceType": "CapabilityStatement",

@@ -19,10 +19,28 @@ class RedactIdNumbers(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken record is the logging module's to report
             return True
-        if CANDIDATE.search(message):
-            record.msg = mask_candidates(message)
-            record.args = ()
+        if not CANDIDATE.search(message):
+            return True
+        # Mask inside the message and each argument, keeping their shape: formatters
+        # such as uvicorn's access log unpack the arguments.
+        if isinstance(record.msg, str):
+            record.msg = mask_candidates(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_masked(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _masked(v) for k, v in record.args.items()}
+        if CANDIDATE.search(record.getMessage()):  # e.g. a number split across arguments
+            record.msg, record.args = mask_candidates(record.getMessage()), ()
         return True
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_candidates(value)
+    if isinstance(value, int | float) or value is None:
+        return value
+    text = str(value)
+    return mask_candidates(text) if CANDIDATE.search(text) else value
 
 
 def install(handlers: list[logging.Handler] | None = None) -> None:

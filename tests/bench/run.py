@@ -169,13 +169,18 @@ def _fresh_pg(name: str) -> str | None:
     )
 
 
-def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
+def bench_growth(
+    name: str, url: str, sizes: list[int], bench: Any, per_item: int, unit: str
+) -> list[dict[str, Any]]:
+    """Load ``bench`` data in steps up to each size and measure its queries there.
+
+    ``bench`` is a module with ``load(services, first, count)`` and
+    ``measure(services, count)``; one item stands for ``per_item`` resources."""
     if not sizes:
         return []
     from ehr_service.app import build_services
     from ehr_service.config import Settings
     from ehr_service.storage.migrate import upgrade
-    from tests.bench import search_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         services = build_services(Settings(database_url=url, data_dir=Path(tmp)))
@@ -184,24 +189,24 @@ def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
         loaded = 0
         try:
             for size in sizes:
-                patients = size // search_bench.PER_PATIENT
+                items = size // per_item
                 started = time.perf_counter()
-                search_bench.load(services, loaded, patients - loaded)
+                bench.load(services, loaded, items - loaded)
                 load_seconds = time.perf_counter() - started
-                loaded = patients
-                figures = search_bench.measure(services, patients)
+                loaded = items
+                figures = bench.measure(services, items)
                 rows.append(
                     {
                         "backend": name,
-                        "resources": size,
-                        "load_resources_per_s": round(
-                            (size - (rows[-1]["resources"] if rows else 0)) / load_seconds
+                        unit: size,
+                        f"load_{unit}_per_s": round(
+                            (size - (rows[-1][unit] if rows else 0)) / load_seconds
                         ),
                         **{f"{q}_{k}": v for q, f in figures.items() for k, v in f.items()},
                     }
                 )
                 print(
-                    f"  {name} {size:>9,} resources: "
+                    f"  {name} {size:>9,} {unit}: "
                     + ", ".join(f"{q} p95 {f['p95_ms']:.2f} ms" for q, f in figures.items()),
                     flush=True,
                 )
@@ -209,9 +214,21 @@ def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
             services.database.dispose()
     base = rows[0]
     for row in rows:
-        for query in ("patient+code+date", "identifier", "$everything"):
+        for query in figures:
             row[f"{query}_p95_growth"] = round(row[f"{query}_p95_ms"] / base[f"{query}_p95_ms"], 2)
     return rows
+
+
+def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
+    from tests.bench import search_bench
+
+    return bench_growth(name, url, sizes, search_bench, search_bench.PER_PATIENT, "resources")
+
+
+def bench_mpi(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
+    from tests.bench import mpi_bench
+
+    return bench_growth(name, url, sizes, mpi_bench, 1, "residents")
 
 
 def _sizes(variable: str, default: str) -> list[int]:
@@ -276,6 +293,33 @@ def main() -> None:
             f"{r['$everything_p95_ms']:>17.2f}"
         )
 
+    print("\nresident identity as the register grows (in-process, no HTTP):", flush=True)
+    mpi_rows = bench_mpi(
+        "sqlite",
+        f"sqlite:///{tempfile.mkdtemp()}/mpi.sqlite3",
+        _sizes("EHR_BENCH_SQLITE_RESIDENTS", "10000,100000"),
+    )
+    pg_mpi = _fresh_pg("ehr_bench_mpi")
+    if pg_mpi:
+        mpi_rows += bench_mpi(
+            "postgresql", pg_mpi, _sizes("EHR_BENCH_PG_RESIDENTS", "100000,1000000")
+        )
+    header = (
+        f"{'backend':<11}{'residents':>11}{'load/s':>9}{'identifier p50/p95':>21}"
+        f"{'$match id p50/p95':>21}{'$match demogr. p50/p95':>25}{'found@1':>9}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in mpi_rows:
+        print(
+            f"{r['backend']:<11}{r['residents']:>11,}{r['load_residents_per_s']:>9,}"
+            f"{r['identifier_p50_ms']:>10.2f} / {r['identifier_p95_ms']:<8.2f}"
+            f"{r['$match id_p50_ms']:>10.2f} / {r['$match id_p95_ms']:<8.2f}"
+            f"{r['$match demographics_p50_ms']:>13.2f} / {r['$match demographics_p95_ms']:<8.2f}"
+            f"{r['$match demographics_found_at_1']:>9.2f}"
+        )
+
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -288,6 +332,7 @@ def main() -> None:
         },
         "results": results,
         "search": search_rows,
+        "identity": mpi_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))

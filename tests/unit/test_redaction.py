@@ -35,6 +35,24 @@ def test_access_log_line_is_masked() -> None:
     assert "13800000001" in output and "200" in output
 
 
+def test_uvicorn_access_formatter_still_formats() -> None:
+    from uvicorn.logging import AccessFormatter
+
+    number = make_id_number()
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:1", "GET", f"/fhir/Patient?identifier={number}", "1.1", 200),
+        None,
+    )
+    assert RedactIdNumbers().filter(record)
+    line = AccessFormatter(fmt="%(client_addr)s %(request_line)s %(status_code)s").format(record)
+    assert number not in line and "GET /fhir/Patient?identifier=" in line and "200" in line
+
+
 def test_uvicorn_configuration_filters_every_handler() -> None:
     config = uvicorn_log_config()
     assert all("redact_id_numbers" in h["filters"] for h in config["handlers"].values())
