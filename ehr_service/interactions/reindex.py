@@ -5,6 +5,7 @@ large database is reindexed with bounded memory and can be resumed."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -21,6 +22,12 @@ def reindex(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Recompute every live resource's index rows; returns how many were reindexed."""
+    protection = services.identity.protection
+
+    def index_form(content: bytes) -> dict[str, Any]:
+        # Sealed ID numbers are indexed by their blind tokens, as when written.
+        return protection.index_form(orjson.loads(content))
+
     done = 0
     after: tuple[str, str] | None = None
     with services.database.write() as conn:
@@ -33,7 +40,7 @@ def reindex(
             replace_index(
                 conn,
                 [
-                    (rtype, rid, patient, index_rows(services.registry, orjson.loads(content)))
+                    (rtype, rid, patient, index_rows(services.registry, index_form(content)))
                     for rtype, rid, patient, content in batch
                 ],
             )

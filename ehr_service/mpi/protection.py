@@ -325,6 +325,21 @@ class IdNumberProtection:
                 continue
         return out
 
+    def index_form(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """A stored resource as the indexer saw it when it was written: every sealed
+        ID number replaced by its blind token (in place)."""
+        self.reveal(resource)
+        for node, _ in _walk_identifiers(resource, "", []):
+            if node.get("value") is None:
+                continue
+            try:
+                number = parse_id_number(node["value"])
+            except InvalidIdNumberError:
+                continue
+            if not number.legacy or node.get("system") == ID_NUMBER_SYSTEM:
+                node["value"] = self.blind_token(number.normalised)
+        return resource
+
     def reveal(self, resource: dict[str, Any]) -> dict[str, Any]:
         """The resource as its writer sent it: seals opened and removed, in place."""
         self._present_node(resource, (), reveal=True)

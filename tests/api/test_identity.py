@@ -425,3 +425,31 @@ def test_no_plaintext_number_in_any_table_or_log(
     by_hospital = client.get(f"/fhir/Patient?identifier=urn:hospital:mrn|{hospital_number}").json()
     assert by_hospital["total"] == 1
     assert by_hospital["entry"][0]["resource"]["identifier"][0]["value"] == hospital_number
+
+
+def test_reindex_indexes_sealed_numbers_by_their_blind_tokens(
+    client: TestClient, services: Services
+) -> None:
+    from ehr_service.interactions.reindex import reindex
+    from ehr_service.storage.tables import INDEX_TABLES
+
+    number = make_id_number(born="19720202", sequence="721")
+    created = _create(client, _resident(number))
+    obs = observation(f"Patient/{created['id']}")
+    obs["subject"]["identifier"] = id_identifier(number)
+    assert client.post("/fhir/Observation", json=obs, headers=FHIR_JSON).status_code == 201
+
+    def rows() -> list[list[tuple[str, ...]]]:
+        with services.database.read() as conn:
+            return [
+                sorted(tuple(map(str, r)) for r in conn.execute(sa.select(t))) for t in INDEX_TABLES
+            ]
+
+    before = rows()
+    with services.database.write() as conn:
+        for table in INDEX_TABLES:
+            conn.execute(sa.delete(table))
+    assert reindex(services) == 2
+    assert rows() == before
+    found = client.get(f"/fhir/Observation?subject:identifier={ID_SYSTEM}|{number}").json()
+    assert found["total"] == 1
