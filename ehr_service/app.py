@@ -11,13 +11,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import errors, fhir, mpi
+from ehr_service.api import discovery, errors, fhir, mpi
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.identity import ResidentIdentity
+from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
 
 logger = logging.getLogger("ehr_service")
@@ -31,6 +32,7 @@ def build_services(settings: Settings) -> Services:
         compartment=load_compartment(settings.profiles_dir),
         registry=load_registry(settings.profiles_dir),
         identity=ResidentIdentity.from_settings(settings),
+        tokens=TokenVerifier(settings),
     )
 
 
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     app.state.services = services
+    app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(fhir.router)
     errors.install(app)
@@ -93,6 +96,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             response = operation.get("responses", {}).get("422")
             if response and "HTTPValidationError" in str(response):
                 del operation["responses"]["422"]
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    }
+    schema["security"] = [{"bearer": []}]
+    for path in ("/fhir/metadata",):
+        for operation in schema["paths"].get(path, {}).values():
+            operation["security"] = []  # discovery: no token needed
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)

@@ -16,10 +16,33 @@ app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no
 
 keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
     return Settings()
+
+
+@token_app.command("mint")
+def token_mint(
+    scope: Annotated[str, typer.Option(help="SMART scopes, e.g. 'system/*.cruds'")],
+    patient: Annotated[str | None, typer.Option(help="patient id (patient/ scopes)")] = None,
+    org: Annotated[str | None, typer.Option(help="organization of the caller")] = None,
+    sub: Annotated[str, typer.Option(help="subject")] = "developer",
+    ttl: Annotated[int, typer.Option(min=1, max=86_400, help="lifetime, seconds")] = 3600,
+) -> None:
+    """Sign a development token with the service's own key (trusted only where
+    EHR_TRUST_OWN_TOKENS or a development/test environment says so)."""
+    from ehr_service.security.tokens import TokenClaims, mint
+
+    settings = _settings()
+    if not settings.trusts_own_tokens:
+        typer.echo("warning: this service does not trust its own tokens here", err=True)
+    claims = TokenClaims(
+        subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl
+    )
+    typer.echo(mint(settings, claims))
 
 
 @keys_app.command("rotate-data-key")
@@ -112,11 +135,14 @@ def load(
     from ehr_service.fhir.errors import FhirError
     from ehr_service.interactions.bundle import process_bundle
     from ehr_service.interactions.context import RequestContext, ReturnPreference
+    from ehr_service.security.caller import SERVICE
 
     settings = _settings()
     services = build_services(settings)
     base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    ctx = RequestContext(services, base_url, "cli", prefer_return=ReturnPreference.MINIMAL)
+    ctx = RequestContext(
+        services, base_url, "cli", prefer_return=ReturnPreference.MINIMAL, caller=SERVICE
+    )
     failed = 0
     try:
         for path in paths:

@@ -46,6 +46,25 @@ class Settings(BaseSettings):
     max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
     max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
 
+    # Bearer tokens (DESIGN.md §9).
+    token_audience: str = Field(default="ehr-service", description="the aud tokens must carry")
+    token_issuers: list[str] = Field(
+        default_factory=list, description="issuers (iss) whose tokens are accepted"
+    )
+    jwks_file: Path | None = Field(default=None, description="JWKS file of trusted token keys")
+    jwks_url: str | None = Field(default=None, description="JWKS URL of trusted token keys")
+    jwks_cache_seconds: int = Field(default=300, ge=0)
+    trust_own_tokens: bool | None = Field(
+        default=None,
+        description="accept tokens minted by `ehr-service token mint` "
+        "(default: only in development and test environments)",
+    )
+    token_endpoint: str | None = Field(
+        default=None, description="the authorization server's token endpoint (SMART discovery)"
+    )
+    own_token_issuer: str = "ehr-service-dev"  # noqa: S105 - an issuer name, not a secret
+    token_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
+
     # Resident identity (DESIGN.md §6).
     field_keys_file: Path | None = Field(
         default=None,
@@ -80,6 +99,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'ehr.sqlite3'}"
+
+    @property
+    def trusts_own_tokens(self) -> bool:
+        if self.trust_own_tokens is not None:
+            return self.trust_own_tokens
+        return self.environment in {"development", "test"}
 
     @property
     def effective_field_keys_file(self) -> Path:

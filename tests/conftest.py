@@ -24,6 +24,7 @@ from ehr_service.interactions.context import Services
 from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.tables import metadata
+from tests.helpers import bearer
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
 BACKENDS = [
@@ -117,8 +118,9 @@ def make_client(make_services: Callable[..., Services]) -> Iterator[Callable[...
     clients: list[TestClient] = []
 
     def factory(**overrides: Any) -> TestClient:
+        made = make_services(**overrides)
         client = TestClient(
-            create_app(services=make_services(**overrides)), raise_server_exceptions=False
+            create_app(services=made), raise_server_exceptions=False, headers=bearer(made.settings)
         )
         client.__enter__()
         clients.append(client)
@@ -131,7 +133,11 @@ def make_client(make_services: Callable[..., Services]) -> Iterator[Callable[...
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services=services), raise_server_exceptions=False) as test_client:
+    with TestClient(
+        create_app(services=services),
+        raise_server_exceptions=False,
+        headers=bearer(services.settings),
+    ) as test_client:
         yield test_client
 
 

@@ -62,3 +62,17 @@ def make_id_number(area: str = "500101", born: str = "19900307", sequence: str =
 
 def id_identifier(number: str) -> dict[str, Any]:
     return {"system": ID_SYSTEM, "value": number}
+
+
+STAFF_SCOPES = "system/*.cruds ehr/admin"
+
+
+def bearer(settings: Any, scopes: str = STAFF_SCOPES, **claims: Any) -> dict[str, str]:
+    """An Authorization header with a token the service's own key signs (test settings
+    trust it): by default a system client with every right."""
+    from ehr_service.security.tokens import TokenClaims, mint
+
+    token = mint(
+        settings, TokenClaims(subject=claims.pop("subject", "test-system"), scopes=scopes, **claims)
+    )
+    return {"Authorization": f"Bearer {token}"}

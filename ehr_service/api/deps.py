@@ -11,6 +11,7 @@ from ehr_service.api.middleware import request_id_of
 from ehr_service.api.negotiation import Rendering, negotiate, return_preference
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.security.caller import ANONYMOUS, Caller
+from ehr_service.security.tokens import InvalidToken, missing_token
 
 
 def get_services(request: Request) -> Services:
@@ -19,8 +20,18 @@ def get_services(request: Request) -> Services:
 
 
 def get_caller(request: Request) -> Caller:
-    """Resolve who is calling. Bearer tokens are verified here once they are required."""
-    return ANONYMOUS
+    """Resolve who is calling, once per request: the verified bearer token, or anonymous
+    (which only discovery endpoints accept). A token that fails is a 401 here."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return ANONYMOUS
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken.because("the Authorization header must be 'Bearer <token>'")
+    services: Services = request.app.state.services
+    caller = services.tokens.verify(token.strip())
+    request.state.caller = caller
+    return caller
 
 
 def get_rendering(request: Request) -> Rendering:
@@ -55,5 +66,16 @@ def get_context(
     )
 
 
-Context = Annotated[RequestContext, Depends(get_context)]
+def get_authenticated_context(
+    ctx: Annotated[RequestContext, Depends(get_context)],
+) -> RequestContext:
+    """The context of an endpoint that needs a token: 401 before anything else
+    (the body is not even read)."""
+    if not ctx.caller.authenticated:
+        raise missing_token()
+    return ctx
+
+
+PublicContext = Annotated[RequestContext, Depends(get_context)]
+Context = Annotated[RequestContext, Depends(get_authenticated_context)]
 RenderingDep = Annotated[Rendering, Depends(get_rendering)]

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
-from ehr_service.api.deps import Context, RenderingDep
+from ehr_service.api.deps import Context, PublicContext, RenderingDep
 from ehr_service.api.errors import allowed_methods
 from ehr_service.api.negotiation import JSON_TYPES, check_content_type, strict_handling
 from ehr_service.api.rendering import render_result
@@ -68,7 +68,7 @@ async def json_body(request: Request, allowed: frozenset[str]) -> Any:
     return parse_json(await request.body())
 
 
-_RESERVED = {"metadata", "_history", "_search"}
+_RESERVED = {"metadata", "_history", "_search", ".well-known"}
 
 
 def _not_allowed(request: Request) -> FhirError:
@@ -102,7 +102,7 @@ def _write_response(result: Result, ctx: RequestContext, rendering: RenderingDep
 
 
 @router.get("/metadata", **docs.route("CapabilityStatement", {200}))
-async def capabilities(ctx: Context, rendering: RenderingDep) -> Response:
+async def capabilities(ctx: PublicContext, rendering: RenderingDep) -> Response:
     return render_result(dispatch.capabilities(ctx), ctx, rendering)
 
 
@@ -284,7 +284,7 @@ async def read_resource(
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
     known = _etag(if_none_match, "If-None-Match")
-    result = await run_in_threadpool(in_read, ctx, lambda c: read.read(c, rtype, rid, known))
+    result = await run_in_threadpool(in_read, ctx, lambda c: read.read(c, ctx, rtype, rid, known))
     return render_result(result, ctx, rendering)
 
 
@@ -344,7 +344,7 @@ async def delete_resource(
     rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
     result = await run_in_threadpool(
-        in_write, ctx, lambda c: delete.delete(c, rtype, rid, expected)
+        in_write, ctx, lambda c: delete.delete(c, ctx, rtype, rid, expected)
     )
     return _write_response(result, ctx, rendering)
 
@@ -377,5 +377,7 @@ async def vread_resource(
     rendering: RenderingDep,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    result = await run_in_threadpool(in_read, ctx, lambda c: read.vread(c, rtype, rid, version_id))
+    result = await run_in_threadpool(
+        in_read, ctx, lambda c: read.vread(c, ctx, rtype, rid, version_id)
+    )
     return render_result(result, ctx, rendering)

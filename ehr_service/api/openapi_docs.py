@@ -61,7 +61,8 @@ _DESCRIPTIONS = {
     400: "Bad request or invalid resource (OperationOutcome)",
     404: "Unknown resource type or resource (OperationOutcome)",
     406: "Accept or _format excludes JSON (OperationOutcome)",
-    403: "Not allowed, e.g. an unknown target domain (OperationOutcome)",
+    401: "Missing or invalid bearer token (OperationOutcome, WWW-Authenticate)",
+    403: "The token's scopes or compartment do not allow it (OperationOutcome)",
     409: "Concurrent modification, or a resident who already has a record (OperationOutcome)",
     410: "Deleted (OperationOutcome)",
     412: "If-Match does not match the current version (OperationOutcome)",
@@ -72,7 +73,7 @@ _DESCRIPTIONS = {
     501: "Not implemented yet (OperationOutcome)",
     503: "Database unavailable (OperationOutcome)",
 }
-_ALWAYS = {400, 406, 500, 503}
+_ALWAYS = {400, 401, 403, 406, 500, 503}
 _NO_BODY = {204, 304}
 
 _COMMON_PARAMS: list[dict[str, Any]] = [
@@ -153,6 +154,15 @@ _SEARCH_PARAMS: list[dict[str, Any]] = [
         "description": "handling=strict | handling=lenient",
     },
 ]
+
+
+def plain_route(summary: str) -> dict[str, Any]:
+    """A JSON endpoint outside FHIR (discovery): no token needed."""
+    return {
+        "summary": summary,
+        "responses": {200: {"description": "OK", "content": {"application/json": {}}}},
+        "openapi_extra": {"security": []},
+    }
 
 
 def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from ehr_service.interactions.bundle import process_bundle
 from ehr_service.interactions.context import RequestContext, ReturnPreference, Services
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
+from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
 
 logger = logging.getLogger("ehr_service.demo")
@@ -195,7 +196,9 @@ def load_demo_data(services: Services) -> int:
             return 0
     settings = services.settings
     base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    ctx = RequestContext(services, base_url, "demo", prefer_return=ReturnPreference.MINIMAL)
+    ctx = RequestContext(
+        services, base_url, "demo", prefer_return=ReturnPreference.MINIMAL, caller=SERVICE
+    )
     bundle = demo_bundle()
     process_bundle(ctx, bundle)
     logger.info("loaded %d demo resources", len(bundle["entry"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,31 @@ _WHERE_PATIENT = re.compile(r"\.where\(resolve\(\) is Patient\)$")
 _PLAIN_PATH = re.compile(r"[A-Za-z]+(?:\.[A-Za-z]+)*")
 
 
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What a caller may see: everything (``patient`` None), or one patient's
+    compartment plus the resource types that belong to no patient compartment."""
+
+    patient: str | None
+    member_types: frozenset[str] = frozenset()
+
+    def can_see(self, resource_type: str, owner: str | None) -> bool:
+        if self.patient is None:
+            return True
+        if owner is None:
+            return resource_type not in self.member_types
+        return owner == self.patient
+
+
+EVERYTHING = Visibility(None)
+
+
 class PatientCompartment:
     """Compiled membership paths of the Patient compartment, per resource type."""
 
     def __init__(self, paths: dict[str, tuple[tuple[str, ...], ...]]) -> None:
         self._paths = paths
+        self._members = frozenset(paths) | {"Patient"}
 
     @classmethod
     def load(cls, profiles_dir: Path) -> PatientCompartment:
@@ -60,7 +81,7 @@ class PatientCompartment:
         return cls(paths)
 
     def member_types(self) -> frozenset[str]:
-        return frozenset(self._paths) | {"Patient"}
+        return self._members
 
     def patient_ids(self, resource: dict[str, Any]) -> Iterator[str]:
         """Ids of the patients whose compartment holds this resource, in order."""

@@ -17,6 +17,7 @@ from ehr_service.interactions import create, delete, patch, update
 from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
+from ehr_service.security.policy import require
 from ehr_service.storage import conditional_keys, resources, search_queries
 from ehr_service.storage.search_sql import SearchCompiler
 
@@ -44,7 +45,9 @@ def matching_ids(
     query: dict[str, list[str]],
     limit: int = 2,
 ) -> list[str]:
-    """Ids of live resources matching the criteria (at most ``limit``)."""
+    """Ids of live resources matching the criteria (at most ``limit``) that the
+    caller may see."""
+    require(ctx.caller, resource_type, "s")
     request = search_parser(ctx).parse(resource_type, query)
     if request.unknown or request.result:
         names = ", ".join(request.unknown or list(request.result))
@@ -54,7 +57,7 @@ def matching_ids(
             code="not-supported",
         )
     where = SearchCompiler(ctx.base_url).where(
-        resource_type, request.criteria, request.reverse_chains
+        resource_type, request.criteria, request.reverse_chains, view=ctx.view
     )
     return [f.resource_id for f in search_queries.page(conn, where, [], limit=limit)]
 
@@ -169,7 +172,7 @@ def conditional_delete(
         raise _several(resource_type)
     if not found:
         return Result(204, None, message=f"No {resource_type} matched; nothing deleted")
-    return delete.delete(conn, resource_type, found[0])
+    return delete.delete(conn, ctx, resource_type, found[0])
 
 
 def conditional_patch(

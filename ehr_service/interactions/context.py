@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ehr_service.config import Settings
-from ehr_service.fhir.compartment import PatientCompartment
+from ehr_service.fhir.compartment import PatientCompartment, Visibility
 from ehr_service.fhir.search.query import SearchParser
 from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.security.caller import ANONYMOUS, Caller
+from ehr_service.security.policy import visibility
+from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
 
 
@@ -23,6 +25,7 @@ class Services:
     compartment: PatientCompartment
     registry: SearchParameterRegistry
     identity: ResidentIdentity
+    tokens: TokenVerifier
 
 
 class ReturnPreference(StrEnum):
@@ -45,6 +48,11 @@ class RequestContext:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    @property
+    def view(self) -> Visibility:
+        """What this caller may see (one patient's compartment for patient tokens)."""
+        return visibility(self.caller, self.services.compartment.member_types())
 
 
 def search_parser(ctx: RequestContext) -> SearchParser:

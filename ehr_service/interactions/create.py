@@ -10,6 +10,7 @@ from ehr_service.fhir.primitives import new_id, utc_now
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.writing import prepare_version
+from ehr_service.security.policy import require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
 
@@ -21,6 +22,7 @@ def prepare_create(
     body: Any,
     resource_id: str | None = None,
 ) -> NewVersion:
+    require(ctx.caller, resource_type, "c")
     version, _ = prepare_version(
         conn,
         ctx,

@@ -6,20 +6,28 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
+from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import not_found
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match
+from ehr_service.security.policy import can_see, check_write, require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
 
 
 def delete(
-    conn: Connection, resource_type: str, resource_id: str, if_match: int | None = None
+    conn: Connection,
+    ctx: RequestContext,
+    resource_type: str,
+    resource_id: str,
+    if_match: int | None = None,
 ) -> Result:
+    require(ctx.caller, resource_type, "d")
     what = f"{resource_type}/{resource_id}"
     stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
-    if stored is None:
+    if stored is None or not can_see(ctx.view, resource_type, stored.compartment_patient_id):
         raise not_found(resource_type, resource_id)
+    check_write(ctx.view, resource_type, stored.compartment_patient_id)
     if stored.deleted:
         # Deleting a deleted resource changes nothing (idempotent, no new version).
         return Result(

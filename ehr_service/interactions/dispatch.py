@@ -68,16 +68,16 @@ def run(
         return conditional.conditional_delete(conn, ctx, rtype, criteria)
     assert rid is not None
     if kind is Interaction.READ:
-        return read.read(conn, rtype, rid, if_none_match)
+        return read.read(conn, ctx, rtype, rid, if_none_match)
     if kind is Interaction.VREAD:
         assert target.version_id is not None
-        return read.vread(conn, rtype, rid, target.version_id)
+        return read.vread(conn, ctx, rtype, rid, target.version_id)
     if kind is Interaction.UPDATE:
         return update.update(conn, ctx, rtype, rid, body, if_match)
     if kind is Interaction.PATCH:
         return patch.patch(conn, ctx, rtype, rid, body, if_match)
     if kind is Interaction.DELETE:
-        return delete.delete(conn, rtype, rid, if_match)
+        return delete.delete(conn, ctx, rtype, rid, if_match)
     if kind is Interaction.HISTORY_INSTANCE:
         return history.history(conn, scoped, rtype, rid)
     raise FhirError.of(

@@ -21,6 +21,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
+from ehr_service.security.policy import require, require_admin
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_queries import Found
 
@@ -39,9 +40,19 @@ def _cursor(raw: str | None) -> tuple[str, str] | None:
     return resource_type, resource_id
 
 
+def _readable_types(ctx: RequestContext, requested: list[str] | None) -> list[str] | None:
+    """The requested types the caller's scopes let it read (None: every type)."""
+    if ctx.caller.may("*", "r"):
+        return requested
+    return sorted(t for t in requested or R4_RESOURCE_TYPES if ctx.caller.may(t, "r"))
+
+
 def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) -> Result:
-    if patient_id is not None:
-        current_or_fail(conn, "Patient", patient_id)
+    if patient_id is None:
+        require_admin(ctx.caller)  # every resident's record: a bulk operation
+    else:
+        require(ctx.caller, "Patient", "r")
+        current_or_fail(conn, "Patient", patient_id, view=ctx.view)
     query = ctx.query
     count = page_size(query, ctx.settings)
     since_raw = first_value(query, "_since")
@@ -56,6 +67,11 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
                 code="value",
                 expression=["_type"],
             )
+    types = _readable_types(ctx, types)
+    if types == []:
+        raise FhirError.of(
+            Category.FORBIDDEN, "The token's scopes allow reading none of these types"
+        )
     cursor_raw = first_value(query, "_cursor")
     after = _cursor(cursor_raw)
     found = search_queries.compartment_page(
@@ -71,7 +87,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     ]
     if types:
         referenced = [r for r in referenced if r[0] in types]
-    included = search_queries.read_many(conn, referenced) if referenced else []
+    included = search_queries.read_many(conn, referenced, ctx.view) if referenced else []
 
     path = f"Patient/{patient_id}/$everything" if patient_id else "Patient/$everything"
     params = [("_count", str(count))]

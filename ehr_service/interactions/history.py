@@ -22,6 +22,7 @@ from ehr_service.interactions.paging import (
 )
 from ehr_service.interactions.read import not_found
 from ehr_service.interactions.results import Result, status_line
+from ehr_service.security.policy import require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import HistoryQuery, StoredVersion
 
@@ -52,21 +53,21 @@ def history(
     resource_type: str | None = None,
     resource_id: str | None = None,
 ) -> Result:
+    require(ctx.caller, resource_type or "*", "r" if resource_id else "s")
     query = ctx.query
     count = page_size(query, ctx.settings)
     since_raw = first_value(query, "_since")
     since = parse_instant_param(since_raw, "_since") if since_raw is not None else None
     cursor = parse_cursor(query)
-    if (
-        resource_type
-        and resource_id
-        and resources.read_current(conn, resource_type, resource_id) is None
-    ):
-        raise not_found(resource_type, resource_id)
+    view = ctx.view
+    if resource_type and resource_id:
+        current = resources.read_current(conn, resource_type, resource_id)
+        if current is None or not view.can_see(resource_type, current.compartment_patient_id):
+            raise not_found(resource_type, resource_id)
 
-    base_query = HistoryQuery(resource_type, resource_id, since)
+    base_query = HistoryQuery(resource_type, resource_id, since, view=view)
     page = HistoryQuery(
-        resource_type, resource_id, since, cursor.before, cursor.after, limit=count + 1
+        resource_type, resource_id, since, cursor.before, cursor.after, count + 1, view
     )
     versions = resources.history(conn, page) if count else []
     has_more = len(versions) > count

@@ -21,6 +21,7 @@ from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.mpi.matching import Person, person_of, score
+from ehr_service.security.policy import require_staff
 from ehr_service.storage import identity as identity_store
 
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -75,6 +76,7 @@ def _candidates(conn: Connection, ctx: RequestContext, query: dict[str, Any]) ->
 
 
 def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
+    require_staff(ctx.caller, "Patient", "s")
     params = OperationInput(body, "$match")
     query = params.resource("resource", "Patient")
     if query is None:

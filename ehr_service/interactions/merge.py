@@ -31,6 +31,7 @@ from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import store_next_version
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.matching import person_of
+from ehr_service.security.policy import require_admin
 from ehr_service.storage import identity as identity_store
 from ehr_service.storage import resources
 
@@ -134,6 +135,7 @@ class _Preview(Exception):  # noqa: N818 - control flow, not an error
 
 
 def merge(conn: Connection, ctx: RequestContext, body: Any) -> Result:
+    require_admin(ctx.caller)
     params = OperationInput(body, "$merge")
     preview = params.boolean("preview", default=False)
     source_id = _resolve(conn, ctx, params, "source")

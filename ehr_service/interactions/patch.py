@@ -18,6 +18,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match, store_next_version
+from ehr_service.security.policy import require
 
 JSON_PATCH_MEDIA_TYPE = "application/json-patch+json"
 _OPERATIONS = {"add", "remove", "replace", "move", "copy", "test"}
@@ -67,8 +68,9 @@ def patch(
     document: Any,
     if_match: int | None = None,
 ) -> Result:
+    require(ctx.caller, resource_type, "u")
     operations = check_patch_document(document)
-    stored = current_or_fail(conn, resource_type, resource_id, for_update=True)
+    stored = current_or_fail(conn, resource_type, resource_id, for_update=True, view=ctx.view)
     check_if_match(stored, if_match, f"{resource_type}/{resource_id}")
     assert stored.content is not None
     # The patch sees what the writer wrote: resident ID numbers unsealed.

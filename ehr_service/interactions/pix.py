@@ -21,6 +21,7 @@ from ehr_service.interactions import conditional
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.mpi.protection import is_sealed
+from ehr_service.security.policy import require_staff
 from ehr_service.storage import identity as identity_store
 
 
@@ -46,6 +47,7 @@ def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[s
 def ihe_pix(
     conn: Connection, ctx: RequestContext, source: str | None, targets: list[str]
 ) -> Result:
+    require_staff(ctx.caller, "Patient", "r")
     if not source:
         raise FhirError.of(
             Category.INCORRECT,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
+from ehr_service.security.policy import can_see, require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import StoredVersion
 
@@ -24,11 +27,19 @@ def not_found(resource_type: str, resource_id: str) -> FhirError:
 
 
 def current_or_fail(
-    conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
+    conn: Connection,
+    resource_type: str,
+    resource_id: str,
+    *,
+    for_update: bool = False,
+    view: Visibility | None = None,
 ) -> StoredVersion:
-    """The live current version; 404 if it never existed, 410 if deleted."""
+    """The live current version; 404 if it never existed (or ``view`` may not see
+    it), 410 if deleted."""
     stored = resources.read_current(conn, resource_type, resource_id, for_update=for_update)
-    if stored is None:
+    if stored is None or (
+        view is not None and not can_see(view, resource_type, stored.compartment_patient_id)
+    ):
         raise not_found(resource_type, resource_id)
     if stored.deleted:
         raise gone(stored)
@@ -36,9 +47,14 @@ def current_or_fail(
 
 
 def read(
-    conn: Connection, resource_type: str, resource_id: str, if_none_match: int | None = None
+    conn: Connection,
+    ctx: RequestContext,
+    resource_type: str,
+    resource_id: str,
+    if_none_match: int | None = None,
 ) -> Result:
-    stored = current_or_fail(conn, resource_type, resource_id)
+    require(ctx.caller, resource_type, "r")
+    stored = current_or_fail(conn, resource_type, resource_id, view=ctx.view)
     status = 304 if if_none_match == stored.version_id else 200
     return Result(
         status,
@@ -50,13 +66,16 @@ def read(
     )
 
 
-def vread(conn: Connection, resource_type: str, resource_id: str, version: str) -> Result:
+def vread(
+    conn: Connection, ctx: RequestContext, resource_type: str, resource_id: str, version: str
+) -> Result:
+    require(ctx.caller, resource_type, "r")
     if not version.isdigit():
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version '{version[:64]}'"
         )
     stored = resources.read_version(conn, resource_type, resource_id, int(version))
-    if stored is None:
+    if stored is None or not can_see(ctx.view, resource_type, stored.compartment_patient_id):
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version {version}"
         )

@@ -23,6 +23,7 @@ from ehr_service.fhir.search.shaping import subset
 from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.results import Result
+from ehr_service.security.policy import require
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_queries import Found, Position
 from ehr_service.storage.search_sql import SearchCompiler
@@ -75,6 +76,7 @@ def _choice(request: SearchRequest, name: str, allowed: set[str]) -> str | None:
 def search(
     conn: Connection, ctx: RequestContext, resource_type: str, *, strict: bool = False
 ) -> Result:
+    require(ctx.caller, resource_type, "s")
     parser = search_parser(ctx)
     request = parser.parse(resource_type, ctx.query)
     warnings = [
@@ -89,7 +91,7 @@ def search(
             ),
         )
     compiler = SearchCompiler(ctx.base_url)
-    where = compiler.where(resource_type, request.criteria, request.reverse_chains)
+    where = compiler.where(resource_type, request.criteria, request.reverse_chains, view=ctx.view)
     count = page_size(request.result, ctx.settings)
     summary = _choice(request, "_summary", SUMMARY_VALUES)
     total_mode = _choice(request, "_total", TOTAL_VALUES)
@@ -320,7 +322,11 @@ def _includes(
                 )
             )
             new = new[:room]
-        batch = search_queries.read_many(conn, new)
+        batch = [
+            f
+            for f in search_queries.read_many(conn, new, ctx.view)
+            if ctx.caller.may(f.resource_type, "r") or ctx.caller.may(f.resource_type, "s")
+        ]
         seen.update(new)
         included.extend(batch)
         frontier = batch

@@ -17,6 +17,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.writing import prepare_version
+from ehr_service.security.policy import check_write, require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import StoredVersion
 
@@ -60,6 +61,7 @@ def store_next_version(
     method: str,
 ) -> Result:
     """Write ``body`` as the version after ``stored`` (locked by the caller)."""
+    check_write(ctx.view, stored.resource_type, stored.compartment_patient_id)
     version, _ = prepare_version(
         conn,
         ctx,
@@ -99,12 +101,14 @@ def update(
     body: Any,
     if_match: int | None = None,
 ) -> Result:
+    require(ctx.caller, resource_type, "u")
     check_body_id(body, resource_id)
     what = f"{resource_type}/{resource_id}"
     stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
     check_if_match(stored, if_match, what)
     if stored is not None:
         return store_next_version(conn, ctx, stored, body, method="PUT")
+    require(ctx.caller, resource_type, "c")  # update as create
     version, _ = prepare_version(
         conn,
         ctx,

@@ -20,6 +20,7 @@ from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
+from ehr_service.security.policy import check_write
 from ehr_service.storage.resources import NewVersion
 
 
@@ -71,13 +72,15 @@ def prepare_version(
         identity.protection.mask_free_text(stored)
         prepared.warnings.append(FREE_TEXT_WARNING)
         content, index = _sealed(ctx, prepared)
+    owner = ctx.services.compartment.owner(stored)
+    check_write(ctx.view, resource_type, owner)  # a patient token: its own record only
     version = NewVersion(
         resource_type=resource_type,
         resource_id=resource_id,
         version_id=version_id,
         last_updated=now,
         method=method,
-        compartment_patient_id=ctx.services.compartment.owner(stored),
+        compartment_patient_id=owner,
         content=content,
         index=index,
         id_number=prepared.unique_key,

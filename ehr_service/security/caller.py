@@ -1,21 +1,51 @@
-"""The identity of the caller, resolved once per request at one dependency point."""
+"""The identity of the caller, resolved once per request at one dependency point
+(``api/deps.get_caller``) from its bearer token."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ehr_service.security.scopes import ADMIN_SCOPE, Grant
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling. Until bearer tokens are enforced every caller is anonymous."""
+    """Who is calling and what the token grants."""
 
     subject: str = "anonymous"
     client_id: str | None = None
     organization: str | None = None
     scopes: frozenset[str] = frozenset()
-    # May read resident ID numbers unmasked. Until bearer tokens are enforced the one
-    # caller is the trusted hospital-system caller of development set-ups.
-    sees_id_numbers: bool = True
+    grants: tuple[Grant, ...] = ()
+    # A patient-bound token (SMART patient/ scopes): that patient's compartment only.
+    patient: str | None = None
+    # May read resident ID numbers unmasked (staff and systems; not citizens).
+    sees_id_numbers: bool = False
+    authenticated: bool = False
+    # Internal work of the service itself (demo data, command line): no token, all rights.
+    internal: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.internal or ADMIN_SCOPE in self.scopes
+
+    def may(self, resource_type: str, action: str) -> bool:
+        """Does a scope grant ``action`` (one of c r u d s) on ``resource_type``?"""
+        return self.internal or any(g.covers(resource_type, action) for g in self.grants)
+
+    @property
+    def kind(self) -> str:
+        """patient | user | system | internal | anonymous, for audit and policy."""
+        if self.internal:
+            return "internal"
+        if not self.authenticated:
+            return "anonymous"
+        if self.patient is not None:
+            return "patient"
+        contexts = {g.context for g in self.grants}
+        return "system" if "system" in contexts else "user"
 
 
 ANONYMOUS = Caller()
+# The service acting on its own behalf (demo data, command line): never from a request.
+SERVICE = Caller(subject="ehr-service", internal=True, sees_id_numbers=True, authenticated=True)

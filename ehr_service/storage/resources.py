@@ -16,11 +16,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, false, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.identity import hold_id_number
 from ehr_service.storage.search_index import delete_index, insert_index
+from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import resource, resource_version
 
 
@@ -277,6 +279,7 @@ class HistoryQuery:
     before_seq: int | None = None  # next pages: older than this
     after_seq: int | None = None  # previous pages: newer than this
     limit: int = 50
+    view: Visibility = EVERYTHING  # what the caller may see
 
 
 def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnElement[bool]]:
@@ -292,6 +295,8 @@ def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnEleme
         conditions.append(rv.c.seq < query.before_seq)
     if paged and query.after_seq is not None:
         conditions.append(rv.c.seq > query.after_seq)
+    if query.view.patient is not None:
+        conditions.append(visible(rv, query.view, query.resource_type))
     return conditions
 
 

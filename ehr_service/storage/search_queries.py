@@ -18,7 +18,9 @@ from sqlalchemy import (
     tuple_,
 )
 
+from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.search.registry import SearchParameter
+from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import (
     resource,
     search_date,
@@ -169,17 +171,19 @@ def _by_type(table: Any, identities: Iterable[tuple[str, str]]) -> ColumnElement
     )
 
 
-def read_many(conn: Connection, identities: Iterable[tuple[str, str]]) -> list[Found]:
-    """Live resources by (type, id), in no particular order."""
+def read_many(
+    conn: Connection, identities: Iterable[tuple[str, str]], view: Visibility = EVERYTHING
+) -> list[Found]:
+    """Live resources by (type, id) that ``view`` may see, in no particular order."""
     wanted = list(dict.fromkeys(identities))
     found: list[Found] = []
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
+        conditions = [_by_type(resource, chunk), resource.c.deleted == false()]
+        if view.patient is not None:
+            conditions.append(visible(resource, view))
         rows = conn.execute(
-            select(resource.c.res_type, resource.c.res_id, resource.c.content).where(
-                _by_type(resource, chunk),
-                resource.c.deleted == false(),
-            )
+            select(resource.c.res_type, resource.c.res_id, resource.c.content).where(*conditions)
         ).all()
         found.extend(Found(r.res_type, r.res_id, bytes(r.content)) for r in rows)
     return found

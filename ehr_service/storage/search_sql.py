@@ -27,6 +27,7 @@ from sqlalchemy import (
     true,
 )
 
+from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import date_range, utc_now
 from ehr_service.fhir.references import parse_reference
@@ -61,6 +62,22 @@ _TABLES = {
     "composite": search_composite,
 }
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def visible(table: Any, view: Visibility, resource_type: str | None = None) -> ColumnElement[bool]:
+    """SQL of :meth:`Visibility.can_see` over a table with ``res_type`` and
+    ``compartment_patient_id`` columns (``resource_type`` when fixed)."""
+    owned: ColumnElement[bool] = table.c.compartment_patient_id == view.patient
+    if resource_type is not None:
+        if resource_type in view.member_types:
+            return owned
+        return or_(owned, table.c.compartment_patient_id.is_(None))
+    shared = and_(
+        table.c.compartment_patient_id.is_(None),
+        table.c.res_type.not_in(sorted(view.member_types)),
+    )
+    clause: ColumnElement[bool] = or_(owned, shared)
+    return clause
 
 
 def _bad(message: str) -> FhirError:
@@ -397,11 +414,14 @@ class SearchCompiler:
         resource_type: str,
         criteria: Sequence[Criterion],
         reverse_chains: Sequence[ReverseChain] = (),
+        view: Visibility = EVERYTHING,
     ) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = [
             resource.c.res_type == resource_type,
             resource.c.deleted == false(),
         ]
+        if view.patient is not None:  # a patient-bound caller: its compartment only
+            clauses.append(visible(resource, view, resource_type))
         driver = min(criteria, key=_selectivity_rank, default=None)
         clauses.extend(
             self.criterion_clause(resource_type, c, drives=c is driver) for c in criteria

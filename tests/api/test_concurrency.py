@@ -8,19 +8,25 @@ import httpx
 
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, bearer, patient
 
 
 async def _race(services: Services, requests: list[dict]) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=create_app(services=services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=bearer(services.settings)
+    ) as client:
         return await asyncio.gather(*(client.request(**r) for r in requests))
 
 
 def _versions(client_services: Services, pid: str) -> list[int]:
     async def fetch() -> list[int]:
         transport = httpx.ASGITransport(app=create_app(services=client_services))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers=bearer(client_services.settings),
+        ) as c:
             bundle = (await c.get(f"/fhir/Patient/{pid}/_history?_count=100")).json()
         return [int(e["response"]["etag"][3:-1]) for e in bundle["entry"]]
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, observation, patient, snapshot
+from tests.helpers import FHIR_JSON, bearer, observation, patient, snapshot
 
 MRN = {"identifier": [{"system": "urn:mrn", "value": "C-42"}]}
 
@@ -35,7 +35,9 @@ def test_conditional_create(client: TestClient, services: Services) -> None:
 def test_twenty_parallel_conditional_creates_make_one_resource(services: Services) -> None:
     async def race() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(services=services))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers=bearer(services.settings)
+        ) as client:
             return await asyncio.gather(
                 *(
                     client.post(

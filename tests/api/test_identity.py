@@ -4,6 +4,7 @@ lifelong record numbers; the life cycle from birth certificate to death."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -14,11 +15,11 @@ from fastapi.testclient import TestClient
 from ehr_service.api.deps import get_caller
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
-from ehr_service.security.caller import Caller
 from ehr_service.storage.tables import metadata
 from tests.helpers import (
     FHIR_JSON,
     ID_SYSTEM,
+    bearer,
     id_identifier,
     make_id_number,
     observation,
@@ -42,8 +43,12 @@ def _create(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _masked_client(services: Services) -> TestClient:
+    # A staff token that may read but is not allowed to see ID numbers unmasked.
     app = create_app(services=services)
-    app.dependency_overrides[get_caller] = lambda: Caller(subject="citizen", sees_id_numbers=False)
+    staff = services.tokens.verify(
+        bearer(services.settings, "user/*.cruds")["Authorization"].split()[1]
+    )
+    app.dependency_overrides[get_caller] = lambda: replace(staff, sees_id_numbers=False)
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -190,7 +195,9 @@ def test_two_numbers_on_one_patient_are_refused(client: TestClient) -> None:
 
 async def _race(services: Services, requests: list[dict[str, Any]]) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=create_app(services=services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=bearer(services.settings)
+    ) as client:
         return await asyncio.gather(*(client.request(**r) for r in requests))
 
 

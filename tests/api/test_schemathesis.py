@@ -13,6 +13,7 @@ from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import upgrade
+from tests.helpers import bearer
 
 _DATA = Path(tempfile.mkdtemp(prefix="ehr-schemathesis-"))
 _SETTINGS = Settings(
@@ -27,6 +28,17 @@ _database.dispose()
 
 app = create_app(_SETTINGS)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schema.auth()
+class _Bearer:
+    """A valid token on every request (bad tokens have their own tests)."""
+
+    def get(self, case: schemathesis.Case, context: object) -> str:
+        return bearer(_SETTINGS)["Authorization"]
+
+    def set(self, case: schemathesis.Case, data: str, context: object) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": data}
 
 
 @schema.parametrize()

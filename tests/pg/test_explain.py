@@ -21,7 +21,7 @@ from ehr_service.interactions.context import Services
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_sql import SearchCompiler
 from tests.conftest import sample_bundles, truncate_all
-from tests.helpers import FHIR_JSON
+from tests.helpers import FHIR_JSON, bearer
 
 pytestmark = pytest.mark.pg
 
@@ -32,7 +32,7 @@ LARGE_TABLES = ("resource", "search_token", "search_reference", "search_date", "
 def pg_services(pg_url: str, tmp_path: Path) -> Iterator[Services]:
     truncate_all(pg_url)
     services = build_services(Settings(database_url=pg_url, data_dir=tmp_path, environment="test"))
-    with TestClient(create_app(services=services)) as client:
+    with TestClient(create_app(services=services), headers=bearer(services.settings)) as client:
         for path in sample_bundles()[:2]:
             client.post("/fhir", content=path.read_bytes(), headers=FHIR_JSON)
     yield services

@@ -1,0 +1,69 @@
+"""Access policy (DESIGN.md §9): the checks every interaction, bundle entry and
+operation goes through. Pure decisions; the SQL form of visibility is built by
+``storage`` from :class:`Visibility`.
+
+- Scopes decide which actions on which types (``may``): anonymous callers get a
+  401, callers without the scope a 403.
+- A patient-bound token sees only its patient's compartment, plus resources of
+  types that belong to no patient compartment (organisations, practitioners,
+  medications...). Anything else is as absent as if it did not exist (404 on
+  read, left out of searches, totals, includes and histories); writing it is 403.
+"""
+
+from __future__ import annotations
+
+from ehr_service.fhir.compartment import Visibility
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.security.caller import Caller
+from ehr_service.security.tokens import missing_token
+
+ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+def forbidden(message: str) -> FhirError:
+    return FhirError.of(Category.FORBIDDEN, message, code="forbidden")
+
+
+def require(caller: Caller, resource_type: str, action: str) -> None:
+    """401 without a token, 403 without a scope granting ``action`` on the type."""
+    if caller.internal:
+        return
+    if not caller.authenticated:
+        raise missing_token()
+    if not caller.may(resource_type, action):
+        what = "all types" if resource_type == "*" else resource_type
+        raise forbidden(f"The token's scopes do not allow {ACTION_NAMES[action]} on {what}")
+
+
+def require_staff(caller: Caller, resource_type: str, action: str) -> None:
+    """Organisation staff or systems only (not patient-bound tokens)."""
+    require(caller, resource_type, action)
+    if caller.patient is not None:
+        raise forbidden("This operation is not available to patient-bound tokens")
+
+
+def require_admin(caller: Caller) -> None:
+    """Administrative operations: a system/ token with write access, or the admin scope."""
+    if caller.internal or caller.is_admin:
+        return
+    if not caller.authenticated:
+        raise missing_token()
+    if caller.kind == "system" and caller.may("*", "u"):
+        return
+    raise forbidden("This operation needs a system/ token or the ehr/admin scope")
+
+
+def visibility(caller: Caller, member_types: frozenset[str]) -> Visibility:
+    return Visibility(caller.patient, member_types if caller.patient is not None else frozenset())
+
+
+def can_see(view: Visibility, resource_type: str, owner: str | None) -> bool:
+    return view.can_see(resource_type, owner)
+
+
+def check_write(view: Visibility, resource_type: str, owner: str | None) -> None:
+    """A patient-bound token writes only into its own compartment."""
+    if view.patient is not None and (owner != view.patient):
+        raise forbidden(
+            "A patient-bound token may only write resources of its own patient's record"
+        )

@@ -1,0 +1,210 @@
+"""Bearer tokens (DESIGN.md §9): JWTs verified against a JWKS, with an algorithm
+allow-list and required ``exp iat iss aud``.
+
+Trusted keys come from ``EHR_JWKS_FILE`` / ``EHR_JWKS_URL`` (fetched and cached,
+selected by ``kid``), and, in development and test settings or when
+``EHR_TRUST_OWN_TOKENS`` is set, from the service's own token key, which
+``ehr-service token mint`` signs development tokens with. The key never comes
+from the token itself (no ``jwk``/``jku`` header is honoured), ``none`` and HMAC
+are never accepted, and a ``kid`` is only ever a dictionary key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+
+from ehr_service.config import Settings
+from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.security.caller import Caller
+from ehr_service.security.fieldcrypto import _write_private
+from ehr_service.security.scopes import parse_scopes
+
+ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
+OWN_KEY_FILE = "token-signing.jwk.json"
+MAX_TOKEN_BYTES = 8192
+logger = logging.getLogger(__name__)
+
+
+class InvalidToken(FhirError):  # noqa: N818 - a FHIR error category, not a Python error name
+    """401 with the ``WWW-Authenticate`` challenge of RFC 6750."""
+
+    @classmethod
+    def because(cls, reason: str) -> InvalidToken:
+        return cls(
+            Category.UNAUTHORIZED,
+            (Issue(f"Bearer token rejected: {reason}", "login"),),
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+def missing_token() -> FhirError:
+    return FhirError(
+        Category.UNAUTHORIZED,
+        (Issue("This endpoint needs a bearer token (Authorization: Bearer ...)", "login"),),
+        headers={"WWW-Authenticate": 'Bearer realm="ehr-service"'},
+    )
+
+
+def own_key(settings: Settings) -> ECKey:
+    """The service's own token key (ES256), created on first use, owner-only."""
+    path = settings.data_dir / "keys" / OWN_KEY_FILE
+    if path.exists():
+        key = ECKey.import_key(orjson.loads(path.read_bytes()))
+        return key
+    key = ECKey.generate_key("P-256", auto_kid=True, private=True)
+    _write_private(path, orjson.dumps(key.as_dict(private=True)))
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    subject: str
+    scopes: str
+    patient: str | None = None
+    organization: str | None = None
+    client_id: str | None = None
+    ttl_seconds: int = 3600
+
+
+def mint(settings: Settings, claims: TokenClaims) -> str:
+    """A development token signed with the service's own key."""
+    key = own_key(settings)
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": settings.own_token_issuer,
+        "aud": settings.token_audience,
+        "sub": claims.subject,
+        "iat": now,
+        "exp": now + claims.ttl_seconds,
+        "scope": claims.scopes,
+        "client_id": claims.client_id or claims.subject,
+    }
+    if claims.patient:
+        payload["patient"] = claims.patient
+    if claims.organization:
+        payload["org"] = claims.organization
+    return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, payload, key)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens; one per process. Remote JWKS are cached."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._remote: KeySet | None = None
+        self._remote_at = 0.0
+        self._local: list[Any] = []
+        self.issuers = set(settings.token_issuers)
+        if settings.jwks_file is not None:
+            self._local.extend(_load_jwks(settings.jwks_file).keys)
+        if settings.trusts_own_tokens:
+            self._local.append(own_key(settings))
+            self.issuers.add(settings.own_token_issuer)
+
+    def _keys(self, refresh: bool = False) -> KeySet:
+        keys = list(self._local)
+        url = self.settings.jwks_url
+        if url:
+            with self._lock:
+                stale = time.monotonic() - self._remote_at > self.settings.jwks_cache_seconds
+                if self._remote is None or stale or refresh:
+                    try:
+                        response = httpx.get(url, timeout=5.0)
+                        response.raise_for_status()
+                        self._remote = KeySet.import_key_set(response.json())
+                        self._remote_at = time.monotonic()
+                    except (httpx.HTTPError, ValueError, JoseError) as exc:
+                        logger.warning("JWKS at %s could not be fetched: %s", url, exc)
+                if self._remote is not None:
+                    keys.extend(self._remote.keys)
+        return KeySet(keys)
+
+    def verify(self, token: str) -> Caller:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken.because("too long")
+        keys = self._keys()
+        try:
+            decoded = jwt.decode(token, keys, algorithms=ALLOWED_ALGORITHMS)
+        except JoseError as exc:
+            if "kid" in str(exc).lower() and self.settings.jwks_url:  # maybe rotated: refetch
+                try:
+                    decoded = jwt.decode(
+                        token, self._keys(refresh=True), algorithms=ALLOWED_ALGORITHMS
+                    )
+                except JoseError as again:
+                    raise InvalidToken.because(_reason(again)) from None
+            else:
+                raise InvalidToken.because(_reason(exc)) from None
+        except (ValueError, TypeError):
+            raise InvalidToken.because("malformed") from None
+        return self._caller(decoded.claims)
+
+    def _caller(self, claims: dict[str, Any]) -> Caller:
+        now = time.time()
+        skew = self.settings.token_clock_skew_seconds
+        for name in ("exp", "iat", "iss", "aud", "sub"):
+            if name not in claims:
+                raise InvalidToken.because(f"the claim '{name}' is required")
+        exp, iat = claims["exp"], claims["iat"]
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+            raise InvalidToken.because("exp and iat must be numeric dates")
+        if exp <= now - skew:
+            raise InvalidToken.because("expired")
+        if iat > now + skew:
+            raise InvalidToken.because("issued in the future")
+        if "nbf" in claims and (
+            not isinstance(claims["nbf"], int | float) or claims["nbf"] > now + skew
+        ):
+            raise InvalidToken.because("not yet valid")
+        if claims["iss"] not in self.issuers:
+            raise InvalidToken.because("unknown issuer")
+        audience = claims["aud"]
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.settings.token_audience not in audiences:
+            raise InvalidToken.because("wrong audience")
+        subject = claims["sub"]
+        scope = claims.get("scope", "")
+        if not isinstance(subject, str) or not isinstance(scope, str):
+            raise InvalidToken.because("sub and scope must be strings")
+        patient = claims.get("patient")
+        organization = claims.get("org") or claims.get("organization")
+        client_id = claims.get("client_id") or claims.get("azp")
+        scopes = parse_scopes(scope)
+        if patient is not None and not isinstance(patient, str):
+            raise InvalidToken.because("patient must be a string")
+        if any(s.context == "patient" for s in scopes) and not patient:
+            raise InvalidToken.because("patient/ scopes need a patient claim")
+        return Caller(
+            subject=subject,
+            client_id=str(client_id) if client_id else None,
+            organization=str(organization) if organization else None,
+            scopes=frozenset(scope.split()),
+            grants=scopes,
+            patient=patient if any(s.context == "patient" for s in scopes) else None,
+            sees_id_numbers=not any(s.context == "patient" for s in scopes),
+            authenticated=True,
+        )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for known in ("unsupported_algorithm", "bad_signature", "missing_key", "invalid_key", "decode"):
+        if known in text:
+            return known.replace("_", " ")
+    return "invalid"
+
+
+def _load_jwks(path: Path) -> KeySet:
+    return KeySet.import_key_set(orjson.loads(path.read_bytes()))
