@@ -10,6 +10,7 @@ Every problem is reported with its location (``OperationOutcome.issue.expression
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -136,6 +137,14 @@ def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> 
                     expression=("".join(where),),
                 )
             )
+        elif CONTROL_CHARACTERS.search(node):
+            issues.append(
+                Issue(
+                    "Strings may not contain control characters other than tab, CR and LF",
+                    "value",
+                    expression=("".join(where),),
+                )
+            )
     elif node is None and not in_array:
         # null is only meaningful inside arrays of primitives with `_x` siblings.
         issues.append(
@@ -146,6 +155,8 @@ def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> 
 
 
 _CHECKED = {dict, list, str}
+# FHIR R4 §2.24.0.1: no characters below U+0020 except tab, CR and LF (and never NUL).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def check_resource_type(resource: Any, expression: str = "") -> str:

@@ -19,6 +19,7 @@ from ehr_service.fhir.search.registry import (
     SearchParameter,
     SearchParameterRegistry,
 )
+from ehr_service.fhir.validation import CONTROL_CHARACTERS
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 PREFIXED_TYPES = {"number", "date", "quantity"}
@@ -120,6 +121,10 @@ class SearchParser:
     def parse(self, resource_type: str, query: dict[str, list[str]]) -> SearchRequest:
         request = SearchRequest(resource_type)
         for name, raw_values in query.items():
+            if CONTROL_CHARACTERS.search(name) or any(
+                CONTROL_CHARACTERS.search(v) for v in raw_values
+            ):
+                raise _bad("Search parameters may not contain control characters", name[:64])
             base = name.split(":", 1)[0].split(".", 1)[0]
             if base in RESULT_PARAMETERS:
                 request.result[name] = request.result.get(name, []) + raw_values

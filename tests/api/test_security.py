@@ -1,0 +1,393 @@
+"""Hostile input: forged tokens, other patients' data through every path, writes
+outside the compartment, mass assignment, exhaustion and SQL metacharacters.
+Each case asserts the status, that nothing leaked and that nothing was stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from ehr_service.app import create_app
+from ehr_service.interactions.context import Services
+from ehr_service.security.tokens import own_key
+from tests.helpers import FHIR_JSON, bearer, observation, patient, snapshot
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(services: Services, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": services.settings.own_token_issuer,
+        "aud": services.settings.token_audience,
+        "sub": "mallory",
+        "iat": now,
+        "exp": now + 300,
+        "scope": "system/*.cruds",
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _signed(services: Services, header: dict[str, Any] | None = None, **changes: Any) -> str:
+    key = own_key(services.settings)
+    return jwt.encode(
+        {"alg": "ES256", "kid": key.kid, **(header or {})}, _claims(services, **changes), key
+    )
+
+
+def _forged_hs256(services: Services) -> str:
+    """The classic confusion: HMAC keyed with the server's public key."""
+    public = orjson.dumps(own_key(services.settings).as_dict(private=False))
+    head = _b64(orjson.dumps({"alg": "HS256", "kid": own_key(services.settings).kid}))
+    body = _b64(orjson.dumps(_claims(services)))
+    signature = hmac.new(public, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+def _alg_none(services: Services) -> str:
+    head = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+    return f"{head}.{_b64(orjson.dumps(_claims(services)))}."
+
+
+def _other_key(services: Services, kid: str | None = None) -> str:
+    key = ECKey.generate_key("P-256", private=True)
+    kid = kid or own_key(services.settings).kid  # claims to be ours
+    return jwt.encode({"alg": "ES256", "kid": kid}, _claims(services), key)
+
+
+def _embedded_jwk(services: Services) -> str:
+    key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+    header = {"alg": "ES256", "kid": key.kid, "jwk": key.as_dict(private=False)}
+    return jwt.encode(header, _claims(services), key)
+
+
+def _tampered(services: Services) -> str:
+    head, body, signature = _signed(services, scope="patient/*.rs", patient="x").split(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims.pop("patient")
+    claims["scope"] = "system/*.cruds"
+    return f"{head}.{_b64(orjson.dumps(claims))}.{signature}"
+
+
+FORGED: dict[str, Callable[[Services], str]] = {
+    "garbage": lambda s: "not.a.token",
+    "expired": lambda s: _signed(s, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200),
+    "issued in the future": lambda s: _signed(s, iat=int(time.time()) + 3600),
+    "no exp": lambda s: _signed(s, exp=None),
+    "no iat": lambda s: _signed(s, iat=None),
+    "no iss": lambda s: _signed(s, iss=None),
+    "no aud": lambda s: _signed(s, aud=None),
+    "wrong aud": lambda s: _signed(s, aud="another-service"),
+    "unknown iss": lambda s: _signed(s, iss="https://attacker.example"),
+    "alg none": _alg_none,
+    "HMAC with the public key": _forged_hs256,
+    "another key with our kid": _other_key,
+    "kid path traversal": lambda s: _other_key(s, "../../../../etc/passwd"),
+    "kid SQL": lambda s: _other_key(s, "' OR '1'='1'; DROP TABLE resource; --"),
+    "embedded jwk": _embedded_jwk,
+    "tampered payload": _tampered,
+    "oversized": lambda s: "a" * 20_000,
+    "patient scope without patient": lambda s: _signed(s, scope="patient/*.rs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_forged_tokens_are_401_and_store_nothing(
+    client: TestClient, services: Services, case: str
+) -> None:
+    before = snapshot(services)
+    token = FORGED[case](services)
+    headers = {"Authorization": f"Bearer {token}", **FHIR_JSON}
+    read = client.get("/fhir/Patient", headers=headers)
+    assert read.status_code == 401, (case, read.text)
+    assert read.headers["WWW-Authenticate"].startswith("Bearer")
+    assert read.json()["resourceType"] == "OperationOutcome"
+    written = client.post("/fhir/Patient", json=patient(), headers=headers)
+    assert written.status_code == 401
+    assert snapshot(services) == before
+
+
+def test_no_token_is_401_but_discovery_is_open(services: Services) -> None:
+    with TestClient(create_app(services=services), raise_server_exceptions=False) as anonymous:
+        for path in ("/fhir/Patient", "/fhir/Patient/x", "/fhir/_history"):
+            response = anonymous.get(path)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert anonymous.post("/fhir", content=b"{not json", headers=FHIR_JSON).status_code == 401
+        assert anonymous.get("/fhir/metadata").status_code == 200
+        for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
+            config = anonymous.get(path).json()
+            assert "permission-v2" in config["capabilities"]
+        wrong_scheme = anonymous.get("/fhir/Patient", headers={"Authorization": "Basic YTpi"})
+        assert wrong_scheme.status_code == 401
+
+
+# -- a patient-bound token sees its own record only ---------------------------------
+
+
+@pytest.fixture
+def two_residents(client: TestClient) -> dict[str, Any]:
+    ids: dict[str, Any] = {}
+    for key, name in (("mine", "王芳"), ("theirs", "李建国")):
+        created = client.post(
+            "/fhir/Patient", json=patient(name=[{"text": name}]), headers=FHIR_JSON
+        ).json()
+        ids[key] = created["id"]
+        obs = client.post(
+            "/fhir/Observation", json=observation(f"Patient/{created['id']}"), headers=FHIR_JSON
+        )
+        ids[f"{key}_obs"] = obs.json()["id"]
+    org = client.post(
+        "/fhir/Organization", json={"resourceType": "Organization", "name": "西南医院"}
+    )
+    ids["org"] = org.json()["id"]
+    return ids
+
+
+def _citizen(services: Services, patient_id: str, scopes: str = "patient/*.cruds") -> TestClient:
+    return TestClient(
+        create_app(services=services),
+        raise_server_exceptions=False,
+        headers=bearer(services.settings, scopes, patient=patient_id, subject="citizen"),
+    )
+
+
+def _ids(bundle: dict[str, Any]) -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if "resource" in e}
+
+
+def test_patient_token_reads_only_its_compartment(
+    services: Services, two_residents: dict[str, Any]
+) -> None:
+    ids = two_residents
+    mine, theirs = ids["mine"], ids["theirs"]
+    with _citizen(services, mine) as me:
+        assert me.get(f"/fhir/Patient/{mine}").status_code == 200
+        assert me.get(f"/fhir/Patient/{theirs}").status_code == 404
+        assert me.get(f"/fhir/Observation/{ids['theirs_obs']}").status_code == 404
+        assert me.get(f"/fhir/Observation/{ids['theirs_obs']}/_history/1").status_code == 404
+        assert me.get(f"/fhir/Observation/{ids['theirs_obs']}/_history").status_code == 404
+        assert me.get(f"/fhir/Organization/{ids['org']}").status_code == 200  # shared data
+        searches = {
+            "/fhir/Observation": {ids["mine_obs"]},
+            "/fhir/Patient": {mine},
+            "/fhir/Observation?_include=Observation:subject": {ids["mine_obs"], mine},
+            "/fhir/Patient?_revinclude=Observation:subject": {mine, ids["mine_obs"]},
+            "/fhir/Observation?subject:Patient.name=李建国": set(),
+            f"/fhir/Observation?subject=Patient/{theirs}": set(),
+            "/fhir/Patient?_has:Observation:patient:code=2345-7": {mine},
+            "/fhir/Observation/_history": {ids["mine_obs"]},
+            "/fhir/_history": {mine, ids["mine_obs"], ids["org"]},
+        }
+        for url, expected in searches.items():
+            bundle = me.get(url).json()
+            assert _ids(bundle) == expected, url
+            if "total" in bundle and "_history" not in url:
+                assert bundle["total"] == len(expected - {ids["org"]}) or "include" in url, url
+        assert me.get(f"/fhir/Patient/{theirs}/$everything").status_code == 404
+        everything = me.get(f"/fhir/Patient/{mine}/$everything").json()
+        assert theirs not in str(everything) and ids["theirs_obs"] not in str(everything)
+        assert me.get("/fhir/Patient/$everything").status_code == 403
+        batch = me.post(
+            "/fhir",
+            json={
+                "resourceType": "Bundle",
+                "type": "batch",
+                "entry": [
+                    {"request": {"method": "GET", "url": f"Patient/{theirs}"}},
+                    {"request": {"method": "GET", "url": f"Observation?subject={theirs}"}},
+                    {"request": {"method": "GET", "url": f"Patient/{mine}"}},
+                ],
+            },
+            headers=FHIR_JSON,
+        ).json()
+        statuses = [e["response"]["status"] for e in batch["entry"]]
+        assert statuses == ["404 Not Found", "200 OK", "200 OK"]
+        assert "entry" not in batch["entry"][1]["resource"]
+        match = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "resource", "resource": patient()}],
+        }
+        assert me.post("/fhir/Patient/$match", json=match, headers=FHIR_JSON).status_code == 403
+        assert me.get("/fhir/Patient/$ihe-pix?sourceIdentifier=a|b").status_code == 403
+
+
+def test_patient_token_cannot_write_outside_its_record(
+    services: Services, two_residents: dict[str, Any], client: TestClient
+) -> None:
+    ids = two_residents
+    mine, theirs = ids["mine"], ids["theirs"]
+    before = snapshot(services)
+    with _citizen(services, mine) as me:
+        attempts = [
+            me.post("/fhir/Observation", json=observation(f"Patient/{theirs}"), headers=FHIR_JSON),
+            me.post("/fhir/Organization", json={"resourceType": "Organization", "name": "x"}),
+            me.put(
+                f"/fhir/Observation/{ids['mine_obs']}",
+                json={**observation(f"Patient/{theirs}"), "id": ids["mine_obs"]},
+                headers=FHIR_JSON,
+            ),
+            me.put(
+                f"/fhir/Observation/{ids['theirs_obs']}",
+                json={**observation(f"Patient/{mine}"), "id": ids["theirs_obs"]},
+                headers=FHIR_JSON,
+            ),
+            me.patch(
+                f"/fhir/Observation/{ids['mine_obs']}",
+                json=[
+                    {"op": "replace", "path": "/subject/reference", "value": f"Patient/{theirs}"}
+                ],
+                headers={"Content-Type": "application/json-patch+json"},
+            ),
+            me.delete(f"/fhir/Observation/{ids['theirs_obs']}"),
+            me.put(
+                f"/fhir/Observation?subject={theirs}",
+                json=observation(f"Patient/{theirs}"),
+                headers=FHIR_JSON,
+            ),
+            me.post(
+                "/fhir",
+                json={
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [
+                        {
+                            "resource": observation(f"Patient/{mine}"),
+                            "request": {"method": "POST", "url": "Observation"},
+                        },
+                        {
+                            "resource": observation(f"Patient/{theirs}"),
+                            "request": {"method": "POST", "url": "Observation"},
+                        },
+                    ],
+                },
+                headers=FHIR_JSON,
+            ),
+        ]
+        merge = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "source-patient", "valueReference": {"reference": f"Patient/{theirs}"}},
+                {"name": "target-patient", "valueReference": {"reference": f"Patient/{mine}"}},
+            ],
+        }
+        attempts.append(me.post("/fhir/Patient/$merge", json=merge, headers=FHIR_JSON))
+    statuses = [r.status_code for r in attempts]
+    assert all(s in {403, 404} for s in statuses), statuses
+    assert statuses.count(403) >= 6, statuses
+    assert snapshot(services) == before
+    # and its own record it may write
+    with _citizen(services, mine) as me:
+        own = me.post("/fhir/Observation", json=observation(f"Patient/{mine}"), headers=FHIR_JSON)
+        assert own.status_code == 201
+
+
+def test_scopes_limit_types_and_actions(services: Services, two_residents: dict[str, Any]) -> None:
+    ids = two_residents
+    readers = TestClient(
+        create_app(services=services),
+        raise_server_exceptions=False,
+        headers=bearer(services.settings, "user/Observation.rs user/Patient.read"),
+    )
+    with readers:
+        assert readers.get(f"/fhir/Observation/{ids['theirs_obs']}").status_code == 200
+        assert readers.get(f"/fhir/Organization/{ids['org']}").status_code == 403
+        assert readers.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).status_code == 403
+        assert readers.delete(f"/fhir/Observation/{ids['mine_obs']}").status_code == 403
+        everything = readers.get(f"/fhir/Patient/{ids['mine']}/$everything").json()
+        assert {e["resource"]["resourceType"] for e in everything["entry"]} <= {
+            "Observation",
+            "Patient",
+        }
+        merge = {"resourceType": "Parameters", "parameter": []}
+        assert (
+            readers.post("/fhir/Patient/$merge", json=merge, headers=FHIR_JSON).status_code == 403
+        )
+    # v2 letters out of order or with a query grant nothing (fail closed)
+    odd = bearer(services.settings, "user/Observation.sr user/Patient.rs?active=true")
+    with TestClient(create_app(services=services), raise_server_exceptions=False, headers=odd) as c:
+        assert c.get("/fhir/Observation").status_code == 403
+        assert c.get("/fhir/Patient").status_code == 403
+
+
+# -- mass assignment, exhaustion, metacharacters -------------------------------------
+
+
+def test_mass_assignment_of_id_and_meta_is_ignored(client: TestClient) -> None:
+    sent = patient(id="chosen", meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z"})
+    created = client.post("/fhir/Patient", json=sent, headers=FHIR_JSON).json()
+    assert created["id"] != "chosen" and created["meta"]["versionId"] == "1"
+    assert created["meta"]["lastUpdated"] != "1999-01-01T00:00:00Z"
+    assert client.get("/fhir/Patient/chosen").status_code == 404
+
+
+def test_exhaustion_limits(client: TestClient, services: Services) -> None:
+    big = client.get("/fhir/Patient?_count=100000").json()
+    assert f"_count={services.settings.max_page_size}" in big["link"][0]["url"]
+    iterate = client.get("/fhir/Observation?_include:iterate=*&_revinclude:iterate=*")
+    assert iterate.status_code in {200, 400}
+    before = snapshot(services)
+    huge = b'{"resourceType":"Patient","name":[{"text":"' + b"x" * (17 * 1024 * 1024) + b'"}]}'
+    assert client.post("/fhir/Patient", content=huge, headers=FHIR_JSON).status_code == 413
+    deep = b'{"resourceType":"Patient","extension":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert client.post("/fhir/Patient", content=deep, headers=FHIR_JSON).status_code == 400
+    assert snapshot(services) == before
+
+
+METACHARACTERS = ["' OR '1'='1", "1; DROP TABLE resource; --", "%' --", '"\\', "\x00", "ge'"]
+PARAMETERS = [
+    "name",  # string
+    "gender",  # token
+    "birthdate",  # date
+    "general-practitioner",  # reference
+    "identifier",  # token (identifier)
+    "_id",
+    "_lastUpdated",
+]
+
+
+@pytest.mark.parametrize("value", METACHARACTERS)
+def test_sql_metacharacters_in_every_parameter_kind(
+    client: TestClient, services: Services, two_residents: dict[str, Any], value: str
+) -> None:
+    before = snapshot(services)
+    for name in PARAMETERS:
+        response = client.get("/fhir/Patient", params={name: value})
+        assert response.status_code in {200, 400}, (name, response.text)
+        if response.status_code == 200:
+            assert "entry" not in response.json(), name
+    for path in (
+        "/fhir/Observation",
+        "/fhir/Observation?value-quantity=",
+        "/fhir/Observation?code-value-quantity=",
+        "/fhir/ValueSet?url=",
+        "/fhir/RiskAssessment?probability=",
+    ):
+        response = client.get(path + quote(value) if path.endswith("=") else path)
+        assert response.status_code in {200, 400}, path
+    assert snapshot(services) == before
+
+
+def test_control_characters_in_content_are_400(client: TestClient, services: Services) -> None:
+    before = snapshot(services)
+    for text in ("a\x00b", "bell\x07"):
+        response = client.post(
+            "/fhir/Patient", json=patient(name=[{"text": text}]), headers=FHIR_JSON
+        )
+        assert response.status_code == 400
+        assert response.json()["issue"][0]["expression"] == ["Patient.name[0].text"]
+    assert snapshot(services) == before
