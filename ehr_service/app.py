@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from ehr_service import __version__
 from ehr_service.api import discovery, errors, fhir, mpi
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
@@ -26,13 +27,15 @@ logger = logging.getLogger("ehr_service")
 
 def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.effective_database_url, pool_size=settings.database_pool_size)
     return Services(
         settings=settings,
-        database=Database(settings.effective_database_url, pool_size=settings.database_pool_size),
+        database=database,
         compartment=load_compartment(settings.profiles_dir),
         registry=load_registry(settings.profiles_dir),
         identity=ResidentIdentity.from_settings(settings),
         tokens=TokenVerifier(settings),
+        auditor=Auditor(database),
     )
 
 

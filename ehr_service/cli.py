@@ -18,10 +18,34 @@ keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+audit_app = typer.Typer(help="the tamper-evident audit chain", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def _settings() -> Settings:
     return Settings()
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the audit chain; name the first event altered, removed or reordered."""
+    from ehr_service.audit.chain import verify
+    from ehr_service.storage.database import Database
+
+    database = Database(_settings().effective_database_url)
+    try:
+        verdict = verify(database)
+    finally:
+        database.dispose()
+    if verdict.intact:
+        typer.echo(f"audit chain intact: {verdict.events} events")
+        return
+    typer.echo(
+        f"audit chain broken at event {verdict.first_bad}: {verdict.reason} "
+        f"({verdict.events} events verified before it)",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 @token_app.command("mint")

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from ehr_service.app import build_services, create_app
+from ehr_service.audit.chain import verify
 from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.interactions.context import Services
 from ehr_service.storage.database import Database, normalise_url
@@ -32,6 +33,7 @@ BACKENDS = [
     pytest.param("postgresql", id="pg", marks=pytest.mark.pg),
 ]
 BASE = "http://testserver/fhir"
+AUDIT_TABLES = {"audit_event", "audit_head", "audit_access"}
 
 
 def _worker() -> str:
@@ -39,7 +41,7 @@ def _worker() -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
+def pg_url() -> Iterator[str]:
     url = os.environ.get("EHR_TEST_DATABASE_URL")
     if not url:
         if os.environ.get("CI", "").lower() == "true":
@@ -59,7 +61,16 @@ def pg_url() -> str:
     database = Database(worker_url)
     upgrade(database, MIGRATIONS)
     database.dispose()
-    return worker_url
+    yield worker_url
+    # The audit chain is never truncated between tests: after the whole suite has run
+    # against this database, it must still verify.
+    database = Database(worker_url)
+    try:
+        verdict = verify(database)
+    finally:
+        database.dispose()
+    assert verdict.intact, f"audit chain broken at {verdict.first_bad}: {verdict.reason}"
+    assert verdict.events > 0
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +85,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def truncate_all(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        names = ", ".join(t.name for t in metadata.sorted_tables)
+        names = ", ".join(t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES)
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
 

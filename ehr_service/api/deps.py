@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from ehr_service.api.middleware import request_id_of
 from ehr_service.api.negotiation import Rendering, negotiate, return_preference
+from ehr_service.fhir.errors import FhirError
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.tokens import InvalidToken, missing_token
@@ -29,7 +30,19 @@ def get_caller(request: Request) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidToken.because("the Authorization header must be 'Bearer <token>'")
     services: Services = request.app.state.services
-    caller = services.tokens.verify(token.strip())
+    try:
+        caller = services.tokens.verify(token.strip())
+    except FhirError as error:  # a login failure: audited, then answered
+        services.auditor.append_now(
+            services.auditor.new_event(
+                interaction="login",
+                status=error.status,
+                caller=ANONYMOUS,
+                patients=frozenset(),
+                login=True,
+            )
+        )
+        raise
     request.state.caller = caller
     return caller
 
@@ -63,6 +76,8 @@ def get_context(
         caller=caller,
         prefer_return=return_preference(request),
         query=query,
+        interaction=getattr(request.scope.get("route"), "name", ""),
+        query_string=request.url.query,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -14,6 +15,7 @@ from ehr_service.api.middleware import REQUEST_ID_HEADER, request_id_of
 from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
 from ehr_service.api.rendering import render_error
 from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.interactions.context import Services
 
 logger = logging.getLogger("ehr_service.api")
 
@@ -32,10 +34,33 @@ def _rendering(request: Request) -> Rendering:
     return rendering if isinstance(rendering, Rendering) else DEFAULT_RENDERING
 
 
+def audit_failure(request: Request, status: int) -> None:
+    """Refusals and failures of authenticated requests are audited too (their own
+    transaction: whatever the request wrote was rolled back)."""
+    caller = getattr(request.state, "caller", None)
+    if caller is None or status in {401, 503}:  # 401: audited as a login failure
+        return
+    services: Services = request.app.state.services
+    try:
+        services.auditor.append_now(
+            services.auditor.new_event(
+                interaction=getattr(request.scope.get("route"), "name", ""),
+                status=status,
+                caller=caller,
+                patients=frozenset(),
+                what=request.url.path.removeprefix("/fhir/")[:200],
+                query=request.url.query or None,
+            )
+        )
+    except FhirError:
+        logger.error("request %s: its failure could not be audited", request_id_of(request.scope))
+
+
 async def on_fhir_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FhirError)
     if exc.category is Category.FAULT:
         logger.error("request %s failed: %s", request_id_of(request.scope), exc)
+    await run_in_threadpool(audit_failure, request, exc.status)
     return render_error(exc, _rendering(request))
 
 
@@ -82,6 +107,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
         Category.FAULT,
         f"An unexpected error occurred; quote request id {request_id} when reporting it",
     )
+    await run_in_threadpool(audit_failure, request, 500)
     response = render_error(error)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

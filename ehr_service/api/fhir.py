@@ -53,14 +53,20 @@ _PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
 T = TypeVar("T")
 
 
-def in_read(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+def in_read(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
+    """Run a read, then audit it (failures are audited by the error handler)."""
     with ctx.services.database.read() as conn:
-        return action(conn)
+        result = action(conn)
+    ctx.services.auditor.record_now(ctx, result)
+    return result
 
 
-def in_write(ctx: RequestContext, action: Callable[[Connection], T]) -> T:
+def in_write(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
+    """Run a write and record its audit event in the same transaction."""
     with ctx.services.database.write() as conn:
-        return action(conn)
+        result = action(conn)
+        ctx.services.auditor.record(conn, ctx, result)
+    return result
 
 
 async def json_body(request: Request, allowed: frozenset[str]) -> Any:

@@ -227,7 +227,12 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
         for entry in ordered:
             if entry.method not in {"DELETE", "POST"}:
                 _run_entry(conn, ctx, entry)
-    return Result(200, _response_bundle(ctx, "transaction-response", entries))
+        touched = Result.owners(*(p for e in entries if e.result for p in e.result.patients))
+        result = Result(
+            200, _response_bundle(ctx, "transaction-response", entries), patients=touched
+        )
+        ctx.services.auditor.record(conn, ctx, result)  # commits with the transaction
+    return result
 
 
 def _conditional_create(conn: Connection, ctx: RequestContext, entry: Entry) -> None:
@@ -362,7 +367,10 @@ def _batch(ctx: RequestContext, raw_entries: list[Any]) -> Result:
             results.append(entry.result)
         except FhirError as error:
             results.append(_in_entry(index, error))
-    return Result(200, _response_entries(ctx, "batch-response", results))
+    touched = Result.owners(*(p for r in results if isinstance(r, Result) for p in r.patients))
+    result = Result(200, _response_entries(ctx, "batch-response", results), patients=touched)
+    ctx.services.auditor.record_now(ctx, result)
+    return result
 
 
 def _response_bundle(ctx: RequestContext, bundle_type: str, entries: list[Entry]) -> dict[str, Any]:

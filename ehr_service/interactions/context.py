@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import PatientCompartment, Visibility
 from ehr_service.fhir.search.query import SearchParser
@@ -26,6 +27,7 @@ class Services:
     registry: SearchParameterRegistry
     identity: ResidentIdentity
     tokens: TokenVerifier
+    auditor: Auditor
 
 
 class ReturnPreference(StrEnum):
@@ -44,6 +46,8 @@ class RequestContext:
     caller: Caller = ANONYMOUS
     prefer_return: ReturnPreference = ReturnPreference.REPRESENTATION
     query: dict[str, list[str]] = field(default_factory=dict)
+    interaction: str = ""  # the route's name, for the audit
+    query_string: str = ""  # as received, for the audit (ID numbers are masked there)
 
     @property
     def settings(self) -> Settings:

@@ -47,6 +47,7 @@ def created(version: NewVersion) -> Result:
         location=f"{version.resource_type}/{version.resource_id}/_history/{version.version_id}",
         message=f"Created {version.resource_type}/{version.resource_id}",
         warnings=version.warnings,
+        patients=Result.owners(version.compartment_patient_id),
     )
 
 

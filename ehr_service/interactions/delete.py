@@ -59,4 +59,5 @@ def delete(
         version.version_id,
         version.last_updated,
         message=f"Deleted {what}",
+        patients=Result.owners(stored.compartment_patient_id),
     )

@@ -121,7 +121,8 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     ]
     if entries:
         bundle["entry"] = entries
-    return Result(200, bundle)
+    owners = [patient_id, *(f.owner for f in found)]
+    return Result(200, bundle, patients=Result.owners(*owners))
 
 
 def _entry(ctx: RequestContext, found: Found, mode: str) -> dict[str, Any]:

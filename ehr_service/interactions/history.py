@@ -108,7 +108,9 @@ def history(
     bundle["entry"] = [_entry(ctx.base_url, v) for v in versions]
     if not bundle["entry"]:
         del bundle["entry"]
-    return Result(200, bundle)
+    return Result(
+        200, bundle, patients=Result.owners(*(v.compartment_patient_id for v in versions))
+    )
 
 
 def _cursor_param(query: dict[str, list[str]]) -> dict[str, str | None]:

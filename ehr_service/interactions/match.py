@@ -119,4 +119,5 @@ def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
         "total": len(entries),
         "entry": entries,
     }
-    return Result(200, bundle)
+    returned = (patient_id for _, _, patient_id, _ in scored[:count])
+    return Result(200, bundle, patients=Result.owners(*returned))

@@ -159,7 +159,7 @@ def merge(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     else:
         savepoint.commit()
     output["parameter"].insert(0, {"name": "input", "resource": body})
-    return Result(200, output)
+    return Result(200, output, patients=Result.owners(source_id, target_id))
 
 
 def _merge(

@@ -101,4 +101,7 @@ def ihe_pix(
             code="code-invalid",
             expression=["targetSystem"],
         )
-    return Result(200, {"resourceType": "Parameters", "parameter": parameters})
+    ids = (str(p.get("id")) for p in patients)
+    return Result(
+        200, {"resourceType": "Parameters", "parameter": parameters}, patients=Result.owners(*ids)
+    )

@@ -63,6 +63,7 @@ def read(
         resource_id,
         stored.version_id,
         stored.last_updated,
+        patients=Result.owners(stored.compartment_patient_id),
     )
 
 
@@ -82,5 +83,11 @@ def vread(
     if stored.deleted:
         raise gone(stored)
     return Result(
-        200, stored.content, resource_type, resource_id, stored.version_id, stored.last_updated
+        200,
+        stored.content,
+        resource_type,
+        resource_id,
+        stored.version_id,
+        stored.last_updated,
+        patients=Result.owners(stored.compartment_patient_id),
     )

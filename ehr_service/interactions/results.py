@@ -55,6 +55,11 @@ class Result:
     location: str | None = None  # relative: Type/id/_history/n
     message: str | None = None  # set by writes only: what happened, for return=OperationOutcome
     warnings: tuple[Issue, ...] = ()  # accepted with these warnings (e.g. an ID number check)
+    patients: frozenset[str] = frozenset()  # whose records this touched (for the audit)
+
+    @staticmethod
+    def owners(*patients: str | None) -> frozenset[str]:
+        return frozenset(p for p in patients if p)
 
     def headers(self, base_url: str) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -151,7 +151,7 @@ def search(
     bundle["link"] = links
     if entries:
         bundle["entry"] = entries
-    return Result(200, bundle)
+    return Result(200, bundle, patients=Result.owners(*(f.owner for f in [*found, *included])))
 
 
 def encode_cursor(direction: str, found: Found) -> str:

@@ -90,6 +90,7 @@ def store_next_version(
         version.last_updated,
         message=f"Updated {version.resource_type}/{version.resource_id}",
         warnings=version.warnings,
+        patients=Result.owners(version.compartment_patient_id, stored.compartment_patient_id),
     )
 
 

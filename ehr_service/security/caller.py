@@ -24,6 +24,7 @@ class Caller:
     authenticated: bool = False
     # Internal work of the service itself (demo data, command line): no token, all rights.
     internal: bool = False
+    purpose: str = "TREAT"  # purpose of use (v3 ActReason), from the token
 
     @property
     def is_admin(self) -> bool:

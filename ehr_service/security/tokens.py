@@ -195,7 +195,15 @@ class TokenVerifier:
             patient=patient if any(s.context == "patient" for s in scopes) else None,
             sees_id_numbers=not any(s.context == "patient" for s in scopes),
             authenticated=True,
+            purpose=_purpose(claims.get("purpose_of_use")),
         )
+
+
+def _purpose(value: Any) -> str:
+    """A v3 ActReason code from the token (TREAT when absent or malformed)."""
+    if isinstance(value, str) and value.isalnum() and len(value) <= 16:
+        return value.upper()
+    return "TREAT"
 
 
 def _reason(exc: Exception) -> str:

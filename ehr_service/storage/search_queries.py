@@ -49,6 +49,7 @@ class Found:
     resource_id: str
     content: bytes
     sort_values: tuple[Any, ...] = ()
+    owner: str | None = None  # compartment patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,13 @@ def page(
     statement = page_statement(where, order, limit=limit, after=after, before=before)
     rows = conn.execute(statement).all()
     found = [
-        Found(r.res_type, r.res_id, bytes(r.content), tuple(r[3 + i] for i in range(len(order))))
+        Found(
+            r.res_type,
+            r.res_id,
+            bytes(r.content),
+            tuple(r[3 + i] for i in range(len(order))),
+            r.compartment_patient_id,
+        )
         for r in rows
     ]
     if before is not None:
@@ -111,7 +118,13 @@ def page_statement(
     before: Position | None = None,
 ) -> Select[Any]:
     keys = [key.label(f"sort_{i}") for i, (key, _) in enumerate(order)]
-    statement = select(resource.c.res_type, resource.c.res_id, resource.c.content, *keys)
+    statement = select(
+        resource.c.res_type,
+        resource.c.res_id,
+        resource.c.content,
+        *keys,
+        resource.c.compartment_patient_id,
+    )
     statement = statement.where(*where)
     if after is not None:
         statement = statement.where(_beyond(order, after, forward=True))
@@ -183,9 +196,17 @@ def read_many(
         if view.patient is not None:
             conditions.append(visible(resource, view))
         rows = conn.execute(
-            select(resource.c.res_type, resource.c.res_id, resource.c.content).where(*conditions)
+            select(
+                resource.c.res_type,
+                resource.c.res_id,
+                resource.c.content,
+                resource.c.compartment_patient_id,
+            ).where(*conditions)
         ).all()
-        found.extend(Found(r.res_type, r.res_id, bytes(r.content)) for r in rows)
+        found.extend(
+            Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id)
+            for r in rows
+        )
     return found
 
 

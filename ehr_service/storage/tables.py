@@ -275,3 +275,45 @@ record_number = Table(
     UniqueConstraint("patient_id", name="uq_record_number_patient_id"),
     sqlite_autoincrement=True,
 )
+
+# Audit (DESIGN.md §9): append-only, hash-chained. ``audit_head`` holds the chain's
+# last sequence number and hash in one row that every appender locks, so events are
+# numbered without gaps and chained in commit order; ``audit_access`` says whose
+# record each event touched (for "who accessed my record").
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("recorded", UTCDateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("outcome", String(4), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("organization", String(255), nullable=True),
+    Column("content", LargeBinary, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", SEQUENCE, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+audit_access = Table(
+    "audit_access",
+    metadata,
+    Column("patient_id", RESOURCE_ID, primary_key=True),
+    Column("seq", SEQUENCE, primary_key=True),
+)
+
+# Consent refusals (DESIGN.md §9), derived from active Consent resources when they
+# are written: whose record may not be shown to which organisation or region.
+consent_refusal = Table(
+    "consent_refusal",
+    metadata,
+    Column("consent_id", RESOURCE_ID, primary_key=True),
+    Column("actor", String(255), primary_key=True),  # Organization/<id>, region:<code> or *
+    Column("patient_id", RESOURCE_ID, nullable=False),
+)
+Index("ix_consent_refusal_patient", consent_refusal.c.patient_id, consent_refusal.c.actor)

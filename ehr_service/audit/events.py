@@ -1,0 +1,251 @@
+"""Build and record AuditEvents (IHE BALP-style): who (subject, client,
+organisation), what (interaction, resource, the patients touched, the query with
+ID numbers masked), when, why (purpose of use) and the outcome. Never the result
+content.
+
+Writes record their event in their own transaction, so a write and its audit
+commit together; reads, failures and login failures record theirs in a short
+transaction of their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import FhirError
+from ehr_service.fhir.primitives import format_instant, utc_now
+from ehr_service.mpi.idnumber import mask_candidates
+from ehr_service.security.caller import Caller
+from ehr_service.storage import audit as audit_store
+from ehr_service.storage.audit import NewEvent
+from ehr_service.storage.database import Database
+
+if TYPE_CHECKING:
+    from ehr_service.interactions.context import RequestContext
+    from ehr_service.interactions.results import Result
+
+logger = logging.getLogger(__name__)
+
+REST = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+LOGIN = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110114",
+    "display": "User Authentication",
+}
+# route name -> (restful-interaction code, action)
+INTERACTIONS: dict[str, tuple[str, str]] = {
+    "capabilities": ("capabilities", "E"),
+    "read_resource": ("read", "R"),
+    "vread_resource": ("vread", "R"),
+    "search_get": ("search-type", "E"),
+    "search_post": ("search-type", "E"),
+    "create_resource": ("create", "C"),
+    "update_resource": ("update", "U"),
+    "patch_resource": ("patch", "U"),
+    "delete_resource": ("delete", "D"),
+    "conditional_update": ("update", "U"),
+    "conditional_patch": ("patch", "U"),
+    "conditional_delete": ("delete", "D"),
+    "history_instance": ("history-instance", "R"),
+    "history_type": ("history-type", "R"),
+    "history_system": ("history-system", "R"),
+    "batch_or_transaction": ("transaction", "E"),
+    "everything_patient": ("operation", "E"),
+    "everything_all": ("operation", "E"),
+    "patient_match": ("operation", "E"),
+    "patient_merge": ("operation", "U"),
+    "patient_pix": ("operation", "E"),
+    "patient_pix_post": ("operation", "E"),
+}
+
+
+def outcome_code(status: int) -> str:
+    """AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure."""
+    if status < 400:
+        return "0"
+    return "4" if status < 500 else "8"
+
+
+def _agents(caller: Caller) -> list[dict[str, Any]]:
+    agent: dict[str, Any] = {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+                    "code": "humanuser" if caller.kind in {"user", "patient"} else "dataprocessor",
+                }
+            ]
+        },
+        "who": {"identifier": {"system": "urn:ehr-service:token-subject", "value": caller.subject}},
+        "requestor": True,
+        "purposeOfUse": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": caller.purpose,
+                    }
+                ]
+            }
+        ],
+    }
+    if caller.client_id:
+        agent["altId"] = caller.client_id
+    agents = [agent]
+    if caller.organization:
+        agents.append(
+            {
+                "type": {"text": "organization"},
+                "who": {"reference": caller.organization}
+                if caller.organization.startswith("Organization/")
+                else {"display": caller.organization},
+                "requestor": False,
+            }
+        )
+    return agents
+
+
+def event_json(
+    *,
+    seq: int,
+    recorded: datetime,
+    kind: str,
+    action: str,
+    status: int,
+    caller: Caller,
+    patients: Iterable[str],
+    what: str | None,
+    query: str | None,
+    login: bool = False,
+) -> bytes:
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"reference": f"Patient/{p}"},
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "1",
+            },
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+        }
+        for p in sorted(patients)
+    ]
+    if what:
+        entities.append({"what": {"reference": what}})
+    if query:
+        entities.append(
+            {
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "2",
+                },
+                "query": base64.b64encode(mask_candidates(query).encode()).decode(),
+            }
+        )
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(seq),
+        "type": LOGIN if login else REST,
+        "action": action,
+        "recorded": format_instant(recorded),
+        "outcome": outcome_code(status),
+        "outcomeDesc": str(status),
+        "agent": _agents(caller),
+        "source": {"observer": {"display": "ehr-service"}},
+    }
+    if not login:
+        event["subtype"] = [{"system": "http://hl7.org/fhir/restful-interaction", "code": kind}]
+    if entities:
+        event["entity"] = entities
+    return orjson.dumps(event)
+
+
+class Auditor:
+    """Records events on the chain; one per process."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def new_event(
+        self,
+        *,
+        interaction: str,
+        status: int,
+        caller: Caller,
+        patients: frozenset[str],
+        what: str | None = None,
+        query: str | None = None,
+        login: bool = False,
+    ) -> NewEvent:
+        kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
+        if login:
+            kind, action = "login", "E"
+        recorded = utc_now()
+
+        def content(seq: int) -> bytes:
+            return event_json(
+                seq=seq,
+                recorded=recorded,
+                kind=kind,
+                action=action,
+                status=status,
+                caller=caller,
+                patients=patients,
+                what=what,
+                query=query,
+                login=login,
+            )
+
+        return NewEvent(
+            recorded,
+            kind,
+            outcome_code(status),
+            caller.subject,
+            caller.organization,
+            patients,
+            content,
+        )
+
+    def append(self, conn: Connection, event: NewEvent) -> None:
+        audit_store.append(conn, [event])
+
+    def for_result(self, ctx: RequestContext, result: Result) -> NewEvent:
+        what = None
+        if result.resource_type and result.resource_id:
+            what = f"{result.resource_type}/{result.resource_id}"
+        return self.new_event(
+            interaction=ctx.interaction,
+            status=result.status,
+            caller=ctx.caller,
+            patients=result.patients,
+            what=what,
+            query=ctx.query_string or None,
+        )
+
+    def record(self, conn: Connection, ctx: RequestContext, result: Result) -> None:
+        """In the caller's transaction: a write and its audit commit together."""
+        if not ctx.caller.internal:
+            self.append(conn, self.for_result(ctx, result))
+
+    def record_now(self, ctx: RequestContext, result: Result) -> None:
+        if not ctx.caller.internal:
+            self.append_now(self.for_result(ctx, result))
+
+    def append_now(self, event: NewEvent) -> None:
+        """In a transaction of its own (reads, failures, login failures)."""
+        try:
+            with self.database.write() as conn:
+                audit_store.append(conn, [event])
+        except FhirError:  # the database is down: the request itself has failed too
+            logger.error("audit event could not be recorded: database unavailable")
+            raise

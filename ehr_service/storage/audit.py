@@ -1,0 +1,146 @@
+"""The SQL of the audit chain: append under the head lock, walk, and the
+per-patient access log."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from ehr_service.storage.tables import audit_access, audit_event, audit_head
+
+GENESIS = "0" * 64
+
+
+def chain_hash(prev_hash: str, seq: int, content: bytes) -> str:
+    """The hash of event ``seq``: over the previous hash, its number and its content."""
+    digest = hashlib.sha256()
+    digest.update(f"{prev_hash}|{seq}|".encode())
+    digest.update(content)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    recorded: datetime
+    kind: str
+    outcome: str
+    subject: str
+    organization: str | None
+    patients: frozenset[str]
+    content_for: Callable[[int], bytes]  # the event's JSON, given its number
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    recorded: datetime
+    kind: str
+    outcome: str
+    subject: str
+    organization: str | None
+    content: bytes
+    prev_hash: str
+    hash: str
+
+
+def append(conn: Connection, events: Sequence[NewEvent]) -> None:
+    """Append events to the chain in this transaction (they commit with it)."""
+    if not events:
+        return
+    query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()  # appenders queue here: one chain, no forks
+    head = conn.execute(query).first()
+    seq, prev = (0, GENESIS) if head is None else (int(head.seq), str(head.hash))
+    rows: list[dict[str, object]] = []
+    accesses: list[dict[str, object]] = []
+    for event in events:
+        seq += 1
+        content = event.content_for(seq)
+        digest = chain_hash(prev, seq, content)
+        rows.append(
+            {
+                "seq": seq,
+                "recorded": event.recorded,
+                "kind": event.kind,
+                "outcome": event.outcome,
+                "subject": event.subject,
+                "organization": event.organization,
+                "content": content,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        accesses.extend({"patient_id": p, "seq": seq} for p in sorted(event.patients))
+        prev = digest
+    conn.execute(insert(audit_event), rows)
+    if accesses:
+        conn.execute(insert(audit_access), accesses)
+    if head is None:
+        conn.execute(insert(audit_head).values(id=1, seq=seq, hash=prev))
+    else:
+        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+def head(conn: Connection) -> tuple[int, str]:
+    row = conn.execute(select(audit_head.c.seq, audit_head.c.hash)).first()
+    return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
+
+
+def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:
+    """Every event in sequence order."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            select(audit_event)
+            .where(audit_event.c.seq > after)
+            .order_by(audit_event.c.seq)
+            .limit(batch)
+        ).all()
+        for row in rows:
+            yield StoredEvent(
+                int(row.seq),
+                row.recorded,
+                row.kind,
+                row.outcome,
+                row.subject,
+                row.organization,
+                bytes(row.content),
+                row.prev_hash,
+                row.hash,
+            )
+        if len(rows) < batch:
+            return
+        after = int(rows[-1].seq)
+
+
+def access_log(
+    conn: Connection, patient_id: str, *, before: int | None, limit: int
+) -> list[StoredEvent]:
+    """Events that touched the patient's record, newest first."""
+    query = (
+        select(audit_event)
+        .join(audit_access, audit_access.c.seq == audit_event.c.seq)
+        .where(audit_access.c.patient_id == patient_id)
+    )
+    if before is not None:
+        query = query.where(audit_event.c.seq < before)
+    rows = conn.execute(query.order_by(audit_event.c.seq.desc()).limit(limit)).all()
+    return [
+        StoredEvent(
+            int(r.seq),
+            r.recorded,
+            r.kind,
+            r.outcome,
+            r.subject,
+            r.organization,
+            bytes(r.content),
+            r.prev_hash,
+            r.hash,
+        )
+        for r in rows
+    ]
