@@ -33,8 +33,15 @@ class Visibility:
 
     patient: str | None
     member_types: frozenset[str] = frozenset()
+    # Consent: records whose resident refused any of these actors are not shown.
+    refused_actors: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        return self.patient is not None or bool(self.refused_actors)
 
     def can_see(self, resource_type: str, owner: str | None) -> bool:
+        """The compartment part of visibility (consent needs the database)."""
         if self.patient is None:
             return True
         if owner is None:

@@ -9,6 +9,7 @@ from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.security.policy import can_see, require
+from ehr_service.storage import consent as consent_store
 from ehr_service.storage import resources
 from ehr_service.storage.resources import StoredVersion
 
@@ -20,6 +21,16 @@ def gone(stored: StoredVersion) -> FhirError:
         (Issue(f"{stored.resource_type}/{stored.resource_id} was deleted"),),
         headers={"ETag": f'W/"{stored.version_id}"'},
     )
+
+
+def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
+    """403 when the resident refused sharing with this caller (DESIGN.md §9)."""
+    if owner and view.refused_actors and consent_store.refused(conn, owner, view.refused_actors):
+        raise FhirError.of(
+            Category.FORBIDDEN,
+            "The resident has refused sharing this record with your organisation or region",
+            code="suppressed",
+        )
 
 
 def not_found(resource_type: str, resource_id: str) -> FhirError:
@@ -41,6 +52,8 @@ def current_or_fail(
         view is not None and not can_see(view, resource_type, stored.compartment_patient_id)
     ):
         raise not_found(resource_type, resource_id)
+    if view is not None:
+        check_consent(conn, view, stored.compartment_patient_id)
     if stored.deleted:
         raise gone(stored)
     return stored
@@ -80,6 +93,7 @@ def vread(
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version {version}"
         )
+    check_consent(conn, ctx.view, stored.compartment_patient_id)
     if stored.deleted:
         raise gone(stored)
     return Result(

@@ -20,6 +20,7 @@ from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
+from ehr_service.security.consent import refusals
 from ehr_service.security.policy import check_write
 from ehr_service.storage.resources import NewVersion
 
@@ -85,6 +86,7 @@ def prepare_version(
         index=index,
         id_number=prepared.unique_key,
         warnings=tuple(prepared.warnings),
+        consent=refusals(stored) if resource_type == "Consent" else None,
     )
     return version, stored
 

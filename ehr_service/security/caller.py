@@ -25,6 +25,7 @@ class Caller:
     # Internal work of the service itself (demo data, command line): no token, all rights.
     internal: bool = False
     purpose: str = "TREAT"  # purpose of use (v3 ActReason), from the token
+    region: str | None = None  # the caller's region (e.g. sichuan for the partner region)
 
     @property
     def is_admin(self) -> bool:

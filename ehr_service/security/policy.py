@@ -15,6 +15,7 @@ from __future__ import annotations
 from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
+from ehr_service.security.consent import actors_of
 from ehr_service.security.tokens import missing_token
 
 ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -54,7 +55,11 @@ def require_admin(caller: Caller) -> None:
 
 
 def visibility(caller: Caller, member_types: frozenset[str]) -> Visibility:
-    return Visibility(caller.patient, member_types if caller.patient is not None else frozenset())
+    return Visibility(
+        caller.patient,
+        member_types if caller.patient is not None else frozenset(),
+        actors_of(caller),
+    )
 
 
 def can_see(view: Visibility, resource_type: str, owner: str | None) -> bool:

@@ -75,6 +75,7 @@ class TokenClaims:
     organization: str | None = None
     client_id: str | None = None
     ttl_seconds: int = 3600
+    region: str | None = None
 
 
 def mint(settings: Settings, claims: TokenClaims) -> str:
@@ -94,6 +95,8 @@ def mint(settings: Settings, claims: TokenClaims) -> str:
         payload["patient"] = claims.patient
     if claims.organization:
         payload["org"] = claims.organization
+    if claims.region:
+        payload["region"] = claims.region
     return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, payload, key)
 
 
@@ -196,6 +199,7 @@ class TokenVerifier:
             sees_id_numbers=not any(s.context == "patient" for s in scopes),
             authenticated=True,
             purpose=_purpose(claims.get("purpose_of_use")),
+            region=str(claims["region"]) if isinstance(claims.get("region"), str) else None,
         )
 
 

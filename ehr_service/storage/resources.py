@@ -20,6 +20,7 @@ from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
 from ehr_service.storage.bulk import bulk_insert
+from ehr_service.storage.consent import replace_refusals
 from ehr_service.storage.identity import hold_id_number
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.search_sql import visible
@@ -54,6 +55,8 @@ class NewVersion:
     content: bytes | None  # None for a deletion
     index: IndexRows | None = None  # search index rows of this version (None: none)
     id_number: str | None = None  # a Patient's own resident ID number, as its blind token
+    # A Consent's (patient, refused actors), kept in step in consent_refusal.
+    consent: tuple[str | None, tuple[str, ...]] | None = None
     warnings: tuple[Issue, ...] = ()  # accepted, but worth telling the client
 
     def version_row(self) -> dict[str, Any]:
@@ -144,6 +147,12 @@ _VERSION_NAMES = (
 )
 
 
+def _hold_consent(conn: Connection, version: NewVersion) -> None:
+    if version.resource_type == "Consent":
+        patient, actors = version.consent or (None, ())
+        replace_refusals(conn, version.resource_id, patient, actors if version.content else ())
+
+
 def _hold_identity(conn: Connection, version: NewVersion, *, new: bool = False) -> None:
     """Keep the unique resident ID number of a Patient in step with its current
     version (a deleted Patient frees its number for a corrected record)."""
@@ -204,6 +213,7 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     )
     for v in versions:
         _hold_identity(conn, v, new=True)
+        _hold_consent(conn, v)
 
 
 def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
@@ -220,6 +230,7 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
     _hold_identity(conn, version, new=True)
+    _hold_consent(conn, version)
     if version.index is not None:
         insert_index(
             conn,
@@ -255,6 +266,7 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))
     _hold_identity(conn, version)
+    _hold_consent(conn, version)
     delete_index(conn, version.resource_type, version.resource_id)
     if version.index is not None:
         insert_index(
@@ -295,7 +307,7 @@ def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnEleme
         conditions.append(rv.c.seq < query.before_seq)
     if paged and query.after_seq is not None:
         conditions.append(rv.c.seq > query.after_seq)
-    if query.view.patient is not None:
+    if query.view.restricts:
         conditions.append(visible(rv, query.view, query.resource_type))
     return conditions
 

@@ -193,7 +193,7 @@ def read_many(
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         conditions = [_by_type(resource, chunk), resource.c.deleted == false()]
-        if view.patient is not None:
+        if view.restricts:
             conditions.append(visible(resource, view))
         rows = conn.execute(
             select(

@@ -40,6 +40,7 @@ from ehr_service.fhir.search.query import (
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
 from ehr_service.storage.tables import (
+    consent_refusal,
     resource,
     search_composite,
     search_date,
@@ -65,8 +66,24 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def visible(table: Any, view: Visibility, resource_type: str | None = None) -> ColumnElement[bool]:
-    """SQL of :meth:`Visibility.can_see` over a table with ``res_type`` and
+    """SQL of what ``view`` may see, over a table with ``res_type`` and
     ``compartment_patient_id`` columns (``resource_type`` when fixed)."""
+    clauses = []
+    if view.patient is not None:
+        clauses.append(_compartment(table, view, resource_type))
+    if view.refused_actors:
+        refusal = consent_refusal
+        clauses.append(
+            ~exists().where(
+                refusal.c.patient_id == table.c.compartment_patient_id,
+                refusal.c.actor.in_(view.refused_actors),
+            )
+        )
+    combined: ColumnElement[bool] = and_(true(), *clauses)
+    return combined
+
+
+def _compartment(table: Any, view: Visibility, resource_type: str | None) -> ColumnElement[bool]:
     owned: ColumnElement[bool] = table.c.compartment_patient_id == view.patient
     if resource_type is not None:
         if resource_type in view.member_types:
@@ -420,7 +437,7 @@ class SearchCompiler:
             resource.c.res_type == resource_type,
             resource.c.deleted == false(),
         ]
-        if view.patient is not None:  # a patient-bound caller: its compartment only
+        if view.restricts:  # a patient-bound caller, or consent refusals
             clauses.append(visible(resource, view, resource_type))
         driver = min(criteria, key=_selectivity_rank, default=None)
         clauses.extend(

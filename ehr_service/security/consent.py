@@ -1,0 +1,59 @@
+"""Consent (DESIGN.md §9): a resident can refuse sharing of their record with the
+partner region or with named organisations, through FHIR ``Consent`` resources.
+
+An active Consent whose top-level ``provision.type`` is ``deny`` refuses each of
+its ``provision.actor``s: ``Organization/<id>`` references, or regions named by
+an identifier of system :data:`REGION_SYSTEM` (e.g. ``sichuan``). A deny whose
+actors cannot be read, or that names none, refuses everyone who is subject to
+consent (fail closed). Callers subject to consent are those whose token names an
+organisation or a region; the resident's own token and the service are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ehr_service.fhir.references import parse_reference
+from ehr_service.security.caller import Caller
+
+REGION_SYSTEM = "urn:ehr-service:region"
+EVERYONE = "*"
+
+
+def refusals(consent: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """(patient id, refused actors) of a Consent; no actors when it refuses nothing."""
+    patient_ref = (consent.get("patient") or {}).get("reference")
+    parsed = parse_reference(patient_ref) if isinstance(patient_ref, str) else None
+    patient = parsed.resource_id if parsed and parsed.resource_type == "Patient" else None
+    provision = consent.get("provision")
+    if consent.get("status") != "active" or not isinstance(provision, dict):
+        return patient, ()
+    if provision.get("type") != "deny":
+        return patient, ()
+    actors: list[str] = []
+    for actor in provision.get("actor") or ():
+        reference = actor.get("reference") if isinstance(actor, dict) else None
+        if not isinstance(reference, dict):
+            return patient, (EVERYONE,)
+        literal = parse_reference(str(reference.get("reference", "")))
+        identifier = reference.get("identifier")
+        if literal is not None and literal.resource_type == "Organization":
+            actors.append(f"Organization/{literal.resource_id}")
+        elif isinstance(identifier, dict) and identifier.get("system") == REGION_SYSTEM:
+            actors.append(f"region:{identifier.get('value')}")
+        else:
+            return patient, (EVERYONE,)  # an actor we cannot evaluate: refuse everyone
+    return patient, tuple(dict.fromkeys(actors)) or (EVERYONE,)
+
+
+def actors_of(caller: Caller) -> tuple[str, ...]:
+    """What a refusal may name about this caller; empty: consent does not apply."""
+    if caller.internal or caller.patient is not None:
+        return ()
+    names = []
+    if caller.organization:
+        org = caller.organization
+        names.append(org if org.startswith("Organization/") else f"Organization/{org}")
+    if caller.region:
+        names.append(f"region:{caller.region}")
+    return (*names, EVERYONE) if names else ()

@@ -1,0 +1,30 @@
+"""The SQL of consent refusals: kept in step with Consent resources, and checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, delete, insert, select
+
+from ehr_service.storage.tables import consent_refusal
+
+
+def replace_refusals(
+    conn: Connection, consent_id: str, patient_id: str | None, actors: Sequence[str]
+) -> None:
+    conn.execute(delete(consent_refusal).where(consent_refusal.c.consent_id == consent_id))
+    if patient_id and actors:
+        conn.execute(
+            insert(consent_refusal),
+            [{"consent_id": consent_id, "actor": a, "patient_id": patient_id} for a in actors],
+        )
+
+
+def refused(conn: Connection, patient_id: str, actors: Sequence[str]) -> bool:
+    """Has the resident refused any of these actors?"""
+    row = conn.execute(
+        select(consent_refusal.c.consent_id)
+        .where(consent_refusal.c.patient_id == patient_id, consent_refusal.c.actor.in_(actors))
+        .limit(1)
+    ).first()
+    return row is not None
