@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import discovery, errors, fhir, mpi
+from ehr_service.api import citizen, discovery, errors, fhir, mpi
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(fhir.router)
+    app.include_router(citizen.router)
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -78,6 +78,7 @@ def get_context(
         query=query,
         interaction=getattr(request.scope.get("route"), "name", ""),
         query_string=request.url.query,
+        path=request.url.path,
     )
 
 

@@ -165,6 +165,54 @@ def plain_route(summary: str) -> dict[str, Any]:
     }
 
 
+def citizen_route(
+    summary: str, statuses: set[int], *, paged: bool = False, body: bool = False
+) -> dict[str, Any]:
+    """A JSON endpoint of the citizen API (patient-bound token)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses | {400, 401, 403, 500, 503}):
+        media = "application/json" if status < 400 else FHIR_JSON
+        responses[status] = {
+            "description": _DESCRIPTIONS.get(status, "OK"),
+            "content": {media: {"schema": {"type": "object"}}},
+        }
+    parameters: list[dict[str, Any]] = []
+    if paged:
+        parameters = [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            {"name": "before", "in": "query", "required": False, "schema": {"type": "string"}},
+        ]  # fmt: skip
+    extra: dict[str, Any] = {"parameters": parameters}
+    if body:
+        extra["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["refuse"],
+                        "properties": {
+                            "refuse": {
+                                "type": "object",
+                                "properties": {
+                                    "region": {"type": "string"},
+                                    "organization": {"type": "string"},
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    return {
+        "summary": summary,
+        "responses": responses,
+        "openapi_extra": extra,
+        "response_class": Response,
+    }
+
+
 def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str, Any]:
     """Keyword arguments for a FastAPI route decorator."""
     responses: dict[int | str, dict[str, Any]] = {}

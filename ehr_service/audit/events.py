@@ -128,6 +128,7 @@ def event_json(
     what: str | None,
     query: str | None,
     login: bool = False,
+    data_type: str | None = None,
 ) -> bytes:
     entities: list[dict[str, Any]] = [
         {
@@ -142,6 +143,10 @@ def event_json(
     ]
     if what:
         entities.append({"what": {"reference": what}})
+    elif data_type:  # a search or history of a type: which kind of data
+        entities.append(
+            {"type": {"system": "http://hl7.org/fhir/resource-types", "code": data_type}}
+        )
     if query:
         entities.append(
             {
@@ -186,6 +191,7 @@ class Auditor:
         what: str | None = None,
         query: str | None = None,
         login: bool = False,
+        data_type: str | None = None,
     ) -> NewEvent:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
         if login:
@@ -204,6 +210,7 @@ class Auditor:
                 what=what,
                 query=query,
                 login=login,
+                data_type=data_type,
             )
 
         return NewEvent(
@@ -223,6 +230,8 @@ class Auditor:
         what = None
         if result.resource_type and result.resource_id:
             what = f"{result.resource_type}/{result.resource_id}"
+        segments = [s for s in ctx.path.split("/") if s]
+        data_type = segments[1] if len(segments) > 1 and segments[0] == "fhir" else None
         return self.new_event(
             interaction=ctx.interaction,
             status=result.status,
@@ -230,6 +239,7 @@ class Auditor:
             patients=result.patients,
             what=what,
             query=ctx.query_string or None,
+            data_type=data_type if data_type and data_type[:1].isupper() else None,
         )
 
     def record(self, conn: Connection, ctx: RequestContext, result: Result) -> None:

@@ -48,6 +48,7 @@ class RequestContext:
     query: dict[str, list[str]] = field(default_factory=dict)
     interaction: str = ""  # the route's name, for the audit
     query_string: str = ""  # as received, for the audit (ID numbers are masked there)
+    path: str = ""  # the URL path, for the audit
 
     @property
     def settings(self) -> Settings:

@@ -1,0 +1,301 @@
+"""The citizen mini-program backend (``/citizen/v1``): one resident's own data, as
+plain JSON, for a patient-bound token. Everything goes through the same access
+rules as FHIR requests (the token's compartment, masked ID numbers)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.interactions import create, update
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.paging import first_value
+from ehr_service.interactions.read import current_or_fail
+from ehr_service.interactions.results import Result
+from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
+from ehr_service.security.caller import SERVICE
+from ehr_service.security.consent import REGION_SYSTEM, refusals
+from ehr_service.storage import audit as audit_store
+from ehr_service.storage import search_queries
+
+RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
+PURPOSES = {
+    "TREAT": "treatment",
+    "ETREAT": "emergency treatment",
+    "HPAYMT": "payment",
+    "HRESCH": "research",
+    "PUBHLTH": "public health",
+    "PATRQT": "your own request",
+}
+MAX_LIMIT = 100
+
+
+def _patient_of(ctx: RequestContext) -> str:
+    if ctx.caller.patient is None:
+        raise FhirError.of(
+            Category.FORBIDDEN, "The citizen API needs a patient-bound token", code="forbidden"
+        )
+    return ctx.caller.patient
+
+
+def _limit(ctx: RequestContext) -> int:
+    raw = (ctx.query.get("limit") or ["20"])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise FhirError.of(Category.INCORRECT, f"limit must be 1..{MAX_LIMIT}", code="value")
+    return int(raw)
+
+
+def _text(concept: Any) -> str | None:
+    if not isinstance(concept, dict):
+        return None
+    if isinstance(concept.get("text"), str):
+        return str(concept["text"])
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, dict) and (coding.get("display") or coding.get("code")):
+            return str(coding.get("display") or coding.get("code"))
+    return None
+
+
+def me(conn: Connection, ctx: RequestContext) -> Result:
+    patient_id = _patient_of(ctx)
+    stored = current_or_fail(conn, "Patient", patient_id, view=ctx.view)
+    resource = orjson.loads(stored.content or b"{}")  # stored form: ID numbers masked
+    identifiers = resource.get("identifier") or []
+    record_system = ctx.services.identity.record_system
+    name: dict[str, Any] = next(iter(resource.get("name") or []), {})
+    body = {
+        "id": patient_id,
+        "name": name.get("text") or (name.get("family", "") + "".join(name.get("given", []))),
+        "gender": resource.get("gender"),
+        "birthDate": resource.get("birthDate"),
+        "idNumber": next(
+            (i.get("value") for i in identifiers if i.get("system") == ID_NUMBER_SYSTEM), None
+        ),
+        "recordNumber": next(
+            (i.get("value") for i in identifiers if i.get("system") == record_system), None
+        ),
+        "deceased": bool(resource.get("deceasedDateTime") or resource.get("deceasedBoolean")),
+    }
+    return Result(200, body, patients=frozenset({patient_id}))
+
+
+def _result_item(resource: dict[str, Any]) -> dict[str, Any]:
+    kind = resource["resourceType"]
+    when = (
+        resource.get("effectiveDateTime")
+        or resource.get("issued")
+        or resource.get("started")
+        or (resource.get("effectivePeriod") or {}).get("start")
+    )
+    item: dict[str, Any] = {
+        "resourceType": kind,
+        "id": resource.get("id"),
+        "category": "imaging"
+        if kind == "ImagingStudy" or "imaging" in str(resource.get("category"))
+        else "laboratory",
+        "name": _text(resource.get("code")) or resource.get("description"),
+        "date": when,
+        "status": resource.get("status"),
+        "recognition": None,  # filled once mutual recognition lands
+    }
+    quantity = resource.get("valueQuantity")
+    if isinstance(quantity, dict):
+        item["value"], item["unit"] = quantity.get("value"), quantity.get("unit")
+    elif "valueString" in resource:
+        item["value"] = resource["valueString"]
+    return item
+
+
+def _moment(item: dict[str, Any]) -> str:
+    return str(item.get("date") or "")
+
+
+def results(conn: Connection, ctx: RequestContext) -> Result:
+    """Laboratory and imaging results, newest first (``limit``, ``before`` a date)."""
+    patient_id = _patient_of(ctx)
+    current_or_fail(conn, "Patient", patient_id, view=ctx.view)
+    limit = _limit(ctx)
+    before = first_value(ctx.query, "before")
+    items: list[dict[str, Any]] = []
+    after: tuple[str, str] | None = None
+    while True:
+        page = search_queries.compartment_page(
+            conn, patient_id, types=list(RESULT_TYPES), since=None, after=after, limit=500
+        )
+        items.extend(_result_item(orjson.loads(f.content)) for f in page)
+        if len(page) < 500:
+            break
+        after = (page[-1].resource_type, page[-1].resource_id)
+    if before:
+        items = [i for i in items if _moment(i) < before]
+    items.sort(key=lambda i: (_moment(i), i["id"]), reverse=True)
+    shown = items[:limit]
+    body: dict[str, Any] = {"items": shown}
+    if len(items) > limit and shown:
+        body["next"] = {"before": _moment(shown[-1])}
+    return Result(200, body, patients=frozenset({patient_id}))
+
+
+def access_log(conn: Connection, ctx: RequestContext) -> Result:
+    """Who accessed my record: when, which organisation, what kind of data, why.
+    Never staff ids, addresses or queries; the resident's own accesses are left out."""
+    patient_id = _patient_of(ctx)
+    limit = _limit(ctx)
+    raw_before = first_value(ctx.query, "before")
+    before = int(raw_before) if raw_before and raw_before.isdigit() else None
+    events = audit_store.access_log(conn, patient_id, before=before, limit=limit * 3)
+    organizations = _organization_names(conn, events)
+    items = []
+    for event in events:
+        content = orjson.loads(event.content)
+        agent = (content.get("agent") or [{}])[0]
+        subject = ((agent.get("who") or {}).get("identifier") or {}).get("value")
+        if subject == ctx.caller.subject and event.organization is None:
+            continue  # the resident's own use of the app
+        kinds = sorted(_data_kinds(content.get("entity") or ()) - {"Patient"})
+        purpose = ((agent.get("purposeOfUse") or [{}])[0].get("coding") or [{}])[0].get("code")
+        items.append(
+            {
+                "id": event.seq,
+                "when": event.recorded.isoformat(),
+                "organization": organizations.get(event.organization or "", event.organization),
+                "action": (content.get("subtype") or [{}])[0].get("code", event.kind),
+                "data": kinds or ["Patient"],
+                "purpose": PURPOSES.get(str(purpose), "other"),
+                "allowed": event.outcome == "0",
+            }
+        )
+        if len(items) == limit:
+            break
+    body: dict[str, Any] = {"items": items}
+    if len(items) == limit:
+        body["next"] = {"before": items[-1]["id"]}
+    return Result(200, body)
+
+
+def _data_kinds(entities: Any) -> set[str]:
+    kinds = set()
+    for entity in entities:
+        what = entity.get("what") if isinstance(entity, dict) else None
+        if isinstance(what, dict) and isinstance(what.get("reference"), str):
+            kinds.add(what["reference"].split("/")[0])
+        kind = entity.get("type") if isinstance(entity, dict) else None
+        if isinstance(kind, dict) and kind.get("system") == "http://hl7.org/fhir/resource-types":
+            kinds.add(str(kind.get("code")))
+    return kinds
+
+
+def _organization_names(conn: Connection, events: list[audit_store.StoredEvent]) -> dict[str, str]:
+    wanted = {
+        ("Organization", e.organization.split("/", 1)[1])
+        for e in events
+        if e.organization and e.organization.startswith("Organization/")
+    }
+    names = {}
+    for found in search_queries.read_many(conn, wanted):
+        name = orjson.loads(found.content).get("name")
+        if isinstance(name, str):
+            names[f"Organization/{found.resource_id}"] = name
+    return names
+
+
+def consents(conn: Connection, ctx: RequestContext) -> Result:
+    patient_id = _patient_of(ctx)
+    page = search_queries.compartment_page(
+        conn, patient_id, types=["Consent"], since=None, after=None, limit=1000
+    )
+    items = []
+    for found in page:
+        consent = orjson.loads(found.content)
+        _, actors = refusals(consent)
+        items.append(
+            {
+                "id": found.resource_id,
+                "status": consent.get("status"),
+                "refuses": list(actors),
+                "dateTime": consent.get("dateTime"),
+            }
+        )
+    return Result(200, {"items": items}, patients=frozenset({patient_id}))
+
+
+def _as_service(ctx: RequestContext) -> RequestContext:
+    """The resident asks; the service writes the Consent for them (the audit keeps
+    the resident as the one who acted)."""
+    return replace(ctx, caller=SERVICE)
+
+
+def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
+    """Body ``{"refuse": {"region": "sichuan"}}`` or
+    ``{"refuse": {"organization": "Organization/x"}}``."""
+    patient_id = _patient_of(ctx)
+    refuse = body.get("refuse") if isinstance(body, dict) else None
+    if not isinstance(refuse, dict) or len(refuse) != 1:
+        raise FhirError.of(
+            Category.INCORRECT,
+            'Send {"refuse": {"region": "<code>"}} or '
+            '{"refuse": {"organization": "Organization/<id>"}}',
+            code="invalid",
+        )
+    ((kind, value),) = refuse.items()
+    if kind == "region" and isinstance(value, str) and value.isalnum():
+        reference: dict[str, Any] = {"identifier": {"system": REGION_SYSTEM, "value": value}}
+    elif (
+        kind == "organization"
+        and isinstance(value, str)
+        and value.startswith("Organization/")
+        and len(value) < 100
+    ):
+        reference = {"reference": value}
+    else:
+        raise FhirError.of(Category.INCORRECT, "refuse: a region code or an Organization reference")
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": reference,
+                }
+            ],
+        },
+    }
+    created = create.create(conn, _as_service(ctx), "Consent", consent)
+    _, actors = refusals(consent)
+    body_out = {"id": created.resource_id, "status": "active", "refuses": list(actors)}
+    return Result(201, body_out, "Consent", created.resource_id, patients=frozenset({patient_id}))
+
+
+def revoke(conn: Connection, ctx: RequestContext, consent_id: str) -> Result:
+    patient_id = _patient_of(ctx)
+    stored = current_or_fail(conn, "Consent", consent_id, view=ctx.view)
+    consent = orjson.loads(stored.content or b"{}")
+    consent["status"] = "inactive"
+    update.store_next_version(conn, _as_service(ctx), stored, consent, method="PUT")
+    body = {"id": consent_id, "status": "inactive", "refuses": []}
+    return Result(200, body, "Consent", consent_id, patients=frozenset({patient_id}))
