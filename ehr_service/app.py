@@ -19,6 +19,7 @@ from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.identity import ResidentIdentity
+from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
 
@@ -27,7 +28,11 @@ logger = logging.getLogger("ehr_service")
 
 def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.effective_database_url, pool_size=settings.database_pool_size)
+    database = Database(
+        settings.effective_database_url,
+        pool_size=settings.database_pool_size,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
     return Services(
         settings=settings,
         database=database,
@@ -36,6 +41,7 @@ def build_services(settings: Settings) -> Services:
         identity=ResidentIdentity.from_settings(settings),
         tokens=TokenVerifier(settings),
         auditor=Auditor(database),
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
     )
 
 

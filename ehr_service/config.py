@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1_000, ge=1)
     max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
     max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
+    statement_timeout_ms: int = Field(
+        default=15_000, ge=0, description="longest a database statement may run (0: no limit)"
+    )
+    rate_limit_per_minute: int = Field(
+        default=6_000, ge=0, description="requests per minute per client (0: no limit)"
+    )
+    rate_limit_burst: int = Field(default=1_000, ge=1, description="requests a client may burst")
 
     # Bearer tokens (DESIGN.md §9).
     token_audience: str = Field(default="ehr-service", description="the aud tokens must carry")

@@ -89,6 +89,7 @@ def get_authenticated_context(
     (the body is not even read)."""
     if not ctx.caller.authenticated:
         raise missing_token()
+    ctx.services.rate_limiter.take(ctx.caller.client_id or ctx.caller.subject)
     return ctx
 
 

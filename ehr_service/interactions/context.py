@@ -13,6 +13,7 @@ from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.policy import visibility
+from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
 
@@ -28,6 +29,7 @@ class Services:
     identity: ResidentIdentity
     tokens: TokenVerifier
     auditor: Auditor
+    rate_limiter: RateLimiter
 
 
 class ReturnPreference(StrEnum):

@@ -7,10 +7,12 @@ writers queue on the busy timeout instead of failing to upgrade a read lock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg.errors import QueryCanceled
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -28,7 +30,7 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, statement_timeout_ms: int) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -48,18 +50,47 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_begin(connection: Connection) -> None:
         write = connection.get_execution_options().get(_WRITE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if statement_timeout_ms > 0:
+            # SQLite has no statement_timeout: a progress handler interrupts work that
+            # runs past the deadline of this transaction ("interrupted").
+            deadline = time.monotonic() + statement_timeout_ms / 1000
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
 
     return engine
+
+
+def _cancelled(exc: OperationalError) -> bool:
+    return isinstance(exc.orig, QueryCanceled) or "interrupted" in str(exc.orig)
+
+
+@contextmanager
+def _too_costly() -> Iterator[None]:
+    """A statement stopped by the statement timeout is the request's fault, not ours."""
+    try:
+        yield
+    except OperationalError as exc:
+        if not _cancelled(exc):
+            raise
+        raise FhirError.of(
+            Category.UNAVAILABLE,
+            "The query ran longer than this server allows (EHR_STATEMENT_TIMEOUT_MS); narrow it",
+            code="too-costly",
+        ) from None
 
 
 class Database:
     """Owns the engine; hands out connections inside one transaction each."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 0) -> None:
         self.url = normalise_url(url)
         if self.url.startswith("sqlite"):
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, statement_timeout_ms)
         else:
+            options = "-c plan_cache_mode=force_custom_plan"
+            if statement_timeout_ms > 0:
+                options += f" -c statement_timeout={int(statement_timeout_ms)}"
             self.engine = create_engine(
                 self.url,
                 pool_size=pool_size,
@@ -67,7 +98,7 @@ class Database:
                 pool_pre_ping=True,
                 # Search statements differ by their values' selectivity: a cached generic
                 # plan of a prepared statement can be 100x slower than the custom plan.
-                connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+                connect_args={"options": options},
             )
         self.dialect = self.engine.dialect.name
 
@@ -78,12 +109,12 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction: commits when the block ends, rolls back on error."""
-        with self._connect(write=True) as conn, conn.begin():
+        with _too_costly(), self._connect(write=True) as conn, conn.begin():
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._connect(write=False) as conn, conn.begin():
+        with _too_costly(), self._connect(write=False) as conn, conn.begin():
             yield conn
 
     @contextmanager
