@@ -87,6 +87,7 @@ def _agents(caller: Caller) -> list[dict[str, Any]]:
                 }
             ]
         },
+        "role": [{"text": caller.kind}],  # patient | user | system | anonymous
         "who": {"identifier": {"system": "urn:ehr-service:token-subject", "value": caller.subject}},
         "requestor": True,
         "purposeOfUse": [

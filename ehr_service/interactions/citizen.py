@@ -154,9 +154,9 @@ def access_log(conn: Connection, ctx: RequestContext) -> Result:
     for event in events:
         content = orjson.loads(event.content)
         agent = (content.get("agent") or [{}])[0]
-        subject = ((agent.get("who") or {}).get("identifier") or {}).get("value")
-        if subject == ctx.caller.subject and event.organization is None:
-            continue  # the resident's own use of the app
+        role = ((agent.get("role") or [{}])[0]).get("text")
+        if role == "patient":
+            continue  # the resident's own use of the app (a patient token sees no other record)
         kinds = sorted(_data_kinds(content.get("entity") or ()) - {"Patient"})
         purpose = ((agent.get("purposeOfUse") or [{}])[0].get("coding") or [{}])[0].get("code")
         items.append(
