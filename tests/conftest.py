@@ -107,9 +107,8 @@ def make_services(database_url: str, tmp_path: Path) -> Iterator[Callable[..., S
     made: list[Services] = []
 
     def factory(**overrides: Any) -> Services:
-        settings = Settings(
-            database_url=database_url, data_dir=tmp_path / "data", environment="test", **overrides
-        )
+        fields: dict[str, Any] = {"environment": "test", **overrides}
+        settings = Settings(database_url=database_url, data_dir=tmp_path / "data", **fields)
         services = build_services(settings)
         made.append(services)
         return services

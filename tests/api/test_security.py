@@ -391,3 +391,42 @@ def test_control_characters_in_content_are_400(client: TestClient, services: Ser
         assert response.status_code == 400
         assert response.json()["issue"][0]["expression"] == ["Patient.name[0].text"]
     assert snapshot(services) == before
+
+
+def test_external_issuer_keys_from_a_jwks_file(
+    make_client: Callable[..., TestClient], tmp_path: Any
+) -> None:
+    from joserfc.jwk import OKPKey, RSAKey
+
+    keys = [
+        ECKey.generate_key("P-256", private=True, auto_kid=True),
+        RSAKey.generate_key(2048, private=True, auto_kid=True),
+        OKPKey.generate_key("Ed25519", private=True, auto_kid=True),
+    ]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(orjson.dumps({"keys": [k.as_dict(private=False) for k in keys]}))
+    client = make_client(
+        environment="production",
+        jwks_file=jwks,
+        token_issuers=["https://idp.cq.example"],
+        token_audience="ehr-cq",
+    )
+    now = int(time.time())
+    claims = {
+        "iss": "https://idp.cq.example",
+        "aud": ["ehr-cq", "other"],
+        "sub": "his-1",
+        "iat": now,
+        "exp": now + 60,
+        "scope": "system/Patient.rs",
+    }
+    for key, alg in zip(keys, ("ES256", "RS256", "Ed25519"), strict=True):
+        token = jwt.encode({"alg": alg, "kid": key.kid}, claims, key, algorithms=[alg])
+        response = client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, (alg, response.text)
+    # in production the service's own development tokens are not trusted
+    services = client.app.state.services
+    own = _signed(services, aud="ehr-cq")
+    assert (
+        client.get("/fhir/Patient", headers={"Authorization": f"Bearer {own}"}).status_code == 401
+    )
