@@ -28,6 +28,7 @@ from ehr_service.interactions import match, search
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.interactions.writing import with_server_meta
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
+from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.resources import NewVersion
@@ -138,13 +139,13 @@ def measure(services: Services, residents: int, samples: int = 200) -> dict[str,
         first_hits = 0
         for _ in range(samples):
             n = rng.randrange(residents)
-            ctx = RequestContext(services, "http://bench/fhir")
+            ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE)
             started = time.perf_counter()
             with services.database.read() as conn:
                 if name == "identifier":
                     number = resident(n)["identifier"][0]["value"]
                     query = {"identifier": [f"{ID_NUMBER_SYSTEM}|{number}"]}
-                    ctx = RequestContext(services, "http://bench/fhir", query=query)
+                    ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE, query=query)
                     result = search.search(conn, ctx, "Patient")
                 else:
                     body = _match_body(n, with_number=name == "$match id")

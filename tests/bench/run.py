@@ -94,6 +94,7 @@ class Server:
             "EHR_DATA_DIR": str(data_dir),
             "EHR_LOG_LEVEL": "WARNING",
             "EHR_MAX_BODY_BYTES": str(64 * 1024 * 1024),
+            "EHR_RATE_LIMIT_PER_MINUTE": "0",
         }
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.process: subprocess.Popen[bytes] | None = None
@@ -116,6 +117,15 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
+    def auth(self) -> dict[str, str]:
+        """A token the server trusts (development settings trust their own tokens)."""
+        from ehr_service.config import Settings
+        from ehr_service.security.tokens import TokenClaims, mint
+
+        settings = Settings(data_dir=Path(self.env["EHR_DATA_DIR"]))
+        token = mint(settings, TokenClaims("bench", "system/*.cruds", ttl_seconds=86_400))
+        return {"Authorization": f"Bearer {token}"}
+
     def __exit__(self, *_exc: object) -> None:
         assert self.process is not None
         self.process.terminate()
@@ -128,7 +138,11 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         Server(database_url, Path(tmp)) as server,
         httpx.Client(timeout=300) as client,
     ):
-        headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+        headers = {
+            "Content-Type": "application/fhir+json",
+            "Prefer": "return=minimal",
+            **server.auth(),
+        }
         locations: list[str] = []
         count = 0
         started = time.perf_counter()
@@ -145,7 +159,7 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         read_started = time.perf_counter()
         for target in targets:
             t0 = time.perf_counter()
-            response = client.get(f"{server.base}/{target}")
+            response = client.get(f"{server.base}/{target}", headers=headers)
             latencies.append((time.perf_counter() - t0) * 1000)
             assert response.status_code == 200
         read_seconds = time.perf_counter() - read_started

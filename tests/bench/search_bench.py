@@ -21,6 +21,7 @@ from ehr_service.fhir.search.values import index_rows
 from ehr_service.interactions import everything, search
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.interactions.writing import with_server_meta
+from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
 
@@ -124,7 +125,7 @@ def measure(services: Services, patients: int, samples: int = 200) -> dict[str, 
         for _ in range(samples):
             n = rng.randrange(patients)
             resource_type, query = make(n)
-            ctx = RequestContext(services, "http://bench/fhir", query=query)
+            ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE, query=query)
             started = time.perf_counter()
             with services.database.read() as conn:
                 if resource_type == "$everything":
