@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.exc import DBAPIError
 
 from ehr_service import __version__
 from ehr_service.api import citizen, discovery, errors, fhir, mpi
@@ -22,6 +23,7 @@ from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
+from ehr_service.storage.identity import holds_id_numbers
 
 logger = logging.getLogger("ehr_service")
 
@@ -45,6 +47,27 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def check_field_keys(services: Services) -> None:
+    """Refuse to start with freshly made field keys over a database that already
+    holds sealed ID numbers: the keys were lost or this is the wrong data directory,
+    and going on would make duplicates and unreadable records."""
+    keyring = services.identity.protection.keyring
+    if not keyring.created:
+        return
+    try:
+        with services.database.read() as conn:
+            existing = holds_id_numbers(conn)
+    except DBAPIError:  # not migrated yet: nothing to protect
+        return
+    if existing:
+        raise RuntimeError(
+            "The field keys were just created, but the database already holds sealed "
+            "resident ID numbers: restore the key file "
+            f"({services.settings.effective_field_keys_file.name}) or set EHR_FIELD_KEYS_FILE"
+        )
+    keyring.created = False  # checked: from now on these are the database's keys
+
+
 def tune_garbage_collector(threshold: int) -> None:
     """Ingest allocates many short-lived containers (validation models, index rows):
     Python's default gen-0 threshold of 700 then spends ~20% of the time in the
@@ -64,6 +87,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        check_field_keys(services)
         tune_garbage_collector(settings.gc_threshold)
         if settings.demo_data:
             from ehr_service.demo import load_demo_data

@@ -19,6 +19,13 @@ from ehr_service.interactions import match, merge, pix
 router = APIRouter(prefix="/fhir", tags=["Resident identity"])
 
 
+def _escape(text: str) -> str:
+    """A token search value part (R4 §3.1.1.4.14: escape \\ | , $)."""
+    for char in ("\\", "|", ",", "$"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 @router.post("/Patient/$match", **docs.route("match", {200, 400, 415, 422}, body="resource"))
 async def patient_match(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     """Scored candidate records of one person (Parameters: resource, onlyCertainMatches, count)."""
@@ -59,11 +66,21 @@ async def patient_pix_post(request: Request, ctx: Context, rendering: RenderingD
     """PIXm with a Parameters body (sourceIdentifier: valueIdentifier, targetSystem: valueUri)."""
     params = OperationInput(await json_body(request, JSON_BODY), "$ihe-pix")
     identifier = params.value("sourceIdentifier", "Identifier")
-    if identifier is not None and not isinstance(identifier, dict):
-        raise FhirError.of(Category.INCORRECT, "sourceIdentifier must be an Identifier")
     source = None
     if identifier is not None:
-        source = f"{identifier.get('system', '')}|{identifier.get('value', '')}"
-    targets = [str(p.get("valueUri")) for p in params.all("targetSystem")]
+        system, value = (
+            (identifier.get("system"), identifier.get("value"))
+            if isinstance(identifier, dict)
+            else (None, None)
+        )
+        if not isinstance(system, str) or not isinstance(value, str):
+            raise FhirError.of(
+                Category.INCORRECT, "sourceIdentifier must be an Identifier with system and value"
+            )
+        source = f"{_escape(system)}|{_escape(value)}"
+    raw_targets = [p.get("valueUri") for p in params.all("targetSystem")]
+    if not all(isinstance(t, str) for t in raw_targets):
+        raise FhirError.of(Category.INCORRECT, "targetSystem must be a valueUri")
+    targets = [str(t) for t in raw_targets]
     result = await run_in_threadpool(in_read, ctx, lambda c: pix.ihe_pix(c, ctx, source, targets))
     return render_result(result, ctx, rendering)

@@ -143,7 +143,7 @@ def event_json(
         for p in sorted(patients)
     ]
     if what:
-        entities.append({"what": {"reference": what}})
+        entities.append({"what": {"reference": mask_candidates(what)}})
     elif data_type:  # a search or history of a type: which kind of data
         entities.append(
             {"type": {"system": "http://hl7.org/fhir/resource-types", "code": data_type}}

@@ -22,6 +22,7 @@ from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.fhir.references import parse_reference
+from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions import conditional
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import prepare_create
@@ -38,6 +39,7 @@ from ehr_service.storage import resources
 # Records about records keep pointing at what they described.
 _NOT_REPOINTED = {"Provenance", "AuditEvent"}
 LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+MAX_IDENTIFIERS = 20
 
 
 def _unprocessable(message: str, code: str = "business-rule") -> FhirError:
@@ -49,21 +51,35 @@ def _resolve(conn: Connection, ctx: RequestContext, params: OperationInput, role
     found: set[str] = set()
     reference = params.value(f"{role}-patient", "Reference")
     if reference is not None:
-        parsed = (
-            parse_reference(reference.get("reference", "")) if isinstance(reference, dict) else None
-        )
-        if parsed is None or parsed.resource_type != "Patient":
+        literal = reference.get("reference") if isinstance(reference, dict) else None
+        parsed = parse_reference(literal) if isinstance(literal, str) else None
+        if (
+            parsed is None
+            or parsed.resource_type != "Patient"
+            or parsed.version_id is not None
+            or parsed.base not in {None, ctx.base_url}
+        ):
             raise FhirError.of(
                 Category.INCORRECT,
-                f"{role}-patient must reference a Patient",
+                f"{role}-patient must reference a Patient of this server (Patient/<id>)",
                 expression=[f"{role}-patient"],
             )
         found.add(parsed.resource_id)
     identifiers = [p.get("valueIdentifier") for p in params.all(f"{role}-patient-identifier")]
+    if len(identifiers) > MAX_IDENTIFIERS:
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"At most {MAX_IDENTIFIERS} {role}-patient-identifier parts",
+            expression=[f"{role}-patient-identifier"],
+        )
     if identifiers:
         criteria = []
         for identifier in identifiers:
-            if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+            if (
+                not isinstance(identifier, dict)
+                or not isinstance(identifier.get("value"), str)
+                or not isinstance(identifier.get("system", ""), str)
+            ):
                 raise FhirError.of(
                     Category.INCORRECT,
                     f"{role}-patient-identifier must be an Identifier with a value",
@@ -143,8 +159,12 @@ def merge(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     if source_id == target_id:
         raise _unprocessable("The source and target are the same Patient")
     result_patient = params.resource("result-patient", "Patient")
-    if result_patient is not None and result_patient.get("id") != target_id:
-        raise _unprocessable("result-patient must carry the id of the target Patient", "invalid")
+    if result_patient is not None:
+        if result_patient.get("id") != target_id:
+            raise _unprocessable(
+                "result-patient must carry the id of the target Patient", "invalid"
+            )
+        validate_resource(result_patient, expected_type="Patient")
     output: dict[str, Any] = {}
     savepoint = conn.begin_nested()
     try:
@@ -172,16 +192,21 @@ def _merge(
     preview: bool,
 ) -> dict[str, Any]:
     protection = ctx.services.identity.protection
-    source = current_or_fail(conn, "Patient", source_id, for_update=True)
-    target = current_or_fail(conn, "Patient", target_id, for_update=True)
+    # Lock the two records in id order: opposing merges must not deadlock.
+    locked = {
+        pid: current_or_fail(conn, "Patient", pid, for_update=True)
+        for pid in sorted((source_id, target_id))
+    }
+    source, target = locked[source_id], locked[target_id]
     source_doc = protection.reveal(orjson.loads(source.content or b"{}"))
     target_doc = protection.reveal(orjson.loads(target.content or b"{}"))
     if replaced(source_doc):
         raise _unprocessable(f"Patient/{source_id} was already merged into another record")
     if replaced(target_doc):
         raise _unprocessable(f"Patient/{target_id} was merged into another record; merge into that")
-    wanted = result_patient if result_patient is not None else target_doc
-    numbers = person_of(source_doc).id_numbers | person_of(wanted).id_numbers
+    numbers = person_of(source_doc).id_numbers | person_of(target_doc).id_numbers
+    if result_patient is not None:
+        numbers |= person_of(result_patient).id_numbers
     if len(numbers) > 1:
         raise _unprocessable(
             "The two records carry different resident ID numbers: they are two residents"
@@ -189,8 +214,11 @@ def _merge(
 
     moved: Counter[str] = Counter()
     for resource_type, resource_id in identity_store.patient_record_members(conn, source_id):
-        if resource_type in _NOT_REPOINTED:
-            continue
+        if resource_type in _NOT_REPOINTED or (resource_type, resource_id) == (
+            "Patient",
+            target_id,
+        ):
+            continue  # the target's own links are rewritten below
         stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
         if stored is None or stored.deleted or stored.content is None:
             continue

@@ -48,16 +48,28 @@ def check_patch_document(document: Any) -> list[dict[str, Any]]:
 
 
 def apply_json_patch(current: dict[str, Any], document: list[dict[str, Any]]) -> Any:
-    try:
-        return jsonpatch.apply_patch(current, document, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise FhirError.of(
-            Category.UNPROCESSABLE, f"A JSON Patch test failed: {exc}", code="processing"
-        ) from None
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise FhirError.of(
-            Category.UNPROCESSABLE, f"The JSON Patch cannot be applied: {exc}", code="processing"
-        ) from None
+    """Apply the operations one by one, so a failure names its operation and path;
+    messages never quote values (they may be protected data)."""
+    patched: Any = current
+    for index, operation in enumerate(document):
+        try:
+            patched = jsonpatch.apply_patch(patched, [operation], in_place=False)
+        except jsonpatch.JsonPatchTestFailed:
+            raise FhirError.of(
+                Category.UNPROCESSABLE,
+                f"JSON Patch operation {index} (test at {operation['path'][:200]}) failed",
+                code="processing",
+                expression=[f"[{index}]"],
+            ) from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+            raise FhirError.of(
+                Category.UNPROCESSABLE,
+                f"JSON Patch operation {index} ({operation['op']} at "
+                f"{operation['path'][:200]}) cannot be applied",
+                code="processing",
+                expression=[f"[{index}]"],
+            ) from None
+    return patched
 
 
 def patch(
@@ -73,8 +85,12 @@ def patch(
     stored = current_or_fail(conn, resource_type, resource_id, for_update=True, view=ctx.view)
     check_if_match(stored, if_match, f"{resource_type}/{resource_id}")
     assert stored.content is not None
-    # The patch sees what the writer wrote: resident ID numbers unsealed.
-    current = ctx.services.identity.protection.reveal(orjson.loads(stored.content))
+    # The patch sees what this caller may see: ID numbers unsealed for staff, masked
+    # for everyone else (a masked value left unchanged keeps its number).
+    protection = ctx.services.identity.protection
+    current = protection.present_json(
+        orjson.loads(stored.content), reveal=ctx.caller.sees_id_numbers
+    )
     patched = apply_json_patch(current, operations)
     if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
         raise FhirError.of(

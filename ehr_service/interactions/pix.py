@@ -27,7 +27,9 @@ from ehr_service.storage import identity as identity_store
 
 def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[str, Any]]:
     """The residents with this identifier, as stored (ID numbers sealed)."""
-    ids = conditional.matching_ids(conn, ctx, "Patient", {"identifier": [source]}, limit=10)
+    # One identifier (PIXm): a comma is part of the value, not a search OR.
+    single = source.replace("\\,", ",").replace(",", "\\,")
+    ids = conditional.matching_ids(conn, ctx, "Patient", {"identifier": [single]}, limit=10)
     contents = identity_store.live_contents(conn, "Patient", ids)
     out = []
     for content in contents.values():

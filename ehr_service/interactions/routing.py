@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.references import is_valid_id
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.mpi.idnumber import is_id_number, mask_candidates
 
 
 class Interaction(StrEnum):
@@ -57,7 +58,15 @@ def check_type(resource_type: str) -> str:
 def check_id(resource_id: str) -> str:
     if not is_valid_id(resource_id):
         raise FhirError.of(
-            Category.INCORRECT, f"'{resource_id[:70]}' is not a valid resource id", code="value"
+            Category.INCORRECT,
+            f"'{mask_candidates(resource_id[:70])}' is not a valid resource id",
+            code="value",
+        )
+    if is_id_number(resource_id):  # it would end up in every table and log line
+        raise FhirError.of(
+            Category.INCORRECT,
+            "A resident ID number cannot be a resource id; use it as an identifier",
+            code="value",
         )
     return resource_id
 

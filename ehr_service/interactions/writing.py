@@ -69,8 +69,8 @@ def prepare_version(
     identity = ctx.services.identity
     prepared = identity.prepare(conn, stored, orjson.loads(previous) if previous else None)
     content, index = _sealed(ctx, prepared)
-    if identity.protection.has_free_text_number(content):
-        identity.protection.mask_free_text(stored)
+    if identity.protection.has_free_text_number(content, prepared.values):
+        identity.protection.mask_free_text(stored, prepared.values)
         prepared.warnings.append(FREE_TEXT_WARNING)
         content, index = _sealed(ctx, prepared)
     owner = ctx.services.compartment.owner(stored)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import unquote
 
 ID_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 
@@ -115,5 +116,10 @@ def is_masked(value: str) -> bool:
 
 
 def mask_candidates(text: str) -> str:
-    """Mask every ID-number-shaped run of digits in free text (logs, narratives)."""
+    """Mask every ID-number-shaped run of digits in free text (logs, narratives,
+    URLs: percent-encoded digits are decoded first, so they cannot hide one)."""
+    if "%" in text:
+        decoded = unquote(text)
+        if CANDIDATE.search(decoded):
+            text = decoded
     return CANDIDATE.sub(lambda m: mask(m.group(0)), text)

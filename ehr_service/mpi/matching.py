@@ -31,6 +31,7 @@ from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, InvalidIdNumberError, par
 
 WEIGHTS = {"name": 0.35, "birthDate": 0.30, "gender": 0.10, "phone": 0.15, "address": 0.10}
 PROBABLE = 0.80
+MAX_PARTS = 10
 POSSIBLE = 0.55
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _NOT_LETTERS = re.compile(r"[^0-9a-z\u3400-\u9fff]")
@@ -86,7 +87,8 @@ def phone_digits(value: str) -> str:
 def person_of(resource: dict[str, Any]) -> Person:
     """``resource`` with ID numbers in clear (the query, or a revealed candidate)."""
     person = Person()
-    for name in resource.get("name") or ():
+    # Bounded work whatever the input: a person has a few names, phones and addresses.
+    for name in (resource.get("name") or ())[:MAX_PARTS]:
         if isinstance(name, dict):
             for full in _full_names(name):
                 if plain := _plain(full):
@@ -96,7 +98,7 @@ def person_of(resource: dict[str, Any]) -> Person:
         person.birth_date = resource["birthDate"]
     if resource.get("gender") in {"male", "female", "other"}:
         person.gender = resource["gender"]
-    for telecom in resource.get("telecom") or ():
+    for telecom in (resource.get("telecom") or ())[:MAX_PARTS]:
         if (
             isinstance(telecom, dict)
             and telecom.get("system") in {"phone", "sms", None}
@@ -104,7 +106,7 @@ def person_of(resource: dict[str, Any]) -> Person:
             and (digits := phone_digits(telecom["value"]))
         ):
             person.phones.add(digits)
-    for address in resource.get("address") or ():
+    for address in (resource.get("address") or ())[:MAX_PARTS]:
         if isinstance(address, dict):
             parts = [address.get(k) for k in ("state", "city", "district", "text")]
             parts.extend(address.get("line") or ())

@@ -170,6 +170,8 @@ class IdNumberProtection:
     def search_code(self, system: str | None, code: str) -> str | None:
         """The blind token a token search must look for instead of ``code``; None
         when ``code`` is not an ID number (and so is stored as written)."""
+        if not code:
+            return None  # system| : any value of the system
         try:
             number = parse_id_number(code)
         except InvalidIdNumberError:
@@ -192,14 +194,24 @@ class IdNumberProtection:
         back unchanged (by a caller who only ever saw the mask) keeps its number.
         """
         resource_type = str(resource.get("resourceType"))
-        known = self._masked_values(previous) if previous is not None else {}
+        if _SEALED_MARKER in orjson.dumps(resource):
+            raise FhirError.of(
+                Category.UNPROCESSABLE,
+                f"The extension {SEALED_URL} is reserved to this server",
+                code="business-rule",
+            )
+        known = self._masked_values(previous, resource_type) if previous is not None else {}
         errors: list[Issue] = []
         values: list[ProtectedValue] = []
         for node, path in _walk_identifiers(resource, resource_type, []):
             written = node["value"]
             under_system = node.get("system") == ID_NUMBER_SYSTEM
             if is_masked(written):
-                if written not in known:
+                # the same place first; else a mask that stands for one number only
+                same_place = known.get((path, written))
+                elsewhere = {v for (_, m), v in known.items() if m == written}
+                restored = same_place or (elsewhere.pop() if len(elsewhere) == 1 else None)
+                if restored is None:
                     if under_system:
                         errors.append(
                             Issue(
@@ -210,7 +222,7 @@ class IdNumberProtection:
                             )
                         )
                     continue
-                written = known[written]
+                written = restored
             try:
                 number = parse_id_number(written)
             except InvalidIdNumberError as exc:
@@ -291,14 +303,27 @@ class IdNumberProtection:
     def seal(self, plaintext: str, record: str) -> str:
         return self.keyring.seal(plaintext, record)
 
-    def mask_free_text(self, resource: dict[str, Any]) -> bool:
+    def mask_free_text(
+        self,
+        resource: dict[str, Any],
+        protected: list[ProtectedValue] = [],  # noqa: B006
+    ) -> bool:
         """Mask valid ID numbers outside protected identifiers; True if any was."""
+        own = {v.written for v in protected}
         changed = False
+        protected_nodes = {id(v.node) for v in protected}
         for container, key, text in list(_strings(resource)):
+            if key == "value" and id(container) in protected_nodes:
+                continue
             if not CANDIDATE.search(text):
                 continue
             masked = CANDIDATE.sub(
-                lambda m: mask(m.group(0)) if _valid_candidate(m.group(0)) else m.group(0), text
+                lambda m: (
+                    mask(m.group(0))
+                    if _valid_candidate(m.group(0)) or m.group(0) in own
+                    else m.group(0)
+                ),
+                text,
             )
             if masked != text:
                 container[key] = masked
@@ -306,21 +331,28 @@ class IdNumberProtection:
         return changed
 
     @staticmethod
-    def has_free_text_number(content: bytes) -> bool:
+    def has_free_text_number(content: bytes, protected: list[ProtectedValue] = []) -> bool:  # noqa: B006
+        """Is there an ID number in stored content outside its seal: any valid
+        18-character one, or a copy of one of this resource's own (15 digits too)?"""
+        if any(v.written.encode() in content for v in protected if len(v.written) == 15):
+            return True
         return any(
             _valid_candidate(m.group(0).decode()) for m in _BYTES_CANDIDATE.finditer(content)
         )
 
     # -- reads --------------------------------------------------------------------------
-    def _masked_values(self, resource: dict[str, Any]) -> dict[str, str]:
+    def _masked_values(
+        self, resource: dict[str, Any], resource_type: str
+    ) -> dict[tuple[str, str], str]:
+        """(location, mask) -> number, of the sealed values of a stored resource."""
         record = record_of(resource)
-        out: dict[str, str] = {}
-        for node, _ in _walk_identifiers(resource, "", []):
+        out: dict[tuple[str, str], str] = {}
+        for node, path in _walk_identifiers(resource, resource_type, []):
             sealed = _seal_of(node)
             if sealed is None:
                 continue
             try:
-                out[node["value"]] = self.keyring.open(sealed, record)
+                out[(path, node["value"])] = self.keyring.open(sealed, record)
             except SealError:
                 continue
         return out

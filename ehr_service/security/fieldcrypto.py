@@ -93,6 +93,7 @@ class Keyring:
         self._lock = threading.Lock()
         self._checked = time.monotonic()
         self._mtime = self._file_mtime()
+        self.created = False  # made by this process just now (first run)
 
     def _file_mtime(self) -> float | None:
         try:
@@ -134,6 +135,7 @@ class Keyring:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            fresh.created = True
             return fresh
         return cls.load(path)
 

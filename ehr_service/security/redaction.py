@@ -8,18 +8,22 @@ import copy
 import logging
 from typing import Any
 
-from ehr_service.mpi.idnumber import CANDIDATE, mask_candidates
+from ehr_service.mpi.idnumber import mask_candidates
 
 
 class RedactIdNumbers(logging.Filter):
     """Mask ID numbers in a record's message and arguments (never drops a record)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:  # tracebacks quote values too: format and mask them here
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = mask_candidates(text)
+            record.exc_info = None
         try:
             message = record.getMessage()
         except Exception:  # a broken record is the logging module's to report
             return True
-        if not CANDIDATE.search(message):
+        if mask_candidates(message) == message:
             return True
         # Mask inside the message and each argument, keeping their shape: formatters
         # such as uvicorn's access log unpack the arguments.
@@ -29,8 +33,9 @@ class RedactIdNumbers(logging.Filter):
             record.args = tuple(_masked(a) for a in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _masked(v) for k, v in record.args.items()}
-        if CANDIDATE.search(record.getMessage()):  # e.g. a number split across arguments
-            record.msg, record.args = mask_candidates(record.getMessage()), ()
+        after = record.getMessage()
+        if mask_candidates(after) != after:  # e.g. a number split across arguments
+            record.msg, record.args = mask_candidates(after), ()
         return True
 
 
@@ -40,7 +45,8 @@ def _masked(value: Any) -> Any:
     if isinstance(value, int | float) or value is None:
         return value
     text = str(value)
-    return mask_candidates(text) if CANDIDATE.search(text) else value
+    masked = mask_candidates(text)
+    return masked if masked != text else value
 
 
 def install(handlers: list[logging.Handler] | None = None) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from psycopg.errors import QueryCanceled
+from psycopg.errors import DeadlockDetected, QueryCanceled, SerializationFailure
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -67,10 +67,18 @@ def _cancelled(exc: OperationalError) -> bool:
 
 @contextmanager
 def _too_costly() -> Iterator[None]:
-    """A statement stopped by the statement timeout is the request's fault, not ours."""
+    """Database answers that are the request's lot, not our bug: a statement stopped
+    by the statement timeout, and a deadlock or serialization failure among
+    concurrent writers (PostgreSQL picks one to fail: it may retry)."""
     try:
         yield
     except OperationalError as exc:
+        if isinstance(exc.orig, DeadlockDetected | SerializationFailure):
+            raise FhirError.of(
+                Category.CONFLICT,
+                "A concurrent request changed the same records; retry",
+                code="conflict",
+            ) from None
         if not _cancelled(exc):
             raise
         raise FhirError.of(

@@ -71,11 +71,15 @@ def hold_id_number(
         return
     raise FhirError.of(
         Category.CONFLICT,
-        f"Patient/{holder} already holds this resident ID number: one record per resident "
-        "(update that record, or merge the two)",
+        "Another Patient already holds this resident ID number: one record per resident "
+        "(find it with identifier=<system>|<number>, then update or merge)",
         code="duplicate",
         expression=["Patient.identifier"],
     )
+
+
+def holds_id_numbers(conn: Connection) -> bool:
+    return conn.execute(select(resident_id_number.c.patient_id).limit(1)).first() is not None
 
 
 def id_number_holder(conn: Connection, blind: str) -> str | None:
@@ -225,7 +229,10 @@ def sealed_batch(
     if after is not None:
         typed: tuple[Any, ...] = (int(after[0]),) if versions else after
         query = query.where(tuple_(*key_columns) > typed)
-    rows = conn.execute(query.order_by(*key_columns).limit(limit)).all()
+    query = query.order_by(*key_columns).limit(limit)
+    if not versions and conn.dialect.name == "postgresql":
+        query = query.with_for_update()  # a concurrent update waits, and is not undone
+    rows = conn.execute(query).all()
     return [(tuple(str(v) for v in row[:-1]), bytes(row[-1])) for row in rows]
 
 

@@ -362,3 +362,120 @@ def test_rotate_data_key_reseals_current_and_history(
     assert [i["value"] for i in first["identifier"] if i["system"] == ID_SYSTEM] == [number]
     listed = CliRunner().invoke(cli, ["keys", "data-keys"])
     assert old_kid in listed.output and "retired" in listed.output
+
+
+def test_merge_refusals_from_review(client: TestClient, services: Services) -> None:
+    one = _post(
+        client,
+        _person(
+            "吴磊",
+            "1985-05-05",
+            "male",
+            identifier=[id_identifier(make_id_number(born="19850505", sequence="511"))],
+        ),
+    )
+    two = _post(
+        client,
+        _person(
+            "吴磊",
+            "1985-05-05",
+            "male",
+            identifier=[id_identifier(make_id_number(born="19850505", sequence="513"))],
+        ),
+    )
+    before = snapshot(services)
+    sneaky = _merge_body(one["id"], two["id"])
+    sneaky["parameter"].append(
+        {"name": "result-patient", "resource": {"resourceType": "Patient", "id": two["id"]}}
+    )
+    assert client.post("/fhir/Patient/$merge", json=sneaky, headers=FHIR_JSON).status_code == 422
+    bad_bodies = [
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "source-patient", "valueReference": {"reference": 5}},
+                {"name": "target-patient", "valueReference": {"reference": f"Patient/{two['id']}"}},
+            ],
+        },
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {
+                    "name": "source-patient",
+                    "valueReference": {"reference": f"http://elsewhere/fhir/Patient/{one['id']}"},
+                },
+                {"name": "target-patient", "valueReference": {"reference": f"Patient/{two['id']}"}},
+            ],
+        },
+        {
+            **_merge_body(one["id"], two["id"]),
+            "parameter": [
+                *_merge_body(one["id"], two["id"])["parameter"],
+                {
+                    "name": "result-patient",
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": two["id"],
+                        "name": [{"given": 5}],
+                    },
+                },
+            ],
+        },
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                *(
+                    {
+                        "name": "source-patient-identifier",
+                        "valueIdentifier": {"system": "urn:x", "value": str(i)},
+                    }
+                    for i in range(30)
+                ),
+                {"name": "target-patient", "valueReference": {"reference": f"Patient/{two['id']}"}},
+            ],
+        },
+    ]
+    for body in bad_bodies:
+        response = client.post("/fhir/Patient/$merge", json=body, headers=FHIR_JSON)
+        assert response.status_code == 400, response.text
+    assert snapshot(services) == before
+
+
+def test_merge_when_the_target_already_links_to_the_source(client: TestClient) -> None:
+    source = _post(client, _person("郑洁", "1991-09-19", "female"))
+    target = _post(
+        client,
+        _person(
+            "郑洁",
+            "1991-09-19",
+            "female",
+            link=[{"other": {"reference": f"Patient/{source['id']}"}, "type": "seealso"}],
+        ),
+    )
+    response = client.post(
+        "/fhir/Patient/$merge", json=_merge_body(source["id"], target["id"]), headers=FHIR_JSON
+    )
+    assert response.status_code == 200, response.text
+    links = client.get(f"/fhir/Patient/{target['id']}").json()["link"]
+    assert links == [{"other": {"reference": f"Patient/{source['id']}"}, "type": "replaces"}]
+
+
+def test_pix_source_identifier_is_one_identifier(client: TestClient) -> None:
+    for value in ("M1", "M2", "M1,M2"):
+        _post(
+            client,
+            _person("冯", "1990-01-01", "male", identifier=[{"system": "urn:mrn", "value": value}]),
+        )
+    found = client.get("/fhir/Patient/$ihe-pix?sourceIdentifier=urn:mrn|M1,M2").json()
+    assert len([p for p in found["parameter"] if p["name"] == "targetId"]) == 1
+    bad = client.post(
+        "/fhir/Patient/$ihe-pix",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "sourceIdentifier", "valueIdentifier": {"system": "urn:mrn", "value": 7}}
+            ],
+        },
+        headers=FHIR_JSON,
+    )
+    assert bad.status_code == 400
