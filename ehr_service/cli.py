@@ -26,6 +26,11 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _batch(settings: Settings) -> Settings:
+    """Settings of a long-running operator job: no statement time limit."""
+    return settings.model_copy(update={"statement_timeout_ms": 0})
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Walk the audit chain; name the first event altered, removed or reordered."""
@@ -162,7 +167,7 @@ def load(
     from ehr_service.security.caller import SERVICE
 
     settings = _settings()
-    services = build_services(settings)
+    services = build_services(_batch(settings))
     base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
     ctx = RequestContext(
         services, base_url, "cli", prefer_return=ReturnPreference.MINIMAL, caller=SERVICE
@@ -192,7 +197,7 @@ def reindex(
     from ehr_service.app import build_services
     from ehr_service.interactions.reindex import reindex as run_reindex
 
-    services = build_services(_settings())
+    services = build_services(_batch(_settings()))
     try:
         count = run_reindex(
             services, resource_type, progress=lambda n: typer.echo(f"{n} resources", err=True)

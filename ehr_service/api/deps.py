@@ -32,7 +32,9 @@ def get_caller(request: Request) -> Caller:
     services: Services = request.app.state.services
     try:
         caller = services.tokens.verify(token.strip())
-    except FhirError as error:  # a login failure: audited, then answered
+    except FhirError as error:  # a login failure: audited (at a bounded rate), then answered
+        client = request.client.host if request.client else "unknown"
+        services.rate_limiter.take(f"login-failure:{client}")  # floods get 429, unaudited
         services.auditor.append_now(
             services.auditor.new_event(
                 interaction="login",

@@ -38,7 +38,7 @@ def audit_failure(request: Request, status: int) -> None:
     """Refusals and failures of authenticated requests are audited too (their own
     transaction: whatever the request wrote was rolled back)."""
     caller = getattr(request.state, "caller", None)
-    if caller is None or status in {401, 503}:  # 401: audited as a login failure
+    if caller is None or status in {401, 429, 503}:  # 401: audited as a login failure
         return
     services: Services = request.app.state.services
     try:

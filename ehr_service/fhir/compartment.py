@@ -90,8 +90,9 @@ class PatientCompartment:
     def member_types(self) -> frozenset[str]:
         return self._members
 
-    def patient_ids(self, resource: dict[str, Any]) -> Iterator[str]:
-        """Ids of the patients whose compartment holds this resource, in order."""
+    def patient_ids(self, resource: dict[str, Any], base_url: str | None = None) -> Iterator[str]:
+        """Ids of the patients whose compartment holds this resource, in order
+        (references by this server's own absolute URL count as local ones)."""
         resource_type = resource.get("resourceType")
         if resource_type == "Patient":
             if isinstance(resource.get("id"), str):
@@ -101,12 +102,16 @@ class PatientCompartment:
             for value in _follow(resource, keys):
                 if isinstance(value, dict) and isinstance(value.get("reference"), str):
                     ref = parse_reference(value["reference"])
-                    if ref is not None and ref.resource_type == "Patient" and ref.base is None:
+                    if (
+                        ref is not None
+                        and ref.resource_type == "Patient"
+                        and (ref.base is None or ref.base == base_url)
+                    ):
                         yield ref.resource_id
 
-    def owner(self, resource: dict[str, Any]) -> str | None:
+    def owner(self, resource: dict[str, Any], base_url: str | None = None) -> str | None:
         """The compartment patient id stored with the resource, or None."""
-        return next(self.patient_ids(resource), None)
+        return next(self.patient_ids(resource, base_url), None)
 
 
 def _follow(node: Any, keys: tuple[str, ...]) -> Iterator[Any]:

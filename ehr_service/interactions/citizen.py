@@ -20,6 +20,7 @@ from ehr_service.interactions.results import Result
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.security.caller import SERVICE
 from ehr_service.security.consent import REGION_SYSTEM, refusals
+from ehr_service.security.policy import require
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage import search_queries
 
@@ -35,7 +36,9 @@ PURPOSES = {
 MAX_LIMIT = 100
 
 
-def _patient_of(ctx: RequestContext) -> str:
+def _patient_of(ctx: RequestContext, resource_type: str = "Patient", action: str = "r") -> str:
+    """The token's patient; its scopes must allow ``action`` on ``resource_type``."""
+    require(ctx.caller, resource_type, action)
     if ctx.caller.patient is None:
         raise FhirError.of(
             Category.FORBIDDEN, "The citizen API needs a patient-bound token", code="forbidden"
@@ -45,7 +48,7 @@ def _patient_of(ctx: RequestContext) -> str:
 
 def _limit(ctx: RequestContext) -> int:
     raw = (ctx.query.get("limit") or ["20"])[0]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_LIMIT:
         raise FhirError.of(Category.INCORRECT, f"limit must be 1..{MAX_LIMIT}", code="value")
     return int(raw)
 
@@ -117,7 +120,7 @@ def _moment(item: dict[str, Any]) -> str:
 
 def results(conn: Connection, ctx: RequestContext) -> Result:
     """Laboratory and imaging results, newest first (``limit``, ``before`` a date)."""
-    patient_id = _patient_of(ctx)
+    patient_id = _patient_of(ctx, "Observation")
     current_or_fail(conn, "Patient", patient_id, view=ctx.view)
     limit = _limit(ctx)
     before = first_value(ctx.query, "before")
@@ -147,7 +150,11 @@ def access_log(conn: Connection, ctx: RequestContext) -> Result:
     patient_id = _patient_of(ctx)
     limit = _limit(ctx)
     raw_before = first_value(ctx.query, "before")
-    before = int(raw_before) if raw_before and raw_before.isdigit() else None
+    before = None
+    if raw_before is not None:
+        if not (raw_before.isascii() and raw_before.isdigit() and len(raw_before) <= 18):
+            raise FhirError.of(Category.INCORRECT, "before must be an event number", code="value")
+        before = int(raw_before)
     events = audit_store.access_log(conn, patient_id, before=before, limit=limit * 3)
     organizations = _organization_names(conn, events)
     items = []
@@ -205,7 +212,7 @@ def _organization_names(conn: Connection, events: list[audit_store.StoredEvent])
 
 
 def consents(conn: Connection, ctx: RequestContext) -> Result:
-    patient_id = _patient_of(ctx)
+    patient_id = _patient_of(ctx, "Consent")
     page = search_queries.compartment_page(
         conn, patient_id, types=["Consent"], since=None, after=None, limit=1000
     )
@@ -233,7 +240,7 @@ def _as_service(ctx: RequestContext) -> RequestContext:
 def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     """Body ``{"refuse": {"region": "sichuan"}}`` or
     ``{"refuse": {"organization": "Organization/x"}}``."""
-    patient_id = _patient_of(ctx)
+    patient_id = _patient_of(ctx, "Consent", "c")
     refuse = body.get("refuse") if isinstance(body, dict) else None
     if not isinstance(refuse, dict) or len(refuse) != 1:
         raise FhirError.of(
@@ -292,7 +299,7 @@ def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
 
 
 def revoke(conn: Connection, ctx: RequestContext, consent_id: str) -> Result:
-    patient_id = _patient_of(ctx)
+    patient_id = _patient_of(ctx, "Consent", "u")
     stored = current_or_fail(conn, "Consent", consent_id, view=ctx.view)
     consent = orjson.loads(stored.content or b"{}")
     consent["status"] = "inactive"

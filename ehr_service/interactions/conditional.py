@@ -17,7 +17,7 @@ from ehr_service.interactions import create, delete, patch, update
 from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
-from ehr_service.security.policy import require
+from ehr_service.security.policy import require, require_search
 from ehr_service.storage import conditional_keys, resources, search_queries
 from ehr_service.storage.search_sql import SearchCompiler
 
@@ -49,6 +49,7 @@ def matching_ids(
     caller may see."""
     require(ctx.caller, resource_type, "s")
     request = search_parser(ctx).parse(resource_type, query)
+    require_search(ctx.caller, request.touched_types())
     if request.unknown or request.result:
         names = ", ".join(request.unknown or list(request.result))
         raise FhirError.of(

@@ -7,7 +7,7 @@ from sqlalchemy import Connection
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import RequestContext
-from ehr_service.interactions.read import not_found
+from ehr_service.interactions.read import check_consent, not_found
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match
 from ehr_service.security.policy import can_see, check_write, require
@@ -28,6 +28,7 @@ def delete(
     if stored is None or not can_see(ctx.view, resource_type, stored.compartment_patient_id):
         raise not_found(resource_type, resource_id)
     check_write(ctx.view, resource_type, stored.compartment_patient_id)
+    check_consent(conn, ctx.view, stored.compartment_patient_id)
     if stored.deleted:
         # Deleting a deleted resource changes nothing (idempotent, no new version).
         return Result(

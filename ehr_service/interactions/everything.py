@@ -75,7 +75,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     cursor_raw = first_value(query, "_cursor")
     after = _cursor(cursor_raw)
     found = search_queries.compartment_page(
-        conn, patient_id, types=types, since=since, after=after, limit=count + 1
+        conn, patient_id, types=types, since=since, after=after, limit=count + 1, view=ctx.view
     )
     has_next = len(found) > count
     found = found[:count]
@@ -114,7 +114,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
         "type": "searchset",
     }
     if cursor_raw is None:
-        bundle["total"] = search_queries.compartment_count(conn, patient_id, types, since)
+        bundle["total"] = search_queries.compartment_count(conn, patient_id, types, since, ctx.view)
     bundle["link"] = links
     entries = [_entry(ctx, f, "match") for f in found] + [
         _entry(ctx, f, "include") for f in included

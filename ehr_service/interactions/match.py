@@ -22,6 +22,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.mpi.matching import Person, person_of, score
 from ehr_service.security.policy import require_staff
+from ehr_service.storage import consent as consent_store
 from ehr_service.storage import identity as identity_store
 
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -88,7 +89,11 @@ def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     count = _count(params, ctx.settings.max_page_size)
     protection = ctx.services.identity.protection
     wanted: Person = person_of(query)
-    contents = identity_store.live_contents(conn, "Patient", _candidates(conn, ctx, query))
+    candidates = _candidates(conn, ctx, query)
+    refused = consent_store.refused_patients(conn, candidates, ctx.view.refused_actors)
+    contents = identity_store.live_contents(
+        conn, "Patient", [c for c in candidates if c not in refused]
+    )
     scored: list[tuple[float, str, str, bytes]] = []
     for patient_id, content in contents.items():
         candidate = protection.reveal(orjson.loads(content))

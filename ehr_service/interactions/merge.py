@@ -194,7 +194,7 @@ def _merge(
     protection = ctx.services.identity.protection
     # Lock the two records in id order: opposing merges must not deadlock.
     locked = {
-        pid: current_or_fail(conn, "Patient", pid, for_update=True)
+        pid: current_or_fail(conn, "Patient", pid, for_update=True, view=ctx.view)
         for pid in sorted((source_id, target_id))
     }
     source, target = locked[source_id], locked[target_id]

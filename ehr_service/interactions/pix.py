@@ -22,6 +22,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.mpi.protection import is_sealed
 from ehr_service.security.policy import require_staff
+from ehr_service.storage import consent as consent_store
 from ehr_service.storage import identity as identity_store
 
 
@@ -66,6 +67,10 @@ def ihe_pix(
             expression=["sourceIdentifier"],
         )
     patients = _patients(conn, ctx, source)
+    refused = consent_store.refused_patients(
+        conn, [str(p.get("id")) for p in patients], ctx.view.refused_actors
+    )
+    patients = [p for p in patients if p.get("id") not in refused]
     if not patients:
         if not identity_store.known_identifier_system(conn, system):
             raise FhirError.of(

@@ -84,7 +84,7 @@ def vread(
     conn: Connection, ctx: RequestContext, resource_type: str, resource_id: str, version: str
 ) -> Result:
     require(ctx.caller, resource_type, "r")
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit() and len(version) <= 9):
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version '{version[:64]}'"
         )

@@ -23,7 +23,7 @@ from ehr_service.fhir.search.shaping import subset
 from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.results import Result
-from ehr_service.security.policy import require
+from ehr_service.security.policy import require, require_search
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_queries import Found, Position
 from ehr_service.storage.search_sql import SearchCompiler
@@ -79,6 +79,7 @@ def search(
     require(ctx.caller, resource_type, "s")
     parser = search_parser(ctx)
     request = parser.parse(resource_type, ctx.query)
+    require_search(ctx.caller, request.touched_types())
     warnings = [
         _issue(f"Unknown or unsupported search parameter '{name}' was ignored")
         for name in request.unknown

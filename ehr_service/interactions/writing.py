@@ -73,8 +73,9 @@ def prepare_version(
         identity.protection.mask_free_text(stored, prepared.values)
         prepared.warnings.append(FREE_TEXT_WARNING)
         content, index = _sealed(ctx, prepared)
-    owner = ctx.services.compartment.owner(stored)
-    check_write(ctx.view, resource_type, owner)  # a patient token: its own record only
+    patients = list(ctx.services.compartment.patient_ids(stored, ctx.base_url))
+    owner = patients[0] if patients else None
+    check_write(ctx.view, resource_type, owner, patients)  # a patient token: its record only
     version = NewVersion(
         resource_type=resource_type,
         resource_id=resource_id,

@@ -5,8 +5,9 @@ An active Consent whose top-level ``provision.type`` is ``deny`` refuses each of
 its ``provision.actor``s: ``Organization/<id>`` references, or regions named by
 an identifier of system :data:`REGION_SYSTEM` (e.g. ``sichuan``). A deny whose
 actors cannot be read, or that names none, refuses everyone who is subject to
-consent (fail closed). Callers subject to consent are those whose token names an
-organisation or a region; the resident's own token and the service are not.
+consent (fail closed). Every caller is subject to consent but the resident's own
+token and the service itself; a named refusal binds the callers whose token names
+that organisation or region.
 """
 
 from __future__ import annotations
@@ -56,4 +57,4 @@ def actors_of(caller: Caller) -> tuple[str, ...]:
         names.append(org if org.startswith("Organization/") else f"Organization/{org}")
     if caller.region:
         names.append(f"region:{caller.region}")
-    return (*names, EVERYONE) if names else ()
+    return (*names, EVERYONE)  # a refusal of everyone binds every staff and system caller

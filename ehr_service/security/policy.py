@@ -12,6 +12,8 @@ operation goes through. Pure decisions; the SQL form of visibility is built by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
@@ -44,14 +46,23 @@ def require_staff(caller: Caller, resource_type: str, action: str) -> None:
 
 
 def require_admin(caller: Caller) -> None:
-    """Administrative operations: a system/ token with write access, or the admin scope."""
-    if caller.internal or caller.is_admin:
+    """Administrative operations: a system/ token with write access to every type, or
+    the admin scope; never a patient-bound token (consent still applies inside)."""
+    if caller.internal:
         return
     if not caller.authenticated:
         raise missing_token()
-    if caller.kind == "system" and caller.may("*", "u"):
+    if caller.patient is not None:
+        raise forbidden("Administrative operations are not for patient-bound tokens")
+    if caller.is_admin or (caller.kind == "system" and caller.may("*", "u")):
         return
     raise forbidden("This operation needs a system/ token or the ehr/admin scope")
+
+
+def require_search(caller: Caller, types: Iterable[str]) -> None:
+    """Every type a search touches (chain targets, _has sources) needs a search scope."""
+    for resource_type in dict.fromkeys(types):
+        require(caller, resource_type, "s")
 
 
 def visibility(caller: Caller, member_types: frozenset[str]) -> Visibility:
@@ -66,9 +77,14 @@ def can_see(view: Visibility, resource_type: str, owner: str | None) -> bool:
     return view.can_see(resource_type, owner)
 
 
-def check_write(view: Visibility, resource_type: str, owner: str | None) -> None:
-    """A patient-bound token writes only into its own compartment."""
-    if view.patient is not None and (owner != view.patient):
+def check_write(
+    view: Visibility, resource_type: str, owner: str | None, patients: Iterable[str] = ()
+) -> None:
+    """A patient-bound token writes only into its own compartment, and never a
+    resource that also points into someone else's."""
+    if view.patient is not None and (
+        owner != view.patient or any(p != view.patient for p in patients)
+    ):
         raise forbidden(
             "A patient-bound token may only write resources of its own patient's record"
         )

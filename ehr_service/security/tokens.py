@@ -12,6 +12,7 @@ are never accepted, and a ``kid`` is only ever a dictionary key.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ehr_service.security.scopes import parse_scopes
 ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
 OWN_KEY_FILE = "token-signing.jwk.json"
 MAX_TOKEN_BYTES = 8192
+JWKS_REFETCH_SECONDS = 60.0
 logger = logging.getLogger(__name__)
 
 
@@ -121,8 +123,10 @@ class TokenVerifier:
         url = self.settings.jwks_url
         if url:
             with self._lock:
-                stale = time.monotonic() - self._remote_at > self.settings.jwks_cache_seconds
-                if self._remote is None or stale or refresh:
+                age = time.monotonic() - self._remote_at
+                stale = age > self.settings.jwks_cache_seconds
+                # an unknown kid refetches, but at most once a minute (forged kids)
+                if self._remote is None or stale or (refresh and age > JWKS_REFETCH_SECONDS):
                     try:
                         response = httpx.get(url, timeout=5.0)
                         response.raise_for_status()
@@ -161,17 +165,15 @@ class TokenVerifier:
             if name not in claims:
                 raise InvalidToken.because(f"the claim '{name}' is required")
         exp, iat = claims["exp"], claims["iat"]
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+        if not (_numeric_date(exp) and _numeric_date(iat)):
             raise InvalidToken.because("exp and iat must be numeric dates")
         if exp <= now - skew:
             raise InvalidToken.because("expired")
         if iat > now + skew:
             raise InvalidToken.because("issued in the future")
-        if "nbf" in claims and (
-            not isinstance(claims["nbf"], int | float) or claims["nbf"] > now + skew
-        ):
+        if "nbf" in claims and (not _numeric_date(claims["nbf"]) or claims["nbf"] > now + skew):
             raise InvalidToken.because("not yet valid")
-        if claims["iss"] not in self.issuers:
+        if not isinstance(claims["iss"], str) or claims["iss"] not in self.issuers:
             raise InvalidToken.because("unknown issuer")
         audience = claims["aud"]
         audiences = audience if isinstance(audience, list) else [audience]
@@ -201,6 +203,10 @@ class TokenVerifier:
             purpose=_purpose(claims.get("purpose_of_use")),
             region=str(claims["region"]) if isinstance(claims.get("region"), str) else None,
         )
+
+
+def _numeric_date(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _purpose(value: Any) -> str:

@@ -28,3 +28,18 @@ def refused(conn: Connection, patient_id: str, actors: Sequence[str]) -> bool:
         .limit(1)
     ).first()
     return row is not None
+
+
+def refused_patients(
+    conn: Connection, patient_ids: Sequence[str], actors: Sequence[str]
+) -> set[str]:
+    """Which of these residents refused any of these actors."""
+    if not patient_ids or not actors:
+        return set()
+    rows = conn.execute(
+        select(consent_refusal.c.patient_id).where(
+            consent_refusal.c.patient_id.in_(list(patient_ids)),
+            consent_refusal.c.actor.in_(actors),
+        )
+    ).all()
+    return {r.patient_id for r in rows}

@@ -262,9 +262,14 @@ def referring(
 
 
 def _compartment_conditions(
-    patient_id: str | None, types: Sequence[str] | None, since: Any
+    patient_id: str | None,
+    types: Sequence[str] | None,
+    since: Any,
+    view: Visibility = EVERYTHING,
 ) -> list[ColumnElement[bool]]:
     conditions = [resource.c.deleted == false()]
+    if view.restricts:
+        conditions.append(visible(resource, view))
     if patient_id is not None:
         conditions.append(resource.c.compartment_patient_id == patient_id)
     else:
@@ -284,25 +289,37 @@ def compartment_page(
     since: Any,
     after: tuple[str, str] | None,
     limit: int,
+    view: Visibility = EVERYTHING,
 ) -> list[Found]:
     """Live resources of one patient's compartment (or of every patient's, for None),
     keyset-paged on (type, id) so that a lifelong record streams page by page."""
-    conditions = _compartment_conditions(patient_id, types, since)
+    conditions = _compartment_conditions(patient_id, types, since, view)
     if after is not None:
         conditions.append(tuple_(resource.c.res_type, resource.c.res_id) > after)
     rows = conn.execute(
-        select(resource.c.res_type, resource.c.res_id, resource.c.content)
+        select(
+            resource.c.res_type,
+            resource.c.res_id,
+            resource.c.content,
+            resource.c.compartment_patient_id,
+        )
         .where(*conditions)
         .order_by(resource.c.res_type, resource.c.res_id)
         .limit(limit)
     ).all()
-    return [Found(r.res_type, r.res_id, bytes(r.content)) for r in rows]
+    return [
+        Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id) for r in rows
+    ]
 
 
 def compartment_count(
-    conn: Connection, patient_id: str | None, types: Sequence[str] | None, since: Any
+    conn: Connection,
+    patient_id: str | None,
+    types: Sequence[str] | None,
+    since: Any,
+    view: Visibility = EVERYTHING,
 ) -> int:
-    conditions = _compartment_conditions(patient_id, types, since)
+    conditions = _compartment_conditions(patient_id, types, since, view)
     return int(
         conn.execute(select(func.count()).select_from(resource).where(*conditions)).scalar_one()
     )

@@ -215,6 +215,7 @@ def _selectivity_rank(criterion: Criterion) -> int:
 class SearchCompiler:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
+        self.view: Visibility = EVERYTHING  # set by where(); chains and _has inherit it
 
     # -- one value of one criterion -----------------------------------------
     def _value(
@@ -413,7 +414,9 @@ class SearchCompiler:
     def live_ids(self, resource_type: str, criteria: Sequence[Criterion]) -> Select[Any]:
         """Ids of live resources meeting the criteria with their full semantics
         (modifiers such as :missing and :not included): the inner end of a chain."""
-        return select(resource.c.res_id).where(*self.where(resource_type, criteria))
+        # The caller's visibility holds at every link: a chain or _has must not
+        # reveal, even as a yes/no, what the caller could not search directly.
+        return select(resource.c.res_id).where(*self.where(resource_type, criteria, view=self.view))
 
     def reverse_chain_clause(self, resource_type: str, chain: ReverseChain) -> ColumnElement[bool]:
         ref = search_reference
@@ -433,6 +436,7 @@ class SearchCompiler:
         reverse_chains: Sequence[ReverseChain] = (),
         view: Visibility = EVERYTHING,
     ) -> list[ColumnElement[bool]]:
+        self.view = view
         clauses: list[ColumnElement[bool]] = [
             resource.c.res_type == resource_type,
             resource.c.deleted == false(),

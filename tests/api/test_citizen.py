@@ -71,6 +71,11 @@ def test_profile_results_and_access_log(client: TestClient, services: Services) 
         assert me.get("/citizen/v1/me/results?limit=0").status_code == 400
     with _client(services, "user/*.rs") as staff:
         assert staff.get("/citizen/v1/me").status_code == 403
+    with _client(services, "patient/Observation.rs", patient=pid) as narrow:
+        assert narrow.get("/citizen/v1/me/results").status_code == 200
+        assert narrow.get("/citizen/v1/me").status_code == 403
+        refuse = {"refuse": {"region": "sichuan"}}
+        assert narrow.post("/citizen/v1/me/consents", json=refuse).status_code == 403
     with TestClient(create_app(services=services), raise_server_exceptions=False) as nobody:
         assert nobody.get("/citizen/v1/me").status_code == 401
 
@@ -79,7 +84,7 @@ def test_consents_granted_and_revoked_by_the_resident(
     client: TestClient, services: Services
 ) -> None:
     pid, _ = _resident(client)
-    with _client(services, "patient/*.rs", patient=pid) as me:
+    with _client(services, "patient/*.cruds", patient=pid) as me:
         refused = me.post("/citizen/v1/me/consents", json={"refuse": {"region": "sichuan"}})
         assert refused.status_code == 201, refused.text
         consent_id = refused.json()["id"]
@@ -98,7 +103,7 @@ def test_consents_granted_and_revoked_by_the_resident(
         )
     with _client(services, "user/*.rs", region="sichuan") as partner:
         assert partner.get(f"/fhir/Patient/{pid}").status_code == 403
-    with _client(services, "patient/*.rs", patient=pid) as me:
+    with _client(services, "patient/*.cruds", patient=pid) as me:
         assert me.delete(f"/citizen/v1/me/consents/{consent_id}").status_code == 200
         assert me.get("/citizen/v1/me/consents").json()["items"][0]["status"] == "inactive"
     with _client(services, "user/*.rs", region="sichuan") as partner:
@@ -108,5 +113,5 @@ def test_consents_granted_and_revoked_by_the_resident(
         if False
         else (client.post("/fhir/Patient", json=patient()).json()["id"], None)
     )
-    with _client(services, "patient/*.rs", patient=other) as someone_else:
+    with _client(services, "patient/*.cruds", patient=other) as someone_else:
         assert someone_else.delete(f"/citizen/v1/me/consents/{consent_id}").status_code == 404

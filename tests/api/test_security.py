@@ -430,3 +430,113 @@ def test_external_issuer_keys_from_a_jwks_file(
     assert (
         client.get("/fhir/Patient", headers={"Authorization": f"Bearer {own}"}).status_code == 401
     )
+
+
+def test_security_review_regressions(
+    client: TestClient, services: Services, two_residents: dict[str, Any]
+) -> None:
+    ids = two_residents
+    mine, theirs = ids["mine"], ids["theirs"]
+    client.put(
+        f"/fhir/Patient/{theirs}",
+        json=patient(id=theirs, name=[{"family": "Bobsecret"}]),
+        headers=FHIR_JSON,
+    )
+    with _citizen(services, mine) as me:
+        # chains and _has see only what the token may search directly
+        assert (
+            _ids(me.get(f"/fhir/Patient?_has:Observation:subject:subject=Patient/{theirs}").json())
+            == set()
+        )
+        assert _ids(me.get("/fhir/Observation?subject:Patient.family=Bobsecret").json()) == set()
+        # a resource of mine that points into their record: refused
+        sneaky = observation(f"Patient/{mine}")
+        sneaky["performer"] = [{"reference": f"Patient/{theirs}"}]
+        assert me.post("/fhir/Observation", json=sneaky, headers=FHIR_JSON).status_code == 403
+        absolute = observation(f"http://testserver/fhir/Patient/{theirs}")
+        absolute["performer"] = [{"reference": f"Patient/{mine}"}]
+        assert me.post("/fhir/Observation", json=absolute, headers=FHIR_JSON).status_code == 403
+    admin_patient = bearer(services.settings, "patient/*.rs ehr/admin", patient=mine)
+    with TestClient(
+        create_app(services=services), raise_server_exceptions=False, headers=admin_patient
+    ) as c:
+        assert c.get("/fhir/Patient/$everything").status_code == 403
+    only_orgs = bearer(services.settings, "user/Organization.rs")
+    with TestClient(
+        create_app(services=services), raise_server_exceptions=False, headers=only_orgs
+    ) as c:
+        probe = c.get(f"/fhir/Organization?_has:Observation:performer:subject=Patient/{theirs}")
+        assert probe.status_code == 403
+    # odd versions and claims are 4xx, never 500
+    assert client.get(f"/fhir/Patient/{mine}/_history/99999999999999999999").status_code == 404
+    assert client.get(f"/fhir/Patient/{mine}/_history/%C2%B2").status_code == 404
+    listed_iss = _signed(services, iss=["a", "b"])
+    assert (
+        client.get("/fhir/Patient", headers={"Authorization": f"Bearer {listed_iss}"}).status_code
+        == 401
+    )
+    boolean_exp = _signed(services, exp=True)
+    assert (
+        client.get("/fhir/Patient", headers={"Authorization": f"Bearer {boolean_exp}"}).status_code
+        == 401
+    )
+
+
+def test_refused_organisation_cannot_write_the_record(
+    client: TestClient, services: Services, two_residents: dict[str, Any]
+) -> None:
+    theirs = two_residents["theirs"]
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{theirs}"},
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {"role": {"text": "recipient"}, "reference": {"reference": "Organization/x"}}
+            ],
+        },
+    }
+    consent_id = client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).json()["id"]
+    before = snapshot(services)
+    refused = bearer(services.settings, "user/*.cruds", organization="Organization/x")
+    with TestClient(
+        create_app(services=services), raise_server_exceptions=False, headers=refused
+    ) as x:
+        assert x.delete(f"/fhir/Consent/{consent_id}").status_code == 403
+        assert (
+            x.put(f"/fhir/Patient/{theirs}", json=patient(id=theirs), headers=FHIR_JSON).status_code
+            == 403
+        )
+        versioned = {**FHIR_JSON, "If-Match": 'W/"99"'}
+        assert (
+            x.put(f"/fhir/Patient/{theirs}", json=patient(id=theirs), headers=versioned).status_code
+            == 403
+        )
+        match = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "resource", "resource": patient(name=[{"text": "李建国"}])}],
+        }
+        found = x.post("/fhir/Patient/$match", json=match, headers=FHIR_JSON).json()
+        assert theirs not in str(found)
+    assert snapshot(services) == before
+
+
+def test_login_failure_floods_are_throttled_not_audited(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(rate_limit_per_minute=60, rate_limit_burst=5)
+    statuses = [
+        client.get("/fhir/Patient", headers={"Authorization": "Bearer x.y.z"}).status_code
+        for _ in range(8)
+    ]
+    assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 3

@@ -77,6 +77,16 @@ class SearchRequest:
     result: dict[str, list[str]] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
 
+    def touched_types(self) -> list[str]:
+        """Every resource type the search reads: its own, chain targets, _has sources."""
+        types = [self.resource_type]
+        for criterion in self.criteria:
+            types.extend(target for _, target in criterion.chain)
+        for reverse in self.reverse_chains:
+            types.append(reverse.source_type)
+            types.extend(target for _, target in reverse.criterion.chain)
+        return types
+
 
 def split_values(raw: str) -> tuple[str, ...]:
     return tuple(v.replace("\\,", ",") for v in _SPLIT_COMMA.split(raw))
