@@ -34,7 +34,7 @@ def _rendering(request: Request) -> Rendering:
     return rendering if isinstance(rendering, Rendering) else DEFAULT_RENDERING
 
 
-def audit_failure(request: Request, status: int) -> None:
+def audit_failure(request: Request, status: int, patients: frozenset[str] = frozenset()) -> None:
     """Refusals and failures of authenticated requests are audited too (their own
     transaction: whatever the request wrote was rolled back)."""
     caller = getattr(request.state, "caller", None)
@@ -47,7 +47,7 @@ def audit_failure(request: Request, status: int) -> None:
                 interaction=getattr(request.scope.get("route"), "name", ""),
                 status=status,
                 caller=caller,
-                patients=frozenset(),
+                patients=patients,
                 what=request.url.path.removeprefix("/fhir/")[:200],
                 query=request.url.query or None,
             )
@@ -60,7 +60,7 @@ async def on_fhir_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FhirError)
     if exc.category is Category.FAULT:
         logger.error("request %s failed: %s", request_id_of(request.scope), exc)
-    await run_in_threadpool(audit_failure, request, exc.status)
+    await run_in_threadpool(audit_failure, request, exc.status, exc.patients)
     return render_error(exc, _rendering(request))
 
 

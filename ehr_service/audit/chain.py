@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
+from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
-from ehr_service.storage.audit import GENESIS, chain_hash
+from ehr_service.storage.audit import GENESIS, StoredEvent, chain_hash
 from ehr_service.storage.database import Database
 
 
@@ -21,10 +24,33 @@ class Verdict:
         return self.first_bad is None
 
 
+def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
+    """The queryable copies (columns, access rows) must say what the hashed JSON says."""
+    content = orjson.loads(event.content)
+    agent = (content.get("agent") or [{}])[0]
+    subject = ((agent.get("who") or {}).get("identifier") or {}).get("value")
+    if (
+        content.get("id") != str(event.seq)
+        or content.get("outcome") != event.outcome
+        or subject != event.subject
+        or content.get("recorded") != format_instant(event.recorded)
+    ):
+        return "its columns were altered"
+    named = {  # the entities in the patient role (not the resource acted on)
+        str(e["what"]["reference"]).removeprefix("Patient/")
+        for e in content.get("entity") or ()
+        if (e.get("role") or {}).get("code") == "1" and "what" in e
+    }
+    if named != patients:
+        return "its record of whose data it touched was altered"
+    return None
+
+
 def verify(database: Database) -> Verdict:
     with database.read() as conn:
         expected_seq, prev = 1, GENESIS
         count = 0
+        touched: dict[int, set[str]] = {}
         for event in audit_store.walk(conn):
             if event.seq != expected_seq:
                 return Verdict(count, expected_seq, f"event {expected_seq} is missing or moved")
@@ -32,6 +58,11 @@ def verify(database: Database) -> Verdict:
                 return Verdict(count, event.seq, "it does not follow the event before it")
             if chain_hash(event.prev_hash, event.seq, event.content) != event.hash:
                 return Verdict(count, event.seq, "its content or hash was altered")
+            if event.seq not in touched:
+                touched = audit_store.accesses(conn, event.seq, event.seq + 999)
+            problem = _columns_disagree(event, touched.get(event.seq, set()))
+            if problem:
+                return Verdict(count, event.seq, problem)
             count += 1
             expected_seq, prev = event.seq + 1, event.hash
         head_seq, head_hash = audit_store.head(conn)

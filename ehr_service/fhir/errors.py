@@ -97,6 +97,8 @@ class FhirError(Exception):
     category: Category
     issues: Sequence[Issue] = field(default_factory=tuple)
     headers: dict[str, str] = field(default_factory=dict)
+    # Whose records the refused request concerned (for the audit; never rendered).
+    patients: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         super().__init__(self.category.value, *(i.diagnostics for i in self.issues))

@@ -26,11 +26,13 @@ def gone(stored: StoredVersion) -> FhirError:
 def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
     """403 when the resident refused sharing with this caller (DESIGN.md §9)."""
     if owner and view.refused_actors and consent_store.refused(conn, owner, view.refused_actors):
-        raise FhirError.of(
+        refusal = FhirError.of(
             Category.FORBIDDEN,
             "The resident has refused sharing this record with your organisation or region",
             code="suppressed",
         )
+        refusal.patients = frozenset({owner})  # the refused attempt shows in their access log
+        raise refusal
 
 
 def not_found(resource_type: str, resource_id: str) -> FhirError:

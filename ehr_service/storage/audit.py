@@ -118,6 +118,19 @@ def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:
         after = int(rows[-1].seq)
 
 
+def accesses(conn: Connection, first: int, last: int) -> dict[int, set[str]]:
+    """Patients recorded per event, for events ``first`` to ``last``."""
+    rows = conn.execute(
+        select(audit_access.c.seq, audit_access.c.patient_id).where(
+            audit_access.c.seq >= first, audit_access.c.seq <= last
+        )
+    ).all()
+    out: dict[int, set[str]] = {}
+    for row in rows:
+        out.setdefault(int(row.seq), set()).add(row.patient_id)
+    return out
+
+
 def access_log(
     conn: Connection, patient_id: str, *, before: int | None, limit: int
 ) -> list[StoredEvent]:

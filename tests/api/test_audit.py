@@ -159,3 +159,17 @@ def test_verify_notices_a_cut_tail(chain: Services) -> None:
     with chain.database.write() as conn:  # even with the head moved back too
         conn.execute(sa.update(audit_head).values(seq=3))
     assert not verify(chain.database).intact
+
+
+def test_verify_notices_altered_columns_and_access_rows(chain: Services) -> None:
+    from ehr_service.storage.tables import audit_access
+
+    with chain.database.write() as conn:
+        conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="nobody"))
+    verdict = verify(chain.database)
+    assert verdict.first_bad == 2 and "columns" in verdict.reason
+    with chain.database.write() as conn:
+        conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="clerk"))
+        conn.execute(sa.insert(audit_access).values(patient_id="someone", seq=4))
+    verdict = verify(chain.database)
+    assert verdict.first_bad == 4 and "whose data" in verdict.reason

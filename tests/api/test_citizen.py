@@ -104,6 +104,11 @@ def test_consents_granted_and_revoked_by_the_resident(
     with _client(services, "user/*.rs", region="sichuan") as partner:
         assert partner.get(f"/fhir/Patient/{pid}").status_code == 403
     with _client(services, "patient/*.cruds", patient=pid) as me:
+        refused_attempts = [
+            i for i in me.get("/citizen/v1/me/access-log").json()["items"] if not i["allowed"]
+        ]
+        assert refused_attempts and refused_attempts[0]["action"] == "read"
+    with _client(services, "patient/*.cruds", patient=pid) as me:
         assert me.delete(f"/citizen/v1/me/consents/{consent_id}").status_code == 200
         assert me.get("/citizen/v1/me/consents").json()["items"][0]["status"] == "inactive"
     with _client(services, "user/*.rs", region="sichuan") as partner:
