@@ -20,7 +20,7 @@ from ehr_service.interactions.paging import (
     page_url,
     parse_cursor,
 )
-from ehr_service.interactions.read import check_consent, not_found
+from ehr_service.interactions.read import check_consent, not_found, visible_to
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.security.policy import require
 from ehr_service.storage import resources
@@ -62,7 +62,7 @@ def history(
     view = ctx.view
     if resource_type and resource_id:
         current = resources.read_current(conn, resource_type, resource_id)
-        if current is None or not view.can_see(resource_type, current.compartment_patient_id):
+        if current is None or not visible_to(conn, view, resource_type, resource_id, current):
             raise not_found(resource_type, resource_id)
         check_consent(conn, view, current.compartment_patient_id)
 

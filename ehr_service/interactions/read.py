@@ -12,6 +12,7 @@ from ehr_service.security.policy import can_see, require
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import resources
 from ehr_service.storage.resources import StoredVersion
+from ehr_service.storage.search_sql import refers_to_another_patient
 
 
 def gone(stored: StoredVersion) -> FhirError:
@@ -21,6 +22,22 @@ def gone(stored: StoredVersion) -> FhirError:
         (Issue(f"{stored.resource_type}/{stored.resource_id} was deleted"),),
         headers={"ETag": f'W/"{stored.version_id}"'},
     )
+
+
+def visible_to(
+    conn: Connection,
+    view: Visibility,
+    resource_type: str,
+    resource_id: str,
+    stored: StoredVersion,
+) -> bool:
+    """Compartment visibility, plus: a resource outside every compartment that
+    refers to another resident (a Device's patient) is that resident's data."""
+    if not can_see(view, resource_type, stored.compartment_patient_id):
+        return False
+    if view.patient is None or stored.compartment_patient_id is not None:
+        return True
+    return not refers_to_another_patient(conn, resource_type, resource_id, view.patient)
 
 
 def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
@@ -51,7 +68,7 @@ def current_or_fail(
     it), 410 if deleted."""
     stored = resources.read_current(conn, resource_type, resource_id, for_update=for_update)
     if stored is None or (
-        view is not None and not can_see(view, resource_type, stored.compartment_patient_id)
+        view is not None and not visible_to(conn, view, resource_type, resource_id, stored)
     ):
         raise not_found(resource_type, resource_id)
     if view is not None:
@@ -91,7 +108,7 @@ def vread(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version '{version[:64]}'"
         )
     stored = resources.read_version(conn, resource_type, resource_id, int(version))
-    if stored is None or not can_see(ctx.view, resource_type, stored.compartment_patient_id):
+    if stored is None or not visible_to(conn, ctx.view, resource_type, resource_id, stored):
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version {version}"
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     and_,
     exists,
@@ -83,15 +84,35 @@ def visible(table: Any, view: Visibility, resource_type: str | None = None) -> C
     return combined
 
 
+def _about_someone_else(table: Any, patient: str | None) -> ColumnElement[bool]:
+    """The resource refers to a Patient other than ``patient`` (e.g. a Device's
+    ``patient``): outside every compartment, yet someone else's data."""
+    ref = search_reference
+    return exists().where(
+        ref.c.res_type == table.c.res_type,
+        ref.c.res_id == table.c.res_id,
+        ref.c.target_type == "Patient",
+        ref.c.target_id.is_not(None),
+        ref.c.target_id != patient,
+    )
+
+
 def _compartment(table: Any, view: Visibility, resource_type: str | None) -> ColumnElement[bool]:
     owned: ColumnElement[bool] = table.c.compartment_patient_id == view.patient
     if resource_type is not None:
         if resource_type in view.member_types:
             return owned
-        return or_(owned, table.c.compartment_patient_id.is_(None))
+        return or_(
+            owned,
+            and_(
+                table.c.compartment_patient_id.is_(None),
+                ~_about_someone_else(table, view.patient),
+            ),
+        )
     shared = and_(
         table.c.compartment_patient_id.is_(None),
         table.c.res_type.not_in(sorted(view.member_types)),
+        ~_about_someone_else(table, view.patient),
     )
     clause: ColumnElement[bool] = or_(owned, shared)
     return clause
@@ -449,3 +470,22 @@ class SearchCompiler:
         )
         clauses.extend(self.reverse_chain_clause(resource_type, r) for r in reverse_chains)
         return clauses
+
+
+def refers_to_another_patient(
+    conn: Connection, resource_type: str, resource_id: str, patient: str
+) -> bool:
+    """Does this resource (outside the compartment) refer to a Patient but ``patient``?"""
+    ref = search_reference
+    row = conn.execute(
+        select(ref.c.res_id)
+        .where(
+            ref.c.res_type == resource_type,
+            ref.c.res_id == resource_id,
+            ref.c.target_type == "Patient",
+            ref.c.target_id.is_not(None),
+            ref.c.target_id != patient,
+        )
+        .limit(1)
+    ).first()
+    return row is not None

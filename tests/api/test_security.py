@@ -540,3 +540,20 @@ def test_login_failure_floods_are_throttled_not_audited(
         for _ in range(8)
     ]
     assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 3
+
+
+def test_shared_types_that_point_at_another_resident_are_hidden(
+    client: TestClient, services: Services, two_residents: dict[str, Any]
+) -> None:
+    ids = two_residents
+    devices = {}
+    for key in ("mine", "theirs"):
+        device = {"resourceType": "Device", "patient": {"reference": f"Patient/{ids[key]}"}}
+        devices[key] = client.post("/fhir/Device", json=device, headers=FHIR_JSON).json()["id"]
+    with _citizen(services, ids["mine"]) as me:
+        assert me.get(f"/fhir/Device/{devices['theirs']}").status_code == 404
+        assert me.get(f"/fhir/Device/{devices['theirs']}/_history/1").status_code == 404
+        assert me.get(f"/fhir/Device/{devices['mine']}").status_code == 200
+        assert _ids(me.get("/fhir/Device").json()) == {devices["mine"]}
+        assert _ids(me.get(f"/fhir/Device?patient={ids['theirs']}").json()) == set()
+        assert _ids(me.get("/fhir/Organization").json()) == {ids["org"]}
