@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 
 from ehr_service.config import Settings
+
+if TYPE_CHECKING:
+    from ehr_service.exchange.keys import KeyInfo, SigningKeys
 
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
@@ -72,6 +76,58 @@ def token_mint(
         subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl
     )
     typer.echo(mint(settings, claims))
+
+
+def _signing_keys() -> SigningKeys:
+    from ehr_service.exchange.keys import SigningKeys
+
+    return SigningKeys(_settings().signing_keys_dir)
+
+
+def _key_action(action: Callable[[], KeyInfo]) -> None:
+    from ehr_service.exchange.keys import KeyStateError
+
+    try:
+        info = action()
+    except KeyStateError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{info.kid}  {info.alg}  {info.state}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    alg: Annotated[str, typer.Option(help="ES256 (default) or Ed25519")] = "ES256",
+) -> None:
+    """Make a new exchange signing key (active if none is, else pending)."""
+    _key_action(lambda: _signing_keys().generate(alg))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the exchange signing keys: kid (RFC 7638 thumbprint), algorithm, state."""
+    for info in _signing_keys().list():
+        typer.echo(f"{info.kid}  {info.alg}  {info.state}  {info.created}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    alg: Annotated[str, typer.Option(help="algorithm of a new key, if none is pending")] = "ES256",
+) -> None:
+    """Activate the pending key (or a new one); the active key retires."""
+    _key_action(lambda: _signing_keys().rotate(alg))
+
+
+@keys_app.command("retire")
+def keys_retire(kid: str) -> None:
+    """Stop signing with a key; it stays published so old messages verify."""
+    _key_action(lambda: _signing_keys().retire(kid))
+
+
+@keys_app.command("revoke")
+def keys_revoke(kid: str) -> None:
+    """Revoke a key (compromised): unpublished; its messages no longer verify."""
+    _key_action(lambda: _signing_keys().revoke(kid))
 
 
 @keys_app.command("rotate-data-key")

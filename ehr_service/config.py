@@ -108,6 +108,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir / 'ehr.sqlite3'}"
 
     @property
+    def signing_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "signing"
+
+    @property
     def trusts_own_tokens(self) -> bool:
         if self.trust_own_tokens is not None:
             return self.trust_own_tokens

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ehr_service.api import openapi_docs as docs
+from ehr_service.exchange.keys import SigningKeys
 from ehr_service.interactions.context import Services
 
 router = APIRouter(tags=["Discovery"])
@@ -48,6 +49,15 @@ def smart_configuration(request: Request) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
     }
     return {k: v for k, v in configuration.items() if v is not None}
+
+
+@router.get("/.well-known/jwks.json", **docs.plain_route("exchange signing keys (JWKS)"))
+async def jwks(request: Request) -> JSONResponse:
+    """Public keys of this region's exchange signatures: active, pending and retired
+    (old messages must verify years later); never revoked ones."""
+    services: Services = request.app.state.services
+    keys = SigningKeys(services.settings.signing_keys_dir)
+    return JSONResponse(keys.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/.well-known/smart-configuration", **docs.plain_route("SMART configuration"))

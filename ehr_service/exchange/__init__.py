@@ -1,0 +1,1 @@
+"""Signed cross-region exchange (DESIGN.md §8): keys, partners, envelopes."""

@@ -1,0 +1,150 @@
+"""The region's signing keys for exchanges (DESIGN.md §8).
+
+Keys live under ``<data dir>/keys/signing/``: one owner-only private JWK file per
+key and a registry of their states. ``kid`` is the RFC 7638 thumbprint.
+
+- ``active``: signs new messages (exactly one, once a key exists);
+- ``pending``: published ahead of a rotation, not yet signing;
+- ``retired``: no longer signs, still published so old messages verify;
+- ``revoked``: neither signs nor verifies; not published.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from joserfc.jwk import ECKey, OKPKey
+
+from ehr_service.security.fieldcrypto import _write_private
+
+ALGORITHMS = {"ES256": ("EC", "P-256"), "Ed25519": ("OKP", "Ed25519")}
+STATES = ("active", "pending", "retired", "revoked")
+SigningKey = ECKey | OKPKey
+
+
+class KeyStateError(ValueError):
+    """An operator asked for something the key states do not allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    kid: str
+    alg: str
+    state: str
+    created: str
+
+
+class SigningKeys:
+    """The signing key set of this service, backed by the data directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+
+    @property
+    def _registry_path(self) -> Path:
+        return self.directory / "registry.json"
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self._registry_path.exists():
+            return []
+        keys: list[dict[str, Any]] = orjson.loads(self._registry_path.read_bytes())["keys"]
+        return keys
+
+    def _write(self, keys: list[dict[str, Any]]) -> None:
+        _write_private(
+            self._registry_path, orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2)
+        )
+
+    def list(self) -> list[KeyInfo]:
+        return [KeyInfo(k["kid"], k["alg"], k["state"], k["created"]) for k in self._read()]
+
+    def generate(self, alg: str = "ES256", *, state: str | None = None) -> KeyInfo:
+        """A new key: active if there is none, else pending (publish before use)."""
+        if alg not in ALGORITHMS:
+            raise KeyStateError(f"alg must be one of {', '.join(ALGORITHMS)}")
+        with self._lock:
+            keys = self._read()
+            key: SigningKey = (
+                ECKey.generate_key("P-256", private=True, auto_kid=True)
+                if alg == "ES256"
+                else OKPKey.generate_key("Ed25519", private=True, auto_kid=True)
+            )
+            kid = key.thumbprint()
+            _write_private(
+                self.directory / f"{kid}.jwk.json", orjson.dumps(key.as_dict(private=True))
+            )
+            chosen = state or ("pending" if any(k["state"] == "active" for k in keys) else "active")
+            entry = {
+                "kid": kid,
+                "alg": alg,
+                "state": chosen,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            self._write([*keys, entry])
+            return KeyInfo(kid, alg, chosen, entry["created"])
+
+    def rotate(self, alg: str | None = None) -> KeyInfo:
+        """Activate the newest pending key (or a new one); the active key retires."""
+        with self._lock:
+            keys = self._read()
+            pending = [k for k in keys if k["state"] == "pending"]
+        if not pending:
+            self.generate(alg or "ES256", state="pending")
+        with self._lock:
+            keys = self._read()
+            newest = [k for k in keys if k["state"] == "pending"][-1]
+            for k in keys:
+                if k["state"] == "active":
+                    k["state"] = "retired"
+            newest["state"] = "active"
+            self._write(keys)
+            return KeyInfo(newest["kid"], newest["alg"], "active", newest["created"])
+
+    def _set_state(self, kid: str, state: str) -> KeyInfo:
+        with self._lock:
+            keys = self._read()
+            match = [k for k in keys if k["kid"] == kid]
+            if not match:
+                raise KeyStateError(f"no signing key {kid}")
+            entry = match[0]
+            if entry["state"] == "revoked":
+                raise KeyStateError(f"{kid} is revoked for good")
+            if state == "retired" and entry["state"] == "active":
+                raise KeyStateError(f"{kid} is the active key: rotate to another first")
+            entry["state"] = state
+            self._write(keys)
+            return KeyInfo(kid, entry["alg"], state, entry["created"])
+
+    def retire(self, kid: str) -> KeyInfo:
+        return self._set_state(kid, "retired")
+
+    def revoke(self, kid: str) -> KeyInfo:
+        """Revoke (a compromised key): it stops verifying too, even if active."""
+        return self._set_state(kid, "revoked")
+
+    def private_key(self, kid: str) -> SigningKey:
+        raw = orjson.loads((self.directory / f"{kid}.jwk.json").read_bytes())
+        return ECKey.import_key(raw) if raw["kty"] == "EC" else OKPKey.import_key(raw)
+
+    def active(self) -> tuple[KeyInfo, SigningKey] | None:
+        for info in self.list():
+            if info.state == "active":
+                return info, self.private_key(info.kid)
+        return None
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys others verify with: active, pending and retired."""
+        published = []
+        for info in self.list():
+            if info.state == "revoked":
+                continue
+            public = self.private_key(info.kid).as_dict(private=False)
+            public.update({"kid": info.kid, "alg": info.alg, "use": "sig"})
+            published.append(public)
+        return {"keys": published}
