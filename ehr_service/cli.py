@@ -14,6 +14,7 @@ from ehr_service.config import Settings
 
 if TYPE_CHECKING:
     from ehr_service.exchange.keys import KeyInfo, SigningKeys
+    from ehr_service.exchange.partners import PartnerRegistry
 
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
@@ -24,6 +25,8 @@ token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=Tr
 app.add_typer(token_app, name="token")
 audit_app = typer.Typer(help="the tamper-evident audit chain", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+partner_app = typer.Typer(help="exchange partners of this region", no_args_is_help=True)
+app.add_typer(partner_app, name="partner")
 
 
 def _settings() -> Settings:
@@ -33,6 +36,97 @@ def _settings() -> Settings:
 def _batch(settings: Settings) -> Settings:
     """Settings of a long-running operator job: no statement time limit."""
     return settings.model_copy(update={"statement_timeout_ms": 0})
+
+
+def _partners(action: Callable[[PartnerRegistry], object]) -> object:
+    from ehr_service.exchange.partners import PartnerError, PartnerRegistry
+    from ehr_service.storage.database import Database
+
+    database = Database(_settings().effective_database_url)
+    try:
+        return action(PartnerRegistry(database))
+    except PartnerError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+
+
+def _show(partner: object) -> None:
+    from ehr_service.exchange.partners import Partner
+
+    assert isinstance(partner, Partner)
+    typer.echo(
+        f"{partner.partner_id}  {partner.name}  region={partner.region}  aud={partner.audience}  "
+        f"keys={','.join(sorted(partner.keys))}  types={','.join(partner.allowed_types)}  "
+        f"endpoint={partner.endpoint or '-'}"
+    )
+
+
+@partner_app.command("add")
+def partner_add(
+    partner_id: str,
+    name: Annotated[str, typer.Option(help="display name")],
+    region: Annotated[str, typer.Option(help="region code, e.g. sichuan")],
+    audience: Annotated[str, typer.Option(help="the aud of their messages to us")],
+    jwks: Annotated[str, typer.Option(help="their JWKS: a file or an https URL")],
+    allow: Annotated[list[str], typer.Option(help="a resource type they may send")],
+    endpoint: Annotated[str | None, typer.Option(help="where we push to them")] = None,
+) -> None:
+    """Register a partner; its keys are fetched now and pinned."""
+    _show(
+        _partners(
+            lambda r: r.add(
+                partner_id,
+                name=name,
+                region=region,
+                audience=audience,
+                jwks=jwks,
+                endpoint=endpoint,
+                allowed_types=allow,
+            )
+        )
+    )
+
+
+@partner_app.command("list")
+def partner_list() -> None:
+    """List partners."""
+    for partner in _partners(lambda r: r.list()):  # type: ignore[attr-defined]
+        _show(partner)
+
+
+@partner_app.command("update")
+def partner_update(
+    partner_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    region: Annotated[str | None, typer.Option()] = None,
+    audience: Annotated[str | None, typer.Option()] = None,
+    jwks: Annotated[str | None, typer.Option(help="refresh keys from here (pinned)")] = None,
+    allow: Annotated[list[str] | None, typer.Option(help="replace the allowed types")] = None,
+    endpoint: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Change a partner; keys are refreshed (new ones added, known ones pinned)."""
+    _show(
+        _partners(
+            lambda r: r.update(
+                partner_id,
+                jwks=jwks,
+                name=name,
+                region=region,
+                audience=audience,
+                endpoint=endpoint,
+                allowed_types=allow,
+            )
+        )
+    )
+
+
+@partner_app.command("remove")
+def partner_remove(partner_id: str) -> None:
+    """Remove a partner."""
+    _partners(lambda r: r.remove(partner_id))
+    typer.echo(f"removed {partner_id}")
 
 
 @audit_app.command("verify")

@@ -317,3 +317,18 @@ consent_refusal = Table(
     Column("patient_id", RESOURCE_ID, nullable=False),
 )
 Index("ix_consent_refusal_patient", consent_refusal.c.patient_id, consent_refusal.c.actor)
+
+# Exchange partners (DESIGN.md §8): a reference table, not distributed by patient.
+exchange_partner = Table(
+    "exchange_partner",
+    metadata,
+    Column("partner_id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("region", String(64), nullable=False),
+    Column("audience", String(255), nullable=False),  # the aud their messages to us carry
+    Column("endpoint", String(512), nullable=True),  # where we push to them
+    Column("jwks_url", String(512), nullable=True),
+    Column("jwks", LargeBinary, nullable=False),  # pinned public keys (JSON)
+    Column("allowed_types", String(2048), nullable=False),  # JSON list of resource types
+    Column("updated", UTCDateTime, nullable=False),
+)
