@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.exc import DBAPIError
 
 from ehr_service import __version__
 from ehr_service.api import citizen, discovery, errors, fhir, mpi
@@ -54,12 +53,7 @@ def check_field_keys(services: Services) -> None:
     keyring = services.identity.protection.keyring
     if not keyring.created:
         return
-    try:
-        with services.database.read() as conn:
-            existing = holds_id_numbers(conn)
-    except DBAPIError:  # not migrated yet: nothing to protect
-        return
-    if existing:
+    if holds_id_numbers(services.database):
         raise RuntimeError(
             "The field keys were just created, but the database already holds sealed "
             "resident ID numbers: restore the key file "

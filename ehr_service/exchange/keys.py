@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from joserfc.jwk import ECKey, OKPKey
 
-from ehr_service.security.fieldcrypto import _write_private
+from ehr_service.security.fieldcrypto import write_private
 
 ALGORITHMS = {"ES256": ("EC", "P-256"), "Ed25519": ("OKP", "Ed25519")}
 STATES = ("active", "pending", "retired", "revoked")
@@ -57,9 +57,7 @@ class SigningKeys:
         return keys
 
     def _write(self, keys: list[dict[str, Any]]) -> None:
-        _write_private(
-            self._registry_path, orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2)
-        )
+        write_private(self._registry_path, orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2))
 
     def list(self) -> list[KeyInfo]:
         return [KeyInfo(k["kid"], k["alg"], k["state"], k["created"]) for k in self._read()]
@@ -76,7 +74,7 @@ class SigningKeys:
                 else OKPKey.generate_key("Ed25519", private=True, auto_kid=True)
             )
             kid = key.thumbprint()
-            _write_private(
+            write_private(
                 self.directory / f"{kid}.jwk.json", orjson.dumps(key.as_dict(private=True))
             )
             chosen = state or ("pending" if any(k["state"] == "active" for k in keys) else "active")

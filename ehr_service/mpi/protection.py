@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,7 +306,7 @@ class IdNumberProtection:
     def mask_free_text(
         self,
         resource: dict[str, Any],
-        protected: list[ProtectedValue] = [],  # noqa: B006
+        protected: Sequence[ProtectedValue] = (),
     ) -> bool:
         """Mask valid ID numbers outside protected identifiers; True if any was."""
         own = {v.written for v in protected}
@@ -331,7 +331,7 @@ class IdNumberProtection:
         return changed
 
     @staticmethod
-    def has_free_text_number(content: bytes, protected: list[ProtectedValue] = []) -> bool:  # noqa: B006
+    def has_free_text_number(content: bytes, protected: Sequence[ProtectedValue] = ()) -> bool:
         """Is there an ID number in stored content outside its seal: any valid
         18-character one, or a copy of one of this resource's own (15 digits too)?"""
         if any(v.written.encode() in content for v in protected if len(v.written) == 15):

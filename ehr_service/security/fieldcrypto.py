@@ -70,7 +70,7 @@ def _new_data_key() -> DataKey:
     return DataKey(kid, key, datetime.now(UTC).isoformat(timespec="seconds"), True)
 
 
-def _write_private(path: Path, content: bytes) -> None:
+def write_private(path: Path, content: bytes) -> None:
     """Write a file only its owner can read, atomically (no half-written key file)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -166,7 +166,7 @@ class Keyring:
             keys = {kid: DataKey(k.kid, k.key, k.created, False) for kid, k in self._keys.items()}
             keys[new.kid] = new
             self._keys = keys
-            _write_private(self.path, self._serialise())
+            write_private(self.path, self._serialise())
             self._mtime = self._file_mtime()
             return new
 

@@ -28,7 +28,7 @@ from joserfc.jwk import ECKey, KeySet
 from ehr_service.config import Settings
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.security.caller import Caller
-from ehr_service.security.fieldcrypto import _write_private
+from ehr_service.security.fieldcrypto import write_private
 from ehr_service.security.scopes import parse_scopes
 
 ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
@@ -65,7 +65,7 @@ def own_key(settings: Settings) -> ECKey:
         key = ECKey.import_key(orjson.loads(path.read_bytes()))
         return key
     key = ECKey.generate_key("P-256", auto_kid=True, private=True)
-    _write_private(path, orjson.dumps(key.as_dict(private=True)))
+    write_private(path, orjson.dumps(key.as_dict(private=True)))
     return key
 
 

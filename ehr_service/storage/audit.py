@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -45,6 +46,20 @@ class StoredEvent:
     content: bytes
     prev_hash: str
     hash: str
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(
+        int(row.seq),
+        row.recorded,
+        row.kind,
+        row.outcome,
+        row.subject,
+        row.organization,
+        bytes(row.content),
+        row.prev_hash,
+        row.hash,
+    )
 
 
 def append(conn: Connection, events: Sequence[NewEvent]) -> None:
@@ -102,17 +117,7 @@ def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:
             .limit(batch)
         ).all()
         for row in rows:
-            yield StoredEvent(
-                int(row.seq),
-                row.recorded,
-                row.kind,
-                row.outcome,
-                row.subject,
-                row.organization,
-                bytes(row.content),
-                row.prev_hash,
-                row.hash,
-            )
+            yield _stored(row)
         if len(rows) < batch:
             return
         after = int(rows[-1].seq)
@@ -143,17 +148,4 @@ def access_log(
     if before is not None:
         query = query.where(audit_event.c.seq < before)
     rows = conn.execute(query.order_by(audit_event.c.seq.desc()).limit(limit)).all()
-    return [
-        StoredEvent(
-            int(r.seq),
-            r.recorded,
-            r.kind,
-            r.outcome,
-            r.subject,
-            r.organization,
-            bytes(r.content),
-            r.prev_hash,
-            r.hash,
-        )
-        for r in rows
-    ]
+    return [_stored(r) for r in rows]

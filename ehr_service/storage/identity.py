@@ -22,8 +22,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.storage.database import Database
 from ehr_service.storage.tables import (
     record_number,
     resident_id_number,
@@ -78,8 +80,14 @@ def hold_id_number(
     )
 
 
-def holds_id_numbers(conn: Connection) -> bool:
-    return conn.execute(select(resident_id_number.c.patient_id).limit(1)).first() is not None
+def holds_id_numbers(database: Database) -> bool:
+    """Does the database hold any resident ID number (False before migrations)?"""
+    try:
+        with database.read() as conn:
+            row = conn.execute(select(resident_id_number.c.patient_id).limit(1)).first()
+    except DBAPIError:  # not migrated yet: nothing to protect
+        return False
+    return row is not None
 
 
 def id_number_holder(conn: Connection, blind: str) -> str | None:
