@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import citizen, discovery, errors, fhir, mpi
+from ehr_service.api import citizen, discovery, errors, exchange, fhir, mpi
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
+from ehr_service.exchange.service import Exchange
+from ehr_service.exchange.sharing import shared_with
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
@@ -43,6 +45,7 @@ def build_services(settings: Settings) -> Services:
         tokens=TokenVerifier(settings),
         auditor=Auditor(database),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        share=shared_with,
     )
 
 
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         check_field_keys(services)
+        app.state.exchange.keys.ensure_active()  # first run: the region's signing key
         tune_garbage_collector(settings.gc_threshold)
         if settings.demo_data:
             from ehr_service.demo import load_demo_data
@@ -98,10 +102,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.exchange = Exchange(services)
     app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(fhir.router)
     app.include_router(citizen.router)
+    app.include_router(exchange.router)
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,8 @@ from ehr_service.config import Settings
 if TYPE_CHECKING:
     from ehr_service.exchange.keys import KeyInfo, SigningKeys
     from ehr_service.exchange.partners import PartnerRegistry
+    from ehr_service.exchange.service import Exchange
+    from ehr_service.interactions.context import RequestContext
 
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
@@ -27,6 +30,8 @@ audit_app = typer.Typer(help="the tamper-evident audit chain", no_args_is_help=T
 app.add_typer(audit_app, name="audit")
 partner_app = typer.Typer(help="exchange partners of this region", no_args_is_help=True)
 app.add_typer(partner_app, name="partner")
+exchange_app = typer.Typer(help="signed cross-region exchange", no_args_is_help=True)
+app.add_typer(exchange_app, name="exchange")
 
 
 def _settings() -> Settings:
@@ -122,6 +127,34 @@ def partner_update(
     )
 
 
+@partner_app.command("token")
+def partner_token(
+    partner_id: str,
+    file: Annotated[Path, typer.Option(help="a file holding the bearer token they issued us")],
+) -> None:
+    """Store the bearer token this region presents to the partner (owner-only file)."""
+    from ehr_service.security.fieldcrypto import write_private
+
+    _partners(lambda r: r.get(partner_id))
+    token = file.read_text().strip()
+    if token.count(".") != 2:
+        typer.echo("the file does not hold a JWT", err=True)
+        raise typer.Exit(1)
+    target = _settings().data_dir / "keys" / "partner-tokens" / f"{partner_id}.jwt"
+    write_private(target, token.encode())
+    typer.echo(f"token stored for {partner_id}")
+
+
+@partner_app.command("key")
+def partner_key(
+    partner_id: str,
+    kid: str,
+    state: Annotated[str, typer.Option(help="retired (verifies old messages only) or revoked")],
+) -> None:
+    """Retire or revoke one of a partner's keys (a revoked key verifies nothing)."""
+    _show(_partners(lambda r: r.set_key_state(partner_id, kid, state)))
+
+
 @partner_app.command("remove")
 def partner_remove(partner_id: str) -> None:
     """Remove a partner."""
@@ -170,6 +203,105 @@ def token_mint(
         subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl
     )
     typer.echo(mint(settings, claims))
+
+
+@contextmanager
+def _exchange() -> Iterator[tuple[Exchange, RequestContext]]:
+    from ehr_service.app import build_services
+    from ehr_service.exchange.service import Exchange
+    from ehr_service.interactions.context import RequestContext
+    from ehr_service.security.caller import SERVICE
+
+    settings = _settings()
+    services = build_services(_batch(settings))
+    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    try:
+        yield Exchange(services), RequestContext(services, base_url, "cli", caller=SERVICE)
+    finally:
+        services.database.dispose()
+
+
+@exchange_app.command("push")
+def exchange_push(
+    partner: Annotated[str | None, typer.Option(help="only this partner")] = None,
+) -> None:
+    """Deliver due outbox rows to partner endpoints, signed; failures back off and
+    end dead-lettered after the last attempt."""
+    with _exchange() as (exchange, _ctx):
+        report = exchange.outbound.push(partner_id=partner)
+    typer.echo(f"sent {report.sent}, will retry {report.failed}, dead-lettered {report.dead}")
+    for error in report.errors:
+        typer.echo(f"  {error}", err=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@exchange_app.command("pull")
+def exchange_pull(partner: str) -> None:
+    """Read a partner's signed feed from where we left off, and ingest it."""
+    from ehr_service.exchange.partners import PartnerError
+    from ehr_service.fhir.errors import FhirError
+
+    with _exchange() as (exchange, ctx):
+        try:
+            count = exchange.outbound.pull(partner, ctx)
+        except (PartnerError, FhirError, ValueError) as exc:
+            typer.echo(f"pull from {partner} failed: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"ingested {count} results from {partner}")
+
+
+@exchange_app.command("status")
+def exchange_status() -> None:
+    """Outbox rows per partner and state; the dead-lettered ones with their error."""
+    from ehr_service.storage import exchange as store
+
+    with _exchange() as (exchange, _ctx), exchange.services.database.read() as conn:
+        counts = store.status_counts(conn)
+        dead = store.dead_rows(conn)
+    if not counts:
+        typer.echo("outbox empty")
+    for partner_id, state, rows, oldest in counts:
+        since = oldest.isoformat(timespec="seconds") if oldest else "-"
+        typer.echo(f"{partner_id}  {state}  {rows}  oldest {since}")
+    for row in dead:
+        typer.echo(
+            f"dead  {row['partner_id']}  {row['res_type']}/{row['res_id']}/_history/"
+            f"{row['version_id']}  attempts={row['attempts']}  {row['last_error'] or ''}"
+        )
+
+
+@exchange_app.command("retry")
+def exchange_retry(
+    partner: Annotated[str | None, typer.Option(help="only this partner")] = None,
+) -> None:
+    """Put dead-lettered rows back in the queue (once the partner is fixed)."""
+    from ehr_service.fhir.primitives import utc_now
+    from ehr_service.storage import exchange as store
+
+    with _exchange() as (exchange, _ctx), exchange.services.database.write() as conn:
+        count = store.revive_dead(conn, partner, utc_now())
+    typer.echo(f"{count} rows queued again")
+
+
+@exchange_app.command("verify")
+def exchange_verify(
+    issuer: Annotated[str | None, typer.Option(help="only messages of this sender")] = None,
+    jti: Annotated[str | None, typer.Option(help="only this message (with --issuer)")] = None,
+) -> None:
+    """Verify stored messages again (one, one sender's, or all) against the key
+    history; report each that fails."""
+    if jti is not None and issuer is None:
+        typer.echo("--jti needs --issuer", err=True)
+        raise typer.Exit(2)
+    with _exchange() as (exchange, _ctx):
+        verdicts = exchange.archive.verify_all(issuer=issuer, jti=jti)
+    failed = [v for v in verdicts if not v.ok]
+    for verdict in failed:
+        typer.echo(f"FAILED {verdict.direction} {verdict.issuer}/{verdict.jti}: {verdict.reason}")
+    typer.echo(f"{len(verdicts)} messages checked, {len(failed)} failed")
+    if failed or (jti is not None and not verdicts):
+        raise typer.Exit(1)
 
 
 def _signing_keys() -> SigningKeys:

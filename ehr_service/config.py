@@ -86,6 +86,31 @@ class Settings(BaseSettings):
         default="EHR", pattern=r"^[A-Z]{0,8}$", description="prefix of every record number"
     )
 
+    # Signed cross-region exchange (DESIGN.md §8).
+    exchange_id: str = Field(
+        default="ehr-service",
+        pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$",
+        description="this region's exchange id: the iss of its messages, as partners "
+        "registered it, and the aud partners' messages must carry",
+    )
+    exchange_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
+    exchange_push_batch: int = Field(default=100, ge=1, le=1000, description="results a push")
+    exchange_max_attempts: int = Field(
+        default=8, ge=1, description="push attempts before a result is dead-lettered"
+    )
+    exchange_retry_seconds: float = Field(
+        default=30.0, gt=0, description="first retry delay; doubled each attempt (max 1 h)"
+    )
+    exchange_feed_settle_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="the feed holds back results younger than this, so a transaction "
+        "still committing cannot be skipped by a partner's cursor",
+    )
+    exchange_push_interval_seconds: float = Field(
+        default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
+    )
+
     gc_threshold: int = Field(
         default=50_000,
         ge=0,

@@ -69,6 +69,7 @@ _DESCRIPTIONS = {
     413: "Body or bundle too large (OperationOutcome)",
     415: "Body is not JSON (OperationOutcome)",
     422: "Unprocessable, e.g. a patch that cannot apply (OperationOutcome)",
+    429: "Too many requests (OperationOutcome, Retry-After)",
     500: "Unexpected error (OperationOutcome)",
     501: "Not implemented yet (OperationOutcome)",
     503: "Database unavailable (OperationOutcome)",
@@ -204,6 +205,60 @@ def citizen_route(
                     }
                 }
             },
+        }
+    return {
+        "summary": summary,
+        "responses": responses,
+        "openapi_extra": extra,
+        "response_class": Response,
+    }
+
+
+_SIGNATURE_HEADER = {
+    "X-Exchange-Signature": {
+        "description": "detached JWS (RFC 7797, b64:false) over the exact body bytes",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def exchange_route(summary: str, statuses: set[int], *, feed: bool = False) -> dict[str, Any]:
+    """A signed exchange endpoint (DESIGN.md §8): FHIR JSON both ways, signed."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses | {400, 401, 403, 429, 500, 503}):
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "OK"),
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+        }
+        if status == 200:
+            response["headers"] = _SIGNATURE_HEADER
+        responses[status] = response
+    parameters: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"parameters": parameters}
+    if feed:
+        parameters.extend(
+            [
+                {"name": "_since", "in": "query", "required": False,
+                 "schema": {"type": "string", "format": "date-time"}},
+                {"name": "_cursor", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "_count", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            ]
+        )  # fmt: skip
+    else:
+        parameters.append(
+            {
+                "name": "X-Exchange-Signature",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "detached JWS (RFC 7797, b64:false) over the exact body bytes",
+            }
+        )
+        extra["requestBody"] = {
+            "required": True,
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
         }
     return {
         "summary": summary,

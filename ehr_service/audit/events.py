@@ -43,6 +43,23 @@ LOGIN = {
     "code": "110114",
     "display": "User Authentication",
 }
+# Signed exchanges (DESIGN.md §8) are DICOM import/export events, not REST ones.
+IMPORT = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110107",
+    "display": "Import",
+}
+EXPORT = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110106",
+    "display": "Export",
+}
+EXCHANGE = {
+    "exchange_receive": (IMPORT, "C"),
+    "exchange_pull": (IMPORT, "C"),
+    "exchange_feed": (EXPORT, "R"),
+    "exchange_push": (EXPORT, "R"),
+}
 # route name -> (restful-interaction code, action)
 INTERACTIONS: dict[str, tuple[str, str]] = {
     "capabilities": ("capabilities", "E"),
@@ -130,6 +147,7 @@ def event_json(
     query: str | None,
     login: bool = False,
     data_type: str | None = None,
+    event_type: dict[str, str] | None = None,
 ) -> bytes:
     entities: list[dict[str, Any]] = [
         {
@@ -161,7 +179,7 @@ def event_json(
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": str(seq),
-        "type": LOGIN if login else REST,
+        "type": event_type or (LOGIN if login else REST),
         "action": action,
         "recorded": format_instant(recorded),
         "outcome": outcome_code(status),
@@ -169,7 +187,7 @@ def event_json(
         "agent": _agents(caller),
         "source": {"observer": {"display": "ehr-service"}},
     }
-    if not login:
+    if not login and event_type is None:
         event["subtype"] = [{"system": "http://hl7.org/fhir/restful-interaction", "code": kind}]
     if entities:
         event["entity"] = entities
@@ -195,8 +213,12 @@ class Auditor:
         data_type: str | None = None,
     ) -> NewEvent:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
+        event_type = None
         if login:
             kind, action = "login", "E"
+        elif interaction in EXCHANGE:
+            event_type, action = EXCHANGE[interaction]
+            kind = interaction.replace("_", "-")
         recorded = utc_now()
 
         def content(seq: int) -> bytes:
@@ -212,6 +234,7 @@ class Auditor:
                 query=query,
                 login=login,
                 data_type=data_type,
+                event_type=event_type,
             )
 
         return NewEvent(

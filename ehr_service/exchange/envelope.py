@@ -115,7 +115,7 @@ def sign(
     return jws.detach_content(full)
 
 
-def _header(signature: str) -> dict[str, Any]:
+def protected_header(signature: str) -> dict[str, Any]:
     parts = signature.split(".")
     if len(parts) != 3 or parts[1] != "" or len(signature) > 8192:
         raise EnvelopeError("malformed", "The signature must be a detached compact JWS")
@@ -142,7 +142,7 @@ def verify(
 ) -> Envelope:
     """Check the signature over ``body`` and the protected header; raise
     :class:`EnvelopeError` naming the first reason to refuse."""
-    header = _header(signature)
+    header = protected_header(signature)
     for name, kind in _REQUIRED.items():
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):

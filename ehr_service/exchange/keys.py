@@ -136,6 +136,22 @@ class SigningKeys:
                 return info, self.private_key(info.kid)
         return None
 
+    def verification_key(self, kid: str) -> SigningKey | None:
+        """The public key of one of our keys, for re-verifying what we signed
+        (None when unknown or revoked)."""
+        for info in self.list():
+            if info.kid == kid and info.state != "revoked":
+                public = self.private_key(kid).as_dict(private=False)
+                return (
+                    ECKey.import_key(public) if public["kty"] == "EC" else OKPKey.import_key(public)
+                )
+        return None
+
+    def ensure_active(self, alg: str = "ES256") -> None:
+        """First run: make the region's first signing key."""
+        if not self.list():
+            self.generate(alg)
+
     def jwks(self) -> dict[str, Any]:
         """The public keys others verify with: active, pending and retired."""
         published = []
@@ -143,6 +159,8 @@ class SigningKeys:
             if info.state == "revoked":
                 continue
             public = self.private_key(info.kid).as_dict(private=False)
-            public.update({"kid": info.kid, "alg": info.alg, "use": "sig"})
+            # status tells partners which keys may sign new messages (active,
+            # pending) and which only verify old ones (retired).
+            public.update({"kid": info.kid, "alg": info.alg, "use": "sig", "status": info.state})
             published.append(public)
         return {"keys": published}

@@ -6,6 +6,7 @@ its key material (that would be a substitution, not a rotation)."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import httpx
 import orjson
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet, OKPKey
 
+from ehr_service.exchange.envelope import VerifyKey
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.storage import partners as store
@@ -22,6 +24,12 @@ from ehr_service.storage.database import Database
 
 _ID = re.compile(r"[a-z0-9][a-z0-9\-]{0,63}")
 _PUBLIC_MEMBERS = {"kty", "crv", "x", "y", "n", "e", "kid", "alg", "use"}
+# A published key's state (this service publishes it in its JWKS): active or pending
+# keys may sign new messages; retired ones only verify old ones. A pinned key that is
+# no longer published counts as revoked: it verifies nothing any more.
+SIGNING_STATES = ("active", "pending")
+KEY_STATES = ("active", "pending", "retired", "revoked")
+REFRESH_SECONDS = 60.0
 
 
 class PartnerError(ValueError):
@@ -69,18 +77,28 @@ def load_jwks(source: str) -> dict[str, dict[str, Any]]:
     for key in document.get("keys", []):
         if "d" in key or not isinstance(key.get("kid"), str):
             raise PartnerError("a partner JWKS must hold public keys, each with a kid")
-        keys[key["kid"]] = {k: v for k, v in key.items() if k in _PUBLIC_MEMBERS}
+        public = {k: v for k, v in key.items() if k in _PUBLIC_MEMBERS}
+        status = key.get("status")
+        public["status"] = status if status in ("active", "pending", "retired") else "active"
+        keys[key["kid"]] = public
     if not keys:
         raise PartnerError("the JWKS holds no keys")
     return keys
 
 
+def _material(key: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in key.items() if k != "status"}
+
+
 def pinned(known: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Known keys plus new ones; a known kid with other key material is refused."""
+    """Known keys plus new ones, with the states just published; a known kid with
+    other key material is refused; a known key no longer published is revoked."""
     for kid, key in fresh.items():
-        if kid in known and known[kid] != key:
+        if kid in known and _material(known[kid]) != _material(key):
             raise PartnerError(f"key {kid} changed its material: refused (keys are pinned)")
-    return {**known, **fresh}
+    gone = {kid: {**key, "status": "revoked"} for kid, key in known.items() if kid not in fresh}
+    revoked = {kid: key for kid, key in known.items() if key.get("status") == "revoked"}
+    return {**known, **gone, **fresh, **revoked}  # a revocation is for good
 
 
 def _types(allowed: list[str]) -> list[str]:
@@ -90,9 +108,63 @@ def _types(allowed: list[str]) -> list[str]:
     return sorted(set(allowed))
 
 
+def public_key(jwk: dict[str, Any]) -> VerifyKey:
+    material = _material(jwk)
+    return ECKey.import_key(material) if material["kty"] == "EC" else OKPKey.import_key(material)
+
+
 class PartnerRegistry:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._refreshed: dict[str, float] = {}  # partner -> monotonic time of last fetch
+
+    def key(self, partner_id: str, kid: str, *, signing: bool) -> VerifyKey | None:
+        """The partner's public key ``kid``: for a new message (``signing``) only an
+        active or pending key; for an old one any key not revoked. An unknown kid
+        makes one bounded refresh from the partner's JWKS URL (a rotation)."""
+        try:
+            partner = self.get(partner_id)
+        except PartnerError:
+            return None
+        entry = partner.keys.get(kid)
+        if entry is None and partner.jwks_url and self._may_refresh(partner_id):
+            try:
+                partner = self.update(partner_id)
+            except PartnerError:
+                return None
+            entry = partner.keys.get(kid)
+        if entry is None:
+            return None
+        allowed = SIGNING_STATES if signing else ("active", "pending", "retired")
+        if entry.get("status", "active") not in allowed:
+            return None
+        return public_key(entry)
+
+    def _may_refresh(self, partner_id: str) -> bool:
+        now = time.monotonic()
+        last = self._refreshed.get(partner_id)
+        if last is not None and now - last < REFRESH_SECONDS:
+            return False
+        self._refreshed[partner_id] = now
+        return True
+
+    def set_key_state(self, partner_id: str, kid: str, state: str) -> Partner:
+        """An operator retires or revokes a partner key (revoked is for good)."""
+        if state not in ("retired", "revoked"):
+            raise PartnerError("a partner key can be set retired or revoked")
+        current = self.get(partner_id)
+        if kid not in current.keys:
+            raise PartnerError(f"partner {partner_id} has no key {kid}")
+        if current.keys[kid].get("status") == "revoked":
+            raise PartnerError(f"{kid} is revoked for good")
+        keys = {**current.keys, kid: {**current.keys[kid], "status": state}}
+        with self.database.write() as conn:
+            store.change(
+                conn,
+                partner_id,
+                {"jwks": orjson.dumps({"keys": list(keys.values())}), "updated": utc_now()},
+            )
+        return self.get(partner_id)
 
     def add(
         self,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection
 
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -16,6 +20,14 @@ from ehr_service.security.policy import visibility
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
+
+Sharing = Callable[[Connection, str, dict[str, Any], str | None], tuple[str, ...]]
+
+
+def no_sharing(
+    _conn: Connection, _type: str, _resource: dict[str, Any], _owner: str | None
+) -> tuple[str, ...]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,8 @@ class Services:
     tokens: TokenVerifier
     auditor: Auditor
     rate_limiter: RateLimiter
+    # The partners a stored version is shared with (the exchange outbox, DESIGN.md §8).
+    share: Sharing = no_sharing
 
 
 class ReturnPreference(StrEnum):
@@ -51,6 +65,7 @@ class RequestContext:
     interaction: str = ""  # the route's name, for the audit
     query_string: str = ""  # as received, for the audit (ID numbers are masked there)
     path: str = ""  # the URL path, for the audit
+    from_partner: str | None = None  # written by a signed exchange from this partner
 
     @property
     def settings(self) -> Settings:

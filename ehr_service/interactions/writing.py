@@ -76,6 +76,8 @@ def prepare_version(
     patients = list(ctx.services.compartment.patient_ids(stored, ctx.base_url))
     owner = patients[0] if patients else None
     check_write(ctx.view, resource_type, owner, patients)  # a patient token: its record only
+    # Results go to partners (not back: what a partner sent is theirs to share).
+    outbox = () if ctx.from_partner else ctx.services.share(conn, resource_type, stored, owner)
     version = NewVersion(
         resource_type=resource_type,
         resource_id=resource_id,
@@ -88,6 +90,7 @@ def prepare_version(
         id_number=prepared.unique_key,
         warnings=tuple(prepared.warnings),
         consent=refusals(stored) if resource_type == "Consent" else None,
+        outbox=outbox,
     )
     return version, stored
 

@@ -190,6 +190,30 @@ class Keyring:
         sealed = AESGCM(key.key).encrypt(nonce, plaintext.encode(), associated.encode())
         return f"{_VERSION}.{key.kid}.{_b64(nonce + sealed)}"
 
+    def seal_bytes(self, plaintext: bytes, associated: str) -> bytes:
+        """Seal a document (e.g. a message's exact bytes) in the binary form
+        ``<key id>.<nonce | ciphertext | tag>``."""
+        self.refresh()
+        key = self.active
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        sealed = AESGCM(key.key).encrypt(nonce, plaintext, associated.encode())
+        return key.kid.encode() + b"." + nonce + sealed
+
+    def open_bytes(self, sealed: bytes, associated: str) -> bytes:
+        kid, dot, raw = sealed.partition(b".")
+        key = self._keys.get(kid.decode("ascii", "replace")) if dot else None
+        if dot and key is None:
+            self.refresh(force=True)
+            key = self._keys.get(kid.decode("ascii", "replace"))
+        if key is None:
+            raise SealError("sealed with an unknown key")
+        try:
+            return AESGCM(key.key).decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], associated.encode()
+            )
+        except (InvalidTag, ValueError):
+            raise SealError("altered, or sealed for another record") from None
+
     def key_id_of(self, sealed: str) -> str | None:
         parts = sealed.split(".")
         return parts[1] if len(parts) == 3 and parts[0] == _VERSION else None

@@ -31,6 +31,18 @@ def change(conn: Connection, partner_id: str, values: dict[str, Any]) -> None:
     )
 
 
+def feed_cursor(conn: Connection, partner_id: str) -> int:
+    """How far this region has read the partner's feed."""
+    value = conn.execute(
+        select(exchange_partner.c.feed_cursor).where(exchange_partner.c.partner_id == partner_id)
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+def set_feed_cursor(conn: Connection, partner_id: str, cursor: int) -> None:
+    change(conn, partner_id, {"feed_cursor": cursor})
+
+
 def remove(conn: Connection, partner_id: str) -> bool:
     result = conn.execute(
         delete(exchange_partner).where(exchange_partner.c.partner_id == partner_id)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage import exchange as exchange_store
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.consent import replace_refusals
 from ehr_service.storage.identity import hold_id_number
@@ -58,6 +59,7 @@ class NewVersion:
     # A Consent's (patient, refused actors), kept in step in consent_refusal.
     consent: tuple[str | None, tuple[str, ...]] | None = None
     warnings: tuple[Issue, ...] = ()  # accepted, but worth telling the client
+    outbox: tuple[str, ...] = ()  # partners this version is queued for (DESIGN.md §8)
 
     def version_row(self) -> dict[str, Any]:
         return {
@@ -153,6 +155,27 @@ def _hold_consent(conn: Connection, version: NewVersion) -> None:
         replace_refusals(conn, version.resource_id, patient, actors if version.content else ())
 
 
+def _queue(conn: Connection, versions: Sequence[NewVersion]) -> None:
+    """Outbox rows for the partners a version is shared with, in its transaction."""
+    rows = [
+        {
+            "partner_id": partner,
+            "res_type": v.resource_type,
+            "res_id": v.resource_id,
+            "version_id": v.version_id,
+            "patient_id": v.compartment_patient_id,
+            "created": v.last_updated,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt": v.last_updated,
+        }
+        for v in versions
+        if v.compartment_patient_id is not None
+        for partner in v.outbox
+    ]
+    exchange_store.enqueue(conn, rows)
+
+
 def _hold_identity(conn: Connection, version: NewVersion, *, new: bool = False) -> None:
     """Keep the unique resident ID number of a Patient in step with its current
     version (a deleted Patient frees its number for a corrected record)."""
@@ -214,6 +237,7 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     for v in versions:
         _hold_identity(conn, v, new=True)
         _hold_consent(conn, v)
+    _queue(conn, versions)
 
 
 def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
@@ -231,6 +255,7 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     conn.execute(insert(resource_version).values(**version.version_row()))
     _hold_identity(conn, version, new=True)
     _hold_consent(conn, version)
+    _queue(conn, [version])
     if version.index is not None:
         insert_index(
             conn,
@@ -267,6 +292,7 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     conn.execute(insert(resource_version).values(**version.version_row()))
     _hold_identity(conn, version)
     _hold_consent(conn, version)
+    _queue(conn, [version])
     delete_index(conn, version.resource_type, version.resource_id)
     if version.index is not None:
         insert_index(

@@ -331,4 +331,51 @@ exchange_partner = Table(
     Column("jwks", LargeBinary, nullable=False),  # pinned public keys (JSON)
     Column("allowed_types", String(2048), nullable=False),  # JSON list of resource types
     Column("updated", UTCDateTime, nullable=False),
+    Column("feed_cursor", SEQUENCE, nullable=False, server_default="0"),  # pulled up to here
+)
+
+# Signed exchanges (DESIGN.md §8). Every message received (and every one sent) is
+# kept with its exact bytes, sealed at rest (they carry resident ID numbers), and its
+# signature, so it can be verified again years later. The primary key on (issuer,
+# jti) is the replay protection.
+exchange_message = Table(
+    "exchange_message",
+    metadata,
+    Column("issuer", String(255), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("direction", String(8), nullable=False),  # in | out | feed
+    Column("partner_id", String(64), nullable=False),
+    Column("kid", String(255), nullable=False),
+    Column("alg", String(16), nullable=False),
+    Column("issued", UTCDateTime, nullable=False),
+    Column("recorded", UTCDateTime, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("body", LargeBinary, nullable=False),  # sealed exact bytes
+    Column("signature", String(8192), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", LargeBinary, nullable=True),  # what the receiver answered
+    Column("response_signature", String(8192), nullable=True),
+    Index("ix_exchange_message_partner_recorded", "partner_id", "recorded"),
+)
+
+# Results waiting for (or done with) delivery to a partner, written in the
+# transaction that stores them.
+exchange_outbox = Table(
+    "exchange_outbox",
+    metadata,
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=True),
+    Column("partner_id", String(64), nullable=False),
+    Column("res_type", RESOURCE_TYPE, nullable=False),
+    Column("res_id", RESOURCE_ID, nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    Column("state", String(8), nullable=False),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt", UTCDateTime, nullable=False),
+    Column("last_error", String(1024), nullable=True),
+    Column("message_jti", String(255), nullable=True),
+    UniqueConstraint("partner_id", "res_type", "res_id", "version_id"),
+    Index("ix_exchange_outbox_due", "partner_id", "state", "next_attempt"),
+    Index("ix_exchange_outbox_feed", "partner_id", "seq"),
 )

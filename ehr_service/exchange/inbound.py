@@ -1,0 +1,460 @@
+"""Receiving a signed bundle from a partner region (DESIGN.md §8).
+
+Order of work: verify the envelope over the exact bytes, then authorise the
+caller as that partner, then ingest everything in one transaction:
+
+- the message row is claimed first; its primary key (issuer, jti) stops replays,
+  and a retry of the same bytes gets the first answer back;
+- each Patient of the bundle is matched to the local resident by ID number
+  (blind index) or by another identifier (PIXm cross-reference); only a resident
+  found neither way gets a new record, and the ID number's unique constraint
+  keeps that to one;
+- each other resource is stored under an id derived from (partner, type, source
+  id), so a re-sent or amended result becomes a new version, never a duplicate;
+- each gets a Provenance naming the partner, the message and its signature.
+
+A refused message leaves nothing but its audit event.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.exchange.archive import Archive, Reply
+from ehr_service.exchange.envelope import Envelope, EnvelopeError, verify
+from ehr_service.exchange.partners import Partner, PartnerRegistry
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import format_instant, new_id, utc_now
+from ehr_service.fhir.references import parse_reference
+from ehr_service.interactions import conditional, update
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.create import prepare_create
+from ehr_service.interactions.read import check_consent
+from ehr_service.interactions.results import Result, status_line
+from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
+from ehr_service.security.caller import SERVICE, Caller
+from ehr_service.storage import resources
+
+PARTNER_SYSTEM = "urn:ehr-service:exchange-partner"
+MESSAGE_SYSTEM = "urn:ehr-service:exchange-message"
+SOURCE_SIGNATURE = {
+    "system": "urn:iso-astm:E1762-95:2013",
+    "code": "1.2.840.10065.1.12.1.14",
+    "display": "Source Signature",
+}
+_NAMESPACE = uuid.UUID("6f1f7a8e-3d54-5d0c-9a51-2b8e8f0e4c11")
+_BUNDLE_TYPES = {"collection", "transaction", "batch"}
+_STATUS = {
+    "malformed": 400,
+    "algorithm": 403,
+    "unknown-key": 403,
+    "bad-signature": 403,
+    "audience": 403,
+    "target": 403,
+    "future": 403,
+    "expired": 403,
+    "lifetime": 403,
+}
+
+
+def refused(status: int, reason: str, message: str, code: str = "security") -> FhirError:
+    category = {
+        400: Category.INCORRECT,
+        403: Category.FORBIDDEN,
+        409: Category.CONFLICT,
+        422: Category.UNPROCESSABLE,
+    }[status]
+    error = FhirError.of(category, f"{message} [{reason}]", code=code)
+    return error
+
+
+def local_id(partner_id: str, resource_type: str, source: str) -> str:
+    """The id a partner's resource gets here: the same source, the same id."""
+    return str(uuid.uuid5(_NAMESPACE, f"{partner_id}|{resource_type}|{source}"))
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    resource_type: str
+    resource: dict[str, Any]
+    source: str  # the partner's Type/id (or its fullUrl)
+    keys: tuple[str, ...]  # how other entries may refer to it
+    local: str | None = None  # the local Type/id
+    result: Result | None = None
+    matched: bool = False
+
+
+class Inbound:
+    """Receives messages for one process (built once by the app)."""
+
+    def __init__(self, services: Any, partners: PartnerRegistry, archive: Archive) -> None:
+        self.services = services
+        self.partners = partners
+        self.archive = archive
+
+    # -- the steps ---------------------------------------------------------------------
+    def verify(self, body: bytes, signature: str | None, htu: str) -> Envelope:
+        if not signature:
+            raise refused(400, "malformed", "The message needs an X-Exchange-Signature header")
+        settings = self.services.settings
+        try:
+            return verify(
+                body,
+                signature,
+                key_for=lambda iss, kid: self.partners.key(iss, kid, signing=True),
+                audience=settings.exchange_id,
+                htm="POST",
+                htu=htu,
+                skew=settings.exchange_clock_skew_seconds,
+            )
+        except EnvelopeError as error:
+            raise refused(_STATUS[error.reason], error.reason, str(error)) from None
+
+    @staticmethod
+    def authorise(caller: Caller, envelope: Envelope) -> None:
+        """The bearer token must be the sending partner's own (a system token)."""
+        if caller.kind != "system" or envelope.iss not in {caller.client_id, caller.subject}:
+            raise refused(
+                403, "caller", "The bearer token does not belong to the partner that signed"
+            )
+
+    def receive(self, ctx: RequestContext, body: bytes, signature: str | None, htu: str) -> Reply:
+        envelope = self.verify(body, signature, htu)
+        self.authorise(ctx.caller, envelope)
+        return self.ingest(ctx, envelope, body, signature or "", direction="in")
+
+    def ingest(
+        self,
+        ctx: RequestContext,
+        envelope: Envelope,
+        body: bytes,
+        signature: str,
+        *,
+        direction: str,
+    ) -> Reply:
+        """Store a verified message (pushed to us, or pulled from the partner's feed)."""
+        partner = self.partners.get(envelope.iss)
+        digest = hashlib.sha256(body).hexdigest()
+        earlier = self.archive.earlier_reply(envelope, digest)
+        if earlier is not None:
+            return earlier
+        items = _items(body, partner)
+        pctx = replace(
+            ctx,
+            caller=replace(ctx.caller, region=partner.region, organization=None),
+            from_partner=partner.partner_id,
+        )
+        sctx = replace(ctx, caller=SERVICE, from_partner=partner.partner_id)
+        try:
+            with self.services.database.write() as conn:
+                if not self.archive.claim(conn, envelope, body, signature, digest, direction):
+                    raise _TakenError
+                self._resolve_patients(conn, pctx, sctx, partner, items)
+                self._store(conn, pctx, sctx, partner, envelope, signature, items)
+                patients = Result.owners(*(p for i in items if i.result for p in i.result.patients))
+                response = orjson.dumps(_response(ctx, envelope, items))
+                reply = self.archive.answer(conn, envelope, 200, response, signature=True)
+                result = Result(200, response, patients=patients)
+                ctx.services.auditor.record(conn, replace(pctx, path=ctx.path), result)
+            return reply
+        except _TakenError:
+            # A concurrent or earlier delivery of the same jti committed first.
+            earlier = self.archive.earlier_reply(envelope, digest)
+            if earlier is None:  # pragma: no cover - the row was visible to the insert
+                raise refused(409, "replay", "The message id is being processed; retry") from None
+            return earlier
+
+    # -- residents -------------------------------------------------------------------
+    def _resolve_patients(
+        self,
+        conn: Connection,
+        pctx: RequestContext,
+        sctx: RequestContext,
+        partner: Partner,
+        items: list[_Item],
+    ) -> None:
+        own_system = self.services.settings.record_number_system
+        for item in items:
+            if item.resource_type != "Patient":
+                continue
+            identifiers = [
+                i
+                for i in item.resource.get("identifier") or ()
+                if isinstance(i, dict)
+                and isinstance(i.get("system"), str)
+                and isinstance(i.get("value"), str)
+                and i["system"] != own_system  # never ours: their numbers are not ours
+            ]
+            item.resource["identifier"] = identifiers
+            found = None
+            ordered = sorted(identifiers, key=lambda i: i["system"] != ID_NUMBER_SYSTEM)
+            for identifier in ordered:
+                criteria = f"identifier={quote(identifier['system'])}|{quote(identifier['value'])}"
+                found = conditional.existing_match(conn, sctx, "Patient", criteria)
+                if found is not None:
+                    break
+            if found is not None:
+                check_consent(conn, pctx.view, found)  # the resident refused this region
+                item.local, item.matched = f"Patient/{found}", True
+                item.result = Result(200, patients=frozenset({found}))
+                continue
+            if not identifiers:
+                raise refused(
+                    422,
+                    "unmatched",
+                    f"Bundle.entry[{item.index}]: a Patient needs an identifier to be matched",
+                    code="required",
+                )
+            patient_id = local_id(partner.partner_id, "Patient", item.source)
+            item.local = f"Patient/{patient_id}"
+            body = {**item.resource, "id": patient_id}
+            body.pop("link", None)  # links name the partner's records, not ours
+            item.result = update.update(conn, sctx, "Patient", patient_id, body)
+
+    # -- results ---------------------------------------------------------------------
+    def _store(
+        self,
+        conn: Connection,
+        pctx: RequestContext,
+        sctx: RequestContext,
+        partner: Partner,
+        envelope: Envelope,
+        signature: str,
+        items: list[_Item],
+    ) -> None:
+        mapping = {key: i.local for i in items if i.local for key in i.keys}
+        for item in items:
+            if item.resource_type != "Patient":
+                item.local = (
+                    f"{item.resource_type}/"
+                    f"{local_id(partner.partner_id, item.resource_type, item.source)}"
+                )
+                mapping.update({key: item.local for key in item.keys})
+        provenances = []
+        for item in items:
+            if item.matched:
+                continue
+            assert item.local is not None
+            resource_type, _, resource_id = item.local.partition("/")
+            if item.resource_type != "Patient":
+                body = _localised(item, mapping, partner)
+                body["id"] = resource_id
+                meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+                body["meta"] = {**meta, "source": f"urn:ehr-service:exchange:{partner.partner_id}"}
+                try:
+                    item.result = update.update(conn, pctx, resource_type, resource_id, body)
+                except FhirError as error:
+                    raise _located(item.index, error) from None
+            assert item.result is not None
+            provenances.append(
+                prepare_create(
+                    conn,
+                    sctx,
+                    "Provenance",
+                    _provenance(item, partner, envelope, signature),
+                    new_id(),
+                )
+            )
+        resources.insert_new(conn, provenances)
+
+
+class _TakenError(Exception):
+    """The message's (issuer, jti) is already stored."""
+
+
+def _located(index: int, error: FhirError) -> FhirError:
+    issues = tuple(
+        replace(issue, diagnostics=f"Bundle.entry[{index}]: {issue.diagnostics}")
+        for issue in error.issues
+    )
+    located = FhirError(error.category, issues, error.headers)
+    located.patients = error.patients
+    return located
+
+
+def _items(body: bytes, partner: Partner) -> list[_Item]:
+    try:
+        bundle = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise refused(400, "malformed", "The message is not JSON", code="structure") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise refused(400, "malformed", "The message must be a Bundle", code="structure")
+    if bundle.get("type") not in _BUNDLE_TYPES:
+        raise refused(
+            400, "malformed", "The Bundle type must be collection or transaction", code="value"
+        )
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list) or not entries:
+        raise refused(400, "malformed", "The Bundle carries no entries", code="required")
+    items: list[_Item] = []
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise refused(
+                400, "malformed", f"Bundle.entry[{index}] carries no resource", code="required"
+            )
+        resource_type = resource["resourceType"]
+        if resource_type != "Patient" and resource_type not in partner.allowed_types:
+            raise refused(
+                403,
+                "type-not-allowed",
+                f"Bundle.entry[{index}]: partner {partner.partner_id} may not send "
+                f"{resource_type[:64]}",
+            )
+        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        source_id = resource.get("id") if isinstance(resource.get("id"), str) else None
+        if full_url is None and source_id is None:
+            raise refused(
+                400, "malformed", f"Bundle.entry[{index}] needs a fullUrl or an id", code="required"
+            )
+        keys = []
+        if full_url:
+            keys.append(full_url)
+        if source_id:
+            keys.append(f"{resource_type}/{source_id}")
+        source = f"{resource_type}/{source_id}" if source_id else str(full_url)
+        items.append(_Item(index, resource_type, resource, source, tuple(keys)))
+    return items
+
+
+def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[str, Any]:
+    """The resource with references into the bundle made local. A reference to
+    something the bundle does not carry becomes a logical reference naming the
+    partner's resource; a Patient must always be carried."""
+    body: dict[str, Any] = orjson.loads(orjson.dumps(item.resource))
+    stack: list[Any] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+            continue
+        if not isinstance(node, dict):
+            continue
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            target = mapping.get(reference)
+            if target is None:
+                parsed = parse_reference(reference)
+                if parsed is not None and parsed.resource_type == "Patient":
+                    raise refused(
+                        422,
+                        "patient-not-carried",
+                        f"Bundle.entry[{item.index}] refers to a Patient the message does not "
+                        "carry",
+                        code="not-found",
+                    )
+                if parsed is not None and parsed.base is None:
+                    del node["reference"]
+                    node.setdefault("type", parsed.resource_type)
+                    node["identifier"] = {
+                        "system": f"urn:ehr-service:exchange:{partner.partner_id}",
+                        "value": parsed.relative,
+                    }
+            else:
+                node["reference"] = target
+        stack.extend(v for v in node.values() if isinstance(v, dict | list))
+    return body
+
+
+def _provenance(
+    item: _Item, partner: Partner, envelope: Envelope, signature: str
+) -> dict[str, Any]:
+    assert item.result is not None and item.local is not None
+    who = {
+        "identifier": {"system": PARTNER_SYSTEM, "value": partner.partner_id},
+        "display": partner.name,
+    }
+    targets = [{"reference": f"{item.local}/_history/{item.result.version_id}"}]
+    owner = next(iter(item.result.patients), None)
+    if owner and item.resource_type != "Patient":
+        targets.append({"reference": f"Patient/{owner}"})  # in the resident's record
+    created = item.result.status == 201
+    return {
+        "resourceType": "Provenance",
+        "target": targets,
+        "recorded": format_instant(utc_now()),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE" if created else "UPDATE",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/"
+                            "provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": who,
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {
+                        "system": MESSAGE_SYSTEM,
+                        "value": f"{envelope.iss}/{envelope.jti}",
+                    },
+                    "display": "signed exchange message",
+                },
+            },
+            {
+                "role": "source",
+                "what": {
+                    "type": item.resource_type,
+                    "identifier": {
+                        "system": f"urn:ehr-service:exchange:{partner.partner_id}",
+                        "value": item.source,
+                    },
+                },
+            },
+        ],
+        "signature": [
+            {
+                "type": [SOURCE_SIGNATURE],
+                "when": format_instant(utc_now().fromtimestamp(envelope.iat, tz=utc_now().tzinfo)),
+                "who": who,
+                "targetFormat": "application/fhir+json",
+                "sigFormat": "application/jose",
+                "data": base64.b64encode(signature.encode()).decode(),
+            }
+        ],
+    }
+
+
+def _response(ctx: RequestContext, envelope: Envelope, items: list[_Item]) -> dict[str, Any]:
+    entries = []
+    for item in items:
+        assert item.result is not None and item.local is not None
+        response: dict[str, Any] = {"status": status_line(item.result.status)}
+        if item.result.version_id is not None:
+            response["location"] = f"{item.local}/_history/{item.result.version_id}"
+            response["etag"] = f'W/"{item.result.version_id}"'
+        else:
+            response["location"] = item.local
+        entries.append({"fullUrl": f"{ctx.base_url}/{item.local}", "response": response})
+    return {
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "identifier": {"system": MESSAGE_SYSTEM, "value": f"{envelope.iss}/{envelope.jti}"},
+        "meta": {"lastUpdated": format_instant(utc_now())},
+        "type": "transaction-response",
+        "entry": entries,
+    }

@@ -1,0 +1,335 @@
+"""Sending results to partner regions (DESIGN.md §8).
+
+The outbox rows are written with the results themselves (see
+:mod:`ehr_service.exchange.sharing`). Here they leave:
+
+- **push**: due rows of a partner are leased, built into one signed collection
+  Bundle (each result with its resident's Patient), POSTed to the partner's
+  endpoint, and marked sent when the partner's signed receipt verifies. Failures
+  back off exponentially; after the last attempt a row is dead-lettered, visible
+  in ``ehr-service exchange status`` and revived with ``exchange retry``;
+- **feed**: a partner pulls a signed Bundle of what changed for it after a cursor;
+- **pull**: this region reads a partner's feed and ingests it like a push.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import orjson
+
+from ehr_service.exchange.archive import Archive
+from ehr_service.exchange.envelope import HEADER, Envelope, EnvelopeError, protected_header, verify
+from ehr_service.exchange.inbound import Inbound, refused
+from ehr_service.exchange.partners import Partner, PartnerError, PartnerRegistry
+from ehr_service.fhir.primitives import format_instant, new_id, utc_now
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.results import Result
+from ehr_service.security.caller import Caller
+from ehr_service.security.scopes import parse_scopes
+from ehr_service.storage import exchange as store
+from ehr_service.storage import partners as partner_store
+
+logger = logging.getLogger(__name__)
+LEASE = timedelta(minutes=2)  # a pusher's hold on the rows it is sending
+MAX_BACKOFF = timedelta(hours=1)
+FEED_PATH = "/exchange/v1/feed"
+BUNDLES_PATH = "/exchange/v1/bundles"
+
+
+@dataclass(slots=True)
+class PushReport:
+    sent: int = 0
+    failed: int = 0
+    dead: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def feed_url_of(endpoint: str) -> str:
+    """A partner's feed, beside its push endpoint."""
+    parts = urlsplit(endpoint)
+    root = parts.path[: -len(BUNDLES_PATH)] if parts.path.endswith(BUNDLES_PATH) else ""
+    return f"{parts.scheme}://{parts.netloc}{root}{FEED_PATH}"
+
+
+class Outbound:
+    def __init__(
+        self,
+        services: Any,
+        partners: PartnerRegistry,
+        archive: Archive,
+        inbound: Inbound,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.partners = partners
+        self.archive = archive
+        self.inbound = inbound
+        self.client = client or httpx.Client(timeout=30.0)
+
+    # -- what a message carries -------------------------------------------------------
+    def bundle(self, rows: list[dict[str, Any]]) -> bytes:
+        """A collection Bundle of the current versions of the rows' results, each
+        resident's Patient once, ID numbers readable (the partner matches on them)."""
+        keys = [(r["res_type"], r["res_id"]) for r in rows]
+        keys += [("Patient", r["patient_id"]) for r in rows]
+        with self.services.database.read() as conn:
+            contents = store.current_contents(conn, list(dict.fromkeys(keys)))
+        protection = self.services.identity.protection
+        entries = []
+        patients_first = sorted(dict.fromkeys(keys), key=lambda k: k[0] != "Patient")
+        for key in patients_first:
+            found = contents.get(key)
+            if found is None or found[1] is None:
+                continue  # deleted since: nothing to send
+            resource = orjson.loads(protection.present(found[1], reveal=True))
+            entry: dict[str, Any] = {"resource": resource}
+            if self.settings.base_url:
+                entry["fullUrl"] = f"{self.settings.base_url.rstrip('/')}/{key[0]}/{key[1]}"
+            entries.append(entry)
+        return orjson.dumps(
+            {
+                "resourceType": "Bundle",
+                "id": new_id(),
+                "meta": {"lastUpdated": format_instant(utc_now())},
+                "type": "collection",
+                "entry": entries,
+            }
+        )
+
+    # -- push ------------------------------------------------------------------------
+    def push(self, *, partner_id: str | None = None, now: datetime | None = None) -> PushReport:
+        report = PushReport()
+        for partner in self.partners.list():
+            if partner.endpoint and partner_id in (None, partner.partner_id):
+                while self._push_batch(partner, report, now or utc_now()):
+                    pass
+        return report
+
+    def _push_batch(self, partner: Partner, report: PushReport, now: datetime) -> bool:
+        with self.services.database.write() as conn:
+            rows = store.due(conn, partner.partner_id, now, self.settings.exchange_push_batch)
+            store.mark(conn, [r["seq"] for r in rows], next_attempt=now + LEASE)
+        if not rows:
+            return False
+        seqs = [r["seq"] for r in rows]
+        assert partner.endpoint is not None
+        try:
+            body = self.bundle(rows)
+            status, jti = self._deliver(partner, body)
+        except (httpx.HTTPError, EnvelopeError, PartnerError, _UndeliveredError, ValueError) as exc:
+            self._failed(partner, rows, now, str(exc)[:1000], report)
+            return False  # the partner is unwell: the rest waits for the next round
+        with self.services.database.write() as conn:
+            store.mark(conn, seqs, state="sent", message_jti=jti, last_error=None)
+            self._audit(conn, partner, status, rows)
+        report.sent += len(rows)
+        return True
+
+    def _deliver(self, partner: Partner, body: bytes) -> tuple[int, str]:
+        assert partner.endpoint is not None
+        signature, jti = self.archive.sign(
+            body, aud=partner.audience, htm="POST", htu=partner.endpoint
+        )
+        response = self.client.post(
+            partner.endpoint,
+            content=body,
+            headers={
+                "Content-Type": "application/fhir+json",
+                "Authorization": f"Bearer {self._token(partner)}",
+                HEADER: signature,
+            },
+        )
+        if response.status_code != 200:
+            raise _UndeliveredError(f"HTTP {response.status_code}: {response.text[:300]}")
+        receipt = response.headers.get(HEADER)
+        if not receipt:
+            raise _UndeliveredError("the partner's answer is not signed")
+        # The receipt: signed by the partner, to us, for the same method and URL.
+        verify(
+            response.content,
+            receipt,
+            key_for=lambda iss, kid: (
+                self.partners.key(iss, kid, signing=True) if iss == partner.partner_id else None
+            ),
+            audience=self.settings.exchange_id,
+            htm="POST",
+            htu=partner.endpoint,
+            skew=self.settings.exchange_clock_skew_seconds,
+        )
+        envelope = Envelope(
+            "", "", self.settings.exchange_id, partner.audience, 0, 0, jti, "POST", partner.endpoint
+        )
+        header = protected_header(signature)
+        envelope = replace(envelope, alg=header["alg"], kid=header["kid"], iat=header["iat"])
+        with self.services.database.write() as conn:
+            self.archive.claim(
+                conn, envelope, body, signature, hashlib.sha256(body).hexdigest(), "out",
+                partner_id=partner.partner_id,
+            )  # fmt: skip
+            self.archive.record_response(
+                conn, envelope.iss, jti, response.status_code, response.content, receipt
+            )
+        return response.status_code, jti
+
+    def _token(self, partner: Partner) -> str:
+        path = self.settings.data_dir / "keys" / "partner-tokens" / f"{partner.partner_id}.jwt"
+        try:
+            return str(path.read_text()).strip()
+        except OSError:
+            raise _UndeliveredError(
+                f"no bearer token for {partner.partner_id} "
+                "(ehr-service partner token PARTNER --file TOKEN)"
+            ) from None
+
+    def _failed(
+        self,
+        partner: Partner,
+        rows: list[dict[str, Any]],
+        now: datetime,
+        error: str,
+        report: PushReport,
+    ) -> None:
+        logger.warning("push to %s failed: %s", partner.partner_id, error)
+        report.errors.append(f"{partner.partner_id}: {error}")
+        first = timedelta(seconds=self.settings.exchange_retry_seconds)
+        with self.services.database.write() as conn:
+            for row in rows:
+                attempts = row["attempts"] + 1
+                if attempts >= self.settings.exchange_max_attempts:
+                    store.mark(conn, [row["seq"]], state="dead", attempts=attempts,
+                               last_error=error)  # fmt: skip
+                    report.dead += 1
+                    continue
+                delay = min(first * (2 ** (attempts - 1)), MAX_BACKOFF)
+                store.mark(conn, [row["seq"]], attempts=attempts, next_attempt=now + delay,
+                           last_error=error)  # fmt: skip
+                report.failed += 1
+
+    def _audit(self, conn: Any, partner: Partner, status: int, rows: list[dict[str, Any]]) -> None:
+        caller = Caller(subject=self.settings.exchange_id, organization=None, internal=False,
+                        authenticated=True, region=partner.region)  # fmt: skip
+        event = self.services.auditor.new_event(
+            interaction="exchange_push",
+            status=status,
+            caller=caller,
+            patients=frozenset(r["patient_id"] for r in rows),
+            what=None,
+            query=f"partner={partner.partner_id}",
+        )
+        self.services.auditor.append(conn, event)
+
+    # -- feed (a partner pulls) -----------------------------------------------------------
+    def feed(
+        self, ctx: RequestContext, *, after: int, since: datetime | None, count: int, url: str,
+        next_url: str,
+    ) -> tuple[bytes, str, Result]:  # fmt: skip
+        partner = self.partner_of(ctx.caller)
+        settle = timedelta(seconds=self.settings.exchange_feed_settle_seconds)
+        with self.services.database.read() as conn:
+            rows = store.feed_rows(
+                conn, partner.partner_id, after=after, since=since, before=utc_now() - settle,
+                limit=count,
+            )  # fmt: skip
+        cursor = rows[-1]["seq"] if rows else after
+        document = orjson.loads(self.bundle(rows)) if rows else _empty()
+        document["link"] = [
+            {"relation": "self", "url": url},
+            {"relation": "next", "url": next_url.format(cursor=cursor)},
+        ]
+        body = orjson.dumps(document)
+        signature, _ = self.archive.sign(body, aud=partner.audience, htm="GET", htu=url)
+        patients = frozenset(r["patient_id"] for r in rows)
+        return body, signature, Result(200, body, patients=patients)
+
+    def partner_of(self, caller: Caller) -> Partner:
+        """The partner a bearer token belongs to (its client id is the partner id)."""
+        if caller.kind == "system":
+            for name in (caller.client_id, caller.subject):
+                if name:
+                    try:
+                        return self.partners.get(name)
+                    except PartnerError:
+                        continue
+        raise refused(403, "caller", "The feed is for registered partner systems only")
+
+    # -- pull (we read a partner's feed) ----------------------------------------------------
+    def pull(self, partner_id: str, ctx: RequestContext, *, count: int = 100) -> int:
+        """Read the partner's feed from our cursor on; returns results ingested."""
+        partner = self.partners.get(partner_id)
+        if not partner.endpoint:
+            raise PartnerError(f"partner {partner_id} has no endpoint to pull from")
+        caller = Caller(
+            subject=partner.partner_id,
+            client_id=partner.partner_id,
+            grants=parse_scopes(" ".join(f"system/{t}.cu" for t in partner.allowed_types)),
+            authenticated=True,
+            sees_id_numbers=True,
+            region=partner.region,
+        )
+        pctx = replace(ctx, caller=caller, interaction="exchange_pull")
+        ingested = 0
+        while True:
+            with self.services.database.read() as conn:
+                cursor = partner_store.feed_cursor(conn, partner_id)
+            url = f"{feed_url_of(partner.endpoint)}?_cursor={cursor}&_count={count}"
+            response = self.client.get(
+                url, headers={"Authorization": f"Bearer {self._token(partner)}"}
+            )
+            if response.status_code != 200:
+                raise PartnerError(f"the feed answered HTTP {response.status_code}")
+            signature = response.headers.get(HEADER) or ""
+            envelope = verify(
+                response.content,
+                signature,
+                key_for=lambda iss, kid: (
+                    self.partners.key(iss, kid, signing=True) if iss == partner.partner_id else None
+                ),
+                audience=self.settings.exchange_id,
+                htm="GET",
+                htu=url,
+                skew=self.settings.exchange_clock_skew_seconds,
+            )
+            document = orjson.loads(response.content)
+            entries = document.get("entry") or []
+            if entries:
+                self.inbound.ingest(pctx, envelope, response.content, signature, direction="pull")
+                ingested += sum(
+                    1 for e in entries if (e.get("resource") or {}).get("resourceType") != "Patient"
+                )
+            next_cursor = _cursor_of(document)
+            if next_cursor is None or next_cursor == cursor:
+                return ingested
+            with self.services.database.write() as conn:
+                partner_store.set_feed_cursor(conn, partner_id, next_cursor)
+            if len(entries) == 0:
+                return ingested
+
+
+class _UndeliveredError(Exception):
+    """The partner did not take the message."""
+
+
+def _empty() -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "meta": {"lastUpdated": format_instant(utc_now())},
+        "type": "collection",
+    }
+
+
+def _cursor_of(document: dict[str, Any]) -> int | None:
+    for link in document.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next":
+            values = parse_qs(urlsplit(str(link.get("url"))).query).get("_cursor")
+            if values and values[0].isdigit():
+                return int(values[0])
+    return None
