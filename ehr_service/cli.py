@@ -61,9 +61,12 @@ def _show(partner: object) -> None:
     from ehr_service.exchange.partners import Partner
 
     assert isinstance(partner, Partner)
+    keys = ",".join(
+        f"{kid}:{key.get('status', 'active')}" for kid, key in sorted(partner.keys.items())
+    )
     typer.echo(
         f"{partner.partner_id}  {partner.name}  region={partner.region}  aud={partner.audience}  "
-        f"keys={','.join(sorted(partner.keys))}  types={','.join(partner.allowed_types)}  "
+        f"keys={keys}  types={','.join(partner.allowed_types)}  "
         f"endpoint={partner.endpoint or '-'}"
     )
 

@@ -559,3 +559,20 @@ def test_stored_messages_verify_again_after_rotation_and_tampering_is_found(
     assert bad.jti == first.jti and "cannot be opened" in bad.reason
     assert isinstance(uuid.UUID(bad.jti), uuid.UUID)
     assert KeySet.import_key_set(client.get("/.well-known/jwks.json").json())
+
+
+def test_concurrent_deliveries_of_one_message_ingest_it_once(
+    region: tuple[TestClient, Services, Partner],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, services, partner = region
+    body = message(female_number())
+    signature = partner.sign(body)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda _: post(client, services, body, signature), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert len({r.content for r in responses}) == 1  # every retry got the first answer
+    assert counts(services)["messages"] == 1
+    assert client.get("/fhir/Observation").json()["total"] == 1
+    assert client.get("/fhir/Patient").json()["total"] == 1

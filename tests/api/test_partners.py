@@ -36,7 +36,7 @@ def test_partner_registry(
         "--allow", "DiagnosticReport", "--endpoint", "https://hub.sc.example/exchange/v1/bundles",
     )  # fmt: skip
     assert code == 0, out
-    assert f"keys={first.kid}" in out and "types=DiagnosticReport,Observation" in out
+    assert f"keys={first.kid}:active" in out and "types=DiagnosticReport,Observation" in out
     assert _run("add", "sichuan-hub", "--name", "x", "--region", "r", "--audience", "a",
                 "--jwks", jwks, "--allow", "Observation")[0] == 1  # fmt: skip
     assert _run("add", "Bad Id", "--name", "x", "--region", "r", "--audience", "a",

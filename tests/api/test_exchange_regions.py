@@ -1,0 +1,262 @@
+"""Two regions in one process (each its own database, keys and app): push with
+receipts, retries and dead letters, and pull from the partner's feed. The
+two-process version over real sockets is tests/e2e/test_two_regions.py."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from ehr_service.app import build_services, create_app
+from ehr_service.config import Settings
+from ehr_service.exchange.partners import PartnerRegistry
+from ehr_service.exchange.service import Exchange
+from ehr_service.fhir.primitives import utc_now
+from ehr_service.interactions.context import RequestContext, Services
+from ehr_service.security.caller import SERVICE
+from ehr_service.storage.tables import exchange_message, exchange_outbox
+from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number
+
+LAB = [
+    {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "laboratory",
+            }
+        ]
+    }
+]
+TYPES = ["Observation", "DiagnosticReport", "ImagingStudy"]
+
+
+@dataclass
+class Region:
+    name: str
+    services: Services
+    client: TestClient
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.name}.test"
+
+    def exchange(self, client: httpx.Client | None = None) -> Exchange:
+        return Exchange(self.services, client=client)
+
+    def ctx(self) -> RequestContext:
+        return RequestContext(self.services, f"{self.url}/fhir", "test", caller=SERVICE)
+
+
+def _region(name: str, tmp_path: Path, template: Path, **settings: Any) -> Region:
+    database = tmp_path / f"{name}.sqlite3"
+    shutil.copyfile(template, database)
+    services = build_services(
+        Settings(
+            environment="test",
+            database_url=f"sqlite:///{database}",
+            data_dir=tmp_path / name,
+            exchange_id=name,
+            exchange_max_attempts=3,
+            exchange_feed_settle_seconds=0,
+            **settings,
+        )
+    )
+    client = TestClient(
+        create_app(services=services),
+        base_url=f"http://{name}.test",
+        raise_server_exceptions=False,
+        headers=bearer(services.settings),
+    )
+    client.__enter__()  # runs the lifespan: the region's first signing key
+    return Region(name, services, client)
+
+
+def _register(home: Region, partner: Region, tmp_path: Path) -> None:
+    """``home`` registers ``partner``: its JWKS, endpoint, and a token it issued us."""
+    jwks = tmp_path / f"{partner.name}-jwks-for-{home.name}.json"
+    jwks.write_bytes(orjson.dumps(partner.client.get("/.well-known/jwks.json").json()))
+    PartnerRegistry(home.services.database).add(
+        partner.name,
+        name=partner.name.title(),
+        region=partner.name,
+        audience=partner.name,
+        jwks=str(jwks),
+        endpoint=f"{partner.url}/exchange/v1/bundles",
+        allowed_types=TYPES,
+    )
+    token = bearer(
+        partner.services.settings,
+        " ".join(f"system/{t}.cu" for t in TYPES),
+        subject=home.name,
+        client_id=home.name,
+    )["Authorization"].split(" ", 1)[1]
+    target = home.services.settings.data_dir / "keys" / "partner-tokens" / f"{partner.name}.jwt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(token)
+
+
+@pytest.fixture
+def regions(sqlite_template: Path, tmp_path: Path) -> Iterator[tuple[Region, Region]]:
+    chongqing = _region("chongqing", tmp_path, sqlite_template)
+    sichuan = _region("sichuan", tmp_path, sqlite_template)
+    _register(chongqing, sichuan, tmp_path)
+    _register(sichuan, chongqing, tmp_path)
+    yield chongqing, sichuan
+    for region in (chongqing, sichuan):
+        region.client.__exit__(None, None, None)
+        region.services.database.dispose()
+
+
+def _resident_with_result(region: Region, number: str, value: float = 5.4) -> tuple[str, str]:
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [id_identifier(number)],
+        "name": [{"family": "张", "given": ["伟"]}],
+        "gender": "male",
+        "birthDate": "1975-06-01",
+    }
+    found = region.client.get(
+        "/fhir/Patient", params={"identifier": f"{id_identifier(number)['system']}|{number}"}
+    ).json()
+    if found["total"]:
+        pid = found["entry"][0]["resource"]["id"]
+    else:
+        pid = region.client.post("/fhir/Patient", json=patient, headers=FHIR_JSON).json()["id"]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": LAB,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "valueQuantity": {"value": value, "unit": "mmol/L"},
+    }
+    created = region.client.post("/fhir/Observation", json=observation, headers=FHIR_JSON)
+    assert created.status_code == 201
+    return pid, created.json()["id"]
+
+
+def _rows(region: Region) -> list[Any]:
+    with region.services.database.read() as conn:
+        return conn.execute(sa.select(exchange_outbox).order_by(exchange_outbox.c.seq)).all()
+
+
+def _received(region: Region, number: str) -> list[dict[str, Any]]:
+    found = region.client.get(
+        "/fhir/Observation",
+        params={"subject:Patient.identifier": f"{id_identifier(number)['system']}|{number}"},
+    ).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
+def test_push_delivers_with_a_verified_receipt_and_provenance(
+    regions: tuple[Region, Region],
+) -> None:
+    chongqing, sichuan = regions
+    number = make_id_number("500103", "19750601", "135")
+    _, obs_id = _resident_with_result(chongqing, number)
+    assert [r.state for r in _rows(chongqing)] == ["pending"]
+    report = chongqing.exchange(client=sichuan.client).outbound.push()
+    assert (report.sent, report.failed, report.errors) == (1, 0, [])
+    assert [r.state for r in _rows(chongqing)] == ["sent"]
+    received = _received(sichuan, number)
+    assert len(received) == 1 and received[0]["valueQuantity"]["value"] == 5.4
+    provenance = sichuan.client.get(
+        "/fhir/Provenance", params={"target": f"Observation/{received[0]['id']}"}
+    ).json()
+    assert provenance["total"] == 1
+    assert provenance["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"] == (
+        "chongqing"
+    )
+    # Sichuan's new record for the resident carries the ID number, sealed at rest
+    patients = sichuan.client.get("/fhir/Patient").json()
+    assert patients["total"] == 1
+    assert id_identifier(number) in patients["entry"][0]["resource"]["identifier"]
+    # Chongqing keeps what it sent and Sichuan's signed receipt; both verify again
+    with chongqing.services.database.read() as conn:
+        sent = conn.execute(sa.select(exchange_message)).one()
+    assert sent.direction == "out" and sent.status == 200 and sent.response_signature
+    assert [v.ok for v in chongqing.exchange().archive.verify_all()] == [True]
+    assert [v.ok for v in sichuan.exchange().archive.verify_all()] == [True]
+    # nothing is echoed back: Sichuan does not queue what it received
+    assert _rows(sichuan) == []
+    assert obs_id not in {r["id"] for r in received}  # Sichuan's own id for it
+
+
+def test_failed_pushes_back_off_then_dead_letter_then_revive(
+    regions: tuple[Region, Region],
+) -> None:
+    chongqing, sichuan = regions
+    _resident_with_result(chongqing, make_id_number("500103", "19750601", "135"))
+    calls: list[int] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(503, text="maintenance")
+
+    outbound = chongqing.exchange(client=httpx.Client(transport=httpx.MockTransport(down))).outbound
+    now = utc_now()
+    report = outbound.push(now=now)
+    assert (report.sent, report.failed, report.dead) == (0, 1, 0)
+    (row,) = _rows(chongqing)
+    assert row.attempts == 1 and row.state == "pending" and "503" in row.last_error
+    assert row.next_attempt >= now + timedelta(seconds=29)  # backed off
+    assert outbound.push(now=now).failed == 0 and len(calls) == 1  # not due yet
+    outbound.push(now=now + timedelta(minutes=2))
+    outbound.push(now=now + timedelta(minutes=5))
+    (row,) = _rows(chongqing)
+    assert row.state == "dead" and row.attempts == 3 and len(calls) == 3
+    assert outbound.push(now=now + timedelta(days=1)).failed == 0  # dead rows wait
+    # the partner is back; an operator revives the dead letters
+    from ehr_service.storage import exchange as store
+
+    with chongqing.services.database.write() as conn:
+        assert store.revive_dead(conn, "sichuan", utc_now()) == 1
+    assert chongqing.exchange(client=sichuan.client).outbound.push().sent == 1
+    assert [r.state for r in _rows(chongqing)] == ["sent"]
+
+
+def test_a_receipt_that_does_not_verify_is_not_a_delivery(regions: tuple[Region, Region]) -> None:
+    chongqing, sichuan = regions
+    _resident_with_result(chongqing, make_id_number("500103", "19750601", "135"))
+
+    def forged(request: httpx.Request) -> httpx.Response:
+        real = sichuan.client.post(
+            str(request.url), content=request.content, headers=dict(request.headers)
+        )
+        signature = {"X-Exchange-Signature": real.headers["X-Exchange-Signature"]}
+        return httpx.Response(200, content=real.content.replace(b"201", b"202"), headers=signature)
+
+    client = httpx.Client(transport=httpx.MockTransport(forged))
+    report = chongqing.exchange(client=client).outbound.push()
+    assert report.sent == 0 and report.failed == 1
+    assert "bad-signature" in report.errors[0] or "signature" in report.errors[0]
+
+
+def test_pull_reads_the_partner_feed_from_the_cursor(regions: tuple[Region, Region]) -> None:
+    chongqing, sichuan = regions
+    number = make_id_number("510104", "19750601", "135")
+    _resident_with_result(sichuan, number, 4.9)
+    _resident_with_result(sichuan, number, 5.1)
+    outbound = chongqing.exchange(client=sichuan.client).outbound
+    assert outbound.pull("sichuan", chongqing.ctx()) == 2
+    values = sorted(r["valueQuantity"]["value"] for r in _received(chongqing, number))
+    assert values == [4.9, 5.1]
+    # the cursor moved: pulling again brings nothing new, then only what is new
+    assert outbound.pull("sichuan", chongqing.ctx()) == 0
+    _resident_with_result(sichuan, number, 5.6)
+    assert outbound.pull("sichuan", chongqing.ctx()) == 1
+    assert len(_received(chongqing, number)) == 3
+    with chongqing.services.database.read() as conn:
+        directions = {r.direction for r in conn.execute(sa.select(exchange_message)).all()}
+    assert directions == {"pull"}
+    assert all(v.ok for v in chongqing.exchange().archive.verify_all())
