@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,6 +66,40 @@ def check_field_keys(services: Services) -> None:
     keyring.created = False  # checked: from now on these are the database's keys
 
 
+class PushWorker:
+    """The optional in-process outbox worker (``EHR_EXCHANGE_PUSH_INTERVAL_SECONDS``):
+    a daemon thread running ``exchange push`` every interval."""
+
+    def __init__(self, exchange: Exchange, interval: float) -> None:
+        self.exchange = exchange
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread = threading.Thread(target=self._run, name="exchange-push", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                report = self.exchange.outbound.push()
+            except Exception:  # keep the worker alive; the next round retries
+                logger.exception("exchange push round failed")
+                continue
+            if report.sent or report.failed or report.dead:
+                logger.info(
+                    "exchange push: sent %d, retry %d, dead %d",
+                    report.sent, report.failed, report.dead,
+                )  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+
 def tune_garbage_collector(threshold: int) -> None:
     """Ingest allocates many short-lived containers (validation models, index rows):
     Python's default gen-0 threshold of 700 then spends ~20% of the time in the
@@ -91,7 +126,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             from ehr_service.demo import load_demo_data
 
             load_demo_data(services)
+        worker = PushWorker(app.state.exchange, settings.exchange_push_interval_seconds)
+        worker.start()
         yield
+        worker.stop()  # a push under way finishes; its rows are leased, never half-sent
         if owned:
             services.database.dispose()
 

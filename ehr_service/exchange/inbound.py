@@ -22,11 +22,13 @@ import base64
 import hashlib
 import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from ehr_service.exchange.archive import Archive, Reply
 from ehr_service.exchange.envelope import Envelope, EnvelopeError, verify
@@ -36,11 +38,13 @@ from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions import conditional, update
 from ehr_service.interactions.context import RequestContext
-from ehr_service.interactions.create import prepare_create
+from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.read import check_consent
 from ehr_service.interactions.results import Result, status_line
+from ehr_service.interactions.writing import prepare_version
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.security.caller import SERVICE, Caller
+from ehr_service.security.policy import require
 from ehr_service.storage import resources
 
 PARTNER_SYSTEM = "urn:ehr-service:exchange-partner"
@@ -232,39 +236,72 @@ class Inbound:
         items: list[_Item],
     ) -> None:
         mapping = {key: i.local for i in items if i.local for key in i.keys}
-        for item in items:
-            if item.resource_type != "Patient":
-                item.local = (
-                    f"{item.resource_type}/"
-                    f"{local_id(partner.partner_id, item.resource_type, item.source)}"
-                )
-                mapping.update({key: item.local for key in item.keys})
-        provenances = []
-        for item in items:
-            if item.matched:
-                continue
-            assert item.local is not None
-            resource_type, _, resource_id = item.local.partition("/")
-            if item.resource_type != "Patient":
-                body = _localised(item, mapping, partner)
-                body["id"] = resource_id
-                meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
-                body["meta"] = {**meta, "source": f"urn:ehr-service:exchange:{partner.partner_id}"}
-                try:
-                    item.result = update.update(conn, pctx, resource_type, resource_id, body)
-                except FhirError as error:
-                    raise _located(item.index, error) from None
-            assert item.result is not None
-            provenances.append(
-                prepare_create(
-                    conn,
-                    sctx,
-                    "Provenance",
-                    _provenance(item, partner, envelope, signature),
-                    new_id(),
-                )
+        results = [i for i in items if i.resource_type != "Patient"]
+        for item in results:
+            item.local = (
+                f"{item.resource_type}/"
+                f"{local_id(partner.partner_id, item.resource_type, item.source)}"
             )
+            mapping.update({key: item.local for key in item.keys})
+        bodies = {}
+        for item in results:
+            assert item.local is not None
+            body = _localised(item, mapping, partner)
+            body["id"] = item.local.partition("/")[2]
+            meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+            body["meta"] = {**meta, "source": f"urn:ehr-service:exchange:{partner.partner_id}"}
+            bodies[item.index] = body
+        known = resources.existing(conn, [_key(i) for i in results])
+        fresh = [i for i in results if _key(i) not in known]
+        for item in results:
+            if _key(item) in known:  # sent before: the next version (an amendment)
+                self._update(conn, pctx, item, bodies[item.index])
+        self._create(conn, pctx, fresh, bodies)
+        provenances = [
+            prepare_create(conn, sctx, "Provenance", provenance, new_id())
+            for provenance in _provenances(items, partner, envelope, signature)
+        ]
         resources.insert_new(conn, provenances)
+
+    @staticmethod
+    def _update(conn: Connection, pctx: RequestContext, item: _Item, body: dict[str, Any]) -> None:
+        resource_type, _, resource_id = str(item.local).partition("/")
+        try:
+            item.result = update.update(conn, pctx, resource_type, resource_id, body)
+        except FhirError as error:
+            raise _located(item.index, error) from None
+
+    def _create(
+        self,
+        conn: Connection,
+        pctx: RequestContext,
+        fresh: list[_Item],
+        bodies: dict[int, dict[str, Any]],
+    ) -> None:
+        """New results in one batch (update-as-create rights); should a concurrent
+        message have stored one of them first, one by one instead."""
+        versions = []
+        now = utc_now()
+        for item in fresh:
+            require(pctx.caller, item.resource_type, "u")
+            require(pctx.caller, item.resource_type, "c")
+            try:
+                version, _ = prepare_version(
+                    conn, pctx, bodies[item.index], resource_type=item.resource_type,
+                    resource_id=_key(item)[1], version_id=1, now=now, method="PUT",
+                )  # fmt: skip
+            except FhirError as error:
+                raise _located(item.index, error) from None
+            versions.append(version)
+        try:
+            with conn.begin_nested():
+                resources.insert_new(conn, versions)
+        except IntegrityError:
+            for item in fresh:
+                self._update(conn, pctx, item, bodies[item.index])
+            return
+        for item, version in zip(fresh, versions, strict=True):
+            item.result = created(version)
 
 
 class _TakenError(Exception):
@@ -365,19 +402,54 @@ def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[s
     return body
 
 
+def _key(item: _Item) -> tuple[str, str]:
+    resource_type, _, resource_id = str(item.local).partition("/")
+    return resource_type, resource_id
+
+
+def _provenances(
+    items: list[_Item], partner: Partner, envelope: Envelope, signature: str
+) -> list[dict[str, Any]]:
+    """One Provenance per resident and message, naming every resource the message
+    created or changed in that resident's record (Provenance.target is 1..*)."""
+    groups: dict[str, list[_Item]] = {}
+    for item in items:
+        if item.matched or item.result is None:
+            continue
+        owner = next(iter(sorted(item.result.patients)), "")
+        groups.setdefault(owner, []).append(item)
+    return [
+        _provenance(group, owner, partner, envelope, signature) for owner, group in groups.items()
+    ]
+
+
 def _provenance(
-    item: _Item, partner: Partner, envelope: Envelope, signature: str
+    group: list[_Item], owner: str, partner: Partner, envelope: Envelope, signature: str
 ) -> dict[str, Any]:
-    assert item.result is not None and item.local is not None
     who = {
         "identifier": {"system": PARTNER_SYSTEM, "value": partner.partner_id},
         "display": partner.name,
     }
-    targets = [{"reference": f"{item.local}/_history/{item.result.version_id}"}]
-    owner = next(iter(item.result.patients), None)
-    if owner and item.resource_type != "Patient":
+    targets = []
+    for item in group:
+        assert item.result is not None
+        targets.append({"reference": f"{item.local}/_history/{item.result.version_id}"})
+    if owner and all(item.resource_type != "Patient" for item in group):
         targets.append({"reference": f"Patient/{owner}"})  # in the resident's record
-    created = item.result.status == 201
+    created_all = all(item.result is not None and item.result.status == 201 for item in group)
+    sources = [
+        {
+            "role": "source",
+            "what": {
+                "type": item.resource_type,
+                "identifier": {
+                    "system": f"urn:ehr-service:exchange:{partner.partner_id}",
+                    "value": item.source,
+                },
+            },
+        }
+        for item in group
+    ]
     return {
         "resourceType": "Provenance",
         "target": targets,
@@ -386,7 +458,7 @@ def _provenance(
             "coding": [
                 {
                     "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                    "code": "CREATE" if created else "UPDATE",
+                    "code": "CREATE" if created_all else "UPDATE",
                 }
             ]
         },
@@ -415,21 +487,12 @@ def _provenance(
                     "display": "signed exchange message",
                 },
             },
-            {
-                "role": "source",
-                "what": {
-                    "type": item.resource_type,
-                    "identifier": {
-                        "system": f"urn:ehr-service:exchange:{partner.partner_id}",
-                        "value": item.source,
-                    },
-                },
-            },
+            *sources,
         ],
         "signature": [
             {
                 "type": [SOURCE_SIGNATURE],
-                "when": format_instant(utc_now().fromtimestamp(envelope.iat, tz=utc_now().tzinfo)),
+                "when": format_instant(datetime.fromtimestamp(envelope.iat, UTC)),
                 "who": who,
                 "targetFormat": "application/fhir+json",
                 "sigFormat": "application/jose",

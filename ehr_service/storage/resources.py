@@ -211,6 +211,22 @@ def read_version(
     return None if row is None else _version(row)
 
 
+def existing(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (type, id) are stored (deleted ones too: their ids are taken)."""
+    found: set[tuple[str, str]] = set()
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        by_type.setdefault(resource_type, []).append(resource_id)
+    for resource_type, ids in by_type.items():
+        rows = conn.execute(
+            select(resource.c.res_id).where(
+                resource.c.res_type == resource_type, resource.c.res_id.in_(ids)
+            )
+        ).all()
+        found.update((resource_type, r.res_id) for r in rows)
+    return found
+
+
 def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     """Insert first versions of resources that do not exist yet (server ids)."""
     if not versions:

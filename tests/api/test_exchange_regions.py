@@ -260,3 +260,25 @@ def test_pull_reads_the_partner_feed_from_the_cursor(regions: tuple[Region, Regi
         directions = {r.direction for r in conn.execute(sa.select(exchange_message)).all()}
     assert directions == {"pull"}
     assert all(v.ok for v in chongqing.exchange().archive.verify_all())
+
+
+def test_the_in_process_worker_pushes_on_its_own(sqlite_template: Path, tmp_path: Path) -> None:
+    import time
+
+    chongqing = _region("chongqing", tmp_path, sqlite_template, exchange_push_interval_seconds=0.1)
+    sichuan = _region("sichuan", tmp_path, sqlite_template)
+    try:
+        _register(chongqing, sichuan, tmp_path)
+        _register(sichuan, chongqing, tmp_path)
+        chongqing.client.app.state.exchange.outbound.client = sichuan.client  # type: ignore[attr-defined]
+        number = make_id_number("500103", "19750601", "135")
+        _resident_with_result(chongqing, number)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _received(sichuan, number):
+            time.sleep(0.1)
+        assert len(_received(sichuan, number)) == 1
+        assert [r.state for r in _rows(chongqing)] == ["sent"]
+    finally:
+        for region in (chongqing, sichuan):
+            region.client.__exit__(None, None, None)  # stops the worker
+            region.services.database.dispose()

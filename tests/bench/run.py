@@ -334,6 +334,31 @@ def main() -> None:
             f"{r['$match demographics_found_at_1']:>9.2f}"
         )
 
+    print("\nsigned exchange ingest (in-process, no HTTP):", flush=True)
+    from tests.bench import exchange_bench
+
+    messages = int(os.environ.get("EHR_BENCH_EXCHANGE_MESSAGES", "200"))
+    exchange_rows = [
+        exchange_bench.run("sqlite", f"sqlite:///{tempfile.mkdtemp()}/exchange.sqlite3", messages)
+    ]
+    pg_exchange = _fresh_pg("ehr_bench_exchange")
+    if pg_exchange:
+        exchange_rows.append(exchange_bench.run("postgresql", pg_exchange, messages))
+    header = (
+        f"{'backend':<11}{'messages':>9}{'KiB/msg':>9}{'msg/s':>8}{'results/s':>11}"
+        f"{'written res/s':>15}{'verify ms':>11}{'verify share':>14}{'sign ms':>9}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in exchange_rows:
+        print(
+            f"{r['backend']:<11}{r['messages']:>9}{r['message_kib']:>9.1f}"
+            f"{r['messages_per_s']:>8.1f}{r['results_per_s']:>11,}"
+            f"{r['stored_resources_per_s']:>15,}{r['verify_ms_per_message']:>11.3f}"
+            f"{r['verify_share_of_ingest']:>13.1%}{r['sign_ms_per_message']:>9.3f}"
+        )
+
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -347,6 +372,7 @@ def main() -> None:
         "results": results,
         "search": search_rows,
         "identity": mpi_rows,
+        "exchange": exchange_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
