@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import citizen, discovery, errors, exchange, fhir, mpi
+from ehr_service.api import citizen, discovery, errors, exchange, fhir, mpi, recognition
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -22,6 +22,7 @@ from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.identity import ResidentIdentity
+from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
@@ -47,6 +48,7 @@ def build_services(settings: Settings) -> Services:
         auditor=Auditor(database),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         share=shared_with,
+        catalogues=Catalogues(database, settings.profiles_dir / SHIPPED),
     )
 
 
@@ -121,6 +123,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         check_field_keys(services)
         app.state.exchange.keys.ensure_active()  # first run: the region's signing key
+        if services.catalogues is not None:
+            services.catalogues.ensure_loaded()  # first run: the shipped catalogue edition
         tune_garbage_collector(settings.gc_threshold)
         if settings.demo_data:
             from ehr_service.demo import load_demo_data
@@ -143,6 +147,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.exchange = Exchange(services)
     app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
+    app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
     app.include_router(fhir.router)
     app.include_router(citizen.router)
     app.include_router(exchange.router)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -32,6 +32,10 @@ partner_app = typer.Typer(help="exchange partners of this region", no_args_is_he
 app.add_typer(partner_app, name="partner")
 exchange_app = typer.Typer(help="signed cross-region exchange", no_args_is_help=True)
 app.add_typer(exchange_app, name="exchange")
+catalogue_app = typer.Typer(help="the catalogue of recognised items", no_args_is_help=True)
+app.add_typer(catalogue_app, name="catalogue")
+institution_app = typer.Typer(help="institutions and their quality control", no_args_is_help=True)
+app.add_typer(institution_app, name="institution")
 
 
 def _settings() -> Settings:
@@ -305,6 +309,159 @@ def exchange_verify(
     typer.echo(f"{len(verdicts)} messages checked, {len(failed)} failed")
     if failed or (jti is not None and not verdicts):
         raise typer.Exit(1)
+
+
+@contextmanager
+def _service_context() -> Iterator[RequestContext]:
+    from ehr_service.app import build_services
+    from ehr_service.interactions.context import RequestContext
+    from ehr_service.security.caller import SERVICE
+
+    settings = _settings()
+    services = build_services(_batch(settings))
+    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    try:
+        yield RequestContext(services, base_url, "cli", caller=SERVICE)
+    finally:
+        services.database.dispose()
+
+
+@catalogue_app.command("load")
+def catalogue_load(
+    file: Annotated[Path, typer.Argument(help="a CodeSystem, or a Bundle of it and ConceptMaps")],
+) -> None:
+    """Load a catalogue edition and make it the active one (no code changes needed);
+    its CodeSystem and ConceptMaps are stored as FHIR resources too."""
+    from ehr_service.fhir.errors import FhirError
+    from ehr_service.interactions import update
+    from ehr_service.recognition.catalogue import CatalogueError
+
+    with _service_context() as ctx:
+        catalogues = ctx.services.catalogues
+        assert catalogues is not None
+        try:
+            row, resources = catalogues.load_file(file)
+            with ctx.services.database.write() as conn:
+                for resource in resources:
+                    if isinstance(resource.get("id"), str):
+                        update.update(conn, ctx, resource["resourceType"], resource["id"], resource)
+        except (CatalogueError, FhirError) as exc:
+            typer.echo(f"{file.name}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"edition {row['edition']} active: {row['items']} items")
+
+
+@catalogue_app.command("list")
+def catalogue_list() -> None:
+    """The loaded editions; the active one is marked."""
+    from ehr_service.storage import recognition as store
+
+    with _service_context() as ctx, ctx.services.database.read() as conn:
+        for edition in store.editions(conn):
+            mark = "active" if edition["active"] else "-"
+            typer.echo(f"{edition['edition']}  {edition['items']} items  {mark}")
+
+
+def _find_organization(ctx: RequestContext, org_id: str) -> dict[str, Any] | None:
+    from ehr_service.storage import recognition as store
+
+    with ctx.services.database.read() as conn:
+        content = store.contents(conn, "Organization", [org_id]).get(org_id)
+    return None if content is None else dict(orjson.loads(content))
+
+
+def _organization(ctx: RequestContext, org_id: str) -> dict[str, Any]:
+    document = _find_organization(ctx, org_id)
+    if document is None:
+        typer.echo(f"no Organization/{org_id}", err=True)
+        raise typer.Exit(1)
+    return document
+
+
+def _store_organization(ctx: RequestContext, document: dict[str, Any]) -> None:
+    from ehr_service.fhir.errors import FhirError
+    from ehr_service.interactions import update
+
+    try:
+        with ctx.services.database.write() as conn:
+            update.update(conn, ctx, "Organization", document["id"], document)
+    except FhirError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+@institution_app.command("add")
+def institution_add(
+    org_id: str,
+    name: Annotated[str, typer.Option(help="the institution's name")],
+    region: Annotated[str, typer.Option(help="chongqing or sichuan")],
+    level: Annotated[str | None, typer.Option(help="e.g. 3A (三级甲等)")] = None,
+) -> None:
+    """Create or update Organization/ID with its region and level."""
+    from ehr_service.recognition.institutions import LEVEL_URL, REGION_URL
+
+    document: dict[str, Any] = {"resourceType": "Organization", "id": org_id, "name": name,
+                                "active": True}  # fmt: skip
+    with _service_context() as ctx:
+        document = (_find_organization(ctx, org_id) or document) | {"name": name}
+        others = [
+            e
+            for e in document.get("extension") or ()
+            if e.get("url") not in {REGION_URL, LEVEL_URL}
+        ]
+        extensions = [{"url": REGION_URL, "valueCode": region}]
+        if level:
+            extensions.append({"url": LEVEL_URL, "valueCode": level})
+        document["extension"] = extensions + others
+        _store_organization(ctx, document)
+    typer.echo(f"Organization/{org_id}  {name}  region={region}  level={level or '-'}")
+
+
+@institution_app.command("qc")
+def institution_qc(
+    org_id: str,
+    category: Annotated[str, typer.Option(help="e.g. lab-chemistry, imaging-CT")],
+    scheme: Annotated[str, typer.Option(help="e.g. NCCL EQA")],
+    cycle: Annotated[str, typer.Option(help="e.g. 2026-1")],
+    start: Annotated[str, typer.Option("--from", help="valid from (YYYY-MM-DD)")],
+    end: Annotated[str, typer.Option("--to", help="valid to (YYYY-MM-DD)")],
+    passed: Annotated[bool, typer.Option("--passed/--failed")] = True,
+) -> None:
+    """Add a quality-control record to an institution."""
+    from datetime import date
+
+    from ehr_service.recognition.institutions import quality_control_extension
+
+    for value in (start, end):
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            typer.echo(f"not a date: {value}", err=True)
+            raise typer.Exit(2) from None
+    with _service_context() as ctx:
+        document = _organization(ctx, org_id)
+        record = quality_control_extension(category, scheme, cycle, passed, start, end)
+        document["extension"] = [*(document.get("extension") or ()), record]
+        _store_organization(ctx, document)
+    typer.echo(f"Organization/{org_id}: {category} {cycle} {'passed' if passed else 'failed'}")
+
+
+@institution_app.command("show")
+def institution_show(org_id: str) -> None:
+    """An institution's region, level and quality-control records."""
+    from ehr_service.recognition.institutions import institution_of
+
+    with _service_context() as ctx:
+        institution = institution_of(f"Organization/{org_id}", _organization(ctx, org_id))
+    typer.echo(
+        f"{institution.reference}  {institution.name or '-'}  region={institution.region or '-'}"
+        f"  level={institution.level or '-'}"
+    )
+    for qc in institution.quality_control:
+        typer.echo(
+            f"  {qc.category}  {qc.scheme or '-'}  {qc.cycle or '-'}  "
+            f"{'passed' if qc.passed else 'failed'}  {qc.start or '-'} .. {qc.end or '-'}"
+        )
 
 
 def _signing_keys() -> SigningKeys:

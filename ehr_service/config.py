@@ -111,6 +111,14 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
     )
 
+    # Mutual recognition of results (DESIGN.md §7).
+    region: str = Field(
+        default="chongqing", description="this service's region (results of its institutions)"
+    )
+    recognition_mark: str = Field(
+        default="川渝HR", description="the tag recognisable results carry when served"
+    )
+
     gc_threshold: int = Field(
         default=50_000,
         ge=0,

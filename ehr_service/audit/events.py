@@ -84,6 +84,9 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "patient_merge": ("operation", "U"),
     "patient_pix": ("operation", "E"),
     "patient_pix_post": ("operation", "E"),
+    "recognizable_results": ("operation", "E"),
+    "recognition_decision": ("operation", "C"),
+    "recognition_stats": ("operation", "E"),
 }
 
 

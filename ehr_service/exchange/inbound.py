@@ -43,6 +43,7 @@ from ehr_service.interactions.read import check_consent
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.writing import prepare_version
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
+from ehr_service.recognition.catalogue import RESULT_TYPES
 from ehr_service.security.caller import SERVICE, Caller
 from ehr_service.security.policy import require
 from ehr_service.storage import resources
@@ -253,10 +254,12 @@ class Inbound:
             bodies[item.index] = body
         known = resources.existing(conn, [_key(i) for i in results])
         fresh = [i for i in results if _key(i) not in known]
-        for item in results:
+        for item in sorted(results, key=lambda i: i.resource_type in RESULT_TYPES):
             if _key(item) in known:  # sent before: the next version (an amendment)
                 self._update(conn, pctx, item, bodies[item.index])
-        self._create(conn, pctx, fresh, bodies)
+        # Institutions first: a result's recognition mark reads its performer.
+        self._create(conn, pctx, [i for i in fresh if i.resource_type not in RESULT_TYPES], bodies)
+        self._create(conn, pctx, [i for i in fresh if i.resource_type in RESULT_TYPES], bodies)
         provenances = [
             prepare_create(conn, sctx, "Provenance", provenance, new_id())
             for provenance in _provenances(items, partner, envelope, signature)

@@ -31,6 +31,7 @@ from ehr_service.exchange.partners import Partner, PartnerError, PartnerRegistry
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
+from ehr_service.recognition.marks import performer_of
 from ehr_service.security.caller import Caller
 from ehr_service.security.scopes import parse_scopes
 from ehr_service.storage import exchange as store
@@ -77,15 +78,24 @@ class Outbound:
     # -- what a message carries -------------------------------------------------------
     def bundle(self, rows: list[dict[str, Any]]) -> bytes:
         """A collection Bundle of the current versions of the rows' results, each
-        resident's Patient once, ID numbers readable (the partner matches on them)."""
+        resident's Patient and each performing institution once (its quality control
+        travels with it), ID numbers readable (the partner matches on them)."""
         keys = [(r["res_type"], r["res_id"]) for r in rows]
         keys += [("Patient", r["patient_id"]) for r in rows]
         with self.services.database.read() as conn:
             contents = store.current_contents(conn, list(dict.fromkeys(keys)))
+            performers = []
+            for key, (_version, content) in contents.items():
+                if content is not None and key[0] != "Patient":
+                    performer = performer_of(key[0], orjson.loads(content))
+                    if performer is not None:
+                        performers.append(("Organization", performer.partition("/")[2]))
+            contents.update(store.current_contents(conn, list(dict.fromkeys(performers))))
+        keys += performers
         protection = self.services.identity.protection
         entries = []
-        patients_first = sorted(dict.fromkeys(keys), key=lambda k: k[0] != "Patient")
-        for key in patients_first:
+        order = {"Organization": 0, "Patient": 1}
+        for key in sorted(dict.fromkeys(keys), key=lambda k: order.get(k[0], 2)):
             found = contents.get(key)
             if found is None or found[1] is None:
                 continue  # deleted since: nothing to send

@@ -15,6 +15,7 @@ from ehr_service.fhir.compartment import PatientCompartment, Visibility
 from ehr_service.fhir.search.query import SearchParser
 from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.mpi.identity import ResidentIdentity
+from ehr_service.recognition.catalogue import Catalogues
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.policy import visibility
 from ehr_service.security.ratelimit import RateLimiter
@@ -44,6 +45,7 @@ class Services:
     rate_limiter: RateLimiter
     # The partners a stored version is shared with (the exchange outbox, DESIGN.md §8).
     share: Sharing = no_sharing
+    catalogues: Catalogues | None = None  # the recognition catalogue (DESIGN.md §7)
 
 
 class ReturnPreference(StrEnum):

@@ -20,6 +20,7 @@ from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
+from ehr_service.recognition.marks import apply_mark
 from ehr_service.security.consent import refusals
 from ehr_service.security.policy import check_write
 from ehr_service.storage.resources import NewVersion
@@ -66,6 +67,13 @@ def prepare_version(
         )
     stored = with_server_meta(resource, resource_id, version_id, now)
     validate_resource(stored, expected_type=resource_type)
+    apply_mark(  # the recognition mark: set by the server only (DESIGN.md §7)
+        conn,
+        ctx.services.catalogues,
+        ctx.settings.recognition_mark,
+        resource_type,
+        stored,
+    )
     identity = ctx.services.identity
     prepared = identity.prepare(conn, stored, orjson.loads(previous) if previous else None)
     content, index = _sealed(ctx, prepared)

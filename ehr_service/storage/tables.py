@@ -379,3 +379,52 @@ exchange_outbox = Table(
     Index("ix_exchange_outbox_due", "partner_id", "state", "next_attempt"),
     Index("ix_exchange_outbox_feed", "partner_id", "seq"),
 )
+
+# Mutual recognition of results (DESIGN.md §7): the catalogue editions (one active),
+# their items and code maps, and the facts behind the statistics.
+recognition_edition = Table(
+    "recognition_edition",
+    metadata,
+    Column("edition", String(32), primary_key=True),
+    Column("url", String(255), nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("loaded", UTCDateTime, nullable=False),
+    Column("active", Boolean, nullable=False),
+)
+recognition_item = Table(
+    "recognition_item",
+    metadata,
+    Column("edition", String(32), primary_key=True),
+    Column("code", String(64), primary_key=True),
+    Column("category", String(16), nullable=False),  # laboratory | imaging
+    Column("name_zh", String(255), nullable=False),
+    Column("name_en", String(255), nullable=False),
+    Column("loinc", String(32), nullable=True),
+    Column("modality", String(16), nullable=True),
+    Column("body_site", String(32), nullable=True),
+    Column("validity_days", Integer, nullable=False),
+    Column("qc_category", String(64), nullable=False),
+    Column("price", Float, nullable=False),
+)
+recognition_code_map = Table(
+    "recognition_code_map",
+    metadata,
+    Column("edition", String(32), primary_key=True),
+    Column("system", String(255), primary_key=True),
+    Column("code", String(128), primary_key=True),
+    Column("item", String(64), nullable=False),
+)
+recognition_fact = Table(
+    "recognition_fact",
+    metadata,
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=True),
+    Column("recorded", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),  # offered | accepted | retest
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    Column("item", String(64), nullable=False),
+    Column("institution", String(255), nullable=True),  # of the result offered or reused
+    Column("region", String(64), nullable=True),
+    Column("reason", String(64), nullable=True),  # of a re-test
+    Column("price", Float, nullable=False),
+    Index("ix_recognition_fact_recorded", "recorded"),
+)

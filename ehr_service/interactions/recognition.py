@@ -1,0 +1,484 @@
+"""Mutual recognition operations (DESIGN.md §7):
+
+- ``Patient/{id}/$recognizable-results``: every prior result of the requested
+  items (local, or received from the partner region) with whether it may be
+  recognised instead of repeated, the reasons when not, and the day it stops;
+- ``Patient/{id}/$recognition-decision``: the doctor's decision for an order,
+  stored as a Task (audited, in the resident's record);
+- ``$recognition-stats``: offered, accepted, re-tested by reason, tests and cost
+  avoided, per item, institution or region.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.parameters import OperationInput
+from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
+from ehr_service.fhir.references import parse_reference
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.create import created, prepare_create
+from ehr_service.interactions.read import check_consent, not_found
+from ehr_service.interactions.results import Result
+from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
+from ehr_service.recognition.institutions import Institution, institution_of
+from ehr_service.recognition.marks import performer_of
+from ehr_service.recognition.rules import (
+    REASON_SYSTEM,
+    REASONS,
+    RETEST_REASONS,
+    RETEST_SYSTEM,
+    Assessment,
+    Candidate,
+    assess,
+    is_final,
+    local_day,
+    parse_day,
+    result_date,
+)
+from ehr_service.security.policy import require, require_staff
+from ehr_service.storage import consent as consent_store
+from ehr_service.storage import recognition as store
+from ehr_service.storage import resources
+
+DECISION_SYSTEM = "urn:ehr-service:recognition-decision"
+EXCHANGE_SOURCE = "urn:ehr-service:exchange:"
+
+
+def _bad(message: str, expression: str, status: Category = Category.INCORRECT) -> FhirError:
+    return FhirError.of(status, message, code="invalid", expression=[expression])
+
+
+def active_catalogue(ctx: RequestContext) -> Catalogue:
+    catalogue = ctx.services.catalogues.active() if ctx.services.catalogues else None
+    if catalogue is None:
+        raise FhirError.of(
+            Category.UNPROCESSABLE,
+            "No recognition catalogue is loaded (ehr-service catalogue load FILE)",
+            code="not-found",
+        )
+    return catalogue
+
+
+def _patient(conn: Connection, ctx: RequestContext, patient_id: str) -> None:
+    require(ctx.caller, "Patient", "r")
+    stored = resources.read_current(conn, "Patient", patient_id)
+    if stored is None or stored.deleted or not ctx.view.can_see("Patient", patient_id):
+        raise not_found("Patient", patient_id)
+    check_consent(conn, ctx.view, patient_id)
+
+
+# -- inputs ---------------------------------------------------------------------------
+def _requested_items(
+    conn: Connection, catalogue: Catalogue, params: OperationInput
+) -> tuple[list[Item], list[tuple[str, str]], str | None]:
+    """(catalogue items, codes asked for that are no catalogue item, the order)."""
+    codings: list[tuple[str, str]] = []
+    for part in params.all("item"):
+        if isinstance(part.get("valueCoding"), dict):
+            coding = part["valueCoding"]
+            codings.append((str(coding.get("system") or catalogue.url), str(coding.get("code"))))
+        elif isinstance(part.get("valueCode"), str):
+            codings.append((catalogue.url, part["valueCode"]))
+        else:
+            raise _bad("item must be a valueCoding or a valueCode", "item")
+    order = params.value("serviceRequest", "Reference")
+    order_ref = None
+    if order is not None:
+        parsed = parse_reference(str((order or {}).get("reference", "")))
+        if parsed is None or parsed.resource_type != "ServiceRequest":
+            raise _bad("serviceRequest must refer to a ServiceRequest", "serviceRequest")
+        content = store.contents(conn, "ServiceRequest", [parsed.resource_id])
+        if parsed.resource_id not in content:
+            raise _bad(
+                f"ServiceRequest/{parsed.resource_id} is not known", "serviceRequest",
+                Category.UNPROCESSABLE,
+            )  # fmt: skip
+        request = orjson.loads(content[parsed.resource_id])
+        order_ref = f"ServiceRequest/{parsed.resource_id}"
+        for coding in (request.get("code") or {}).get("coding") or ():
+            if isinstance(coding, dict):
+                codings.append((str(coding.get("system")), str(coding.get("code"))))
+    if not codings:
+        raise _bad("give the items asked for: item codes and/or a serviceRequest", "item")
+    items: dict[str, Item] = {}
+    unknown = []
+    for system, code in codings:
+        item = catalogue.item_of_coding(system, code)
+        if item is not None:
+            items[item.code] = item
+        else:
+            unknown.append((system, code))
+    return list(items.values()), unknown, order_ref
+
+
+def _as_of(params: OperationInput) -> date:
+    part = params.one("asOf")
+    if part is None:
+        return local_day(utc_now())
+    value = part.get("valueDateTime", part.get("valueDate", part.get("valueInstant")))
+    day = parse_day(value) if isinstance(value, str) else None
+    if day is None:
+        raise _bad("asOf must be a valueDateTime or valueDate", "asOf")
+    return day
+
+
+def _requester(ctx: RequestContext, params: OperationInput) -> str | None:
+    value = params.value("requester", "Reference")
+    if value is None:
+        org = ctx.caller.organization
+        return (org if org.startswith("Organization/") else f"Organization/{org}") if org else None
+    parsed = parse_reference(str((value or {}).get("reference", "")))
+    if parsed is None or parsed.resource_type != "Organization":
+        raise _bad("requester must refer to an Organization", "requester")
+    return f"Organization/{parsed.resource_id}"
+
+
+# -- candidates -----------------------------------------------------------------------
+class _Institutions:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.cache: dict[str, Institution | None] = {}
+
+    def get(self, reference: str | None) -> Institution | None:
+        if reference is None:
+            return None
+        if reference not in self.cache:
+            org_id = reference.partition("/")[2]
+            content = store.contents(self.conn, "Organization", [org_id]).get(org_id)
+            self.cache[reference] = (
+                institution_of(reference, orjson.loads(content)) if content else None
+            )
+        return self.cache[reference]
+
+
+def _partner_of(resource: dict[str, Any]) -> str | None:
+    source = (resource.get("meta") or {}).get("source")
+    if isinstance(source, str) and source.startswith(EXCHANGE_SOURCE):
+        return source[len(EXCHANGE_SOURCE) :]
+    return None
+
+
+def candidates(
+    conn: Connection,
+    ctx: RequestContext,
+    catalogue: Catalogue,
+    patient_id: str,
+    wanted: set[str],
+    unknown: list[tuple[str, str]],
+    requester: str | None,
+) -> list[tuple[Candidate, dict[str, Any]]]:
+    """The resident's results of the wanted items (and of codes asked for that are
+    not catalogue items), with what the rules need to know about each."""
+    institutions = _Institutions(conn)
+    refused_requester = bool(requester) and consent_store.refused(
+        conn, patient_id, [requester or "", "*"]
+    )
+    partner_regions = _partner_regions(conn)
+    own_region = ctx.settings.region
+    found = []
+    unknown_codes = set(unknown)
+    for resource_type, resource_id, content in store.patient_results(
+        conn, patient_id, RESULT_TYPES
+    ):
+        resource = orjson.loads(content)
+        item = catalogue.item_for(resource_type, resource)
+        asked_unknown = item is None and any(
+            (str(c.get("system")), str(c.get("code"))) in unknown_codes
+            for c in (resource.get("code") or {}).get("coding") or ()
+            if isinstance(c, dict)
+        )
+        if not (item is not None and item.code in wanted) and not asked_unknown:
+            continue
+        performer = performer_of(resource_type, resource)
+        institution = institutions.get(performer)
+        partner = _partner_of(resource)
+        region = (
+            institution.region
+            if institution and institution.region
+            else partner_regions.get(partner or "", own_region)
+        )
+        refused = refused_requester or (
+            partner is not None
+            and consent_store.refused(
+                conn, patient_id, [f"region:{partner_regions.get(partner, partner)}"]
+            )
+        )
+        found.append(
+            (
+                Candidate(
+                    f"{resource_type}/{resource_id}",
+                    resource_type,
+                    item,
+                    institution,
+                    region,
+                    result_date(resource_type, resource),
+                    is_final(resource_type, resource),
+                    refused,
+                ),
+                resource,
+            )
+        )
+    return found
+
+
+def _partner_regions(conn: Connection) -> dict[str, str]:
+    from ehr_service.storage import partners as partner_store
+
+    return {row["partner_id"]: row["region"] for row in partner_store.all_partners(conn)}
+
+
+def assessed(
+    found: list[tuple[Candidate, dict[str, Any]]], as_of: date
+) -> list[tuple[Candidate, Assessment]]:
+    """Assess each candidate; of an item's final results only the newest is not
+    superseded. Results dated after ``asOf`` are not prior results: left out."""
+    prior = [(c, r) for c, r in found if c.day is None or c.day <= as_of]
+    newest: dict[str, tuple[date, str]] = {}
+    for candidate, _ in prior:
+        if candidate.item and candidate.final and candidate.day:
+            key = (candidate.day, candidate.reference)
+            current = newest.get(candidate.item.code)
+            if current is None or key > current:
+                newest[candidate.item.code] = key
+    out = []
+    for candidate, _ in prior:
+        superseded = bool(
+            candidate.item
+            and candidate.final
+            and candidate.day
+            and newest.get(candidate.item.code) != (candidate.day, candidate.reference)
+        )
+        out.append((candidate, assess(candidate, as_of, superseded=superseded)))
+    out.sort(key=lambda pair: (not pair[1].recognizable, pair[0].day or date.min), reverse=False)
+    return out
+
+
+# -- the operations ---------------------------------------------------------------------
+def recognizable_results(
+    conn: Connection, ctx: RequestContext, patient_id: str, body: Any
+) -> Result:
+    _patient(conn, ctx, patient_id)
+    for resource_type in RESULT_TYPES:
+        require(ctx.caller, resource_type, "s")
+    params = OperationInput(body, "$recognizable-results")
+    catalogue = active_catalogue(ctx)
+    items, unknown, _order = _requested_items(conn, catalogue, params)
+    as_of = _as_of(params)
+    requester = _requester(ctx, params)
+    found = candidates(
+        conn, ctx, catalogue, patient_id, {i.code for i in items}, unknown, requester
+    )
+    results = assessed(found, as_of)
+    parameters: list[dict[str, Any]] = [
+        {"name": "edition", "valueString": catalogue.edition},
+        {"name": "asOf", "valueDate": as_of.isoformat()},
+    ]
+    for candidate, assessment in results:
+        parameters.append(
+            {"name": "result", "part": _result_parts(catalogue, candidate, assessment)}
+        )
+    for system, code in unknown:
+        if not any(c.item is None for c, _ in results):
+            parameters.append(
+                {"name": "notInCatalogue", "valueCoding": {"system": system, "code": code}}
+            )
+    offered = {}
+    for candidate, assessment in results:
+        if assessment.recognizable and candidate.item and candidate.item.code not in offered:
+            offered[candidate.item.code] = candidate
+    facts = [_fact("offered", patient_id, c.item, c, None) for c in offered.values() if c.item]
+    store.add_facts(conn, facts)  # the route runs this in a write transaction
+    return Result(
+        200,
+        {"resourceType": "Parameters", "parameter": parameters},
+        patients=frozenset({patient_id}),
+    )
+
+
+def _item_coding(catalogue: Catalogue, item: Item) -> dict[str, Any]:
+    return {"system": catalogue.url, "version": catalogue.edition, "code": item.code,
+            "display": item.name_zh}  # fmt: skip
+
+
+def _result_parts(
+    catalogue: Catalogue, candidate: Candidate, assessment: Assessment
+) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    if candidate.item is not None:
+        parts.append({"name": "item", "valueCoding": _item_coding(catalogue, candidate.item)})
+    withheld = "consent-refused" in assessment.reasons
+    if not withheld:  # a refused use does not reveal where the result is
+        parts.append({"name": "resource", "valueReference": {"reference": candidate.reference}})
+        if candidate.institution is not None:
+            reference: dict[str, Any] = {"reference": candidate.institution.reference}
+            if candidate.institution.name:
+                reference["display"] = candidate.institution.name
+            parts.append({"name": "institution", "valueReference": reference})
+        if candidate.region:
+            parts.append({"name": "region", "valueCode": candidate.region})
+    if candidate.day is not None:
+        parts.append({"name": "date", "valueDate": candidate.day.isoformat()})
+    parts.append({"name": "recognizable", "valueBoolean": assessment.recognizable})
+    for reason in assessment.reasons:
+        parts.append(
+            {"name": "reason", "valueCoding": {"system": REASON_SYSTEM, "code": reason,
+                                               "display": REASONS[reason]}}
+        )  # fmt: skip
+    if assessment.expires_on is not None:
+        parts.append({"name": "expiresOn", "valueDate": assessment.expires_on.isoformat()})
+    return parts
+
+
+def _fact(
+    kind: str, patient_id: str, item: Item, candidate: Candidate | None, reason: str | None
+) -> dict[str, Any]:
+    return {
+        "recorded": utc_now(),
+        "kind": kind,
+        "patient_id": patient_id,
+        "item": item.code,
+        "institution": candidate.institution.reference
+        if candidate and candidate.institution
+        else None,
+        "region": candidate.region if candidate else None,
+        "reason": reason,
+        "price": item.price,
+    }
+
+
+def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) -> Result:
+    """Record ``accepted`` (a prior result reused) or ``retest`` (with a national
+    reason) for an order; 422 for a re-test without a reason or a result that is
+    not recognisable."""
+    _patient(conn, ctx, patient_id)
+    require_staff(ctx.caller, "Task", "c")
+    params = OperationInput(body, "$recognition-decision")
+    catalogue = active_catalogue(ctx)
+    items, unknown, order = _requested_items(conn, catalogue, params)
+    if len(items) != 1 or unknown:
+        raise _bad(
+            "a decision is for one catalogue item (item, or the serviceRequest's code)",
+            "item", Category.UNPROCESSABLE,
+        )  # fmt: skip
+    item = items[0]
+    kind = params.value("decision", "Code")
+    if kind not in ("accepted", "retest"):
+        raise _bad("decision must be 'accepted' or 'retest'", "decision")
+    as_of = _as_of(params)
+    requester = _requester(ctx, params)
+    reused: Candidate | None = None
+    reason = None
+    reason_text = params.value("reasonText", "String")
+    if kind == "accepted":
+        reference = params.value("result", "Reference")
+        target = str((reference or {}).get("reference", ""))
+        found = candidates(conn, ctx, catalogue, patient_id, {item.code}, [], requester)
+        verdicts = {c.reference: (c, a) for c, a in assessed(found, as_of)}
+        if target not in verdicts:
+            raise _bad(
+                "accepted needs result: a prior result of this item in the resident's record",
+                "result", Category.UNPROCESSABLE,
+            )  # fmt: skip
+        reused, verdict = verdicts[target]
+        if not verdict.recognizable:
+            raise _bad(
+                f"{target} is not recognisable: {', '.join(verdict.reasons)}",
+                "result", Category.UNPROCESSABLE,
+            )  # fmt: skip
+    else:
+        part = params.one("reason")
+        coding = (part or {}).get("valueCoding") or {}
+        reason = (part or {}).get("valueCode") or coding.get("code")
+        if reason not in RETEST_REASONS:
+            raise _bad(
+                "a re-test needs one of the national reasons: " + ", ".join(RETEST_REASONS),
+                "reason", Category.UNPROCESSABLE,
+            )  # fmt: skip
+        if reason == "other" and not (isinstance(reason_text, str) and reason_text.strip()):
+            raise _bad("reason 'other' needs reasonText", "reasonText", Category.UNPROCESSABLE)
+    task = _task(catalogue, item, kind, patient_id, order, requester, reused, reason, reason_text)
+    version = prepare_create(conn, ctx, "Task", task, new_id())
+    resources.insert_new(conn, [version])
+    store.add_facts(conn, [_fact(kind, patient_id, item, reused, reason)])
+    return created(version)
+
+
+def _task(
+    catalogue: Catalogue, item: Item, kind: str, patient_id: str, order: str | None,
+    requester: str | None, reused: Candidate | None, reason: str | None, text: Any,
+) -> dict[str, Any]:  # fmt: skip
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "status": "completed",
+        "intent": "order",
+        "code": {"coding": [{"system": DECISION_SYSTEM, "code": kind}]},
+        "for": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": format_instant(utc_now()),
+        "input": [
+            {"type": {"text": "item"}, "valueCoding": _item_coding(catalogue, item)},
+        ],
+    }
+    if order:
+        task["focus"] = {"reference": order}
+    if requester:
+        task["requester"] = {"reference": requester}
+    if reused is not None:
+        task["input"].append(
+            {"type": {"text": "result"}, "valueReference": {"reference": reused.reference}}
+        )
+    if reason is not None:
+        concept: dict[str, Any] = {
+            "coding": [{"system": RETEST_SYSTEM, "code": reason, "display": RETEST_REASONS[reason]}]
+        }
+        if isinstance(text, str) and text.strip():
+            concept["text"] = text.strip()
+        task["reasonCode"] = concept
+    return task
+
+
+def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) -> Result:
+    require_staff(ctx.caller, "Task", "s")
+    group_by = (query.get("groupBy") or ["item"])[0]
+    if group_by not in store.GROUPS:
+        raise _bad("groupBy must be item, institution or region", "groupBy")
+    start = _instant(query, "from")
+    end = _instant(query, "to")
+    groups: dict[str | None, dict[str, Any]] = defaultdict(
+        lambda: {"offered": 0, "accepted": 0, "retest": 0, "reasons": defaultdict(int), "cost": 0.0}
+    )
+    for group, kind, reason, count, price in store.fact_counts(conn, start, end, group_by):
+        figures = groups[group]
+        figures[kind] = figures.get(kind, 0) + count
+        if kind == "retest" and reason:
+            figures["reasons"][reason] += count
+        if kind == "accepted":
+            figures["cost"] += price
+    parameters: list[dict[str, Any]] = [{"name": "groupBy", "valueCode": group_by}]
+    for group, figures in groups.items():
+        parts: list[dict[str, Any]] = [
+            {"name": "group", "valueString": group or "unknown"},
+            {"name": "offered", "valueInteger": figures["offered"]},
+            {"name": "accepted", "valueInteger": figures["accepted"]},
+            {"name": "retested", "valueInteger": figures["retest"]},
+        ]
+        for reason, count in sorted(figures["reasons"].items()):
+            parts.append({"name": "retestReason", "part": [
+                {"name": "reason", "valueCoding": {"system": RETEST_SYSTEM, "code": reason}},
+                {"name": "count", "valueInteger": count}]})  # fmt: skip
+        parts.append({"name": "testsAvoided", "valueInteger": figures["accepted"]})
+        money = {"value": round(figures["cost"], 2), "currency": "CNY"}
+        parts.append({"name": "costAvoided", "valueMoney": money})
+        parameters.append({"name": "group", "part": parts})
+    return Result(200, {"resourceType": "Parameters", "parameter": parameters})
+
+
+def _instant(query: dict[str, list[str]], name: str) -> datetime | None:
+    values = query.get(name)
+    return parse_instant_param(values[0], name) if values else None

@@ -1,0 +1,1 @@
+"""Mutual recognition of examination and test results (DESIGN.md §7)."""

@@ -1,0 +1,81 @@
+"""The region's recognition mark (e.g. ``川渝HR``) on results that qualify for
+mutual recognition: a final result of a catalogue item, performed by an
+institution that had passed quality control for the item's category on the
+result's date. Set when the result is stored (so it is served with the stored
+JSON and found by ``_tag``); clients cannot set or remove it themselves. Whether
+a result is still within its validity window is answered by
+``$recognizable-results``, not by the mark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from ehr_service.fhir.references import parse_reference
+from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogues
+from ehr_service.recognition.institutions import institution_of
+from ehr_service.recognition.rules import is_final, result_date
+from ehr_service.storage import recognition as store
+
+MARK_SYSTEM = "urn:ehr-service:recognition-mark"
+
+
+def performer_of(resource_type: str, resource: dict[str, Any]) -> str | None:
+    """The local Organization that performed a result, if named."""
+    references: list[Any] = list(resource.get("performer") or ())
+    if resource_type == "ImagingStudy":
+        for series in resource.get("series") or ():
+            if isinstance(series, dict):
+                references += [(p or {}).get("actor") for p in series.get("performer") or ()]
+    for reference in references:
+        value = reference.get("reference") if isinstance(reference, dict) else None
+        parsed = parse_reference(value) if isinstance(value, str) else None
+        if parsed is not None and parsed.resource_type == "Organization" and parsed.base is None:
+            return f"Organization/{parsed.resource_id}"
+    return None
+
+
+def qualifies(
+    conn: Connection, catalogues: Catalogues, resource_type: str, resource: dict[str, Any]
+) -> bool:
+    catalogue = catalogues.active()
+    if catalogue is None or not is_final(resource_type, resource):
+        return False
+    item = catalogue.item_for(resource_type, resource)
+    day = result_date(resource_type, resource)
+    performer = performer_of(resource_type, resource)
+    if item is None or day is None or performer is None:
+        return False
+    org_id = performer.partition("/")[2]
+    content = store.contents(conn, "Organization", [org_id]).get(org_id)
+    if content is None:
+        return False
+    return institution_of(performer, orjson.loads(content)).passed(item.qc_category, day)
+
+
+def apply_mark(
+    conn: Connection,
+    catalogues: Catalogues | None,
+    mark: str,
+    resource_type: str,
+    resource: dict[str, Any],
+) -> None:
+    """Set or clear the mark in ``resource.meta.tag`` (in place)."""
+    if resource_type not in RESULT_TYPES or catalogues is None:
+        return
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return
+    tags = [
+        t
+        for t in meta.get("tag") or ()
+        if not (isinstance(t, dict) and t.get("system") == MARK_SYSTEM)
+    ]
+    if qualifies(conn, catalogues, resource_type, resource):
+        tags.append({"system": MARK_SYSTEM, "code": mark, "display": "检查检验结果互认"})
+    if tags:
+        meta["tag"] = tags
+    else:
+        meta.pop("tag", None)
