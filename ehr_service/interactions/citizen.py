@@ -18,6 +18,7 @@ from ehr_service.interactions.paging import first_value
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
+from ehr_service.recognition.marks import MARK_SYSTEM
 from ehr_service.security.caller import SERVICE
 from ehr_service.security.consent import REGION_SYSTEM, refusals
 from ehr_service.security.policy import require
@@ -104,7 +105,17 @@ def _result_item(resource: dict[str, Any]) -> dict[str, Any]:
         "name": _text(resource.get("code")) or resource.get("description"),
         "date": when,
         "status": resource.get("status"),
-        "recognition": None,  # filled once mutual recognition lands
+        "recognition": {  # mutual recognition (DESIGN.md §7)
+            "mark": next(
+                (
+                    t.get("code")
+                    for t in (resource.get("meta") or {}).get("tag") or ()
+                    if isinstance(t, dict) and t.get("system") == MARK_SYSTEM
+                ),
+                None,
+            ),
+            "reusedBy": [],  # the decisions that reused it instead of a re-test
+        },
     }
     quantity = resource.get("valueQuantity")
     if isinstance(quantity, dict):
@@ -112,6 +123,31 @@ def _result_item(resource: dict[str, Any]) -> dict[str, Any]:
     elif "valueString" in resource:
         item["value"] = resource["valueString"]
     return item
+
+
+def _reuses(conn: Connection, patient_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Result reference -> the accepted recognition decisions (Tasks) that reused it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    after: tuple[str, str] | None = None
+    while True:
+        page = search_queries.compartment_page(
+            conn, patient_id, types=["Task"], since=None, after=after, limit=500
+        )
+        for found in page:
+            task = orjson.loads(found.content)
+            codes = [c.get("code") for c in (task.get("code") or {}).get("coding") or ()]
+            if "accepted" not in codes:
+                continue
+            for part in task.get("input") or ():
+                reference = (part.get("valueReference") or {}).get("reference")
+                if isinstance(reference, str):
+                    out.setdefault(reference, []).append(
+                        {"task": task.get("id"), "date": task.get("authoredOn"),
+                         "requester": (task.get("requester") or {}).get("reference")}
+                    )  # fmt: skip
+        if len(page) < 500:
+            return out
+        after = (page[-1].resource_type, page[-1].resource_id)
 
 
 def _moment(item: dict[str, Any]) -> str:
@@ -134,6 +170,9 @@ def results(conn: Connection, ctx: RequestContext) -> Result:
         if len(page) < 500:
             break
         after = (page[-1].resource_type, page[-1].resource_id)
+    reused = _reuses(conn, patient_id)
+    for item in items:
+        item["recognition"]["reusedBy"] = reused.get(f"{item['resourceType']}/{item['id']}", [])
     if before:
         items = [i for i in items if _moment(i) < before]
     items.sort(key=lambda i: (_moment(i), i["id"]), reverse=True)

@@ -37,7 +37,7 @@ LAB = [
         ]
     }
 ]
-TYPES = ["Observation", "DiagnosticReport", "ImagingStudy"]
+TYPES = ["Observation", "DiagnosticReport", "ImagingStudy", "Organization"]
 
 
 @dataclass
@@ -282,3 +282,80 @@ def test_the_in_process_worker_pushes_on_its_own(sqlite_template: Path, tmp_path
         for region in (chongqing, sichuan):
             region.client.__exit__(None, None, None)  # stops the worker
             region.services.database.dispose()
+
+
+def test_a_result_from_the_partner_region_is_recognised_for_a_new_order(
+    regions: tuple[Region, Region],
+) -> None:
+    """Produced in Sichuan at a quality-controlled hospital, sent through the signed
+    exchange, recognised in Chongqing for a new order, decision recorded, stats up."""
+    from datetime import timedelta
+
+    from ehr_service.recognition.institutions import REGION_URL, quality_control_extension
+
+    chongqing, sichuan = regions
+    hospital = {
+        "resourceType": "Organization", "id": "wch", "name": "四川大学华西医院",
+        "extension": [
+            {"url": REGION_URL, "valueCode": "sichuan"},
+            quality_control_extension("lab-chemistry", "NCCL EQA", "2026", True,
+                                      "2026-01-01", "2027-12-31"),
+        ],
+    }  # fmt: skip
+    assert (
+        sichuan.client.put("/fhir/Organization/wch", json=hospital, headers=FHIR_JSON).status_code
+        == 201
+    )
+    number = make_id_number("510104", "19750601", "135")
+    patient = {"resourceType": "Patient", "identifier": [id_identifier(number)], "gender": "male"}
+    sc_pid = sichuan.client.post("/fhir/Patient", json=patient, headers=FHIR_JSON).json()["id"]
+    produced = (utc_now() - timedelta(days=2)).isoformat()
+    glucose = {
+        "resourceType": "Observation", "status": "final", "category": LAB,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": f"Patient/{sc_pid}"},
+        "performer": [{"reference": "Organization/wch"}],
+        "effectiveDateTime": produced, "valueQuantity": {"value": 6.2, "unit": "mmol/L"},
+    }  # fmt: skip
+    assert (
+        sichuan.client.post("/fhir/Observation", json=glucose, headers=FHIR_JSON).status_code == 201
+    )
+    assert sichuan.exchange(client=chongqing.client).outbound.push().sent == 1
+
+    # in Chongqing: the resident is seen for a new order of a glucose test
+    received = _received(chongqing, number)
+    assert len(received) == 1
+    assert "川渝HR" in [t["code"] for t in received[0]["meta"].get("tag", [])]
+    cq_pid = received[0]["subject"]["reference"].split("/")[1]
+    order = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+             "subject": {"reference": f"Patient/{cq_pid}"},
+             "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}  # fmt: skip
+    sr = chongqing.client.post("/fhir/ServiceRequest", json=order, headers=FHIR_JSON).json()["id"]
+    by_order = {"name": "serviceRequest", "valueReference": {"reference": f"ServiceRequest/{sr}"}}
+    offer = chongqing.client.post(
+        f"/fhir/Patient/{cq_pid}/$recognizable-results",
+        json={"resourceType": "Parameters", "parameter": [by_order]}, headers=FHIR_JSON,
+    )  # fmt: skip
+    assert offer.status_code == 200, offer.text
+    (result,) = [p for p in offer.json()["parameter"] if p["name"] == "result"]
+    parts = {p["name"]: p for p in result["part"]}
+    assert parts["recognizable"]["valueBoolean"] is True
+    assert parts["region"]["valueCode"] == "sichuan"
+    assert parts["resource"]["valueReference"]["reference"] == f"Observation/{received[0]['id']}"
+    decision = chongqing.client.post(
+        f"/fhir/Patient/{cq_pid}/$recognition-decision",
+        json={"resourceType": "Parameters", "parameter": [
+            by_order, {"name": "decision", "valueCode": "accepted"},
+            {"name": "result", "valueReference": parts["resource"]["valueReference"]}]},
+        headers=FHIR_JSON,
+    )  # fmt: skip
+    assert decision.status_code == 201, decision.text
+    assert decision.json()["focus"]["reference"] == f"ServiceRequest/{sr}"
+    stats = chongqing.client.get("/fhir/$recognition-stats", params={"groupBy": "region"}).json()
+    groups = {
+        g["part"][0]["valueString"]: {p["name"]: p for p in g["part"]}
+        for g in stats["parameter"] if g["name"] == "group"
+    }  # fmt: skip
+    assert groups["sichuan"]["accepted"]["valueInteger"] == 1
+    assert groups["sichuan"]["offered"]["valueInteger"] == 1
+    assert groups["sichuan"]["costAvoided"]["valueMoney"]["value"] == 4.0

@@ -209,6 +209,12 @@ def test_decisions_and_stats(
     patient_token = bearer(services.settings, "patient/*.rs", patient=pid)
     tasks = client.get("/fhir/Task", params={"patient": pid}, headers=patient_token).json()
     assert tasks["total"] == 4
+    mine = client.get("/citizen/v1/me/results", params={"limit": 50}, headers=patient_token)
+    assert mine.status_code == 200, mine.text
+    shown = {i["id"]: i["recognition"] for i in mine.json()["items"]}
+    assert shown[record["glucose"]]["mark"] == "川渝HR"
+    assert [d["task"] for d in shown[record["glucose"]]["reusedBy"]] == [task["id"]]
+    assert shown[record["potassium_h2"]] == {"mark": None, "reusedBy": []}
     stats = client.get("/fhir/$recognition-stats", params={"groupBy": "item"})
     assert stats.status_code == 200, stats.text
     (group,) = [p for p in stats.json()["parameter"] if p["name"] == "group"]

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.helpers import id_identifier, make_id_number
 
-TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
+TYPES = ("Observation", "DiagnosticReport", "ImagingStudy", "Organization")
 LAB = [
     {
         "coding": [
