@@ -19,6 +19,7 @@ from ehr_service.config import Settings
 from ehr_service.exchange.service import Exchange
 from ehr_service.exchange.sharing import shared_with
 from ehr_service.fhir.compartment import load_compartment
+from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.identity import ResidentIdentity
@@ -49,6 +50,7 @@ def build_services(settings: Settings) -> Services:
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         share=shared_with,
         catalogues=Catalogues(database, settings.profiles_dir / SHIPPED),
+        conformance=Conformance.load(settings.profiles_dir),
     )
 
 

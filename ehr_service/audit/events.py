@@ -87,6 +87,9 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "recognizable_results": ("operation", "E"),
     "recognition_decision": ("operation", "C"),
     "recognition_stats": ("operation", "E"),
+    "validate_type": ("operation", "E"),
+    "validate_instance": ("operation", "E"),
+    "validate_stored": ("operation", "E"),
 }
 
 

@@ -38,6 +38,14 @@ def _search_params(registry: SearchParameterRegistry, resource_type: str) -> lis
     return out
 
 
+PROFILED = {
+    "Patient": ["urn:ehr-service:StructureDefinition/resident-patient"],
+    "Observation": ["urn:ehr-service:StructureDefinition/recognized-lab-observation"],
+    "DiagnosticReport": ["urn:ehr-service:StructureDefinition/recognized-imaging-report"],
+    "ImagingStudy": ["urn:ehr-service:StructureDefinition/recognized-imaging-study"],
+}
+
+
 def capability_statement(
     base_url: str, date: str, registry: SearchParameterRegistry
 ) -> dict[str, Any]:
@@ -91,7 +99,26 @@ def _capability_statement(
             "name": "ihe-pix",
             "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
         },
+        {
+            "name": "recognizable-results",
+            "definition": "urn:ehr-service:OperationDefinition/recognizable-results",
+            "documentation": "Prior results of the items asked for, recognisable or not, and why",
+        },
+        {
+            "name": "recognition-decision",
+            "definition": "urn:ehr-service:OperationDefinition/recognition-decision",
+            "documentation": "The decision for an order: accepted, or retest with a reason",
+        },
     ]
+    validate = {
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    }
+    for resource in resources:
+        operations: list[dict[str, Any]] = resource.setdefault("operation", [])  # type: ignore[assignment]
+        operations.append(validate)
+        if resource["type"] in PROFILED:
+            resource["supportedProfile"] = PROFILED[resource["type"]]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -107,6 +134,12 @@ def _capability_statement(
             {
                 "mode": "server",
                 "resource": resources,
+                "operation": [
+                    {
+                        "name": "recognition-stats",
+                        "definition": "urn:ehr-service:OperationDefinition/recognition-stats",
+                    }
+                ],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
             }
         ],

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
 from ehr_service.fhir.compartment import PatientCompartment, Visibility
+from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.query import SearchParser
 from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.mpi.identity import ResidentIdentity
@@ -46,6 +47,7 @@ class Services:
     # The partners a stored version is shared with (the exchange outbox, DESIGN.md §8).
     share: Sharing = no_sharing
     catalogues: Catalogues | None = None  # the recognition catalogue (DESIGN.md §7)
+    conformance: Conformance | None = None  # required bindings and profiles
 
 
 class ReturnPreference(StrEnum):

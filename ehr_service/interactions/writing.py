@@ -21,6 +21,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
 from ehr_service.recognition.marks import apply_mark
+from ehr_service.recognition.terminology import catalogue_resolver
 from ehr_service.security.consent import refusals
 from ehr_service.security.policy import check_write
 from ehr_service.storage.resources import NewVersion
@@ -67,6 +68,7 @@ def prepare_version(
         )
     stored = with_server_meta(resource, resource_id, version_id, now)
     validate_resource(stored, expected_type=resource_type)
+    check_conformance(ctx, stored)
     apply_mark(  # the recognition mark: set by the server only (DESIGN.md §7)
         conn,
         ctx.services.catalogues,
@@ -109,6 +111,23 @@ FREE_TEXT_WARNING = Issue(
     "value",
     "warning",
 )
+
+
+def check_conformance(ctx: RequestContext, resource: dict[str, Any]) -> None:
+    """Required-binding codes (400), and the service's profiles the resource claims
+    in meta.profile (422: it is valid FHIR, but not what it claims to be)."""
+    conformance = ctx.services.conformance
+    if conformance is None:
+        return
+    issues = conformance.bindings.issues(resource)
+    if issues:
+        raise FhirError(Category.INCORRECT, tuple(issues))
+    claimed = conformance.profiles.claimed(resource)
+    if claimed:
+        resolver = catalogue_resolver(ctx.services.catalogues)
+        found = conformance.profile_issues(resource, claimed, resolver)
+        if found:
+            raise FhirError(Category.UNPROCESSABLE, tuple(found))
 
 
 def _sealed(ctx: RequestContext, prepared: Prepared) -> tuple[bytes, IndexRows]:
