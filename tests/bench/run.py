@@ -334,6 +334,34 @@ def main() -> None:
             f"{r['$match demographics_found_at_1']:>9.2f}"
         )
 
+    print("\n$recognizable-results as stored results grow (in-process, no HTTP):", flush=True)
+    from tests.bench import recognition_bench
+
+    recognition_rows = bench_growth(
+        "sqlite", f"sqlite:///{tempfile.mkdtemp()}/recognition.sqlite3",
+        _sizes("EHR_BENCH_SQLITE_RESULTS", "10000,100000"), recognition_bench,
+        recognition_bench.PER_PATIENT, "results",
+    )  # fmt: skip
+    pg_recognition = _fresh_pg("ehr_bench_recognition")
+    if pg_recognition:
+        recognition_rows += bench_growth(
+            "postgresql", pg_recognition,
+            _sizes("EHR_BENCH_PG_RESULTS", "10000,100000,1000000"), recognition_bench,
+            recognition_bench.PER_PATIENT, "results",
+        )  # fmt: skip
+    header = (
+        f"{'backend':<11}{'results':>11}{'load res/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'growth':>8}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in recognition_rows:
+        print(
+            f"{r['backend']:<11}{r['results']:>11,}{r['load_results_per_s']:>12,}"
+            f"{r['$recognizable-results_p50_ms']:>9.2f}{r['$recognizable-results_p95_ms']:>9.2f}"
+            f"{r['$recognizable-results_p95_growth']:>8.2f}"
+        )
+
     print("\nsigned exchange ingest (in-process, no HTTP):", flush=True)
     from tests.bench import exchange_bench
 
@@ -373,6 +401,7 @@ def main() -> None:
         "search": search_rows,
         "identity": mpi_rows,
         "exchange": exchange_rows,
+        "recognition": recognition_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
