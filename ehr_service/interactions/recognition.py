@@ -141,21 +141,14 @@ def _requester(ctx: RequestContext, params: OperationInput) -> str | None:
 
 
 # -- candidates -----------------------------------------------------------------------
-class _Institutions:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.cache: dict[str, Institution | None] = {}
-
-    def get(self, reference: str | None) -> Institution | None:
-        if reference is None:
-            return None
-        if reference not in self.cache:
-            org_id = reference.partition("/")[2]
-            content = store.contents(self.conn, "Organization", [org_id]).get(org_id)
-            self.cache[reference] = (
-                institution_of(reference, orjson.loads(content)) if content else None
-            )
-        return self.cache[reference]
+def _institutions(conn: Connection, references: set[str]) -> dict[str, Institution]:
+    """The performing institutions, read in one query."""
+    ids = sorted(r.partition("/")[2] for r in references)
+    contents = store.contents(conn, "Organization", ids)
+    return {
+        f"Organization/{org_id}": institution_of(f"Organization/{org_id}", orjson.loads(content))
+        for org_id, content in contents.items()
+    }
 
 
 def _partner_of(resource: dict[str, Any]) -> str | None:
@@ -176,14 +169,18 @@ def candidates(
 ) -> list[tuple[Candidate, dict[str, Any]]]:
     """The resident's results of the wanted items (and of codes asked for that are
     not catalogue items), with what the rules need to know about each."""
-    institutions = _Institutions(conn)
     refused_requester = bool(requester) and consent_store.refused(
         conn, patient_id, [requester or "", "*"]
     )
     partner_regions = _partner_regions(conn)
+    refused_regions = {
+        region
+        for region in set(partner_regions.values())
+        if consent_store.refused(conn, patient_id, [f"region:{region}"])
+    }
     own_region = ctx.settings.region
-    found = []
     unknown_codes = set(unknown)
+    chosen = []
     for resource_type, resource_id, content in store.patient_results(
         conn, patient_id, RESULT_TYPES
     ):
@@ -194,22 +191,24 @@ def candidates(
             for c in (resource.get("code") or {}).get("coding") or ()
             if isinstance(c, dict)
         )
-        if not (item is not None and item.code in wanted) and not asked_unknown:
-            continue
-        performer = performer_of(resource_type, resource)
-        institution = institutions.get(performer)
+        if (item is not None and item.code in wanted) or asked_unknown:
+            chosen.append((resource_type, resource_id, resource, item))
+    performers = {
+        key: performer_of(resource_type, resource) for resource_type, key, resource, _ in chosen
+    }
+    institutions = _institutions(conn, {p for p in performers.values() if p})
+    found = []
+    for resource_type, resource_id, resource, item in chosen:
+        performer = performers[resource_id]
+        institution = institutions.get(performer) if performer else None
         partner = _partner_of(resource)
+        partner_region = partner_regions.get(partner, partner) if partner else None
         region = (
             institution.region
             if institution and institution.region
-            else partner_regions.get(partner or "", own_region)
+            else (partner_region or own_region)
         )
-        refused = refused_requester or (
-            partner is not None
-            and consent_store.refused(
-                conn, patient_id, [f"region:{partner_regions.get(partner, partner)}"]
-            )
-        )
+        refused = refused_requester or (partner_region in refused_regions)
         found.append(
             (
                 Candidate(
