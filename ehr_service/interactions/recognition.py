@@ -194,12 +194,13 @@ def candidates(
         if (item is not None and item.code in wanted) or asked_unknown:
             chosen.append((resource_type, resource_id, resource, item))
     performers = {
-        key: performer_of(resource_type, resource) for resource_type, key, resource, _ in chosen
+        (resource_type, key): performer_of(resource_type, resource)
+        for resource_type, key, resource, _ in chosen
     }
     institutions = _institutions(conn, {p for p in performers.values() if p})
     found = []
     for resource_type, resource_id, resource, item in chosen:
-        performer = performers[resource_id]
+        performer = performers[(resource_type, resource_id)]
         institution = institutions.get(performer) if performer else None
         partner = _partner_of(resource)
         partner_region = partner_regions.get(partner, partner) if partner else None
