@@ -88,7 +88,7 @@ def _not_allowed(request: Request) -> FhirError:
 def _type(request: Request, resource_type: str) -> str:
     """The URL's resource type; a reserved segment (``/fhir/metadata``) with another
     method than its own is a 405, not an unknown type."""
-    if resource_type in _RESERVED:
+    if resource_type in _RESERVED or resource_type.startswith("$"):  # $export, $...-stats
         raise _not_allowed(request)
     return check_type(resource_type)
 

@@ -78,20 +78,17 @@ def validate(
 def _issues(
     ctx: RequestContext, resource_type: str, resource: Any, profile: str | None
 ) -> list[Issue]:
+    # What is not a resource of this type cannot be validated: 400 (R4 §2.38).
     if not isinstance(resource, dict):
-        return [Issue("A resource must be a JSON object", "structure")]
-    try:
-        actual = check_resource_type(resource)
-    except FhirError as error:
-        return list(error.issues)
+        raise FhirError.of(Category.INCORRECT, "A resource must be a JSON object", code="structure")
+    actual = check_resource_type(resource)
     if actual != resource_type:
-        return [
-            Issue(
-                f"resourceType '{actual}' does not match the URL's type '{resource_type}'",
-                "invalid",
-                expression=("resourceType",),
-            )
-        ]
+        raise FhirError.of(
+            Category.INCORRECT,
+            f"resourceType '{actual}' does not match the URL's type '{resource_type}'",
+            code="invalid",
+            expression=["resourceType"],
+        )
     issues = list(resource_issues(resource, actual))
     conformance = ctx.services.conformance
     if conformance is None:

@@ -42,7 +42,10 @@ FINAL = frozenset({"final", "amended", "corrected"})
 
 
 def local_day(moment: datetime) -> date:
-    return moment.astimezone(CST).date()
+    try:
+        return moment.astimezone(CST).date()
+    except OverflowError:  # the first or last representable day (year 1 or 9999)
+        return moment.date()
 
 
 def result_date(resource_type: str, resource: dict[str, Any]) -> date | None:

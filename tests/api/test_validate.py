@@ -125,8 +125,9 @@ def test_validate_type_level_with_and_without_profile(client: TestClient) -> Non
     claimed = lab_result(meta={"profile": [LAB_PROFILE]}, performer=None)
     assert len(outcome(client, "/fhir/Observation/$validate", claimed)) == 1
     # wrong type in the URL, an unknown profile (a warning), a bad mode
-    mismatch = outcome(client, "/fhir/Patient/$validate", lab_result())
-    assert "does not match" in mismatch[0]["diagnostics"]
+    mismatch = client.post("/fhir/Patient/$validate", json=lab_result(), headers=FHIR_JSON)
+    assert mismatch.status_code == 400 and "does not match" in mismatch.text
+    assert client.post("/fhir/Patient/$validate", json=[1], headers=FHIR_JSON).status_code == 400
     response = client.post(
         "/fhir/Observation/$validate",
         json=lab_result(),

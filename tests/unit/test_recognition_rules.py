@@ -167,3 +167,8 @@ def test_broken_catalogues_are_refused() -> None:
     ):  # fmt: skip
         with pytest.raises(CatalogueError):
             parse_edition(broken)
+
+
+def test_extreme_dates_do_not_overflow() -> None:
+    assert parse_day("9999-12-31T23:59:59Z") == date(9999, 12, 31)
+    assert parse_day("0001-01-01T00:00:00+14:00") == date(1, 1, 1)
