@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import citizen, discovery, errors, exchange, fhir, mpi, recognition
+from ehr_service.api import bulk, citizen, discovery, errors, exchange, fhir, mpi, recognition
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -21,6 +21,7 @@ from ehr_service.exchange.sharing import shared_with
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.registry import load_registry
+from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
@@ -132,10 +133,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             from ehr_service.demo import load_demo_data
 
             load_demo_data(services)
+        app.state.bulk.recover()
         worker = PushWorker(app.state.exchange, settings.exchange_push_interval_seconds)
         worker.start()
         yield
         worker.stop()  # a push under way finishes; its rows are leased, never half-sent
+        app.state.bulk.shutdown()
         if owned:
             services.database.dispose()
 
@@ -147,9 +150,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     app.state.exchange = Exchange(services)
+    app.state.bulk = BulkExports(services)
     app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
+    app.include_router(bulk.router)  # and /fhir/$export, /fhir/Patient/$export
     app.include_router(fhir.router)
     app.include_router(citizen.router)
     app.include_router(exchange.router)

@@ -650,6 +650,53 @@ def reindex(
 
 
 @app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="directory for the NDJSON files (one per type)")],
+    types: Annotated[list[str] | None, typer.Option("--type", help="only these types")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="only resources changed since (instant)")
+    ] = None,
+    reveal_id_numbers: Annotated[
+        bool, typer.Option(help="write resident ID numbers in plaintext (masked by default)")
+    ] = False,
+) -> None:
+    """Export live resources as NDJSON for operators (the HTTP API offers $export)."""
+    from ehr_service.fhir.primitives import parse_instant_param, utc_now
+    from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+    from ehr_service.storage import bulk_export as store
+
+    unknown = [t for t in types or () if t not in R4_RESOURCE_TYPES]
+    if unknown:
+        typer.echo(f"not resource types: {', '.join(unknown)}", err=True)
+        raise typer.Exit(2)
+    moment = parse_instant_param(since, "--since") if since else None
+    out.mkdir(parents=True, exist_ok=True)
+    with _service_context() as ctx:
+        protection = ctx.services.identity.protection
+        until = utc_now()
+        for resource_type in sorted(types or R4_RESOURCE_TYPES):
+            count, after = 0, None
+            path = out / f"{resource_type}.ndjson"
+            with path.open("wb") as handle:
+                while True:
+                    with ctx.services.database.read() as conn:
+                        rows = store.page(
+                            conn, resource_type, after=after, limit=1000, since=moment,
+                            until=until, patients=None, compartment_only=False, refused_actors=(),
+                        )  # fmt: skip
+                    for _, content in rows:
+                        handle.write(protection.present(content, reveal=reveal_id_numbers) + b"\n")
+                    count += len(rows)
+                    if len(rows) < 1000:
+                        break
+                    after = rows[-1][0]
+            if count:
+                typer.echo(f"{resource_type}: {count}")
+            else:
+                path.unlink()
+
+
+@app.command()
 def openapi(
     output: Annotated[Path | None, typer.Option(help="file to write (default stdout)")] = None,
 ) -> None:

@@ -268,6 +268,51 @@ def exchange_route(summary: str, statuses: set[int], *, feed: bool = False) -> d
     }
 
 
+def export_route(
+    summary: str, *, kickoff: bool = False, cancel: bool = False, file: bool = False
+) -> dict[str, Any]:
+    """A Bulk Data endpoint: kick-off (202 + Content-Location), status, cancel, file."""
+    outcome = {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"description": _DESCRIPTIONS.get(status, "error"), **outcome}
+        for status in (400, 401, 403, 404, 429, 500, 503)
+    }
+    parameters: list[dict[str, Any]] = []
+    if kickoff:
+        responses[202] = {
+            "description": "Accepted: poll the status URL",
+            "headers": {"Content-Location": {"schema": {"type": "string"}}},
+        }
+        parameters = [
+            {"name": "Prefer", "in": "header", "required": True, "schema": {"type": "string"},
+             "description": "respond-async"},
+            {"name": "_type", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "_since", "in": "query", "required": False,
+             "schema": {"type": "string", "format": "date-time"}},
+            {"name": "_outputFormat", "in": "query", "required": False,
+             "schema": {"type": "string"}},
+        ]  # fmt: skip
+    elif cancel:
+        responses[202] = {"description": "Cancelled"}
+    elif file:
+        responses[200] = {"description": "NDJSON", "content": {"application/fhir+ndjson": {}}}
+    else:
+        responses[202] = {
+            "description": "In progress",
+            "headers": {"X-Progress": {"schema": {"type": "string"}}},
+        }
+        responses[200] = {
+            "description": "The manifest",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    return {
+        "summary": summary,
+        "responses": responses,
+        "openapi_extra": {"parameters": parameters},
+        "response_class": Response,
+    }
+
+
 def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str, Any]:
     """Keyword arguments for a FastAPI route decorator."""
     responses: dict[int | str, dict[str, Any]] = {}

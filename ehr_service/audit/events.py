@@ -90,6 +90,12 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "validate_type": ("operation", "E"),
     "validate_instance": ("operation", "E"),
     "validate_stored": ("operation", "E"),
+    "export_system": ("operation", "E"),
+    "export_patients": ("operation", "E"),
+    "export_group": ("operation", "E"),
+    "export_status": ("operation", "E"),
+    "export_cancel": ("operation", "D"),
+    "export_file": ("operation", "R"),
 }
 
 

@@ -428,3 +428,23 @@ recognition_fact = Table(
     Column("price", Float, nullable=False),
     Index("ix_recognition_fact_recorded", "recorded"),
 )
+
+# FHIR Bulk Data export jobs (kick-off, status, files under the data directory).
+bulk_export_job = Table(
+    "bulk_export_job",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("client", String(255), nullable=False),  # who may poll and download
+    Column("kind", String(16), nullable=False),  # system | patient | group
+    Column("group_id", RESOURCE_ID, nullable=True),
+    Column("types", String(8192), nullable=False),  # JSON list
+    Column("since", UTCDateTime, nullable=True),
+    Column("request", String(2048), nullable=False),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed | cancelled
+    Column("progress", String(255), nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("transaction_time", UTCDateTime, nullable=False),
+    Column("finished", UTCDateTime, nullable=True),
+    Column("output", LargeBinary, nullable=True),  # JSON list of {type, file, count}
+    Column("error", String(2048), nullable=True),
+)

@@ -1,0 +1,300 @@
+"""FHIR Bulk Data export (Bulk Data Access IG v2: ``$export`` at system, Patient and
+Group level).
+
+Kick-off (``Prefer: respond-async``) records a job and answers 202 with the status
+URL in ``Content-Location``; a worker thread writes one NDJSON file per type under
+``<data dir>/exports/<job>/`` (the stored form: resident ID numbers masked and
+sealed, never plaintext at rest); the status URL answers 202 with ``X-Progress``
+while it runs, then 200 with the manifest; files are served to the client that
+asked, with ID numbers opened only for callers allowed to see them; ``DELETE`` on
+the status URL cancels the job and removes its files. Only resources changed up
+to the kick-off (``transactionTime``) are exported, never the records of residents
+who refused the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
+from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.interactions.context import RequestContext, Services
+from ehr_service.interactions.read import current_or_fail
+from ehr_service.security.caller import Caller
+from ehr_service.security.policy import forbidden, require
+from ehr_service.storage import bulk_export as store
+
+logger = logging.getLogger(__name__)
+NDJSON = "application/fhir+ndjson"
+FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
+PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    kind: str
+    group_patients: tuple[str, ...] | None
+    types: tuple[str, ...]
+    since: datetime | None
+    until: datetime
+    refused_actors: tuple[str, ...]
+
+
+def _client(caller: Caller) -> str:
+    return caller.client_id or caller.subject
+
+
+def _not_found(job_id: str) -> FhirError:
+    return FhirError.of(Category.NOT_FOUND, f"No export job {job_id[:64]} for this client")
+
+
+class BulkExports:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.directory = services.settings.data_dir / "exports"
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- kick-off ---------------------------------------------------------------------
+    def kickoff(
+        self,
+        ctx: RequestContext,
+        kind: str,
+        group_id: str | None,
+        prefer: str | None,
+        request_url: str,
+    ) -> str:
+        if ctx.caller.patient is not None:
+            raise forbidden("Bulk export is for staff and system clients, not patient tokens")
+        if "respond-async" not in (prefer or ""):
+            raise FhirError.of(
+                Category.INCORRECT,
+                "$export needs the header Prefer: respond-async",
+                code="required",
+            )
+        query = ctx.query
+        output_format = next(iter(query.get("_outputFormat") or ()), None)
+        if output_format is not None and output_format not in FORMATS:
+            raise FhirError.of(
+                Category.INCORRECT, "_outputFormat: only NDJSON is offered", code="not-supported"
+            )
+        since_value = next(iter(query.get("_since") or ()), None)
+        since = parse_instant_param(since_value, "_since") if since_value else None
+        types = self._types(ctx, kind, query.get("_type"))
+        members: tuple[str, ...] | None = None
+        if group_id is not None:
+            members = self._members(ctx, group_id)
+        job_id = new_id()
+        now = utc_now()
+        with self.services.database.write() as conn:
+            store.add_job(
+                conn,
+                {
+                    "job_id": job_id,
+                    "client": _client(ctx.caller),
+                    "kind": kind,
+                    "group_id": group_id,
+                    "types": orjson.dumps(types).decode(),
+                    "since": since,
+                    "request": request_url[:2048],
+                    "state": "queued",
+                    "created": now,
+                    "transaction_time": now,
+                },
+            )
+        job = Job(job_id, kind, members, types, since, now, ctx.view.refused_actors)
+        self.executor.submit(self._run, job)
+        return job_id
+
+    def _types(
+        self, ctx: RequestContext, kind: str, requested: list[str] | None
+    ) -> tuple[str, ...]:
+        member_types = self.services.compartment.member_types() | {"Patient"}
+        if requested:
+            names = [t.strip() for value in requested for t in value.split(",") if t.strip()]
+            for name in names:
+                if name not in R4_RESOURCE_TYPES:
+                    raise FhirError.of(
+                        Category.INCORRECT,
+                        f"_type: '{name[:64]}' is not a resource type",
+                        code="value",
+                        expression=["_type"],
+                    )
+                require(ctx.caller, name, "r")
+            types = sorted(set(names))
+        else:
+            types = sorted(t for t in R4_RESOURCE_TYPES if ctx.caller.may(t, "r"))
+            if not types:
+                raise forbidden("The token's scopes allow reading no resource type")
+        if kind != "system":
+            types = [t for t in types if t in member_types]
+        return tuple(types)
+
+    def _members(self, ctx: RequestContext, group_id: str) -> tuple[str, ...]:
+        require(ctx.caller, "Group", "r")
+        with self.services.database.read() as conn:
+            stored = current_or_fail(conn, "Group", group_id, view=ctx.view)
+        group = orjson.loads(stored.content or b"{}")
+        members = []
+        for member in group.get("member") or ():
+            reference = str(((member or {}).get("entity") or {}).get("reference", ""))
+            if reference.startswith("Patient/"):
+                members.append(reference.removeprefix("Patient/"))
+        return tuple(members)
+
+    # -- the worker -----------------------------------------------------------------------
+    def _run(self, job: Job) -> None:
+        folder = self.directory / job.job_id
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            output = []
+            for index, resource_type in enumerate(job.types):
+                if self._is_cancelled(job.job_id):
+                    return
+                with self.services.database.write() as conn:
+                    store.set_job(
+                        conn,
+                        job.job_id,
+                        state="running",
+                        progress=f"{resource_type} ({index + 1} of {len(job.types)})",
+                    )
+                count = self._write_type(job, resource_type, folder / f"{resource_type}.ndjson")
+                if count:
+                    output.append(
+                        {"type": resource_type, "file": f"{resource_type}.ndjson", "count": count}
+                    )
+            with self.services.database.write() as conn:
+                store.set_job(
+                    conn,
+                    job.job_id,
+                    state="done",
+                    progress="done",
+                    finished=utc_now(),
+                    output=orjson.dumps(output),
+                )
+        except Exception as exc:  # the job fails; the service goes on
+            logger.exception("export job %s failed", job.job_id)
+            with self.services.database.write() as conn:
+                store.set_job(
+                    conn, job.job_id, state="failed", finished=utc_now(), error=type(exc).__name__
+                )
+
+    def _write_type(self, job: Job, resource_type: str, path: Path) -> int:
+        count = 0
+        after: str | None = None
+        with path.open("wb") as out:
+            while True:
+                with self.services.database.read() as conn:
+                    rows = store.page(
+                        conn,
+                        resource_type,
+                        after=after,
+                        limit=PAGE,
+                        since=job.since,
+                        until=job.until,
+                        patients=job.group_patients,
+                        compartment_only=job.kind != "system",
+                        refused_actors=job.refused_actors,
+                    )
+                for _resource_id, content in rows:
+                    out.write(content)
+                    out.write(b"\n")
+                count += len(rows)
+                if len(rows) < PAGE or self._is_cancelled(job.job_id):
+                    break
+                after = rows[-1][0]
+        if count == 0:
+            path.unlink(missing_ok=True)
+        return count
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._cancelled
+
+    # -- status, files, cancel -------------------------------------------------------------
+    def _job(self, ctx: RequestContext, job_id: str) -> dict[str, Any]:
+        with self.services.database.read() as conn:
+            job = store.get_job(conn, job_id)
+        if job is None or job["client"] != _client(ctx.caller) or job["state"] == "cancelled":
+            raise _not_found(job_id)
+        return job
+
+    def status(
+        self, ctx: RequestContext, job_id: str, base_url: str
+    ) -> tuple[int, dict[str, str], Any]:
+        job = self._job(ctx, job_id)
+        if job["state"] in {"queued", "running"}:
+            headers = {"X-Progress": job["progress"] or job["state"], "Retry-After": "2"}
+            return 202, headers, None
+        if job["state"] == "failed":
+            raise FhirError.of(
+                Category.FAULT, f"The export failed ({job['error']})", code="exception"
+            )
+        files = orjson.loads(job["output"] or b"[]")
+        manifest = {
+            "transactionTime": format_instant(job["transaction_time"]),
+            "request": job["request"],
+            "requiresAccessToken": True,
+            "output": [
+                {
+                    "type": f["type"],
+                    "url": f"{base_url}/$export-file/{job_id}/{f['file']}",
+                    "count": f["count"],
+                }
+                for f in files
+            ],
+            "error": [],
+        }
+        return 200, {}, manifest
+
+    def file(self, ctx: RequestContext, job_id: str, name: str) -> Iterator[bytes]:
+        job = self._job(ctx, job_id)
+        files = {f["file"] for f in orjson.loads(job["output"] or b"[]")}
+        if job["state"] != "done" or name not in files:
+            raise _not_found(f"{job_id}/{name}")
+        path = self.directory / job_id / name
+        protection = self.services.identity.protection
+        reveal = ctx.caller.sees_id_numbers
+
+        def lines() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                for line in handle:
+                    yield protection.present(line.rstrip(b"\n"), reveal=reveal) + b"\n"
+
+        return lines()
+
+    def cancel(self, ctx: RequestContext, job_id: str) -> None:
+        self._job(ctx, job_id)
+        with self._lock:
+            self._cancelled.add(job_id)
+        with self.services.database.write() as conn:
+            store.cancel_job(conn, job_id)
+        shutil.rmtree(self.directory / job_id, ignore_errors=True)
+
+    def recover(self) -> None:
+        """At start: jobs a stopped process left unfinished have failed."""
+        with self.services.database.write() as conn:
+            for job_id in store.stale_jobs(conn):
+                store.set_job(
+                    conn,
+                    job_id,
+                    state="failed",
+                    finished=utc_now(),
+                    error="the service stopped while exporting",
+                )
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

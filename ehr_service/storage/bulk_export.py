@@ -1,0 +1,91 @@
+"""The SQL of FHIR Bulk Data export: jobs, and resources a page at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
+
+
+def add_job(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(bulk_export_job).values(**values))
+
+
+def get_job(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(bulk_export_job).where(bulk_export_job.c.job_id == job_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def set_job(conn: Connection, job_id: str, **values: Any) -> bool:
+    """Change a job unless it was cancelled meanwhile."""
+    result = conn.execute(
+        update(bulk_export_job)
+        .where(bulk_export_job.c.job_id == job_id, bulk_export_job.c.state != "cancelled")
+        .values(**values)
+    )
+    return bool(result.rowcount)
+
+
+def cancel_job(conn: Connection, job_id: str) -> None:
+    conn.execute(
+        update(bulk_export_job).where(bulk_export_job.c.job_id == job_id).values(state="cancelled")
+    )
+
+
+def remove_job(conn: Connection, job_id: str) -> None:
+    conn.execute(delete(bulk_export_job).where(bulk_export_job.c.job_id == job_id))
+
+
+def stale_jobs(conn: Connection) -> list[str]:
+    rows = conn.execute(
+        select(bulk_export_job.c.job_id).where(bulk_export_job.c.state.in_(["queued", "running"]))
+    ).all()
+    return [r.job_id for r in rows]
+
+
+def page(
+    conn: Connection,
+    resource_type: str,
+    *,
+    after: str | None,
+    limit: int,
+    since: datetime | None,
+    until: datetime,
+    patients: Sequence[str] | None,
+    compartment_only: bool,
+    refused_actors: Sequence[str],
+) -> list[tuple[str, bytes]]:
+    """(id, stored content) of live resources of a type, in id order, changed in
+    [since, until]; only patients' records (``compartment_only``), only these
+    patients (``patients``), never the records of residents who refused the caller."""
+    conditions: list[ColumnElement[bool]] = [
+        resource.c.res_type == resource_type,
+        resource.c.deleted.is_(False),
+        resource.c.last_updated <= until,
+    ]
+    if after is not None:
+        conditions.append(resource.c.res_id > after)
+    if since is not None:
+        conditions.append(resource.c.last_updated >= since)
+    owner = resource.c.compartment_patient_id
+    if patients is not None:
+        conditions.append(owner.in_(list(patients)))
+    elif compartment_only:
+        conditions.append(owner.is_not(None))
+    if refused_actors:
+        refused = select(consent_refusal.c.patient_id).where(
+            consent_refusal.c.actor.in_(list(refused_actors))
+        )
+        conditions.append(or_(owner.is_(None), and_(owner.is_not(None), owner.not_in(refused))))
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content)
+        .where(*conditions)
+        .order_by(resource.c.res_id)
+        .limit(limit)
+    ).all()
+    return [(r.res_id, bytes(r.content)) for r in rows]
