@@ -650,6 +650,50 @@ def reindex(
 
 
 @app.command()
+def generate(
+    residents: Annotated[int, typer.Option(min=1, help="how many residents")],
+    out: Annotated[Path, typer.Option(help="directory: ndjson/ and bundles/ are written there")],
+    seed: Annotated[int, typer.Option(help="the same seed gives the same data")] = 1,
+    bundles: Annotated[bool, typer.Option(help="also one transaction Bundle per resident")] = True,
+) -> None:
+    """Deterministic, realistic lifelong records of Chongqing and Chengdu residents."""
+    from ehr_service.synthetic import write
+
+    counts = write(out, seed, residents, bundles=bundles)
+    for kind, count in sorted(counts.items()):
+        typer.echo(f"{kind}: {count}")
+    typer.echo(f"total: {sum(counts.values())} resources")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="NDJSON files, Bundles, or folders of them")],
+    errors: Annotated[Path, typer.Option(help="where failed lines are listed")] = Path(
+        "import-errors.txt"
+    ),
+) -> None:
+    """Import resources: new ones in batches, unchanged ones skipped (re-runs change
+    nothing), changed ones as new versions; failures listed in the errors file."""
+    from ehr_service.interactions.importing import Importer
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        typer.echo(f"not found: {', '.join(map(str, missing))}", err=True)
+        raise typer.Exit(2)
+    with _service_context() as ctx, errors.open("w") as failed:
+        progress = Importer(
+            ctx, failed, lambda p: typer.echo("\r" + p.line(), err=True, nl=False)
+        ).run(paths)
+    typer.echo("", err=True)
+    typer.echo(
+        f"{progress.created} new, {progress.updated} changed, {progress.unchanged} unchanged, "
+        f"{progress.failed} failed" + (f" (see {errors})" if progress.failed else "")
+    )
+    if progress.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def export(
     out: Annotated[Path, typer.Option(help="directory for the NDJSON files (one per type)")],
     types: Annotated[list[str] | None, typer.Option("--type", help="only these types")] = None,

@@ -1,0 +1,262 @@
+"""``ehr-service import``: NDJSON files, Bundles and folders of them.
+
+NDJSON lines are resources with ids, imported in batches: new ones validated and
+inserted together (Core bulk inserts, search indexes and history written as for
+any create), ones already stored with the same content skipped (so a re-run of
+the same input changes nothing), changed ones written as their next version.
+Transaction and batch Bundles go through the normal bundle processing. A line or
+entry that fails is written to the errors file and the rest goes on. Memory holds
+one batch at a time whatever the input size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ehr_service.fhir.errors import FhirError
+from ehr_service.fhir.primitives import utc_now
+from ehr_service.fhir.references import is_valid_id
+from ehr_service.interactions import update
+from ehr_service.interactions.bundle import process_bundle
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.writing import prepare_version
+from ehr_service.storage import recognition as recognition_store
+from ehr_service.storage import resources
+
+BATCH = 500
+
+
+@dataclass(slots=True)
+class Progress:
+    total_bytes: int
+    done_bytes: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def resources(self) -> int:
+        return self.created + self.updated + self.unchanged
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.resources / elapsed
+        share = self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+        eta = elapsed / share - elapsed if share > 0 else 0.0
+        return (
+            f"{share:6.1%}  {self.resources:,} resources ({self.created:,} new, "
+            f"{self.updated:,} changed, {self.unchanged:,} unchanged, {self.failed:,} failed)  "
+            f"{rate:,.0f}/s  ETA {eta:,.0f} s"
+        )
+
+
+def input_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in {".ndjson", ".json"})
+        else:
+            files.append(path)
+    return files
+
+
+class Importer:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        errors: TextIO,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.errors = errors
+        self.on_progress = on_progress
+        self._last_report = 0.0
+
+    def run(self, paths: list[Path]) -> Progress:
+        files = input_files(paths)
+        progress = Progress(sum(p.stat().st_size for p in files))
+        for path in files:
+            if path.suffix == ".ndjson":
+                self._ndjson(path, progress)
+            else:
+                self._json(path, progress)
+        self._report(progress, force=True)
+        return progress
+
+    def _error(self, progress: Progress, where: str, message: str) -> None:
+        progress.failed += 1
+        self.errors.write(f"{where}: {message}\n")
+
+    def _report(self, progress: Progress, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress and (force or now - self._last_report >= 1.0):
+            self._last_report = now
+            self.on_progress(progress)
+
+    # -- NDJSON --------------------------------------------------------------------------
+    def _lines(self, path: Path, progress: Progress) -> Iterator[list[tuple[str, Any]]]:
+        batch: list[tuple[str, Any]] = []
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                progress.done_bytes += len(raw)
+                if not raw.strip():
+                    continue
+                where = f"{path.name}:{number}"
+                try:
+                    resource = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    self._error(progress, where, f"not JSON ({exc})")
+                    continue
+                if not _importable(resource):
+                    self._error(progress, where, "a line must be a resource with a valid id")
+                    continue
+                batch.append((where, resource))
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def _ndjson(self, path: Path, progress: Progress) -> None:
+        for batch in self._lines(path, progress):
+            with self.ctx.services.database.write() as conn:
+                self._batch(conn, batch, progress)
+            self._report(progress)
+
+    def _batch(self, conn: Connection, batch: list[tuple[str, Any]], progress: Progress) -> None:
+        keys = [(r["resourceType"], r["id"]) for _, r in batch]
+        stored = _stored(conn, keys)
+        protection = self.ctx.services.identity.protection
+        fresh, seen = [], set()
+        now = utc_now()
+        for where, resource in batch:
+            key = (resource["resourceType"], resource["id"])
+            if key in stored or key in seen:  # stored, or twice in this batch
+                current = stored.get(key)
+                if current is not None and _same(
+                    protection.present(current, reveal=True), resource
+                ):
+                    progress.unchanged += 1
+                    continue
+                try:
+                    with conn.begin_nested():
+                        update.update(conn, self.ctx, key[0], key[1], resource)
+                    progress.updated += 1
+                except FhirError as error:
+                    self._error(progress, where, str(error))
+                continue
+            seen.add(key)
+            try:
+                version, _ = prepare_version(
+                    conn, self.ctx, resource, resource_type=key[0], resource_id=key[1],
+                    version_id=1, now=now, method="PUT",
+                )  # fmt: skip
+            except FhirError as error:
+                self._error(progress, where, str(error))
+                continue
+            fresh.append((where, resource, version))
+        try:
+            with conn.begin_nested():
+                resources.insert_new(conn, [v for _, _, v in fresh])
+            progress.created += len(fresh)
+        except IntegrityError:  # a concurrent writer, or an ID number held elsewhere
+            for where, resource, _ in fresh:
+                try:
+                    with conn.begin_nested():
+                        update.update(
+                            conn, self.ctx, resource["resourceType"], resource["id"], resource
+                        )
+                    progress.created += 1
+                except (FhirError, IntegrityError) as error:
+                    self._error(progress, where, str(error))
+
+    # -- Bundles ---------------------------------------------------------------------------
+    def _json(self, path: Path, progress: Progress) -> None:
+        progress.done_bytes += path.stat().st_size
+        try:
+            document = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            self._error(progress, path.name, f"not JSON ({exc})")
+            return
+        if isinstance(document, dict) and document.get("type") in {"transaction", "batch"}:
+            try:
+                result = process_bundle(self.ctx, document)
+            except FhirError as error:
+                self._error(progress, path.name, str(error))
+                return
+            entries = result.body.get("entry", []) if isinstance(result.body, dict) else []
+            for index, entry in enumerate(entries):
+                status = str(entry.get("response", {}).get("status", ""))
+                if status.startswith("201"):
+                    progress.created += 1
+                elif status.startswith("2"):
+                    progress.updated += 1
+                else:
+                    self._error(progress, f"{path.name}#entry[{index}]", status)
+            return
+        if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+            items = [e.get("resource") for e in document.get("entry") or () if isinstance(e, dict)]
+        else:
+            items = [document]
+        batch = []
+        for index, item in enumerate(items):
+            if _importable(item):
+                batch.append((f"{path.name}#{index}", item))
+            else:
+                self._error(progress, f"{path.name}#{index}", "not a resource with a valid id")
+        with self.ctx.services.database.write() as conn:
+            self._batch(conn, batch, progress)
+
+
+def _stored(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        by_type.setdefault(resource_type, []).append(resource_id)
+    out = {}
+    for resource_type, ids in by_type.items():
+        for resource_id, content in recognition_store.contents(conn, resource_type, ids).items():
+            out[(resource_type, resource_id)] = content
+    return out
+
+
+def _importable(resource: Any) -> bool:
+    return (
+        isinstance(resource, dict)
+        and isinstance(resource.get("resourceType"), str)
+        and isinstance(resource.get("id"), str)
+        and is_valid_id(resource["id"])
+    )
+
+
+def _same(stored: bytes, given: dict[str, Any]) -> bool:
+    """Equal but for the server's meta (versionId, lastUpdated) and server-added tags."""
+    current = orjson.loads(stored)
+    incoming = orjson.loads(orjson.dumps(given))
+    for document in (current, incoming):
+        meta = document.get("meta")
+        if isinstance(meta, dict):
+            rest = {k: v for k, v in meta.items() if k not in {"versionId", "lastUpdated", "tag"}}
+            document["meta"] = rest
+            if not rest:
+                del document["meta"]
+    incoming_ids = {
+        i.get("system") for i in incoming.get("identifier") or () if isinstance(i, dict)
+    }
+    current["identifier"] = [  # the record number this service assigned
+        i
+        for i in current.get("identifier") or ()
+        if not isinstance(i, dict) or i.get("system") in incoming_ids
+    ] or None
+    if current["identifier"] is None:
+        del current["identifier"]
+    return bool(current == incoming)
