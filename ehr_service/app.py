@@ -12,7 +12,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_service import __version__
-from ehr_service.api import bulk, citizen, discovery, errors, exchange, fhir, mpi, recognition
+from ehr_service.api import (
+    bulk,
+    citizen,
+    discovery,
+    errors,
+    exchange,
+    fhir,
+    mpi,
+    observability,
+    recognition,
+)
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -151,6 +161,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     app.state.exchange = Exchange(services)
     app.state.bulk = BulkExports(services)
+    app.state.metrics = observability.Metrics(services)
+    app.include_router(observability.router)  # /healthz, /readyz, /metrics
     app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
@@ -160,7 +172,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(exchange.router)
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(observability.ObservabilityMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: the others see the request id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -575,7 +575,11 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
-        log_config=redaction.uvicorn_log_config(),
+        log_config=redaction.uvicorn_log_config(json_lines=settings.log_format == "json"),
+        # Our access log (one JSON line, no query string: it may carry names) replaces
+        # uvicorn's in JSON mode; in-flight requests get 30 s to finish on shutdown.
+        access_log=settings.log_format != "json",
+        timeout_graceful_shutdown=30,
     )
 
 

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     profiles_dir: Path = Field(default_factory=lambda: shipped_dir("fhir_profiles"))
     migrations_dir: Path = Field(default_factory=lambda: shipped_dir("migrations"))
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line (request id, client, ...)"
+    )
 
     @model_validator(mode="after")
     def _page_sizes_consistent(self) -> Settings:

@@ -56,12 +56,21 @@ def install(handlers: list[logging.Handler] | None = None) -> None:
             handler.addFilter(RedactIdNumbers())
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration with the filter on every handler."""
+def uvicorn_log_config(json_lines: bool = False) -> dict[str, Any]:
+    """uvicorn's logging configuration with the filter on every handler; with
+    ``json_lines`` every record (ours and uvicorn's) is one JSON object per line."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_id_numbers"] = {"()": RedactIdNumbers}
     for handler in config["handlers"].values():
         handler.setdefault("filters", []).append("redact_id_numbers")
+    if json_lines:
+        formatter = {"()": "ehr_service.api.observability.JsonFormatter"}
+        config["formatters"] = {"default": formatter, "access": formatter}
+        config["loggers"]["ehr_service"] = {
+            "handlers": ["default"],
+            "level": "INFO",
+            "propagate": False,
+        }
     return config
