@@ -330,25 +330,39 @@ def _service_context() -> Iterator[RequestContext]:
 def catalogue_load(
     file: Annotated[Path, typer.Argument(help="a CodeSystem, or a Bundle of it and ConceptMaps")],
 ) -> None:
-    """Load a catalogue edition and make it the active one (no code changes needed);
-    its CodeSystem and ConceptMaps are stored as FHIR resources too."""
+    """Load a catalogue edition and make it the active one (no code changes needed):
+    its items, code maps, and its CodeSystem and ConceptMaps as FHIR resources, in one
+    transaction; then the recognition marks of stored results follow the new edition."""
     from ehr_service.fhir.errors import FhirError
+    from ehr_service.fhir.validation import validate_resource
     from ehr_service.interactions import update
-    from ehr_service.recognition.catalogue import CatalogueError
+    from ehr_service.interactions.recognition import remark_all
+    from ehr_service.recognition.catalogue import CatalogueError, parse_edition
 
+    try:
+        document = orjson.loads(file.read_bytes())
+        _, _, _, resources = parse_edition(document)  # refused before anything is stored
+        for resource in resources:
+            validate_resource(resource)
+    except (OSError, orjson.JSONDecodeError, CatalogueError, FhirError) as exc:
+        typer.echo(f"{file.name}: {exc}", err=True)
+        raise typer.Exit(1) from None
     with _service_context() as ctx:
         catalogues = ctx.services.catalogues
         assert catalogues is not None
         try:
-            row, resources = catalogues.load_file(file)
             with ctx.services.database.write() as conn:
+                row, resources = catalogues.store(conn, document)
                 for resource in resources:
                     if isinstance(resource.get("id"), str):
                         update.update(conn, ctx, resource["resourceType"], resource["id"], resource)
         except (CatalogueError, FhirError) as exc:
             typer.echo(f"{file.name}: {exc}", err=True)
             raise typer.Exit(1) from None
-    typer.echo(f"edition {row['edition']} active: {row['items']} items")
+        changed = remark_all(ctx)
+    typer.echo(
+        f"edition {row['edition']} active: {row['items']} items; {changed} results re-marked"
+    )
 
 
 @catalogue_app.command("list")

@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ehr_service.interactions.context import Services
+from ehr_service.recognition.institutions import REGION_URL, quality_control_extension
 from ehr_service.storage.tables import resource, resource_version
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -76,3 +77,40 @@ def bearer(settings: Any, scopes: str = STAFF_SCOPES, **claims: Any) -> dict[str
         settings, TokenClaims(subject=claims.pop("subject", "test-system"), scopes=scopes, **claims)
     )
     return {"Authorization": f"Bearer {token}"}
+
+
+LAB_CATEGORY = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                             "code": "laboratory"}]}]  # fmt: skip
+
+
+def organization(
+    org_id: str, *, passed: bool = True, category: str = "lab-chemistry"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "id": org_id,
+        "name": f"医院 {org_id}",
+        "extension": [
+            {"url": REGION_URL, "valueCode": "chongqing"},
+            quality_control_extension(
+                category, "NCCL EQA", "2026-1", passed, "2026-01-01", "2026-06-30"
+            ),
+        ],
+    }  # fmt: skip
+
+
+def lab(
+    pid: str, loinc: str, day: str, org: str, status: str = "final", value: float = 5.0
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation", "status": status, "category": LAB_CATEGORY,
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "performer": [{"reference": f"Organization/{org}"}],
+        "effectiveDateTime": f"{day}T09:00:00+08:00",
+        "valueQuantity": {"value": value, "unit": "mmol/L"},
+    }  # fmt: skip
+
+
+def parameters(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Parameters", "parameter": list(parts)}

@@ -283,6 +283,8 @@ def _in_value_set(value: Any, value_set: ValueSet, resolver: Resolver) -> bool:
     codings = value.get("coding") if isinstance(value, dict) else None
     if isinstance(value, dict) and "code" in value and codings is None:
         codings = [value]  # a Coding
+    if not isinstance(codings, list):
+        return False
     return any(
         isinstance(c, dict)
         and value_set.contains(str(c.get("system")), str(c.get("code")), resolver)

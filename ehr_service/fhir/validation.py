@@ -189,6 +189,15 @@ def check_resource_type(resource: Any, expression: str = "") -> str:
 
 def resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
     """Every structural problem of a resource whose type is known to be R4."""
+    try:
+        return _resource_issues(resource, resource_type)
+    except RecursionError:  # nesting deeper than any real resource
+        return [
+            Issue("The resource is nested too deeply", "structure", expression=(resource_type,))
+        ]
+
+
+def _resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
     if resource_type in R4_TYPES_WITHOUT_R4B_MODEL:
         from ehr_service.fhir.structure_validation import validate_structure
 

@@ -135,7 +135,11 @@ def _reuses(conn: Connection, patient_id: str) -> dict[str, list[dict[str, Any]]
         )
         for found in page:
             task = orjson.loads(found.content)
-            codes = [c.get("code") for c in (task.get("code") or {}).get("coding") or ()]
+            codes = [
+                c.get("code")
+                for c in (task.get("code") or {}).get("coding") or ()
+                if isinstance(c, dict) and c.get("system") == "urn:ehr-service:recognition-decision"
+            ]
             if "accepted" not in codes:
                 continue
             for part in task.get("input") or ():

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime
+from dataclasses import replace
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,12 +25,18 @@ from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_pa
 from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
-from ehr_service.interactions.read import check_consent, not_found
+from ehr_service.interactions.read import check_consent, current_or_fail, not_found
 from ehr_service.interactions.results import Result
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
 from ehr_service.recognition.institutions import Institution, institution_of
-from ehr_service.recognition.marks import performer_of
+from ehr_service.recognition.marks import (
+    MARK_SYSTEM,
+    apply_mark,
+    pending_organizations,
+    performer_of,
+)
 from ehr_service.recognition.rules import (
+    CST,
     REASON_SYSTEM,
     REASONS,
     RETEST_REASONS,
@@ -75,10 +82,58 @@ def _patient(conn: Connection, ctx: RequestContext, patient_id: str) -> None:
 
 
 # -- inputs ---------------------------------------------------------------------------
+def _reference(params: OperationInput, name: str, resource_type: str) -> str | None:
+    """The id a Reference part points to (400 unless a Reference to that type)."""
+    value = params.value(name, "Reference")
+    if value is None:
+        return None
+    reference = value.get("reference") if isinstance(value, dict) else None
+    parsed = parse_reference(reference) if isinstance(reference, str) else None
+    if parsed is None or parsed.resource_type != resource_type or parsed.base is not None:
+        raise _bad(f"{name} must be a valueReference to a {resource_type}", name)
+    return parsed.resource_id
+
+
+def _order(
+    conn: Connection, ctx: RequestContext, params: OperationInput, patient_id: str
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """The order (a ServiceRequest of this resident, that the caller may read) and its
+    codes. Unknown, unreadable and someone else's orders get the same answer."""
+    order_id = _reference(params, "serviceRequest", "ServiceRequest")
+    if order_id is None:
+        return None, []
+    refused = FhirError.of(
+        Category.UNPROCESSABLE,
+        f"ServiceRequest/{order_id} is not an order of this resident",
+        code="not-found",
+        expression=["serviceRequest"],
+    )
+    require(ctx.caller, "ServiceRequest", "r")
+    try:
+        stored = current_or_fail(conn, "ServiceRequest", order_id, view=ctx.view)
+    except FhirError:
+        raise refused from None
+    request = orjson.loads(stored.content or b"{}")
+    subject = (request.get("subject") or {}).get("reference")
+    if stored.compartment_patient_id != patient_id or subject != f"Patient/{patient_id}":
+        raise refused
+    codings = [
+        (str(c.get("system")), str(c.get("code")))
+        for c in (request.get("code") or {}).get("coding") or ()
+        if isinstance(c, dict)
+    ]
+    return f"ServiceRequest/{order_id}", codings
+
+
 def _requested_items(
-    conn: Connection, catalogue: Catalogue, params: OperationInput
+    conn: Connection,
+    ctx: RequestContext,
+    catalogue: Catalogue,
+    params: OperationInput,
+    patient_id: str,
 ) -> tuple[list[Item], list[tuple[str, str]], str | None]:
-    """(catalogue items, codes asked for that are no catalogue item, the order)."""
+    """(catalogue items, codes asked for that are no catalogue item, the order). An
+    order's codes that map to no item are ignored when another one does."""
     codings: list[tuple[str, str]] = []
     for part in params.all("item"):
         if isinstance(part.get("valueCoding"), dict):
@@ -88,23 +143,10 @@ def _requested_items(
             codings.append((catalogue.url, part["valueCode"]))
         else:
             raise _bad("item must be a valueCoding or a valueCode", "item")
-    order = params.value("serviceRequest", "Reference")
-    order_ref = None
-    if order is not None:
-        parsed = parse_reference(str((order or {}).get("reference", "")))
-        if parsed is None or parsed.resource_type != "ServiceRequest":
-            raise _bad("serviceRequest must refer to a ServiceRequest", "serviceRequest")
-        content = store.contents(conn, "ServiceRequest", [parsed.resource_id])
-        if parsed.resource_id not in content:
-            raise _bad(
-                f"ServiceRequest/{parsed.resource_id} is not known", "serviceRequest",
-                Category.UNPROCESSABLE,
-            )  # fmt: skip
-        request = orjson.loads(content[parsed.resource_id])
-        order_ref = f"ServiceRequest/{parsed.resource_id}"
-        for coding in (request.get("code") or {}).get("coding") or ():
-            if isinstance(coding, dict):
-                codings.append((str(coding.get("system")), str(coding.get("code"))))
+    order_ref, order_codings = _order(conn, ctx, params, patient_id)
+    if order_codings and any(catalogue.item_of_coding(*c) for c in order_codings):
+        order_codings = [c for c in order_codings if catalogue.item_of_coding(*c)]
+    codings += order_codings
     if not codings:
         raise _bad("give the items asked for: item codes and/or a serviceRequest", "item")
     items: dict[str, Item] = {}
@@ -130,14 +172,11 @@ def _as_of(params: OperationInput) -> date:
 
 
 def _requester(ctx: RequestContext, params: OperationInput) -> str | None:
-    value = params.value("requester", "Reference")
-    if value is None:
+    org_id = _reference(params, "requester", "Organization")
+    if org_id is None:
         org = ctx.caller.organization
         return (org if org.startswith("Organization/") else f"Organization/{org}") if org else None
-    parsed = parse_reference(str((value or {}).get("reference", "")))
-    if parsed is None or parsed.resource_type != "Organization":
-        raise _bad("requester must refer to an Organization", "requester")
-    return f"Organization/{parsed.resource_id}"
+    return f"Organization/{org_id}"
 
 
 # -- candidates -----------------------------------------------------------------------
@@ -203,7 +242,7 @@ def candidates(
         performer = performers[(resource_type, resource_id)]
         institution = institutions.get(performer) if performer else None
         partner = _partner_of(resource)
-        partner_region = partner_regions.get(partner, partner) if partner else None
+        partner_region = partner_regions.get(partner) if partner else None
         region = (
             institution.region
             if institution and institution.region
@@ -242,18 +281,26 @@ def assessed(
     prior = [(c, r) for c, r in found if c.day is None or c.day <= as_of]
     newest: dict[str, tuple[date, str]] = {}
     for candidate, _ in prior:
-        if candidate.item and candidate.final and candidate.day:
+        usable = (
+            candidate.institution is not None
+            and candidate.item is not None
+            and candidate.day is not None
+            and candidate.institution.passed(candidate.item.qc_category, candidate.day)
+            and not candidate.consent_refused
+        )
+        if candidate.item and candidate.final and candidate.day and usable:
             key = (candidate.day, candidate.reference)
             current = newest.get(candidate.item.code)
             if current is None or key > current:
                 newest[candidate.item.code] = key
     out = []
     for candidate, _ in prior:
-        superseded = bool(
-            candidate.item
-            and candidate.final
+        newer = newest.get(candidate.item.code) if candidate.item else None
+        superseded = bool(  # a newer usable result of the item exists
+            candidate.final
             and candidate.day
-            and newest.get(candidate.item.code) != (candidate.day, candidate.reference)
+            and newer is not None
+            and newer > (candidate.day, candidate.reference)
         )
         out.append((candidate, assess(candidate, as_of, superseded=superseded)))
     out.sort(key=lambda pair: (not pair[1].recognizable, pair[0].day or date.min), reverse=False)
@@ -269,7 +316,7 @@ def recognizable_results(
         require(ctx.caller, resource_type, "s")
     params = OperationInput(body, "$recognizable-results")
     catalogue = active_catalogue(ctx)
-    items, unknown, _order = _requested_items(conn, catalogue, params)
+    items, unknown, _order_ref = _requested_items(conn, ctx, catalogue, params, patient_id)
     as_of = _as_of(params)
     requester = _requester(ctx, params)
     found = candidates(
@@ -284,17 +331,25 @@ def recognizable_results(
         parameters.append(
             {"name": "result", "part": _result_parts(catalogue, candidate, assessment)}
         )
-    for system, code in unknown:
-        if not any(c.item is None for c, _ in results):
-            parameters.append(
-                {"name": "notInCatalogue", "valueCoding": {"system": system, "code": code}}
-            )
+    for system, code in dict.fromkeys(unknown):
+        parameters.append(
+            {"name": "notInCatalogue", "valueCoding": {"system": system, "code": code}}
+        )
     offered = {}
     for candidate, assessment in results:
         if assessment.recognizable and candidate.item and candidate.item.code not in offered:
             offered[candidate.item.code] = candidate
-    facts = [_fact("offered", patient_id, c.item, c, None) for c in offered.values() if c.item]
-    store.add_facts(conn, facts)  # the route runs this in a write transaction
+    if ctx.caller.patient is None:  # the statistics count offers to doctors, once a day
+        today = local_day(utc_now()).isoformat()
+        store.add_facts(  # the route runs this in a write transaction
+            conn,
+            [
+                _fact("offered", patient_id, c.item, c, None,
+                      key=f"offered|{patient_id}|{c.item.code}|{c.reference}|{today}")
+                for c in offered.values()
+                if c.item
+            ],
+        )  # fmt: skip
     return Result(
         200,
         {"resourceType": "Parameters", "parameter": parameters},
@@ -337,9 +392,16 @@ def _result_parts(
 
 
 def _fact(
-    kind: str, patient_id: str, item: Item, candidate: Candidate | None, reason: str | None
+    kind: str,
+    patient_id: str,
+    item: Item,
+    candidate: Candidate | None,
+    reason: str | None,
+    *,
+    key: str | None = None,
 ) -> dict[str, Any]:
     return {
+        "dedupe_key": key,
         "recorded": utc_now(),
         "kind": kind,
         "patient_id": patient_id,
@@ -361,7 +423,7 @@ def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) 
     require_staff(ctx.caller, "Task", "c")
     params = OperationInput(body, "$recognition-decision")
     catalogue = active_catalogue(ctx)
-    items, unknown, order = _requested_items(conn, catalogue, params)
+    items, unknown, order = _requested_items(conn, ctx, catalogue, params, patient_id)
     if len(items) != 1 or unknown:
         raise _bad(
             "a decision is for one catalogue item (item, or the serviceRequest's code)",
@@ -377,8 +439,11 @@ def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) 
     reason = None
     reason_text = params.value("reasonText", "String")
     if kind == "accepted":
-        reference = params.value("result", "Reference")
-        target = str((reference or {}).get("reference", ""))
+        result_ref = params.value("result", "Reference")
+        reference = result_ref.get("reference") if isinstance(result_ref, dict) else None
+        if not isinstance(reference, str):
+            raise _bad("result must be a valueReference to the reused result", "result")
+        target = reference
         found = candidates(conn, ctx, catalogue, patient_id, {item.code}, [], requester)
         verdicts = {c.reference: (c, a) for c, a in assessed(found, as_of)}
         if target not in verdicts:
@@ -393,20 +458,28 @@ def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) 
                 "result", Category.UNPROCESSABLE,
             )  # fmt: skip
     else:
-        part = params.one("reason")
-        coding = (part or {}).get("valueCoding") or {}
-        reason = (part or {}).get("valueCode") or coding.get("code")
-        if reason not in RETEST_REASONS:
+        part = params.one("reason") or {}
+        coding = part.get("valueCoding")
+        reason = part.get("valueCode", coding.get("code") if isinstance(coding, dict) else None)
+        if not isinstance(reason, str) or reason not in RETEST_REASONS:
             raise _bad(
                 "a re-test needs one of the national reasons: " + ", ".join(RETEST_REASONS),
                 "reason", Category.UNPROCESSABLE,
             )  # fmt: skip
+        if reason_text is not None and not isinstance(reason_text, str):
+            raise _bad("reasonText must be a valueString", "reasonText")
         if reason == "other" and not (isinstance(reason_text, str) and reason_text.strip()):
             raise _bad("reason 'other' needs reasonText", "reasonText", Category.UNPROCESSABLE)
     task = _task(catalogue, item, kind, patient_id, order, requester, reused, reason, reason_text)
     version = prepare_create(conn, ctx, "Task", task, new_id())
     resources.insert_new(conn, [version])
-    store.add_facts(conn, [_fact(kind, patient_id, item, reused, reason)])
+    key = f"decision|{order}|{item.code}" if order else None
+    if not store.add_facts(conn, [_fact(kind, patient_id, item, reused, reason, key=key)]):
+        raise FhirError.of(
+            Category.CONFLICT,
+            f"A decision for {order} and item {item.code} is already recorded",
+            code="duplicate",
+        )
     return created(version)
 
 
@@ -480,5 +553,84 @@ def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) ->
 
 
 def _instant(query: dict[str, list[str]], name: str) -> datetime | None:
+    """``from``/``to``: an instant, or a day in China Standard Time (``to`` inclusive)."""
     values = query.get(name)
-    return parse_instant_param(values[0], name) if values else None
+    if not values:
+        return None
+    value = values[0]
+    if len(value) == 10:  # YYYY-MM-DD
+        day = parse_day(value)
+        if day is None:
+            raise _bad(f"{name} must be a date or an instant", name)
+        if name == "to":
+            day += timedelta(days=1)
+        return datetime(day.year, day.month, day.day, tzinfo=CST)
+    return parse_instant_param(value, name)
+
+
+# -- keeping the mark true -----------------------------------------------------------------
+def _mark_tags(document: dict[str, Any]) -> list[Any]:
+    return [
+        t
+        for t in (document.get("meta") or {}).get("tag") or ()
+        if isinstance(t, dict) and t.get("system") == MARK_SYSTEM
+    ]
+
+
+def remark(
+    conn: Connection,
+    ctx: RequestContext,
+    keys: list[tuple[str, str]],
+    organizations: dict[str, dict[str, Any]] | None = None,
+) -> int:
+    """Write the next version of each result whose recognition mark is no longer
+    right (its institution's quality control or the catalogue changed); returns how
+    many changed. The service writes them, whoever changed the institution."""
+    from ehr_service.interactions.update import store_next_version
+    from ehr_service.security.caller import SERVICE
+
+    service_ctx = replace(ctx, caller=SERVICE)
+    protection = ctx.services.identity.protection
+    changed = 0
+    for resource_type, resource_id in keys:
+        stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
+        if stored is None or stored.deleted or stored.content is None:
+            continue
+        document = protection.reveal(orjson.loads(stored.content))
+        before = _mark_tags(document)
+        apply_mark(conn, ctx.services.catalogues, ctx.settings.recognition_mark,
+                   resource_type, document, organizations)  # fmt: skip
+        if _mark_tags(document) != before:
+            store_next_version(conn, service_ctx, stored, document, method="PUT")
+            changed += 1
+    return changed
+
+
+def remark_institution(
+    conn: Connection, ctx: RequestContext, organization_id: str, organization: dict[str, Any]
+) -> int:
+    """An institution is being written: its results' marks follow its quality control."""
+    keys = store.results_performed_by(conn, organization_id, RESULT_TYPES)
+    if not keys:
+        return 0
+    pending = {f"Organization/{organization_id}": organization}
+    token = pending_organizations.set({**(pending_organizations.get() or {}), **pending})
+    try:
+        return remark(conn, ctx, keys)
+    finally:
+        pending_organizations.reset(token)
+
+
+def remark_all(ctx: RequestContext, batch: int = 500) -> int:
+    """After a catalogue edition switch: every result, a batch per transaction."""
+    changed = 0
+    for resource_type in RESULT_TYPES:
+        after = None
+        while True:
+            with ctx.services.database.write() as conn:
+                ids = store.result_ids(conn, resource_type, after, batch)
+                changed += remark(conn, ctx, [(resource_type, i) for i in ids])
+            if len(ids) < batch:
+                break
+            after = ids[-1]
+    return changed

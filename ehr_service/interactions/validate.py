@@ -34,10 +34,17 @@ def _arguments(body: Any, query: dict[str, list[str]]) -> tuple[Any, str | None,
         params = OperationInput(body, "$validate")
         part = params.one("resource")
         resource = part.get("resource") if part else None
-        profile = params.value("profile", "Uri") or params.value("profile", "Canonical") or profile
-        mode = params.value("mode", "Code") or mode
-        return resource, profile, mode
-    return body, profile, mode
+        given = params.one("profile") or {}
+        profile = given.get("valueUri", given.get("valueCanonical", profile))
+        mode = (params.one("mode") or {}).get("valueCode", mode)
+    else:
+        resource = body
+    for name, value in (("profile", profile), ("mode", mode)):
+        if value is not None and not isinstance(value, str):
+            raise FhirError.of(
+                Category.INCORRECT, f"{name} must be a string", code="value", expression=[name]
+            )
+    return resource, profile, mode
 
 
 def validate(

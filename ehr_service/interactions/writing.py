@@ -69,6 +69,10 @@ def prepare_version(
     stored = with_server_meta(resource, resource_id, version_id, now)
     validate_resource(stored, expected_type=resource_type)
     check_conformance(ctx, stored)
+    if resource_type == "Organization" and ctx.services.catalogues is not None:
+        from ehr_service.interactions.recognition import remark_institution
+
+        remark_institution(conn, ctx, resource_id, stored)  # its results' marks follow it
     apply_mark(  # the recognition mark: set by the server only (DESIGN.md §7)
         conn,
         ctx.services.catalogues,

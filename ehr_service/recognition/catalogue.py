@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import Connection
 
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.storage import recognition as store
 from ehr_service.storage.database import Database
 
 SHIPPED = "recognition/catalogue-2024.json"
+CATALOGUE_URL = "urn:ehr-service:recognition-item"
+MAX_VALIDITY_DAYS = 36_500
 RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
 REFRESH_SECONDS = 2.0
 
@@ -153,8 +156,10 @@ def parse_edition(
         raise CatalogueError("a catalogue holds exactly one CodeSystem")
     codesystem = systems[0]
     edition, url = codesystem.get("version"), codesystem.get("url")
-    if not isinstance(edition, str) or not edition or not isinstance(url, str) or not url:
-        raise CatalogueError("the CodeSystem needs a url and a version (the edition)")
+    if not isinstance(edition, str) or not edition or len(edition) > 32:
+        raise CatalogueError("the CodeSystem needs a version (the edition, up to 32 characters)")
+    if url != CATALOGUE_URL:  # editions are versions of one code system (profiles bind to it)
+        raise CatalogueError(f"the CodeSystem url must be {CATALOGUE_URL}")
     items = []
     for concept in codesystem.get("concept") or ():
         code = concept.get("code") if isinstance(concept, dict) else None
@@ -163,8 +168,17 @@ def parse_edition(
         qc = _property(concept, "qcCategory") if code else None
         if not isinstance(code, str) or category not in ("laboratory", "imaging"):
             raise CatalogueError(f"item {code!r}: category must be laboratory or imaging")
-        if not isinstance(days, int) or days < 0 or not isinstance(qc, str):
-            raise CatalogueError(f"item {code}: validityDays and qcCategory are required")
+        if (
+            not isinstance(days, int)
+            or not 0 <= days <= MAX_VALIDITY_DAYS
+            or not isinstance(qc, str)
+        ):
+            raise CatalogueError(
+                f"item {code}: validityDays (0..{MAX_VALIDITY_DAYS}) and qcCategory are required"
+            )
+        price = _property(concept, "price")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)):
+            raise CatalogueError(f"item {code}: price must be a number")
         en = _designation(concept, "en") or str(concept.get("display") or code)
         items.append(
             {
@@ -177,7 +191,7 @@ def parse_edition(
                 "body_site": _property(concept, "bodySite"),
                 "validity_days": days,
                 "qc_category": qc,
-                "price": float(_property(concept, "price") or 0),
+                "price": float(price or 0),
             }
         )
     if len({i["code"] for i in items}) != len(items) or not items:
@@ -213,10 +227,15 @@ class Catalogues:
 
     def load(self, document: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Store an edition and activate it; returns its row and FHIR resources."""
-        row, items, codes, resources = parse_edition(document)
         with self.database.write() as conn:
-            store.replace_edition(conn, row, items, codes)
+            return self.store(conn, document)
+
+    def store(self, conn: Connection, document: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The same inside the caller's transaction."""
+        row, items, codes, resources = parse_edition(document)
+        store.replace_edition(conn, row, items, codes)
         self._checked = 0.0
+        self._key = None
         return row, resources
 
     def load_file(self, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

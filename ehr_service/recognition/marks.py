@@ -8,6 +8,7 @@ a result is still within its validity window is answered by
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -20,6 +21,11 @@ from ehr_service.recognition.rules import is_final, result_date
 from ehr_service.storage import recognition as store
 
 MARK_SYSTEM = "urn:ehr-service:recognition-mark"
+# Organizations being written in this transaction (not yet readable from the database):
+# the results re-marked because of them must see their new quality control.
+pending_organizations: ContextVar[dict[str, dict[str, Any]] | None] = ContextVar(
+    "pending_organizations", default=None
+)
 
 
 def performer_of(resource_type: str, resource: dict[str, Any]) -> str | None:
@@ -38,8 +44,14 @@ def performer_of(resource_type: str, resource: dict[str, Any]) -> str | None:
 
 
 def qualifies(
-    conn: Connection, catalogues: Catalogues, resource_type: str, resource: dict[str, Any]
+    conn: Connection,
+    catalogues: Catalogues,
+    resource_type: str,
+    resource: dict[str, Any],
+    organizations: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
+    """``organizations``: Organizations being written now (by reference), which the
+    database does not hold yet."""
     catalogue = catalogues.active()
     if catalogue is None or not is_final(resource_type, resource):
         return False
@@ -48,11 +60,14 @@ def qualifies(
     performer = performer_of(resource_type, resource)
     if item is None or day is None or performer is None:
         return False
-    org_id = performer.partition("/")[2]
-    content = store.contents(conn, "Organization", [org_id]).get(org_id)
-    if content is None:
-        return False
-    return institution_of(performer, orjson.loads(content)).passed(item.qc_category, day)
+    organization = {**(pending_organizations.get() or {}), **(organizations or {})}.get(performer)
+    if organization is None:
+        org_id = performer.partition("/")[2]
+        content = store.contents(conn, "Organization", [org_id]).get(org_id)
+        if content is None:
+            return False
+        organization = orjson.loads(content)
+    return institution_of(performer, organization).passed(item.qc_category, day)
 
 
 def apply_mark(
@@ -61,10 +76,10 @@ def apply_mark(
     mark: str,
     resource_type: str,
     resource: dict[str, Any],
+    organizations: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Set or clear the mark in ``resource.meta.tag`` (in place)."""
-    if resource_type not in RESULT_TYPES or catalogues is None:
-        return
+    """Set or clear the mark in ``resource.meta.tag`` (in place). Only results can
+    carry it; on any other resource a client's copy is removed."""
     meta = resource.get("meta")
     if not isinstance(meta, dict):
         return
@@ -73,7 +88,11 @@ def apply_mark(
         for t in meta.get("tag") or ()
         if not (isinstance(t, dict) and t.get("system") == MARK_SYSTEM)
     ]
-    if qualifies(conn, catalogues, resource_type, resource):
+    if (
+        resource_type in RESULT_TYPES
+        and catalogues is not None
+        and qualifies(conn, catalogues, resource_type, resource, organizations)
+    ):
         tags.append({"system": MARK_SYSTEM, "code": mark, "display": "检查检验结果互认"})
     if tags:
         meta["tag"] = tags

@@ -61,8 +61,9 @@ def result_date(resource_type: str, resource: dict[str, Any]) -> date | None:
             resource.get("issued"),
         ]
     for value in values:
-        if isinstance(value, str) and value:
-            return parse_day(value)
+        day = parse_day(value) if isinstance(value, str) and value else None
+        if day is not None:  # a partial date ("2026-03") names no day: try the next
+            return day
     return None
 
 
@@ -115,8 +116,11 @@ def assess(candidate: Candidate, as_of: date, *, superseded: bool = False) -> As
         if candidate.day is None:
             reasons.append("expired")  # no date: no window can be established
         else:
-            expires_on = candidate.day + timedelta(days=item.validity_days + 1)
-            if as_of >= expires_on:
+            try:
+                expires_on = candidate.day + timedelta(days=item.validity_days + 1)
+            except OverflowError:  # beyond the calendar: it never stops in this one
+                expires_on = None
+            if expires_on is not None and as_of >= expires_on:
                 reasons.append("expired")
             institution = candidate.institution
             if institution is None or not institution.passed(item.qc_category, candidate.day):

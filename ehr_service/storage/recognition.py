@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import (
     recognition_code_map,
@@ -14,6 +15,7 @@ from ehr_service.storage.tables import (
     recognition_fact,
     recognition_item,
     resource,
+    search_reference,
 )
 
 
@@ -73,6 +75,33 @@ def patient_results(
     return [(r.res_type, r.res_id, bytes(r.content)) for r in rows]
 
 
+def results_performed_by(
+    conn: Connection, organization_id: str, types: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(type, id) of the results whose performer is this Organization."""
+    rows = conn.execute(
+        select(search_reference.c.res_type, search_reference.c.res_id)
+        .where(
+            search_reference.c.target_type == "Organization",
+            search_reference.c.target_id == organization_id,
+            search_reference.c.res_type.in_(list(types)),
+            search_reference.c.param == "performer",
+        )
+        .distinct()
+    ).all()
+    return [(r.res_type, r.res_id) for r in rows]
+
+
+def result_ids(conn: Connection, resource_type: str, after: str | None, limit: int) -> list[str]:
+    conditions = [resource.c.res_type == resource_type, resource.c.deleted.is_(False)]
+    if after is not None:
+        conditions.append(resource.c.res_id > after)
+    rows = conn.execute(
+        select(resource.c.res_id).where(*conditions).order_by(resource.c.res_id).limit(limit)
+    ).all()
+    return [r.res_id for r in rows]
+
+
 def contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> dict[str, bytes]:
     if not ids:
         return {}
@@ -86,9 +115,24 @@ def contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> dict[s
     return {r.res_id: bytes(r.content) for r in rows}
 
 
-def add_facts(conn: Connection, facts: Sequence[dict[str, Any]]) -> None:
-    if facts:
-        conn.execute(insert(recognition_fact), list(facts))
+def add_facts(conn: Connection, facts: Sequence[dict[str, Any]]) -> int:
+    """Insert facts; one whose dedupe key is taken is skipped. Returns how many
+    were inserted."""
+    inserted = 0
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    for fact in facts:
+        row = {
+            **fact,
+            "institution": (fact.get("institution") or None) and fact["institution"][:255],
+            "region": (fact.get("region") or None) and fact["region"][:64],
+        }
+        result = conn.execute(
+            dialect_insert(recognition_fact)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+        inserted += int(result.rowcount or 0)
+    return inserted
 
 
 GROUPS = {

@@ -426,6 +426,8 @@ recognition_fact = Table(
     Column("region", String(64), nullable=True),
     Column("reason", String(64), nullable=True),  # of a re-test
     Column("price", Float, nullable=False),
+    # One offer per resident, item, result and day; one decision per order and item.
+    Column("dedupe_key", String(512), nullable=True, unique=True),
     Index("ix_recognition_fact_recorded", "recorded"),
 )
 

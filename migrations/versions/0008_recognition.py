@@ -62,7 +62,9 @@ def upgrade() -> None:
         sa.Column("region", sa.String(length=64), nullable=True),
         sa.Column("reason", sa.String(length=64), nullable=True),
         sa.Column("price", sa.Float(), nullable=False),
+        sa.Column("dedupe_key", sa.String(length=512), nullable=True),
         sa.PrimaryKeyConstraint("seq", name="pk_recognition_fact"),
+        sa.UniqueConstraint("dedupe_key", name="uq_recognition_fact_dedupe_key"),
     )
     op.create_index("ix_recognition_fact_recorded", "recognition_fact", ["recorded"])
 

@@ -13,69 +13,11 @@ from typer.testing import CliRunner
 
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from ehr_service.recognition.institutions import REGION_URL, quality_control_extension
-from tests.helpers import FHIR_JSON, bearer
+from tests.helpers import FHIR_JSON, bearer, lab, parameters
 
 LAB = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                     "code": "laboratory"}]}]  # fmt: skip
 MARK = "urn:ehr-service:recognition-mark"
-
-
-def organization(
-    org_id: str, *, passed: bool = True, category: str = "lab-chemistry"
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Organization",
-        "id": org_id,
-        "name": f"医院 {org_id}",
-        "extension": [
-            {"url": REGION_URL, "valueCode": "chongqing"},
-            quality_control_extension(
-                category, "NCCL EQA", "2026-1", passed, "2026-01-01", "2026-06-30"
-            ),
-        ],
-    }  # fmt: skip
-
-
-def lab(
-    pid: str, loinc: str, day: str, org: str, status: str = "final", value: float = 5.0
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation", "status": status, "category": LAB,
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "performer": [{"reference": f"Organization/{org}"}],
-        "effectiveDateTime": f"{day}T09:00:00+08:00",
-        "valueQuantity": {"value": value, "unit": "mmol/L"},
-    }  # fmt: skip
-
-
-@pytest.fixture
-def record(client: TestClient) -> dict[str, str]:
-    for org in (organization("h1"), organization("h2", passed=False)):
-        assert (
-            client.put(f"/fhir/Organization/{org['id']}", json=org, headers=FHIR_JSON).status_code
-            == 201
-        )
-    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"},
-                      headers=FHIR_JSON).json()["id"]  # fmt: skip
-    ids = {"patient": pid}
-    for name, body in {
-        "glucose": lab(pid, "2345-7", "2026-03-01", "h1"),
-        "glucose_old": lab(pid, "2345-7", "2026-02-20", "h1"),
-        "glucose_prelim": lab(pid, "2345-7", "2026-03-02", "h1", status="preliminary"),
-        "potassium_h2": lab(pid, "2823-3", "2026-03-12", "h2"),
-        "potassium_h1": lab(pid, "2823-3", "2026-02-01", "h1"),
-        "other": lab(pid, "99999-9", "2026-03-01", "h1"),
-    }.items():
-        response = client.post("/fhir/Observation", json=body, headers=FHIR_JSON)
-        assert response.status_code == 201, response.text
-        ids[name] = response.json()["id"]
-    return ids
-
-
-def parameters(*parts: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Parameters", "parameter": list(parts)}
 
 
 def results(response: Any) -> dict[str, dict[str, Any]]:
@@ -117,7 +59,8 @@ def test_recognizable_results(client: TestClient, record: dict[str, str]) -> Non
     assert found[f"Observation/{record['potassium_h2']}"]["reasons"] == [
         "institution-not-quality-controlled"
     ]
-    assert found[f"Observation/{record['potassium_h1']}"]["reasons"] == ["expired", "superseded"]
+    # older, but the newer potassium is from an institution that failed QC: not superseded
+    assert found[f"Observation/{record['potassium_h1']}"]["reasons"] == ["expired"]
     assert f"Observation/{record['other']}" not in found
     # the last day of the window, and the day after
     day_n = results(ask(client, pid, "LAB-GLU", as_of="2026-03-31"))
@@ -313,3 +256,24 @@ def test_institutions_and_editions_from_the_command_line(
         CliRunner().invoke(cli, ["catalogue", "load", str(tmp_path / "missing.json")]).exit_code
         == 1
     )
+
+
+def test_a_catalogue_that_fails_to_store_is_not_activated(
+    client: TestClient, services: Services, database_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from ehr_service.config import PROJECT_ROOT
+
+    monkeypatch.setenv("EHR_DATABASE_URL", database_url)
+    monkeypatch.setenv("EHR_DATA_DIR", str(services.settings.data_dir))
+    document = orjson.loads(
+        (PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json").read_bytes()
+    )
+    codesystem = document["entry"][0]["resource"]
+    codesystem["version"] = "2026"
+    del codesystem["status"]  # not a valid CodeSystem
+    path = tmp_path / "broken.json"
+    path.write_bytes(orjson.dumps(document))
+    assert CliRunner().invoke(cli, ["catalogue", "load", str(path)]).exit_code == 1
+    listed = CliRunner().invoke(cli, ["catalogue", "list"]).output
+    assert "2026" not in listed and "2024  112 items  active" in listed

@@ -172,3 +172,17 @@ def test_broken_catalogues_are_refused() -> None:
 def test_extreme_dates_do_not_overflow() -> None:
     assert parse_day("9999-12-31T23:59:59Z") == date(9999, 12, 31)
     assert parse_day("0001-01-01T00:00:00+14:00") == date(1, 1, 1)
+
+
+def test_editions_must_be_of_the_catalogue_code_system() -> None:
+    from ehr_service.recognition.catalogue import CatalogueError
+
+    document = orjson.loads(SHIPPED.read_bytes())
+    codesystem = document["entry"][0]["resource"]
+    codesystem["url"] = "urn:ehr-service:recognition-item:2028"
+    with pytest.raises(CatalogueError, match="url"):
+        parse_edition(document)
+    codesystem["url"] = "urn:ehr-service:recognition-item"
+    codesystem["concept"][0]["property"][2]["valueInteger"] = 3_000_000  # validityDays
+    with pytest.raises(CatalogueError, match="validityDays"):
+        parse_edition(document)
