@@ -102,10 +102,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="first retry delay; doubled each attempt (max 1 h)"
     )
     exchange_feed_settle_seconds: float = Field(
-        default=5.0,
+        default=0.0,
         ge=0,
-        description="the feed holds back results younger than this, so a transaction "
-        "still committing cannot be skipped by a partner's cursor",
+        description="the feed also holds back results younger than this (PostgreSQL "
+        "already holds back those of transactions still open)",
     )
     exchange_push_interval_seconds: float = Field(
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from ehr_service.api.middleware import request_id_of
 from ehr_service.api.negotiation import Rendering, negotiate, return_preference
-from ehr_service.fhir.errors import FhirError
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.tokens import InvalidToken, missing_token
@@ -85,6 +85,7 @@ def get_context(
 
 
 def get_authenticated_context(
+    request: Request,
     ctx: Annotated[RequestContext, Depends(get_context)],
 ) -> RequestContext:
     """The context of an endpoint that needs a token: 401 before anything else
@@ -92,7 +93,22 @@ def get_authenticated_context(
     if not ctx.caller.authenticated:
         raise missing_token()
     ctx.services.rate_limiter.take(ctx.caller.client_id or ctx.caller.subject)
+    if not request.url.path.startswith("/exchange/") and _is_partner(request, ctx.caller):
+        # A partner region's token is for signed exchange only: its writes must come
+        # signed, with Provenance, under the resident's consent to its region.
+        raise FhirError.of(
+            Category.FORBIDDEN,
+            "A partner region's token is for /exchange only",
+            code="forbidden",
+        )
     return ctx
+
+
+def _is_partner(request: Request, caller: Caller) -> bool:
+    exchange = getattr(request.app.state, "exchange", None)
+    if exchange is None or caller.kind != "system":
+        return False
+    return bool(exchange.partners.is_partner(caller.client_id or caller.subject))
 
 
 PublicContext = Annotated[RequestContext, Depends(get_context)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -61,7 +62,7 @@ async def exchange_feed(
     request: Request,
     ctx: Context,
     since: Annotated[str | None, Query(alias="_since")] = None,
-    cursor: Annotated[int, Query(alias="_cursor", ge=0)] = 0,
+    cursor: Annotated[int, Query(alias="_cursor", ge=0, le=2**63 - 1)] = 0,
     count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
 ) -> Response:
     """What changed for the calling partner after ``_cursor`` (and not before
@@ -69,7 +70,8 @@ async def exchange_feed(
     moment: datetime | None = parse_instant_param(since, "_since") if since else None
     base = service_root(request) + FEED_PATH
     url = f"{base}?{request.url.query}" if request.url.query else base
-    next_query = f"_cursor={{cursor}}&_count={count}" + (f"&_since={since}" if since else "")
+    following = {"_count": str(count), **({"_since": since} if since else {})}
+    next_query = "_cursor={cursor}&" + urlencode(following).replace("{", "{{").replace("}", "}}")
     exchange = exchange_of(request)
 
     def run() -> tuple[bytes, str]:

@@ -167,8 +167,8 @@ class Archive:
             return verdict(False, f"stored bytes cannot be opened: {error}")
         if hashlib.sha256(body).hexdigest() != row["body_sha256"]:
             return verdict(False, "stored bytes differ from their digest")
-        header = jws.protected_header(row["signature"])
         try:
+            header = jws.protected_header(row["signature"])
             jws.verify(
                 body,
                 row["signature"],

@@ -54,8 +54,16 @@ _MEMBERS = {
 }
 
 
+# The JOSE library refuses payloads over 128 kB by default; the service's body limit
+# (413 before any of this runs) is the bound that applies to messages.
+MAX_PAYLOAD = 1 << 31
+
+
 def _registry(alg: str) -> JWSRegistry:
-    return JWSRegistry(header_registry=_MEMBERS, algorithms=[alg])
+    registry = JWSRegistry(header_registry=_MEMBERS, algorithms=[alg])
+    registry.max_payload_length = MAX_PAYLOAD
+    registry.max_header_length = 4096  # the header names the URL (htu)
+    return registry
 
 
 class EnvelopeError(ValueError):

@@ -21,10 +21,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from sqlalchemy import Connection
@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from ehr_service.exchange.archive import Archive, Reply
 from ehr_service.exchange.envelope import Envelope, EnvelopeError, verify
 from ehr_service.exchange.partners import Partner, PartnerRegistry
-from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.errors import Category, FhirError, error_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions import conditional, update
@@ -46,6 +46,7 @@ from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.recognition.catalogue import RESULT_TYPES
 from ehr_service.security.caller import SERVICE, Caller
 from ehr_service.security.policy import require
+from ehr_service.storage import identity as identity_store
 from ehr_service.storage import resources
 
 PARTNER_SYSTEM = "urn:ehr-service:exchange-partner"
@@ -96,6 +97,7 @@ class _Item:
     local: str | None = None  # the local Type/id
     result: Result | None = None
     matched: bool = False
+    refusal: FhirError | None = None  # the resident refused the partner's region
 
 
 class Inbound:
@@ -187,31 +189,32 @@ class Inbound:
         partner: Partner,
         items: list[_Item],
     ) -> None:
+        """Match each carried Patient to the local resident, or create one record (never
+        change an existing one). A resident who refused the partner's region is left
+        out with a 403 entry, their results too; if that is every resident, the whole
+        message is refused."""
         own_system = self.services.settings.record_number_system
         for item in items:
             if item.resource_type != "Patient":
                 continue
+            raw = item.resource.get("identifier")
+            if raw is not None and not isinstance(raw, list):
+                raise refused(
+                    400,
+                    "malformed",
+                    f"Bundle.entry[{item.index}]: identifier must be a list",
+                    code="structure",
+                )
             identifiers = [
                 i
-                for i in item.resource.get("identifier") or ()
+                for i in raw or ()
                 if isinstance(i, dict)
                 and isinstance(i.get("system"), str)
                 and isinstance(i.get("value"), str)
+                and i["system"]
+                and i["value"].strip()
                 and i["system"] != own_system  # never ours: their numbers are not ours
             ]
-            item.resource["identifier"] = identifiers
-            found = None
-            ordered = sorted(identifiers, key=lambda i: i["system"] != ID_NUMBER_SYSTEM)
-            for identifier in ordered:
-                criteria = f"identifier={quote(identifier['system'])}|{quote(identifier['value'])}"
-                found = conditional.existing_match(conn, sctx, "Patient", criteria)
-                if found is not None:
-                    break
-            if found is not None:
-                check_consent(conn, pctx.view, found)  # the resident refused this region
-                item.local, item.matched = f"Patient/{found}", True
-                item.result = Result(200, patients=frozenset({found}))
-                continue
             if not identifiers:
                 raise refused(
                     422,
@@ -219,11 +222,61 @@ class Inbound:
                     f"Bundle.entry[{item.index}]: a Patient needs an identifier to be matched",
                     code="required",
                 )
-            patient_id = local_id(partner.partner_id, "Patient", item.source)
-            item.local = f"Patient/{patient_id}"
-            body = {**item.resource, "id": patient_id}
-            body.pop("link", None)  # links name the partner's records, not ours
-            item.result = update.update(conn, sctx, "Patient", patient_id, body)
+            found = self._match(conn, sctx, item, identifiers)
+            patient_id = found or local_id(partner.partner_id, "Patient", item.source)
+            if found is None:
+                body = _demographics(item.resource, identifiers) | {"id": patient_id}
+                version = prepare_create(conn, sctx, "Patient", body, patient_id)
+                if resources.insert_if_absent(conn, version):
+                    item.local, item.result = f"Patient/{patient_id}", created(version)
+                    continue
+                found = patient_id  # made by an earlier message: a match, never an update
+            item.local, item.matched = f"Patient/{found}", True
+            item.result = Result(200, patients=frozenset({found}))
+            try:
+                check_consent(conn, pctx.view, found)  # the resident refused this region
+            except FhirError as error:
+                item.refusal = error
+        refusals = [i for i in items if i.resource_type == "Patient" and i.refusal is not None]
+        if refusals and len(refusals) == sum(1 for i in items if i.resource_type == "Patient"):
+            raise refusals[0].refusal  # type: ignore[misc]
+
+    @staticmethod
+    def _match(
+        conn: Connection, sctx: RequestContext, item: _Item, identifiers: list[dict[str, Any]]
+    ) -> str | None:
+        """By ID number first, then other identifiers (PIXm cross-reference); a match
+        by another identifier whose record holds a different ID number is refused."""
+        numbers = [i for i in identifiers if i["system"] == ID_NUMBER_SYSTEM]
+        for identifier in numbers + [i for i in identifiers if i not in numbers]:
+            criteria = {
+                "identifier": [f"{_escape(identifier['system'])}|{_escape(identifier['value'])}"]
+            }
+            found = conditional.matching_ids(conn, sctx, "Patient", criteria, limit=2)
+            if len(found) > 1:
+                raise refused(
+                    409,
+                    "ambiguous",
+                    f"Bundle.entry[{item.index}]: the identifier matches several residents",
+                    code="multiple-matches",
+                )
+            if not found:
+                continue
+            # The ID number matched no one: a record found otherwise must not hold one.
+            if (
+                numbers
+                and identifier not in numbers
+                and identity_store.holds_number(conn, found[0])
+            ):
+                raise refused(
+                    409,
+                    "conflict",
+                    f"Bundle.entry[{item.index}]: the resident "
+                    "matched by identifier has another ID number",
+                    code="conflict",
+                )
+            return found[0]
+        return None
 
     # -- results ---------------------------------------------------------------------
     def _store(
@@ -244,14 +297,20 @@ class Inbound:
                 f"{local_id(partner.partner_id, item.resource_type, item.source)}"
             )
             mapping.update({key: item.local for key in item.keys})
+        refusals = {i.local: i.refusal for i in items if i.refusal is not None and i.local}
         bodies = {}
         for item in results:
             assert item.local is not None
             body = _localised(item, mapping, partner)
+            refusal = next((refusals[r] for r in _references(body) if r in refusals), None)
+            if refusal is not None:  # of a resident who refused the partner's region
+                item.refusal = refusal
+                continue
             body["id"] = item.local.partition("/")[2]
             meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
             body["meta"] = {**meta, "source": f"urn:ehr-service:exchange:{partner.partner_id}"}
             bodies[item.index] = body
+        results = [i for i in results if i.refusal is None]
         known = resources.existing(conn, [_key(i) for i in results])
         fresh = [i for i in results if _key(i) not in known]
         for item in sorted(results, key=lambda i: i.resource_type in RESULT_TYPES):
@@ -290,9 +349,15 @@ class Inbound:
             require(pctx.caller, item.resource_type, "c")
             try:
                 version, _ = prepare_version(
-                    conn, pctx, bodies[item.index], resource_type=item.resource_type,
-                    resource_id=_key(item)[1], version_id=1, now=now, method="PUT",
-                )  # fmt: skip
+                    conn,
+                    pctx,
+                    bodies[item.index],
+                    resource_type=item.resource_type,
+                    resource_id=_key(item)[1],
+                    version_id=1,
+                    now=now,
+                    method="PUT",
+                )
             except FhirError as error:
                 raise _located(item.index, error) from None
             versions.append(version)
@@ -309,6 +374,53 @@ class Inbound:
 
 class _TakenError(Exception):
     """The message's (issuer, jti) is already stored."""
+
+
+_DEMOGRAPHICS = (
+    "resourceType",
+    "identifier",
+    "active",
+    "name",
+    "telecom",
+    "gender",
+    "birthDate",
+    "deceasedBoolean",
+    "deceasedDateTime",
+    "address",
+    "maritalStatus",
+    "multipleBirthBoolean",
+    "multipleBirthInteger",
+    "communication",
+)
+
+
+def _demographics(resource: dict[str, Any], identifiers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a partner may tell us about a new resident: demographics only (no links,
+    contacts, organisations or security labels of theirs), as a fresh copy."""
+    body: dict[str, Any] = orjson.loads(
+        orjson.dumps({k: v for k, v in resource.items() if k in _DEMOGRAPHICS})
+    )
+    body["identifier"] = orjson.loads(orjson.dumps(identifiers))
+    return body
+
+
+def _references(node: Any) -> Iterator[str]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if isinstance(current.get("reference"), str):
+                yield current["reference"]
+            stack.extend(v for v in current.values() if isinstance(v, dict | list))
+        elif isinstance(current, list):
+            stack.extend(v for v in current if isinstance(v, dict | list))
+
+
+def _escape(value: str) -> str:
+    """A token search value part, matched literally (R4 §3.1.1.4.14)."""
+    for char in ("\\", ",", "|", "$"):
+        value = value.replace(char, "\\" + char)
+    return value
 
 
 def _located(index: int, error: FhirError) -> FhirError:
@@ -328,7 +440,7 @@ def _items(body: bytes, partner: Partner) -> list[_Item]:
         raise refused(400, "malformed", "The message is not JSON", code="structure") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise refused(400, "malformed", "The message must be a Bundle", code="structure")
-    if bundle.get("type") not in _BUNDLE_TYPES:
+    if not isinstance(bundle.get("type"), str) or bundle["type"] not in _BUNDLE_TYPES:
         raise refused(
             400, "malformed", "The Bundle type must be collection or transaction", code="value"
         )
@@ -362,8 +474,34 @@ def _items(body: bytes, partner: Partner) -> list[_Item]:
         if source_id:
             keys.append(f"{resource_type}/{source_id}")
         source = f"{resource_type}/{source_id}" if source_id else str(full_url)
+        if _depth(resource) > MAX_DEPTH:
+            raise refused(
+                400, "malformed", f"Bundle.entry[{index}] is nested too deeply", code="structure"
+            )
+        if any(source == other.source or set(keys) & set(other.keys) for other in items):
+            raise refused(
+                400,
+                "malformed",
+                f"Bundle.entry[{index}] repeats another entry's resource",
+                code="duplicate",
+            )
         items.append(_Item(index, resource_type, resource, source, tuple(keys)))
     return items
+
+
+MAX_DEPTH = 64
+
+
+def _depth(node: Any) -> int:
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        values = current.values() if isinstance(current, dict) else current
+        stack.extend((v, depth + 1) for v in values if isinstance(v, dict | list))
+    return deepest
 
 
 def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[str, Any]:
@@ -382,6 +520,14 @@ def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[s
         reference = node.get("reference")
         if isinstance(reference, str):
             target = mapping.get(reference)
+            # a search (Patient?identifier=...) or a placeholder the message does not define
+            if target is None and ("?" in reference or reference.startswith("urn:")):
+                raise refused(
+                    400,
+                    "reference",
+                    f"Bundle.entry[{item.index}] has a reference the message does not resolve",
+                    code="invalid",
+                )
             if target is None:
                 parsed = parse_reference(reference)
                 if parsed is not None and parsed.resource_type == "Patient":
@@ -392,12 +538,12 @@ def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[s
                         "carry",
                         code="not-found",
                     )
-                if parsed is not None and parsed.base is None:
+                if parsed is not None:  # theirs, relative or absolute: a logical reference
                     del node["reference"]
                     node.setdefault("type", parsed.resource_type)
                     node["identifier"] = {
                         "system": f"urn:ehr-service:exchange:{partner.partner_id}",
-                        "value": parsed.relative,
+                        "value": reference if parsed.base else parsed.relative,
                     }
             else:
                 node["reference"] = target
@@ -417,7 +563,7 @@ def _provenances(
     created or changed in that resident's record (Provenance.target is 1..*)."""
     groups: dict[str, list[_Item]] = {}
     for item in items:
-        if item.matched or item.result is None:
+        if item.matched or item.result is None or item.refusal is not None:
             continue
         owner = next(iter(sorted(item.result.patients)), "")
         groups.setdefault(owner, []).append(item)
@@ -506,8 +652,18 @@ def _provenance(
 
 
 def _response(ctx: RequestContext, envelope: Envelope, items: list[_Item]) -> dict[str, Any]:
-    entries = []
+    entries: list[dict[str, Any]] = []
     for item in items:
+        if item.refusal is not None:  # the resident refused the partner's region
+            entries.append(
+                {
+                    "response": {
+                        "status": status_line(item.refusal.status),
+                        "outcome": error_outcome(item.refusal),
+                    }
+                }
+            )
+            continue
         assert item.result is not None and item.local is not None
         response: dict[str, Any] = {"status": status_line(item.result.status)}
         if item.result.version_id is not None:

@@ -28,6 +28,8 @@ from ehr_service.exchange.archive import Archive
 from ehr_service.exchange.envelope import HEADER, Envelope, EnvelopeError, protected_header, verify
 from ehr_service.exchange.inbound import Inbound, refused
 from ehr_service.exchange.partners import Partner, PartnerError, PartnerRegistry
+from ehr_service.exchange.sharing import shared_with
+from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -76,6 +78,24 @@ class Outbound:
         self.client = client or httpx.Client(timeout=30.0)
 
     # -- what a message carries -------------------------------------------------------
+    def shareable(self, partner_id: str, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """(rows still to share, rows withdrawn): at send time the result must still be
+        final and the resident must not have refused the partner since it was queued."""
+        keep: list[dict[str, Any]] = []
+        withdrawn: list[dict[str, Any]] = []
+        with self.services.database.read() as conn:
+            contents = store.current_contents(conn, [(r["res_type"], r["res_id"]) for r in rows])
+            for row in rows:
+                found = contents.get((row["res_type"], row["res_id"]))
+                ok = (
+                    found is not None
+                    and found[1] is not None
+                    and partner_id
+                    in shared_with(conn, row["res_type"], orjson.loads(found[1]), row["patient_id"])
+                )
+                (keep if ok else withdrawn).append(row)
+        return keep, withdrawn
+
     def bundle(self, rows: list[dict[str, Any]]) -> bytes:
         """A collection Bundle of the current versions of the rows' results, each
         resident's Patient and each performing institution once (its quality control
@@ -132,9 +152,29 @@ class Outbound:
         seqs = [r["seq"] for r in rows]
         assert partner.endpoint is not None
         try:
+            rows, withdrawn = self.shareable(partner.partner_id, rows)
+            if withdrawn:
+                with self.services.database.write() as conn:
+                    store.mark(conn, [r["seq"] for r in withdrawn], state="withdrawn")
+                seqs = [r["seq"] for r in rows]
+            if not rows:
+                return True
             body = self.bundle(rows)
+            while len(body) > self.settings.max_body_bytes // 2 and len(rows) > 1:
+                rows, later = rows[: len(rows) // 2], rows[len(rows) // 2 :]  # by size too
+                with self.services.database.write() as conn:
+                    store.mark(conn, [r["seq"] for r in later], next_attempt=now)
+                seqs = [r["seq"] for r in rows]
+                body = self.bundle(rows)
             status, jti = self._deliver(partner, body)
-        except (httpx.HTTPError, EnvelopeError, PartnerError, _UndeliveredError, ValueError) as exc:
+        except (
+            httpx.HTTPError,
+            EnvelopeError,
+            PartnerError,
+            _UndeliveredError,
+            ValueError,
+            FhirError,
+        ) as exc:
             self._failed(partner, rows, now, str(exc)[:1000], report)
             return False  # the partner is unwell: the rest waits for the next round
         with self.services.database.write() as conn:
@@ -174,6 +214,12 @@ class Outbound:
             htu=partner.endpoint,
             skew=self.settings.exchange_clock_skew_seconds,
         )
+        try:
+            answered = orjson.loads(response.content).get("identifier", {}).get("value")
+        except (orjson.JSONDecodeError, AttributeError):
+            answered = None
+        if answered != f"{self.settings.exchange_id}/{jti}":
+            raise _UndeliveredError("the receipt is for another message")
         envelope = Envelope(
             "", "", self.settings.exchange_id, partner.audience, 0, 0, jti, "POST", partner.endpoint
         )
@@ -249,7 +295,8 @@ class Outbound:
                 limit=count,
             )  # fmt: skip
         cursor = rows[-1]["seq"] if rows else after
-        document = orjson.loads(self.bundle(rows)) if rows else _empty()
+        shared, _withdrawn = self.shareable(partner.partner_id, rows)
+        document = orjson.loads(self.bundle(shared)) if shared else _empty()
         document["link"] = [
             {"relation": "self", "url": url},
             {"relation": "next", "url": next_url.format(cursor=cursor)},

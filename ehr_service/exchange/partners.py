@@ -117,6 +117,17 @@ class PartnerRegistry:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._refreshed: dict[str, float] = {}  # partner -> monotonic time of last fetch
+        self._ids: tuple[float, frozenset[str]] | None = None
+
+    def is_partner(self, client_id: str | None) -> bool:
+        """Is this a partner's client id? (cached for a few seconds)"""
+        if not client_id:
+            return False
+        now = time.monotonic()
+        if self._ids is None or now - self._ids[0] > 5.0:
+            with self.database.read() as conn:
+                self._ids = (now, frozenset(r["partner_id"] for r in store.all_partners(conn)))
+        return client_id in self._ids[1]
 
     def key(self, partner_id: str, kid: str, *, signing: bool) -> VerifyKey | None:
         """The partner's public key ``kid``: for a new message (``signing``) only an

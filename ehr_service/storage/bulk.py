@@ -7,10 +7,12 @@ SQLAlchemy's per-row dictionary binding, which dominates bulk writes.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Table,
     insert,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
@@ -56,9 +59,19 @@ _PG_TYPES: tuple[tuple[type[TypeEngine[Any]], str], ...] = (
 def bulk_insert(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Insert ``rows`` (tuples in ``columns`` order) into ``table``."""
+    """Insert ``rows`` (tuples in ``columns`` order) into ``table``. A unique key
+    taken is raised as SQLAlchemy's IntegrityError, whichever path ran."""
     if not rows:
         return
+    try:
+        _bulk_insert(conn, table, columns, rows)
+    except (psycopg.errors.IntegrityError, sqlite3.IntegrityError) as exc:
+        raise IntegrityError(f"bulk insert into {table.name}", None, exc) from exc
+
+
+def _bulk_insert(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     dialect = conn.dialect.name
     if dialect == "postgresql":
         # Binary COPY: no text escaping of JSON content or timestamps.

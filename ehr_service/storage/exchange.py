@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import exchange_message, exchange_outbox, resource
@@ -63,14 +63,22 @@ def messages(
 
 
 # -- outbox -------------------------------------------------------------------------
+_TXID = "pg_current_xact_id()::text::bigint"
+_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
 def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(
-            _insert(conn)(exchange_outbox).on_conflict_do_nothing(
-                index_elements=["partner_id", "res_type", "res_id", "version_id"]
-            ),
-            list(rows),
-        )
+    if not rows:
+        return
+    statement = _insert(conn)(exchange_outbox)
+    if conn.dialect.name == "postgresql":
+        statement = statement.values(txid=literal_column(_TXID))
+    conn.execute(
+        statement.on_conflict_do_nothing(
+            index_elements=["partner_id", "res_type", "res_id", "version_id"]
+        ),
+        list(rows),
+    )
 
 
 def due(conn: Connection, partner_id: str, now: datetime, limit: int) -> list[dict[str, Any]]:
@@ -110,6 +118,10 @@ def feed_rows(
     ]
     if since is not None:
         conditions.append(exchange_outbox.c.created >= since)
+    if conn.dialect.name == "postgresql":
+        # Only rows of transactions older than every one still open: a cursor never
+        # passes a row that commits later with a smaller seq.
+        conditions.append(exchange_outbox.c.txid < literal_column(_XMIN))
     query = select(exchange_outbox).where(*conditions).order_by(exchange_outbox.c.seq)
     return [dict(r._mapping) for r in conn.execute(query.limit(limit)).all()]
 

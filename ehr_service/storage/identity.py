@@ -96,6 +96,16 @@ def id_number_holder(conn: Connection, blind: str) -> str | None:
     ).scalar_one_or_none()
 
 
+def holds_number(conn: Connection, patient_id: str) -> bool:
+    """Does this record hold a resident ID number?"""
+    row = conn.execute(
+        select(resident_id_number.c.blind_index)
+        .where(resident_id_number.c.patient_id == patient_id)
+        .limit(1)
+    ).first()
+    return row is not None
+
+
 def record_number_of(conn: Connection, patient_id: str) -> int | None:
     return conn.execute(
         select(record_number.c.number).where(record_number.c.patient_id == patient_id)

@@ -375,6 +375,8 @@ exchange_outbox = Table(
     Column("next_attempt", UTCDateTime, nullable=False),
     Column("last_error", String(1024), nullable=True),
     Column("message_jti", String(255), nullable=True),
+    # PostgreSQL: the writing transaction, so the feed never passes one still open.
+    Column("txid", BigInteger, nullable=True),
     UniqueConstraint("partner_id", "res_type", "res_id", "version_id"),
     Index("ix_exchange_outbox_due", "partner_id", "state", "next_attempt"),
     Index("ix_exchange_outbox_feed", "partner_id", "seq"),

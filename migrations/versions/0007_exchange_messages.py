@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("next_attempt", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.String(length=1024), nullable=True),
         sa.Column("message_jti", sa.String(length=255), nullable=True),
+        sa.Column("txid", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name="pk_exchange_outbox"),
         sa.UniqueConstraint(
             "partner_id",

@@ -73,7 +73,7 @@ class Partner:
 def region(
     make_services: Callable[..., Services], tmp_path: Path
 ) -> tuple[TestClient, Services, Partner]:
-    services = make_services(exchange_id="chongqing")
+    services = make_services(exchange_id="chongqing", exchange_feed_settle_seconds=5.0)
     from ehr_service.app import create_app
 
     client = TestClient(
@@ -170,10 +170,14 @@ def test_signed_bundle_is_verified_matched_stored_with_provenance_and_receipt(
     number = female_number()
     local = client.post(
         "/fhir/Patient",
-        json={"resourceType": "Patient", "identifier": [id_identifier(number)],
-              "gender": "female", "birthDate": "1990-03-07"},
+        json={
+            "resourceType": "Patient",
+            "identifier": [id_identifier(number)],
+            "gender": "female",
+            "birthDate": "1990-03-07",
+        },
         headers=FHIR_JSON,
-    ).json()  # fmt: skip
+    ).json()
     body = message(number)
     response = post(client, services, body, partner.sign(body))
     assert response.status_code == 200, response.text
@@ -206,9 +210,11 @@ def test_signed_bundle_is_verified_matched_stored_with_provenance_and_receipt(
     # a reference to what the message did not carry names the partner's resource
     assert stored["performer"][0] == {
         "type": "Organization",
-        "identifier": {"system": "urn:ehr-service:exchange:sichuan",
-                       "value": "Organization/west-china-hospital"},
-    }  # fmt: skip
+        "identifier": {
+            "system": "urn:ehr-service:exchange:sichuan",
+            "value": "Organization/west-china-hospital",
+        },
+    }
     provenance = client.get(
         "/fhir/Provenance", params={"target": obs_location.split("/_history")[0]}
     ).json()
@@ -238,9 +244,10 @@ def test_signed_bundle_is_verified_matched_stored_with_provenance_and_receipt(
     # the receipt is in the audit, as an import naming the resident
     with services.database.read() as conn:
         event = conn.execute(
-            sa.select(audit_event).where(audit_event.c.kind == "exchange-receive")
+            sa.select(audit_event)
+            .where(audit_event.c.kind == "exchange-receive")
             .order_by(audit_event.c.seq.desc())
-        ).first()  # fmt: skip
+        ).first()
     assert event is not None
     content = orjson.loads(event.content)
     assert content["type"]["code"] == "110107"
@@ -340,8 +347,15 @@ def test_refusals_after_verification_store_nothing(
     assert response.status_code == 403
     # a type the partner may not send
     bundle = orjson.loads(body)
-    bundle["entry"].append({"resource": {"resourceType": "Condition", "id": "c1",
-                                         "subject": {"reference": "Patient/sc-p1"}}})  # fmt: skip
+    bundle["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": "c1",
+                "subject": {"reference": "Patient/sc-p1"},
+            }
+        }
+    )
     wrong_type = orjson.dumps(bundle)
     response = post(client, services, wrong_type, partner.sign(wrong_type))
     assert response.status_code == 403 and "may not send" in response.text
@@ -367,13 +381,28 @@ def test_refusals_after_verification_store_nothing(
     consent = {
         "resourceType": "Consent",
         "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{local['id']}"},
-        "provision": {"type": "deny", "actor": [{"role": {"text": "region"}, "reference": {
-            "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}}}]},
-    }  # fmt: skip
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {
+                    "role": {"text": "region"},
+                    "reference": {
+                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
+                    },
+                }
+            ],
+        },
+    }
     assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
     before = snapshot(services), counts(services)
     response = post(client, services, body, partner.sign(body))
@@ -420,20 +449,37 @@ def test_outbox_rows_commit_with_final_results_of_sharing_residents(
     client, services, _partner = region
     number = make_id_number("500101", "19800101", "131")
     pid = client.post(
-        "/fhir/Patient", json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
         headers=FHIR_JSON,
-    ).json()["id"]  # fmt: skip
+    ).json()["id"]
     final = client.post("/fhir/Observation", json=final_lab(pid), headers=FHIR_JSON).json()
     client.post("/fhir/Observation", json=final_lab(pid, "preliminary"), headers=FHIR_JSON)
-    vital = final_lab(pid) | {"category": [{"coding": [{
-        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-        "code": "vital-signs"}]}]}  # fmt: skip
+    vital = final_lab(pid) | {
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ]
+    }
     client.post("/fhir/Observation", json=vital, headers=FHIR_JSON)
     # a failed transaction leaves no outbox row behind
-    bad = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "POST", "url": "Observation"}, "resource": final_lab(pid)},
-        {"request": {"method": "POST", "url": "Observation"},
-         "resource": final_lab(pid) | {"valueQuantity": {"value": "x"}}}]}  # fmt: skip
+    bad = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "POST", "url": "Observation"}, "resource": final_lab(pid)},
+            {
+                "request": {"method": "POST", "url": "Observation"},
+                "resource": final_lab(pid) | {"valueQuantity": {"value": "x"}},
+            },
+        ],
+    }
     assert client.post("/fhir", json=bad, headers=FHIR_JSON).status_code == 400
     with services.database.read() as conn:
         rows = conn.execute(sa.select(exchange_outbox)).all()
@@ -451,14 +497,30 @@ def test_outbox_rows_commit_with_final_results_of_sharing_residents(
         "/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON
     ).json()["id"]
     refusal = {
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{other}"},
-        "provision": {"type": "deny", "actor": [{"role": {"text": "region"}, "reference": {
-            "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}}}]},
-    }  # fmt: skip
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {
+                    "role": {"text": "region"},
+                    "reference": {
+                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
+                    },
+                }
+            ],
+        },
+    }
     assert client.post("/fhir/Consent", json=refusal, headers=FHIR_JSON).status_code == 201
     client.post("/fhir/Observation", json=final_lab(other), headers=FHIR_JSON)
     with services.database.read() as conn:
@@ -475,9 +537,10 @@ def test_feed_is_signed_and_paged_for_the_calling_partner(
     client, services, _partner = region
     number = make_id_number("500101", "19800101", "131")
     pid = client.post(
-        "/fhir/Patient", json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
         headers=FHIR_JSON,
-    ).json()["id"]  # fmt: skip
+    ).json()["id"]
     ids = [
         client.post("/fhir/Observation", json=final_lab(pid), headers=FHIR_JSON).json()["id"]
         for _ in range(3)
@@ -576,3 +639,64 @@ def test_concurrent_deliveries_of_one_message_ingest_it_once(
     assert counts(services)["messages"] == 1
     assert client.get("/fhir/Observation").json()["total"] == 1
     assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_the_feed_never_passes_a_transaction_still_open(
+    region: tuple[TestClient, Services, Partner], database_url: str
+) -> None:
+    client, services, _partner = region
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: commits come in seq order")
+    from ehr_service.fhir.primitives import utc_now
+    from ehr_service.storage import exchange as exchange_store
+
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+    old = utc_now() - timedelta(minutes=5)
+    row = {
+        "partner_id": "sichuan",
+        "res_type": "Observation",
+        "res_id": "slow",
+        "version_id": 1,
+        "patient_id": pid,
+        "created": old,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt": old,
+    }
+    slow = services.database.engine.connect()
+    transaction = slow.begin()
+    exchange_store.enqueue(slow, [row])  # an open transaction holds the smaller seq
+    try:
+        with services.database.write() as conn:
+            exchange_store.enqueue(conn, [row | {"res_id": "fast"}])
+        headers = partner_headers(services)
+        page = client.get("/exchange/v1/feed", headers=headers).json()
+        cursor = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        assert "_cursor=0" in cursor  # nothing passed while the slower one is open
+    finally:
+        transaction.commit()
+        slow.close()
+    with services.database.read() as conn:
+        rows = exchange_store.feed_rows(
+            conn, "sichuan", after=0, since=None, before=utc_now(), limit=10
+        )
+    assert [r["res_id"] for r in rows] == ["slow", "fast"]
+
+
+def test_feed_parameters(region: tuple[TestClient, Services, Partner]) -> None:
+    client, services, _partner = region
+    headers = partner_headers(services)
+    assert (
+        client.get("/exchange/v1/feed", params={"_cursor": 2**64}, headers=headers).status_code
+        == 400
+    )
+    page = client.get(
+        "/exchange/v1/feed", params={"_since": "2026-01-01T00:00:00+08:00"}, headers=headers
+    )
+    assert page.status_code == 200, page.text
+    following = next(link["url"] for link in page.json()["link"] if link["relation"] == "next")
+    assert (
+        client.get(following.replace("http://testserver", ""), headers=headers).status_code == 200
+    )

@@ -295,13 +295,16 @@ def test_a_result_from_the_partner_region_is_recognised_for_a_new_order(
 
     chongqing, sichuan = regions
     hospital = {
-        "resourceType": "Organization", "id": "wch", "name": "四川大学华西医院",
+        "resourceType": "Organization",
+        "id": "wch",
+        "name": "四川大学华西医院",
         "extension": [
             {"url": REGION_URL, "valueCode": "sichuan"},
-            quality_control_extension("lab-chemistry", "NCCL EQA", "2026", True,
-                                      "2026-01-01", "2027-12-31"),
+            quality_control_extension(
+                "lab-chemistry", "NCCL EQA", "2026", True, "2026-01-01", "2027-12-31"
+            ),
         ],
-    }  # fmt: skip
+    }
     assert (
         sichuan.client.put("/fhir/Organization/wch", json=hospital, headers=FHIR_JSON).status_code
         == 201
@@ -311,12 +314,15 @@ def test_a_result_from_the_partner_region_is_recognised_for_a_new_order(
     sc_pid = sichuan.client.post("/fhir/Patient", json=patient, headers=FHIR_JSON).json()["id"]
     produced = (utc_now() - timedelta(days=2)).isoformat()
     glucose = {
-        "resourceType": "Observation", "status": "final", "category": LAB,
+        "resourceType": "Observation",
+        "status": "final",
+        "category": LAB,
         "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
         "subject": {"reference": f"Patient/{sc_pid}"},
         "performer": [{"reference": "Organization/wch"}],
-        "effectiveDateTime": produced, "valueQuantity": {"value": 6.2, "unit": "mmol/L"},
-    }  # fmt: skip
+        "effectiveDateTime": produced,
+        "valueQuantity": {"value": 6.2, "unit": "mmol/L"},
+    }
     assert (
         sichuan.client.post("/fhir/Observation", json=glucose, headers=FHIR_JSON).status_code == 201
     )
@@ -327,15 +333,20 @@ def test_a_result_from_the_partner_region_is_recognised_for_a_new_order(
     assert len(received) == 1
     assert "川渝HR" in [t["code"] for t in received[0]["meta"].get("tag", [])]
     cq_pid = received[0]["subject"]["reference"].split("/")[1]
-    order = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-             "subject": {"reference": f"Patient/{cq_pid}"},
-             "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}  # fmt: skip
+    order = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{cq_pid}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+    }
     sr = chongqing.client.post("/fhir/ServiceRequest", json=order, headers=FHIR_JSON).json()["id"]
     by_order = {"name": "serviceRequest", "valueReference": {"reference": f"ServiceRequest/{sr}"}}
     offer = chongqing.client.post(
         f"/fhir/Patient/{cq_pid}/$recognizable-results",
-        json={"resourceType": "Parameters", "parameter": [by_order]}, headers=FHIR_JSON,
-    )  # fmt: skip
+        json={"resourceType": "Parameters", "parameter": [by_order]},
+        headers=FHIR_JSON,
+    )
     assert offer.status_code == 200, offer.text
     (result,) = [p for p in offer.json()["parameter"] if p["name"] == "result"]
     parts = {p["name"]: p for p in result["part"]}
@@ -344,18 +355,90 @@ def test_a_result_from_the_partner_region_is_recognised_for_a_new_order(
     assert parts["resource"]["valueReference"]["reference"] == f"Observation/{received[0]['id']}"
     decision = chongqing.client.post(
         f"/fhir/Patient/{cq_pid}/$recognition-decision",
-        json={"resourceType": "Parameters", "parameter": [
-            by_order, {"name": "decision", "valueCode": "accepted"},
-            {"name": "result", "valueReference": parts["resource"]["valueReference"]}]},
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                by_order,
+                {"name": "decision", "valueCode": "accepted"},
+                {"name": "result", "valueReference": parts["resource"]["valueReference"]},
+            ],
+        },
         headers=FHIR_JSON,
-    )  # fmt: skip
+    )
     assert decision.status_code == 201, decision.text
     assert decision.json()["focus"]["reference"] == f"ServiceRequest/{sr}"
     stats = chongqing.client.get("/fhir/$recognition-stats", params={"groupBy": "region"}).json()
     groups = {
         g["part"][0]["valueString"]: {p["name"]: p for p in g["part"]}
-        for g in stats["parameter"] if g["name"] == "group"
-    }  # fmt: skip
+        for g in stats["parameter"]
+        if g["name"] == "group"
+    }
     assert groups["sichuan"]["accepted"]["valueInteger"] == 1
     assert groups["sichuan"]["offered"]["valueInteger"] == 1
     assert groups["sichuan"]["costAvoided"]["valueMoney"]["value"] == 4.0
+
+
+def test_a_refusal_after_queuing_withdraws_the_result(regions: tuple[Region, Region]) -> None:
+    chongqing, sichuan = regions
+    number = make_id_number("500103", "19750601", "135")
+    pid, _ = _resident_with_result(chongqing, number)
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "provision": {
+            "type": "deny",
+            "actor": [
+                {
+                    "role": {"text": "region"},
+                    "reference": {
+                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
+                    },
+                }
+            ],
+        },
+    }
+    assert (
+        chongqing.client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
+    )
+    report = chongqing.exchange(client=sichuan.client).outbound.push()
+    assert report.sent == 0 and report.failed == 0
+    assert [r.state for r in _rows(chongqing)] == ["withdrawn"]
+    assert _received(sichuan, number) == []
+
+
+def test_a_receipt_for_another_message_is_not_a_delivery(regions: tuple[Region, Region]) -> None:
+    chongqing, sichuan = regions
+    _resident_with_result(chongqing, make_id_number("500103", "19750601", "135"))
+    earlier: list[httpx.Response] = []
+
+    def replayed(request: httpx.Request) -> httpx.Response:
+        real = sichuan.client.post(
+            str(request.url), content=request.content, headers=dict(request.headers)
+        )
+        if not earlier:
+            earlier.append(real)
+            return httpx.Response(503)
+        first = earlier[0]  # a valid receipt, but for the first attempt's message
+        return httpx.Response(
+            200,
+            content=first.content,
+            headers={"X-Exchange-Signature": first.headers["X-Exchange-Signature"]},
+        )
+
+    client = httpx.Client(transport=httpx.MockTransport(replayed))
+    outbound = chongqing.exchange(client=client).outbound
+    outbound.push()
+    from datetime import timedelta
+
+    report = outbound.push(now=utc_now() + timedelta(minutes=5))
+    assert report.sent == 0 and "another message" in report.errors[0]
