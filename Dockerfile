@@ -22,7 +22,7 @@ RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 USER ehr
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/fhir/metadata', timeout=2).status != 200)"
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"
 # Migrations are a separate step: docker run IMAGE ehr-service migrate
 ENTRYPOINT ["ehr-service"]
 CMD ["serve"]
