@@ -191,7 +191,13 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", **docs.plain_route("Prometheus metrics"))
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    openapi_extra={"security": []},
+    response_class=Response,
+)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     body = await run_in_threadpool(generate_latest, registry)

@@ -126,12 +126,13 @@ def add_facts(conn: Connection, facts: Sequence[dict[str, Any]]) -> int:
             "institution": (fact.get("institution") or None) and fact["institution"][:255],
             "region": (fact.get("region") or None) and fact["region"][:64],
         }
-        result = conn.execute(
+        added = conn.execute(
             dialect_insert(recognition_fact)
             .values(**row)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        )
-        inserted += int(result.rowcount or 0)
+            .returning(recognition_fact.c.seq)
+        ).first()
+        inserted += added is not None
     return inserted
 
 
