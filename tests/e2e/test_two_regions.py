@@ -62,6 +62,7 @@ class Server:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     staff: str = ""
+    extra_env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -79,6 +80,7 @@ class Server:
             EHR_RECORD_NUMBER_SYSTEM=f"urn:{self.name}:record-number",
             EHR_LOG_LEVEL="WARNING",
         )
+        env.update(self.extra_env or {})
         return env
 
     def cli(self, *args: str, check: bool = True) -> str:
