@@ -72,6 +72,13 @@ class Metrics:
             "ehr_http_request_duration_seconds", "HTTP request latency",
             ["interaction", "resource_type"], buckets=_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.writes = Counter(
+            "ehr_resource_writes",
+            "Resource versions written (those of transactions later rolled back included)",
+            ["resource_type"],
+            registry=self.registry,
+        )
+        services.writes.listeners.append(lambda t: self.writes.labels(t).inc())
         self.registry.register(_StateCollector(services))
 
 

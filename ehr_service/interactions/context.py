@@ -32,6 +32,17 @@ def no_sharing(
     return ()
 
 
+class WriteListeners:
+    """Who wants to know that a resource version was written (metrics)."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[str], None]] = []
+
+    def written(self, resource_type: str) -> None:
+        for listener in self.listeners:
+            listener(resource_type)
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """Created once per process by ``create_app``."""
@@ -48,6 +59,7 @@ class Services:
     share: Sharing = no_sharing
     catalogues: Catalogues | None = None  # the recognition catalogue (DESIGN.md §7)
     conformance: Conformance | None = None  # required bindings and profiles
+    writes: WriteListeners = field(default_factory=WriteListeners)
 
 
 class ReturnPreference(StrEnum):

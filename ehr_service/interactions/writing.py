@@ -106,6 +106,7 @@ def prepare_version(
         consent=refusals(stored) if resource_type == "Consent" else None,
         outbox=outbox,
     )
+    ctx.services.writes.written(resource_type)
     return version, stored
 
 

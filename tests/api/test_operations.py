@@ -58,6 +58,7 @@ def test_metrics(client: TestClient) -> None:
     assert "ehr_http_request_duration_seconds_bucket" in text
     assert "ehr_audit_chain_length" in text and "ehr_db_pool_in_use" in text
     assert "# TYPE ehr_exchange_outbox_rows gauge" in text
+    assert 'ehr_resource_writes_total{resource_type="Patient"} 1.0' in text
 
 
 def test_logs_carry_no_personal_data(
