@@ -66,6 +66,7 @@ class BulkExports:
         self.directory = services.settings.data_dir / "exports"
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-export")
         self._cancelled: set[str] = set()
+        self._stopping = False  # the service is shutting down: jobs stop between pages
         self._lock = threading.Lock()
 
     # -- kick-off ---------------------------------------------------------------------
@@ -222,7 +223,7 @@ class BulkExports:
 
     def _is_cancelled(self, job_id: str) -> bool:
         with self._lock:
-            return job_id in self._cancelled
+            return self._stopping or job_id in self._cancelled
 
     # -- status, files, cancel -------------------------------------------------------------
     def _job(self, ctx: RequestContext, job_id: str) -> dict[str, Any]:
@@ -297,4 +298,8 @@ class BulkExports:
                 )
 
     def shutdown(self) -> None:
+        """Stop: a running job ends after its current page (it is marked failed at the
+        next start, and the client asks again); queued ones are dropped."""
+        with self._lock:
+            self._stopping = True
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -557,7 +557,9 @@ def test_feed_is_signed_and_paged_for_the_calling_partner(
                 .where(exchange_outbox.c.seq == row.seq)
                 .values(created=row.created - timedelta(minutes=1))
             )
-    page = client.get("/exchange/v1/feed", params={"_count": 2}, headers=headers)
+    # On PostgreSQL the feed also waits for every older transaction of the cluster
+    # (another test worker's) to end: poll.
+    page = _settled(lambda: client.get("/exchange/v1/feed", params={"_count": 2}, headers=headers))
     assert page.status_code == 200
     jwks = client.get("/.well-known/jwks.json").json()
     keys = {k["kid"]: ECKey.import_key(k) for k in jwks["keys"]}
@@ -678,11 +680,26 @@ def test_the_feed_never_passes_a_transaction_still_open(
     finally:
         transaction.commit()
         slow.close()
-    with services.database.read() as conn:
-        rows = exchange_store.feed_rows(
-            conn, "sichuan", after=0, since=None, before=utc_now(), limit=10
-        )
+
+    def both() -> list[Any]:
+        with services.database.read() as conn:
+            return exchange_store.feed_rows(
+                conn, "sichuan", after=0, since=None, before=utc_now(), limit=10
+            )
+
+    rows = _settled(both, ready=lambda found: len(found) == 2)
     assert [r["res_id"] for r in rows] == ["slow", "fast"]
+
+
+def _settled(fetch: Callable[[], Any], ready: Callable[[Any], bool] | None = None) -> Any:
+    """Ask again until the answer holds entries (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = fetch()
+        done = ready(answer) if ready else "entry" in answer.json()
+        if done or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
 
 
 def test_feed_parameters(region: tuple[TestClient, Services, Partner]) -> None:
