@@ -387,6 +387,28 @@ def main() -> None:
             f"{r['verify_share_of_ingest']:>13.1%}{r['sign_ms_per_message']:>9.3f}"
         )
 
+    print("\nbulk import of generated records (ehr-service import, a child process):", flush=True)
+    from tests.bench import import_bench
+
+    residents = int(os.environ.get("EHR_BENCH_IMPORT_RESIDENTS", "1000"))
+    import_rows = [import_bench.run("sqlite", None, residents)]
+    pg_import = _fresh_pg("ehr_bench_import")
+    if pg_import:
+        import_rows.append(import_bench.run("postgresql", pg_import, residents))
+    header = (
+        f"{'backend':<11}{'resources':>11}{'import res/s':>14}{'seconds':>9}{'re-run s':>10}"
+        f"{'peak MB':>9}{'bytes/res':>11}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in import_rows:
+        print(
+            f"{r['backend']:<11}{r['resources']:>11,}{r['import_resources_per_s']:>14,}"
+            f"{r['import_seconds']:>9.1f}{r['rerun_seconds']:>10.1f}{r['peak_rss_mb']:>9,}"
+            f"{r['storage_bytes_per_resource']:>11,}"
+        )
+
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -402,6 +424,7 @@ def main() -> None:
         "identity": mpi_rows,
         "exchange": exchange_rows,
         "recognition": recognition_rows,
+        "import": import_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
