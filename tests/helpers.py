@@ -79,8 +79,16 @@ def bearer(settings: Any, scopes: str = STAFF_SCOPES, **claims: Any) -> dict[str
     return {"Authorization": f"Bearer {token}"}
 
 
-LAB_CATEGORY = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                             "code": "laboratory"}]}]  # fmt: skip
+LAB_CATEGORY = [
+    {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "laboratory",
+            }
+        ]
+    }
+]
 
 
 def organization(
@@ -96,21 +104,51 @@ def organization(
                 category, "NCCL EQA", "2026-1", passed, "2026-01-01", "2026-06-30"
             ),
         ],
-    }  # fmt: skip
+    }
 
 
 def lab(
     pid: str, loinc: str, day: str, org: str, status: str = "final", value: float = 5.0
 ) -> dict[str, Any]:
     return {
-        "resourceType": "Observation", "status": status, "category": LAB_CATEGORY,
+        "resourceType": "Observation",
+        "status": status,
+        "category": LAB_CATEGORY,
         "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
         "subject": {"reference": f"Patient/{pid}"},
         "performer": [{"reference": f"Organization/{org}"}],
         "effectiveDateTime": f"{day}T09:00:00+08:00",
         "valueQuantity": {"value": value, "unit": "mmol/L"},
-    }  # fmt: skip
+    }
 
 
 def parameters(*parts: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": list(parts)}
+
+
+def refusal(
+    patient_id: str, *, region: str | None = None, organization: str | None = None
+) -> dict[str, Any]:
+    """A Consent by which the resident refuses a region or an organisation."""
+    if region is not None:
+        actor = {
+            "role": {"text": "region"},
+            "reference": {"identifier": {"system": "urn:ehr-service:region", "value": region}},
+        }
+    else:
+        actor = {"role": {"text": "organization"}, "reference": {"reference": organization}}
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "provision": {"type": "deny", "actor": [actor]},
+    }

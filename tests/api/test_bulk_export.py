@@ -9,7 +9,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, observation
+from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, observation, refusal
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -134,24 +134,7 @@ def test_kickoff_rules_and_access(client: TestClient, services: Services) -> Non
 
 def test_refused_records_are_left_out(client: TestClient, services: Services) -> None:
     ids = _load(client)
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{ids['p1']}"},
-        "provision": {
-            "type": "deny",
-            "actor": [{"role": {"text": "org"}, "reference": {"reference": "Organization/h9"}}],
-        },
-    }
+    consent = refusal(ids["p1"], organization="Organization/h9")
     assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
     refused = bearer(services.settings, "system/*.rs", organization="Organization/h9")
     manifest = _export(client, "/fhir/Patient/$export", headers=refused)

@@ -22,7 +22,7 @@ from ehr_service.exchange.partners import PartnerRegistry
 from ehr_service.exchange.service import Exchange
 from ehr_service.interactions.context import Services
 from ehr_service.storage.tables import audit_event, exchange_message, exchange_outbox, resource
-from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, snapshot
+from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, refusal, snapshot
 
 HTU = "http://testserver/exchange/v1/bundles"
 PARTNER_SCOPES = "system/Observation.cu system/DiagnosticReport.cu system/ImagingStudy.cu"
@@ -378,31 +378,7 @@ def test_refusals_after_verification_store_nothing(
         json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
         headers=FHIR_JSON,
     ).json()
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{local['id']}"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"text": "region"},
-                    "reference": {
-                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
-                    },
-                }
-            ],
-        },
-    }
+    consent = refusal(local["id"], region="sichuan")
     assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
     before = snapshot(services), counts(services)
     response = post(client, services, body, partner.sign(body))
@@ -496,32 +472,8 @@ def test_outbox_rows_commit_with_final_results_of_sharing_residents(
     other = client.post(
         "/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON
     ).json()["id"]
-    refusal = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{other}"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"text": "region"},
-                    "reference": {
-                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
-                    },
-                }
-            ],
-        },
-    }
-    assert client.post("/fhir/Consent", json=refusal, headers=FHIR_JSON).status_code == 201
+    refused = refusal(other, region="sichuan")
+    assert client.post("/fhir/Consent", json=refused, headers=FHIR_JSON).status_code == 201
     client.post("/fhir/Observation", json=final_lab(other), headers=FHIR_JSON)
     with services.database.read() as conn:
         rows = conn.execute(sa.select(exchange_outbox).order_by(exchange_outbox.c.seq)).all()

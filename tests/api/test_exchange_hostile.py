@@ -22,37 +22,13 @@ from tests.api.test_exchange import (
     post,
     region,  # noqa: F401 - the fixture
 )
-from tests.helpers import FHIR_JSON, id_identifier, make_id_number, snapshot
+from tests.helpers import FHIR_JSON, id_identifier, make_id_number, refusal, snapshot
 
 Region = tuple[TestClient, Services, Partner]
 
 
 def _refuse_sichuan(client: TestClient, pid: str) -> None:
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"text": "region"},
-                    "reference": {
-                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
-                    },
-                }
-            ],
-        },
-    }
+    consent = refusal(pid, region="sichuan")
     assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
 
 

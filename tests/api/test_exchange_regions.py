@@ -25,7 +25,7 @@ from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.security.caller import SERVICE
 from ehr_service.storage.tables import exchange_message, exchange_outbox
-from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number
+from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, refusal
 
 LAB = [
     {
@@ -382,31 +382,7 @@ def test_a_refusal_after_queuing_withdraws_the_result(regions: tuple[Region, Reg
     chongqing, sichuan = regions
     number = make_id_number("500103", "19750601", "135")
     pid, _ = _resident_with_result(chongqing, number)
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "provision": {
-            "type": "deny",
-            "actor": [
-                {
-                    "role": {"text": "region"},
-                    "reference": {
-                        "identifier": {"system": "urn:ehr-service:region", "value": "sichuan"}
-                    },
-                }
-            ],
-        },
-    }
+    consent = refusal(pid, region="sichuan")
     assert (
         chongqing.client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
     )

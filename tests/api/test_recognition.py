@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, bearer, lab, parameters
+from tests.helpers import FHIR_JSON, bearer, lab, parameters, refusal
 
 LAB = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                     "code": "laboratory"}]}]  # fmt: skip
@@ -86,15 +86,7 @@ def test_refused_requester_sees_no_usable_result(
     client: TestClient, record: dict[str, str]
 ) -> None:
     pid = record["patient"]
-    consent = {
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{pid}"},
-        "provision": {"type": "deny", "actor": [{"role": {"text": "org"},
-                                                 "reference": {"reference": "Organization/h9"}}]},
-    }  # fmt: skip
+    consent = refusal(pid, organization="Organization/h9")
     assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
     found = results(
         ask(client, pid, "LAB-GLU", requester={"valueReference": {"reference": "Organization/h9"}})
