@@ -377,10 +377,10 @@ def catalogue_list() -> None:
 
 
 def _find_organization(ctx: RequestContext, org_id: str) -> dict[str, Any] | None:
-    from ehr_service.storage import recognition as store
+    from ehr_service.storage import resources
 
     with ctx.services.database.read() as conn:
-        content = store.contents(conn, "Organization", [org_id]).get(org_id)
+        content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
     return None if content is None else dict(orjson.loads(content))
 
 

@@ -28,7 +28,6 @@ from ehr_service.interactions import update
 from ehr_service.interactions.bundle import process_bundle
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.writing import prepare_version
-from ehr_service.storage import recognition as recognition_store
 from ehr_service.storage import resources
 
 BATCH = 500
@@ -224,7 +223,7 @@ def _stored(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, st
         by_type.setdefault(resource_type, []).append(resource_id)
     out = {}
     for resource_type, ids in by_type.items():
-        for resource_id, content in recognition_store.contents(conn, resource_type, ids).items():
+        for resource_id, content in resources.live_contents(conn, resource_type, ids).items():
             out[(resource_type, resource_id)] = content
     return out
 

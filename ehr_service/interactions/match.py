@@ -24,6 +24,7 @@ from ehr_service.mpi.matching import Person, person_of, score
 from ehr_service.security.policy import require_staff
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import identity as identity_store
+from ehr_service.storage import resources
 
 MATCH_GRADE_URL = "http://hl7.org/fhir/StructureDefinition/match-grade"
 DEFAULT_COUNT = 10
@@ -91,9 +92,7 @@ def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     wanted: Person = person_of(query)
     candidates = _candidates(conn, ctx, query)
     refused = consent_store.refused_patients(conn, candidates, ctx.view.refused_actors)
-    contents = identity_store.live_contents(
-        conn, "Patient", [c for c in candidates if c not in refused]
-    )
+    contents = resources.live_contents(conn, "Patient", [c for c in candidates if c not in refused])
     scored: list[tuple[float, str, str, bytes]] = []
     for patient_id, content in contents.items():
         candidate = protection.reveal(orjson.loads(content))

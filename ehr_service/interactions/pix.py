@@ -24,6 +24,7 @@ from ehr_service.mpi.protection import is_sealed
 from ehr_service.security.policy import require_staff
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import identity as identity_store
+from ehr_service.storage import resources
 
 
 def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[str, Any]]:
@@ -31,14 +32,14 @@ def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[s
     # One identifier (PIXm): a comma is part of the value, not a search OR.
     single = source.replace("\\,", ",").replace(",", "\\,")
     ids = conditional.matching_ids(conn, ctx, "Patient", {"identifier": [single]}, limit=10)
-    contents = identity_store.live_contents(conn, "Patient", ids)
+    contents = resources.live_contents(conn, "Patient", ids)
     out = []
     for content in contents.values():
         patient = orjson.loads(content)
         for link in patient.get("link") or ():  # merged away: answer with the survivor
             if link.get("type") == "replaced-by":
                 other = str((link.get("other") or {}).get("reference", ""))
-                survivor = identity_store.live_contents(
+                survivor = resources.live_contents(
                     conn, "Patient", [other.removeprefix("Patient/")]
                 )
                 for survivor_content in survivor.values():

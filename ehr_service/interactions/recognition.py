@@ -183,7 +183,7 @@ def _requester(ctx: RequestContext, params: OperationInput) -> str | None:
 def _institutions(conn: Connection, references: set[str]) -> dict[str, Institution]:
     """The performing institutions, read in one query."""
     ids = sorted(r.partition("/")[2] for r in references)
-    contents = store.contents(conn, "Organization", ids)
+    contents = resources.live_contents(conn, "Organization", ids)
     return {
         f"Organization/{org_id}": institution_of(f"Organization/{org_id}", orjson.loads(content))
         for org_id, content in contents.items()

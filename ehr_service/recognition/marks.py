@@ -18,7 +18,7 @@ from ehr_service.fhir.references import parse_reference
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogues
 from ehr_service.recognition.institutions import institution_of
 from ehr_service.recognition.rules import is_final, result_date
-from ehr_service.storage import recognition as store
+from ehr_service.storage import resources
 
 MARK_SYSTEM = "urn:ehr-service:recognition-mark"
 # Organizations being written in this transaction (not yet readable from the database):
@@ -63,7 +63,7 @@ def qualifies(
     organization = {**(pending_organizations.get() or {}), **(organizations or {})}.get(performer)
     if organization is None:
         org_id = performer.partition("/")[2]
-        content = store.contents(conn, "Organization", [org_id]).get(org_id)
+        content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
         if content is None:
             return False
         organization = orjson.loads(content)

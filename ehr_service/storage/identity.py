@@ -184,19 +184,6 @@ def match_candidates(
     return [r.res_id for r in rows]
 
 
-def live_contents(conn: Connection, resource_type: str, ids: list[str]) -> dict[str, bytes]:
-    if not ids:
-        return {}
-    rows = conn.execute(
-        select(resource.c.res_id, resource.c.content).where(
-            resource.c.res_type == resource_type,
-            resource.c.res_id.in_(ids),
-            resource.c.deleted == false(),
-        )
-    ).all()
-    return {r.res_id: bytes(r.content) for r in rows}
-
-
 def patient_record_members(conn: Connection, patient_id: str) -> list[tuple[str, str]]:
     """(type, id) of live resources owned by the patient or referring to it."""
     owned = select(resource.c.res_type, resource.c.res_id).where(

@@ -102,19 +102,6 @@ def result_ids(conn: Connection, resource_type: str, after: str | None, limit: i
     return [r.res_id for r in rows]
 
 
-def contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> dict[str, bytes]:
-    if not ids:
-        return {}
-    rows = conn.execute(
-        select(resource.c.res_id, resource.c.content).where(
-            resource.c.res_type == resource_type,
-            resource.c.res_id.in_(list(ids)),
-            resource.c.deleted.is_(False),
-        )
-    ).all()
-    return {r.res_id: bytes(r.content) for r in rows}
-
-
 def add_facts(conn: Connection, facts: Sequence[dict[str, Any]]) -> int:
     """Insert facts; one whose dedupe key is taken is skipped. Returns how many
     were inserted."""

@@ -184,6 +184,20 @@ def _hold_identity(conn: Connection, version: NewVersion, *, new: bool = False) 
     hold_id_number(conn, version.resource_id, version.id_number, new=new)
 
 
+def live_contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> dict[str, bytes]:
+    """Current content of the live resources among these ids of one type."""
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == resource_type,
+            resource.c.res_id.in_(list(ids)),
+            resource.c.deleted == false(),
+        )
+    ).all()
+    return {r.res_id: bytes(r.content) for r in rows}
+
+
 def read_current(
     conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
 ) -> StoredVersion | None:
