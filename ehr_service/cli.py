@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -309,6 +310,17 @@ def exchange_verify(
     typer.echo(f"{len(verdicts)} messages checked, {len(failed)} failed")
     if failed or (jti is not None and not verdicts):
         raise typer.Exit(1)
+
+
+def _import_worker_context() -> RequestContext:
+    """The context of an import worker process (it lives as long as the process)."""
+    from ehr_service.app import build_services
+    from ehr_service.interactions.context import RequestContext
+    from ehr_service.security.caller import SERVICE
+
+    settings = _settings()
+    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    return RequestContext(build_services(_batch(settings)), base_url, "cli", caller=SERVICE)
 
 
 @contextmanager
@@ -689,6 +701,12 @@ def import_(
     errors: Annotated[Path, typer.Option(help="where failed lines are listed")] = Path(
         "import-errors.txt"
     ),
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="processes validating and writing (default: CPUs on PostgreSQL, 1 on SQLite)"
+        ),
+    ] = None,
 ) -> None:
     """Import resources: new ones in batches, unchanged ones skipped (re-runs change
     nothing), changed ones as new versions; failures listed in the errors file."""
@@ -699,8 +717,16 @@ def import_(
         typer.echo(f"not found: {', '.join(map(str, missing))}", err=True)
         raise typer.Exit(2)
     with _service_context() as ctx, errors.open("w") as failed:
+        if ctx.services.catalogues is not None:  # results are marked as a server would
+            ctx.services.catalogues.ensure_loaded()
+        if workers is None:
+            workers = (os.cpu_count() or 1) if ctx.services.database.is_postgresql else 1
         progress = Importer(
-            ctx, failed, lambda p: typer.echo("\r" + p.line(), err=True, nl=False)
+            ctx,
+            failed,
+            lambda p: typer.echo("\r" + p.line(), err=True, nl=False),
+            workers=max(1, workers),
+            worker_context=_import_worker_context,
         ).run(paths)
     typer.echo("", err=True)
     typer.echo(

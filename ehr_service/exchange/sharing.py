@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import partners as partner_store
+from ehr_service.storage.database import transaction_cache
 
 FINAL = frozenset({"final", "amended", "corrected"})
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -57,7 +58,10 @@ def shared_with(
     if result_kind(resource_type, resource) is None:
         return ()
     partners = []
-    for row in partner_store.all_partners(conn):
+    cache = transaction_cache(conn, "partners")  # once per unit of work, not per result
+    if "all" not in cache:
+        cache["all"] = partner_store.all_partners(conn)
+    for row in cache["all"]:
         if resource_type not in orjson.loads(row["allowed_types"]):
             continue
         actors = [f"region:{row['region']}", f"Organization/{row['partner_id']}", "*"]

@@ -10,6 +10,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import check_consent, not_found
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match
+from ehr_service.recognition.marks import forget_institution
 from ehr_service.security.policy import can_see, check_write, require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
@@ -50,6 +51,8 @@ def delete(
         compartment_patient_id=stored.compartment_patient_id,
         content=None,
     )
+    if resource_type == "Organization":
+        forget_institution(conn, resource_id)
     if not resources.replace_current(conn, version, stored.version_id):
         raise FhirError.of(Category.CONFLICT, f"{what} was changed concurrently; retry")
     return Result(

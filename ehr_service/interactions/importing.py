@@ -11,8 +11,18 @@ one batch at a time whatever the input size.
 
 from __future__ import annotations
 
+import io
+import itertools
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,6 +41,11 @@ from ehr_service.interactions.writing import prepare_version
 from ehr_service.storage import resources
 
 BATCH = 500
+# Resources outside any resident's record that records point to.
+REFERENCED_FIRST = frozenset(
+    {"Organization", "Practitioner", "PractitionerRole", "Location", "Medication", "Device",
+     "Substance", "HealthcareService", "Endpoint", "CodeSystem", "ValueSet", "ConceptMap"}
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -60,37 +75,98 @@ class Progress:
 
 
 def input_files(paths: list[Path]) -> list[Path]:
+    """The files to read, those of resources others point to first (institutions,
+    then residents, then their records: an institution written after its results
+    would re-mark every one of them), otherwise in the order given."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix in {".ndjson", ".json"})
         else:
             files.append(path)
-    return files
+    return sorted(files, key=_rank)
+
+
+def _rank(path: Path) -> int:
+    name = path.name.split(".")[0].split("-")[0]
+    if name == "Patient":
+        return 1
+    if name in REFERENCED_FIRST:
+        return 0
+    return 2
 
 
 class Importer:
+    """``workers`` > 1: NDJSON batches are validated and written by that many
+    processes (each its own transaction), each built by ``worker_context``; files of
+    a dependency rank (institutions, residents, the rest) finish before the next."""
+
     def __init__(
         self,
         ctx: RequestContext,
         errors: TextIO,
         on_progress: Callable[[Progress], None] | None = None,
+        *,
+        workers: int = 1,
+        worker_context: Callable[[], RequestContext] | None = None,
     ) -> None:
         self.ctx = ctx
         self.errors = errors
         self.on_progress = on_progress
+        self.workers = workers if worker_context is not None else 1
+        self.worker_context = worker_context
         self._last_report = 0.0
 
     def run(self, paths: list[Path]) -> Progress:
         files = input_files(paths)
         progress = Progress(sum(p.stat().st_size for p in files))
-        for path in files:
-            if path.suffix == ".ndjson":
-                self._ndjson(path, progress)
-            else:
-                self._json(path, progress)
+        if self.workers > 1:
+            self._parallel(files, progress)
+        else:
+            for path in files:
+                if path.suffix == ".ndjson":
+                    self._ndjson(path, progress)
+                else:
+                    self._json(path, progress)
         self._report(progress, force=True)
         return progress
+
+    def _parallel(self, files: list[Path], progress: Progress) -> None:
+        context = multiprocessing.get_context("spawn")  # no inherited engine or pool
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_worker_start,
+            initargs=(self.worker_context,),
+        ) as pool:  # fmt: skip
+            for _, group in itertools.groupby(files, key=_rank):
+                pending: set[Future[tuple[Progress, str]]] = set()
+                for path in group:
+                    if path.suffix != ".ndjson":
+                        self._settle(pending, progress, wait_all=True)
+                        self._json(path, progress)
+                        continue
+                    for batch in _raw_batches(path, progress):
+                        if len(pending) >= 2 * self.workers:  # bounded: memory stays flat
+                            self._settle(pending, progress)
+                        pending.add(pool.submit(_worker_batch, batch))
+                self._settle(pending, progress, wait_all=True)  # the next rank needs these
+
+    def _settle(
+        self,
+        pending: set[Future[tuple[Progress, str]]],
+        progress: Progress,
+        *,
+        wait_all: bool = False,
+    ) -> None:
+        done, _ = wait(pending, return_when=ALL_COMPLETED if wait_all else FIRST_COMPLETED)
+        for future in done:
+            pending.discard(future)
+            counted, errors = future.result()
+            progress.created += counted.created
+            progress.updated += counted.updated
+            progress.unchanged += counted.unchanged
+            progress.failed += counted.failed
+            self.errors.write(errors)
+        self._report(progress)
 
     def _error(self, progress: Progress, where: str, message: str) -> None:
         progress.failed += 1
@@ -103,31 +179,23 @@ class Importer:
             self.on_progress(progress)
 
     # -- NDJSON --------------------------------------------------------------------------
-    def _lines(self, path: Path, progress: Progress) -> Iterator[list[tuple[str, Any]]]:
+    def _parse(self, lines: list[tuple[str, bytes]], progress: Progress) -> list[tuple[str, Any]]:
         batch: list[tuple[str, Any]] = []
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, 1):
-                progress.done_bytes += len(raw)
-                if not raw.strip():
-                    continue
-                where = f"{path.name}:{number}"
-                try:
-                    resource = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    self._error(progress, where, f"not JSON ({exc})")
-                    continue
-                if not _importable(resource):
-                    self._error(progress, where, "a line must be a resource with a valid id")
-                    continue
-                batch.append((where, resource))
-                if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+        for where, raw in lines:
+            try:
+                resource = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                self._error(progress, where, f"not JSON ({exc})")
+                continue
+            if not _importable(resource):
+                self._error(progress, where, "a line must be a resource with a valid id")
+                continue
+            batch.append((where, resource))
+        return batch
 
     def _ndjson(self, path: Path, progress: Progress) -> None:
-        for batch in self._lines(path, progress):
+        for lines in _raw_batches(path, progress):
+            batch = self._parse(lines, progress)
             with self.ctx.services.database.write() as conn:
                 self._batch(conn, batch, progress)
             self._report(progress)
@@ -215,6 +283,40 @@ class Importer:
                 self._error(progress, f"{path.name}#{index}", "not a resource with a valid id")
         with self.ctx.services.database.write() as conn:
             self._batch(conn, batch, progress)
+
+
+def _raw_batches(path: Path, progress: Progress) -> Iterator[list[tuple[str, bytes]]]:
+    """The file's non-blank lines, ``BATCH`` at a time, each with where it was."""
+    batch: list[tuple[str, bytes]] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            progress.done_bytes += len(raw)
+            if raw.strip():
+                batch.append((f"{path.name}:{number}", raw))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# -- the worker processes of a parallel import ---------------------------------------------
+_worker: list[Importer] = []
+
+
+def _worker_start(make_context: Callable[[], RequestContext]) -> None:
+    _worker.append(Importer(make_context(), io.StringIO()))
+
+
+def _worker_batch(lines: list[tuple[str, bytes]]) -> tuple[Progress, str]:
+    """One batch in its own transaction; its counts and error lines go back."""
+    importer = _worker[0]
+    importer.errors = io.StringIO()
+    progress = Progress(0)
+    batch = importer._parse(lines, progress)
+    with importer.ctx.services.database.write() as conn:
+        importer._batch(conn, batch, progress)
+    return progress, importer.errors.getvalue()
 
 
 def _stored(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:

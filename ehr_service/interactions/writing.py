@@ -20,7 +20,7 @@ from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
-from ehr_service.recognition.marks import apply_mark
+from ehr_service.recognition.marks import apply_mark, forget_institution
 from ehr_service.recognition.terminology import catalogue_resolver
 from ehr_service.security.consent import refusals
 from ehr_service.security.policy import check_write
@@ -69,6 +69,8 @@ def prepare_version(
     stored = with_server_meta(resource, resource_id, version_id, now)
     validate_resource(stored, expected_type=resource_type)
     check_conformance(ctx, stored)
+    if resource_type == "Organization":
+        forget_institution(conn, resource_id)
     if resource_type == "Organization" and ctx.services.catalogues is not None:
         from ehr_service.interactions.recognition import remark_institution
 

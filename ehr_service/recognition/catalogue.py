@@ -254,7 +254,7 @@ class Catalogues:
 
     def active(self) -> Catalogue | None:
         now = time.monotonic()
-        if self._active is not None and now - self._checked < REFRESH_SECONDS:
+        if self._checked and now - self._checked < REFRESH_SECONDS:  # None is cached too
             return self._active
         with self._lock:
             with self.database.read() as conn:

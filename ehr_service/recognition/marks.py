@@ -16,11 +16,13 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.references import parse_reference
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogues
-from ehr_service.recognition.institutions import institution_of
+from ehr_service.recognition.institutions import Institution, institution_of
 from ehr_service.recognition.rules import is_final, result_date
 from ehr_service.storage import resources
+from ehr_service.storage.database import transaction_cache
 
 MARK_SYSTEM = "urn:ehr-service:recognition-mark"
+INSTITUTIONS = "institutions"
 # Organizations being written in this transaction (not yet readable from the database):
 # the results re-marked because of them must see their new quality control.
 pending_organizations: ContextVar[dict[str, dict[str, Any]] | None] = ContextVar(
@@ -61,13 +63,30 @@ def qualifies(
     if item is None or day is None or performer is None:
         return False
     organization = {**(pending_organizations.get() or {}), **(organizations or {})}.get(performer)
-    if organization is None:
-        org_id = performer.partition("/")[2]
+    institution = (
+        _stored_institution(conn, performer)
+        if organization is None
+        else institution_of(performer, organization)
+    )
+    return institution is not None and institution.passed(item.qc_category, day)
+
+
+def _stored_institution(conn: Connection, performer: str) -> Institution | None:
+    """Read once per transaction (a batch of results names few institutions)."""
+    org_id = performer.partition("/")[2]
+    cache = transaction_cache(conn, INSTITUTIONS)
+    if org_id not in cache:
         content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
-        if content is None:
-            return False
-        organization = orjson.loads(content)
-    return institution_of(performer, organization).passed(item.qc_category, day)
+        cache[org_id] = (
+            None if content is None else institution_of(performer, orjson.loads(content))
+        )
+    found: Institution | None = cache[org_id]
+    return found
+
+
+def forget_institution(conn: Connection, org_id: str) -> None:
+    """An Organization is being written in this transaction."""
+    transaction_cache(conn, INSTITUTIONS).pop(org_id, None)
 
 
 def apply_mark(

@@ -88,6 +88,19 @@ def _too_costly() -> Iterator[None]:
         ) from None
 
 
+def transaction_cache(conn: Connection, name: str) -> dict[Any, Any]:
+    """A dict that lives as long as the connection's current transaction: rows
+    read many times by one unit of work (an institution, the partner list) are
+    read once. Whoever writes such a row in the transaction drops its entry."""
+    transaction = conn.get_transaction()
+    held = conn.info.get(("transaction_cache", name))
+    if held is None or held[0] is not transaction:  # held[0] keeps its identity unique
+        held = (transaction, {})
+        conn.info[("transaction_cache", name)] = held
+    cache: dict[Any, Any] = held[1]
+    return cache
+
+
 class Database:
     """Owns the engine; hands out connections inside one transaction each."""
 

@@ -102,3 +102,37 @@ def test_import_transaction_bundles(cli_env: Services, tmp_path: Path) -> None:
     assert code == 0, out
     patients, _ = _counts(cli_env)
     assert patients > 2
+
+
+def test_parallel_import_orders_by_dependency_and_matches_sequential(
+    cli_env: Services, tmp_path: Path
+) -> None:
+    """Two worker processes: institutions and residents land before the results that
+    name them (no result is re-marked into a second version), bad lines are still
+    reported, and a re-run changes nothing."""
+    services = cli_env
+    assert (
+        _run("generate", "--residents", "6", "--out", str(tmp_path / "g"), "--no-bundles")[0] == 0
+    )
+    ndjson = tmp_path / "g" / "ndjson"
+    total = sum(len(f.read_bytes().splitlines()) for f in ndjson.iterdir())
+    (ndjson / "Broken.ndjson").write_bytes(b'{"resourceType": "Observation"}\n{oops\n')
+    # Given results first: the import still writes Organization and Patient before them.
+    given = [str(ndjson / "Observation.ndjson"), str(ndjson / "Broken.ndjson")] + [
+        str(p) for p in sorted(ndjson.iterdir()) if p.stem not in {"Observation", "Broken"}
+    ]
+    errors = tmp_path / "errors.txt"
+    code, out = _run("import", *given, "--errors", str(errors), "--workers", "2")
+    assert code == 1, out
+    assert f"{total} new, 0 changed, 0 unchanged, 2 failed" in out
+    assert sorted(line.split(":")[1] for line in errors.read_text().splitlines()) == ["1", "2"]
+    assert _counts(services) == (total, total)  # one version each: nothing re-marked
+    with services.database.read() as conn:
+        contents = conn.execute(
+            sa.select(resource.c.content).where(resource.c.res_type == "Observation")
+        ).scalars()
+        marked = sum(b"urn:ehr-service:recognition-mark" in bytes(c) for c in contents)
+    assert marked > 0  # their institutions were there when they were written
+    code, out = _run("import", *given, "--errors", str(errors), "--workers", "2")
+    assert f"0 new, 0 changed, {total} unchanged, 2 failed" in out
+    assert _counts(services) == (total, total)
