@@ -11,6 +11,7 @@ one batch at a time whatever the input size.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import multiprocessing
@@ -132,11 +133,10 @@ class Importer:
         return progress
 
     def _parallel(self, files: list[Path], progress: Progress) -> None:
+        assert self.worker_context is not None
+        start = functools.partial(_worker_start, self.worker_context)
         context = multiprocessing.get_context("spawn")  # no inherited engine or pool
-        with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_worker_start,
-            initargs=(self.worker_context,),
-        ) as pool:  # fmt: skip
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=start) as pool:
             for _, group in itertools.groupby(files, key=_rank):
                 pending: set[Future[tuple[Progress, str]]] = set()
                 for path in group:
