@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 
 .PHONY: serve test install lint typecheck format openapi bench clean
 
@@ -22,7 +23,7 @@ serve: $(STAMP)
 
 ## Run the tests (PostgreSQL ones too when EHR_TEST_DATABASE_URL is set)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ehr_service tests migrations fhir_profiles

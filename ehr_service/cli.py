@@ -612,16 +612,31 @@ def serve(
 @app.command()
 def migrate(
     revision: Annotated[str, typer.Option(help="target revision")] = "head",
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            help="PostgreSQL, new database: hash-partition the patient-owned tables by "
+            "compartment patient id into this many partitions (docs/scale.md)"
+        ),
+    ] = None,
 ) -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
     from ehr_service.storage.database import Database
     from ehr_service.storage.migrate import upgrade
+    from ehr_service.storage.partitioning import PartitioningError, partition
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.effective_database_url)
     try:
         upgrade(database, settings.migrations_dir, revision)
+        if partitions is not None:
+            with database.engine.begin() as conn:
+                changed = partition(conn, partitions)
+            typer.echo(f"partitioned into {partitions}: {', '.join(changed) or 'already'}")
+    except PartitioningError as exc:
+        typer.echo(f"not partitioned: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         database.dispose()
     typer.echo(f"database at {revision}: {database.engine.url.render_as_string()}")

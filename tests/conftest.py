@@ -24,6 +24,7 @@ from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.interactions.context import Services
 from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
+from ehr_service.storage.partitioning import CLAIM, partition
 from ehr_service.storage.tables import metadata
 from tests.helpers import bearer
 
@@ -34,6 +35,9 @@ BACKENDS = [
 ]
 BASE = "http://testserver/fhir"
 AUDIT_TABLES = {"audit_event", "audit_head", "audit_access"}
+# EHR_TEST_PARTITIONS=N: PostgreSQL databases hash-partitioned into N (CI runs the
+# PostgreSQL tests a second time that way).
+PARTITIONS = int(os.environ.get("EHR_TEST_PARTITIONS", "0"))
 
 
 def _worker() -> str:
@@ -60,6 +64,9 @@ def pg_url() -> Iterator[str]:
     worker_url = parsed.set(database=worker_db).render_as_string(hide_password=False)
     database = Database(worker_url)
     upgrade(database, MIGRATIONS)
+    if PARTITIONS:  # the scale-out layout (docs/scale.md): the same suite must pass on it
+        with database.engine.begin() as conn:
+            partition(conn, PARTITIONS)
     database.dispose()
     yield worker_url
     # The audit chain is never truncated between tests: after the whole suite has run
@@ -85,7 +92,10 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def truncate_all(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        names = ", ".join(t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES)
+        names = ", ".join(
+            [t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES]
+            + ([CLAIM] if PARTITIONS else [])
+        )
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, false, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
@@ -23,6 +24,7 @@ from ehr_service.storage import exchange as exchange_store
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.consent import replace_refusals
 from ehr_service.storage.identity import hold_id_number
+from ehr_service.storage.partitioning import is_partitioned
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import resource, resource_version
@@ -274,12 +276,20 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     """Insert a first version under a client-chosen id; False if the id is taken
     (a concurrent update-as-create won the race)."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    inserted = conn.execute(
+    statement = (
         dialect_insert(resource)
         .values(**version.current_row())
-        .on_conflict_do_nothing(index_elements=["res_type", "res_id"])
+        .on_conflict_do_nothing()  # the logical id, (with the patient, when partitioned)
         .returning(resource.c.res_id)
-    ).first()
+    )
+    if is_partitioned(conn):
+        try:  # the id taken in another record's partition: its claim is the conflict
+            with conn.begin_nested():
+                inserted = conn.execute(statement).first()
+        except IntegrityError:
+            return False
+    else:
+        inserted = conn.execute(statement).first()
     if inserted is None:
         return False
     conn.execute(insert(resource_version).values(**version.version_row()))

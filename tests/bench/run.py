@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from fhir.resources.R4B import get_fhir_model_class  # noqa: E402
 
 from ehr_service.storage.database import normalise_url  # noqa: E402
+from tests.bench import load_bench  # noqa: E402
 from tests.conftest import sample_bundles  # noqa: E402
 
 ROUNDS = int(os.environ.get("EHR_BENCH_ROUNDS", "2"))
@@ -163,6 +164,20 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
             latencies.append((time.perf_counter() - t0) * 1000)
             assert response.status_code == 200
         read_seconds = time.perf_counter() - read_started
+        # Under concurrent load: the service, then the bare endpoint (the ceiling).
+        auth = server.auth()
+        patients = [t for t in locations if t.startswith("Patient/")]
+        print(f"  {name}: read and search under load ({load_bench.CONCURRENCY} in flight)")
+        read_load = load_bench.load(lambda n: f"{server.base}/{targets[n % len(targets)]}", auth)
+        search_load = load_bench.load(
+            lambda n: (
+                f"{server.base}/Observation?patient={patients[n % len(patients)]}"
+                "&category=laboratory&_count=20"
+            ),
+            auth,
+        )
+    with load_bench.BareServer(database_url, _free_port()) as bare:
+        bare_load = load_bench.load(lambda n: f"{bare.base}/{targets[n % len(targets)]}", {})
     return {
         "backend": name,
         "ingested_resources": count,
@@ -173,6 +188,13 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         "read_p95_ms": round(_percentile(latencies, 95), 3),
         "read_p99_ms": round(_percentile(latencies, 99), 3),
         "reads_per_s_sequential": round(READS / read_seconds, 1),
+        "load_concurrency": load_bench.CONCURRENCY,
+        "read_under_load": read_load,
+        "search_under_load": search_load,
+        "bare_read_under_load": bare_load,
+        "read_to_ceiling_ratio": round(
+            read_load["requests_per_s"] / bare_load["requests_per_s"], 3
+        ),
     }
 
 
@@ -281,6 +303,22 @@ def main() -> None:
             f"{r['read_p95_ms']:>13.2f}{r['read_p99_ms']:>13.2f}"
             f"{r['reads_per_s_sequential']:>10,.0f}"
         )
+    header = f"{'under load':<22}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'failed':>8}"
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        for label, key in (
+            ("read", "read_under_load"),
+            ("bare read (ceiling)", "bare_read_under_load"),
+            ("patient search", "search_under_load"),
+        ):
+            f = r[key]
+            print(
+                f"{r['backend'] + ' ' + label:<22}{f['requests_per_s']:>9,.0f}{f['p50_ms']:>9.2f}"
+                f"{f['p95_ms']:>9.2f}{f['p99_ms']:>9.2f}{f['failures']:>8}"
+            )
+        print(f"{r['backend']} read / ceiling: {r['read_to_ceiling_ratio']:.2f}")
     print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
     search_rows = bench_search(
         "sqlite",
