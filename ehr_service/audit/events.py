@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -206,11 +208,56 @@ def event_json(
     return orjson.dumps(event)
 
 
+class GroupCommit:
+    """Events recorded in transactions of their own (reads, searches, failures),
+    committed together: a caller waits until its event is on the chain, as before,
+    but concurrent callers share one transaction. The first caller to find no
+    commit under way writes everything queued by then; the rest wait for it, and
+    one of those left queued writes the next group. No thread of its own."""
+
+    def __init__(self, write: Callable[[list[NewEvent]], None]) -> None:
+        self._write = write
+        self._changed = threading.Condition()
+        self._queue: list[_Queued] = []
+        self._writing = False
+
+    def submit(self, event: NewEvent) -> None:
+        mine = _Queued(event)
+        with self._changed:
+            self._queue.append(mine)
+            while self._writing and not mine.done:
+                self._changed.wait()
+            if not mine.done:
+                self._writing = True
+                group, self._queue = self._queue, []
+        if not mine.done:
+            error: BaseException | None = None
+            try:
+                self._write([q.event for q in group])
+            except BaseException as exc:  # every caller of the group learns it
+                error = exc
+            with self._changed:
+                for queued in group:
+                    queued.done, queued.error = True, error
+                self._writing = False
+                self._changed.notify_all()
+        if mine.error is not None:
+            raise mine.error
+
+
+@dataclass(slots=True)
+class _Queued:
+    event: NewEvent
+    done: bool = False
+    error: BaseException | None = None
+
+
 class Auditor:
     """Records events on the chain; one per process."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._group = GroupCommit(self._append_group)
 
     def new_event(
         self,
@@ -288,10 +335,14 @@ class Auditor:
             self.append_now(self.for_result(ctx, result))
 
     def append_now(self, event: NewEvent) -> None:
-        """In a transaction of its own (reads, failures, login failures)."""
+        """In a transaction of its own (reads, failures, login failures), shared
+        with the events of concurrent requests; returns once it is committed."""
+        self._group.submit(event)
+
+    def _append_group(self, events: list[NewEvent]) -> None:
         try:
             with self.database.write() as conn:
-                audit_store.append(conn, [event])
+                audit_store.append(conn, events)
         except FhirError:  # the database is down: the request itself has failed too
             logger.error("audit event could not be recorded: database unavailable")
             raise

@@ -267,8 +267,35 @@ def bench_mpi(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
     return bench_growth(name, url, sizes, mpi_bench, 1, "residents")
 
 
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Print rows as a table: (header, key, format spec) per column, the first
+    left-aligned."""
+    widths = [
+        max(len(h), *(len(format(r[k], f)) for r in rows)) + 2 if rows else len(h) + 2
+        for h, k, f in columns
+    ]
+    cells = [[h for h, _, _ in columns]] + [[format(r[k], f) for _, k, f in columns] for r in rows]
+    print()
+    for n, line in enumerate(cells):
+        print("".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ))  # fmt: skip
+        if n == 0:
+            print("-" * sum(widths))
+
+
 def _sizes(variable: str, default: str) -> list[int]:
     return [int(v) for v in os.environ.get(variable, default).split(",") if v]
+
+
+SECTIONS = ("http", "search", "identity", "recognition", "exchange", "import")
+
+
+def _wanted(section: str) -> bool:
+    """EHR_BENCH_SECTIONS=http,import runs only those (default: all)."""
+    chosen = os.environ.get("EHR_BENCH_SECTIONS", "")
+    return not chosen or section in chosen.split(",")
 
 
 def main() -> None:
@@ -281,171 +308,157 @@ def main() -> None:
     pg = _pg_url()
     if pg:
         backends.append(("postgresql", pg))
-    results = []
-    for name, url in backends:
-        result = bench_backend(name, url, bundles)
-        result["validation_only_resources_per_s"] = round(rate, 1)
-        result["ingest_to_validation_ratio"] = round(result["ingest_resources_per_s"] / rate, 3)
-        results.append(result)
-
-    header = (
-        f"{'backend':<11}{'ingest res/s':>14}{'valid. res/s':>14}{'ratio':>8}"
-        f"{'read p50 ms':>13}{'read p95 ms':>13}{'read p99 ms':>13}{'reads/s':>10}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(
-            f"{r['backend']:<11}{r['ingest_resources_per_s']:>14,.0f}"
-            f"{r['validation_only_resources_per_s']:>14,.0f}"
-            f"{r['ingest_to_validation_ratio']:>8.2f}{r['read_p50_ms']:>13.2f}"
-            f"{r['read_p95_ms']:>13.2f}{r['read_p99_ms']:>13.2f}"
-            f"{r['reads_per_s_sequential']:>10,.0f}"
-        )
-    header = f"{'under load':<22}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'failed':>8}"
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        for label, key in (
-            ("read", "read_under_load"),
-            ("bare read (ceiling)", "bare_read_under_load"),
-            ("patient search", "search_under_load"),
-        ):
-            f = r[key]
-            print(
-                f"{r['backend'] + ' ' + label:<22}{f['requests_per_s']:>9,.0f}{f['p50_ms']:>9.2f}"
-                f"{f['p95_ms']:>9.2f}{f['p99_ms']:>9.2f}{f['failures']:>8}"
+    results: list[dict[str, Any]] = []
+    search_rows: list[dict[str, Any]] = []
+    mpi_rows: list[dict[str, Any]] = []
+    recognition_rows: list[dict[str, Any]] = []
+    exchange_rows: list[dict[str, Any]] = []
+    import_rows: list[dict[str, Any]] = []
+    if _wanted("http"):
+        for name, url in backends:
+            result = bench_backend(name, url, bundles)
+            result["validation_only_resources_per_s"] = round(rate, 1)
+            result["ingest_to_validation_ratio"] = round(result["ingest_resources_per_s"] / rate, 3)
+            results.append(result)
+        _table(results, [
+            ("backend", "backend", ""), ("ingest res/s", "ingest_resources_per_s", ",.0f"),
+            ("valid. res/s", "validation_only_resources_per_s", ",.0f"),
+            ("ratio", "ingest_to_validation_ratio", ".2f"), ("read p50 ms", "read_p50_ms", ".2f"),
+            ("read p95 ms", "read_p95_ms", ".2f"), ("read p99 ms", "read_p99_ms", ".2f"),
+            ("reads/s", "reads_per_s_sequential", ",.0f"),
+        ])  # fmt: skip
+        loads = [
+            {"what": f"{r['backend']} {label}", **r[key]}
+            for r in results
+            for label, key in (
+                ("read", "read_under_load"),
+                ("bare read (ceiling)", "bare_read_under_load"),
+                ("patient search", "search_under_load"),
             )
-        print(f"{r['backend']} read / ceiling: {r['read_to_ceiling_ratio']:.2f}")
-    print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
-    search_rows = bench_search(
-        "sqlite",
-        f"sqlite:///{tempfile.mkdtemp()}/search.sqlite3",
-        _sizes("EHR_BENCH_SQLITE_SIZES", "10000,100000"),
-    )
-    pg_search = _fresh_pg("ehr_bench_search")
-    if pg_search:
-        search_rows += bench_search(
-            "postgresql", pg_search, _sizes("EHR_BENCH_PG_SIZES", "10000,100000,1000000")
-        )
-    header = (
-        f"{'backend':<11}{'resources':>11}{'load res/s':>12}{'pat+code+date p50/p95':>24}"
-        f"{'growth':>8}{'identifier p95':>16}{'$everything p95':>17}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in search_rows:
-        print(
-            f"{r['backend']:<11}{r['resources']:>11,}{r['load_resources_per_s']:>12,}"
-            f"{r['patient+code+date_p50_ms']:>13.2f} / {r['patient+code+date_p95_ms']:<8.2f}"
-            f"{r['patient+code+date_p95_growth']:>8.2f}{r['identifier_p95_ms']:>16.2f}"
-            f"{r['$everything_p95_ms']:>17.2f}"
-        )
+        ]
+        _table(loads, [
+            ("under load", "what", ""), ("req/s", "requests_per_s", ",.0f"),
+            ("p50 ms", "p50_ms", ".2f"), ("p95 ms", "p95_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"),
+            ("failed", "failures", "d"),
+        ])  # fmt: skip
+        for r in results:
+            print(f"{r['backend']} read / ceiling: {r['read_to_ceiling_ratio']:.2f}")
 
-    print("\nresident identity as the register grows (in-process, no HTTP):", flush=True)
-    mpi_rows = bench_mpi(
-        "sqlite",
-        f"sqlite:///{tempfile.mkdtemp()}/mpi.sqlite3",
-        _sizes("EHR_BENCH_SQLITE_RESIDENTS", "10000,100000"),
-    )
-    pg_mpi = _fresh_pg("ehr_bench_mpi")
-    if pg_mpi:
-        mpi_rows += bench_mpi(
-            "postgresql", pg_mpi, _sizes("EHR_BENCH_PG_RESIDENTS", "100000,1000000")
+    if _wanted("search"):
+        print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
+        search_rows = bench_search(
+            "sqlite",
+            f"sqlite:///{tempfile.mkdtemp()}/search.sqlite3",
+            _sizes("EHR_BENCH_SQLITE_SIZES", "10000,100000"),
         )
-    header = (
-        f"{'backend':<11}{'residents':>11}{'load/s':>9}{'identifier p50/p95':>21}"
-        f"{'$match id p50/p95':>21}{'$match demogr. p50/p95':>25}{'found@1':>9}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in mpi_rows:
-        print(
-            f"{r['backend']:<11}{r['residents']:>11,}{r['load_residents_per_s']:>9,}"
-            f"{r['identifier_p50_ms']:>10.2f} / {r['identifier_p95_ms']:<8.2f}"
-            f"{r['$match id_p50_ms']:>10.2f} / {r['$match id_p95_ms']:<8.2f}"
-            f"{r['$match demographics_p50_ms']:>13.2f} / {r['$match demographics_p95_ms']:<8.2f}"
-            f"{r['$match demographics_found_at_1']:>9.2f}"
+        pg_search = _fresh_pg("ehr_bench_search")
+        if pg_search:
+            search_rows += bench_search(
+                "postgresql", pg_search, _sizes("EHR_BENCH_PG_SIZES", "10000,100000,1000000")
+            )
+        _table(search_rows, [
+            ("backend", "backend", ""), ("resources", "resources", ","),
+            ("load res/s", "load_resources_per_s", ","),
+            ("pat+code+date p50", "patient+code+date_p50_ms", ".2f"),
+            ("p95", "patient+code+date_p95_ms", ".2f"),
+            ("growth", "patient+code+date_p95_growth", ".2f"),
+            ("identifier p95", "identifier_p95_ms", ".2f"),
+            ("$everything p95", "$everything_p95_ms", ".2f"),
+            ("growth", "$everything_p95_growth", ".2f"),
+        ])  # fmt: skip
+
+    if _wanted("identity"):
+        print("\nresident identity as the register grows (in-process, no HTTP):", flush=True)
+        mpi_rows = bench_mpi(
+            "sqlite",
+            f"sqlite:///{tempfile.mkdtemp()}/mpi.sqlite3",
+            _sizes("EHR_BENCH_SQLITE_RESIDENTS", "10000,100000"),
         )
+        pg_mpi = _fresh_pg("ehr_bench_mpi")
+        if pg_mpi:
+            mpi_rows += bench_mpi(
+                "postgresql", pg_mpi, _sizes("EHR_BENCH_PG_RESIDENTS", "100000,1000000")
+            )
+        _table(mpi_rows, [
+            ("backend", "backend", ""), ("residents", "residents", ","),
+            ("load/s", "load_residents_per_s", ","),
+            ("identifier p50", "identifier_p50_ms", ".2f"), ("p95", "identifier_p95_ms", ".2f"),
+            ("$match id p50", "$match id_p50_ms", ".2f"), ("p95", "$match id_p95_ms", ".2f"),
+            ("$match demogr. p50", "$match demographics_p50_ms", ".2f"),
+            ("p95", "$match demographics_p95_ms", ".2f"),
+            ("found@1", "$match demographics_found_at_1", ".2f"),
+        ])  # fmt: skip
 
-    print("\n$recognizable-results as stored results grow (in-process, no HTTP):", flush=True)
-    from tests.bench import recognition_bench
+    if _wanted("recognition"):
+        print("\n$recognizable-results as stored results grow (in-process, no HTTP):", flush=True)
+        from tests.bench import recognition_bench
 
-    recognition_rows = bench_growth(
-        "sqlite", f"sqlite:///{tempfile.mkdtemp()}/recognition.sqlite3",
-        _sizes("EHR_BENCH_SQLITE_RESULTS", "10000,100000"), recognition_bench,
-        recognition_bench.PER_PATIENT, "results",
-    )  # fmt: skip
-    pg_recognition = _fresh_pg("ehr_bench_recognition")
-    if pg_recognition:
-        recognition_rows += bench_growth(
-            "postgresql", pg_recognition,
-            _sizes("EHR_BENCH_PG_RESULTS", "10000,100000,1000000"), recognition_bench,
+        recognition_rows = bench_growth(
+            "sqlite", f"sqlite:///{tempfile.mkdtemp()}/recognition.sqlite3",
+            _sizes("EHR_BENCH_SQLITE_RESULTS", "10000,100000"), recognition_bench,
             recognition_bench.PER_PATIENT, "results",
         )  # fmt: skip
-    header = (
-        f"{'backend':<11}{'results':>11}{'load res/s':>12}{'p50 ms':>9}{'p95 ms':>9}{'growth':>8}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in recognition_rows:
-        print(
-            f"{r['backend']:<11}{r['results']:>11,}{r['load_results_per_s']:>12,}"
-            f"{r['$recognizable-results_p50_ms']:>9.2f}{r['$recognizable-results_p95_ms']:>9.2f}"
-            f"{r['$recognizable-results_p95_growth']:>8.2f}"
-        )
+        pg_recognition = _fresh_pg("ehr_bench_recognition")
+        if pg_recognition:
+            recognition_rows += bench_growth(
+                "postgresql", pg_recognition,
+                _sizes("EHR_BENCH_PG_RESULTS", "10000,100000,1000000"), recognition_bench,
+                recognition_bench.PER_PATIENT, "results",
+            )  # fmt: skip
+        _table(recognition_rows, [
+            ("backend", "backend", ""), ("results", "results", ","),
+            ("load res/s", "load_results_per_s", ","),
+            ("p50 ms", "$recognizable-results_p50_ms", ".2f"),
+            ("p95 ms", "$recognizable-results_p95_ms", ".2f"),
+            ("growth", "$recognizable-results_p95_growth", ".2f"),
+        ])  # fmt: skip
 
-    print("\nsigned exchange ingest (in-process, no HTTP):", flush=True)
-    from tests.bench import exchange_bench
+    if _wanted("exchange"):
+        print("\nsigned exchange ingest (in-process, no HTTP):", flush=True)
+        from tests.bench import exchange_bench
 
-    messages = int(os.environ.get("EHR_BENCH_EXCHANGE_MESSAGES", "200"))
-    exchange_rows = [
-        exchange_bench.run("sqlite", f"sqlite:///{tempfile.mkdtemp()}/exchange.sqlite3", messages)
-    ]
-    pg_exchange = _fresh_pg("ehr_bench_exchange")
-    if pg_exchange:
-        exchange_rows.append(exchange_bench.run("postgresql", pg_exchange, messages))
-    header = (
-        f"{'backend':<11}{'messages':>9}{'KiB/msg':>9}{'msg/s':>8}{'results/s':>11}"
-        f"{'written res/s':>15}{'verify ms':>11}{'verify share':>14}{'sign ms':>9}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in exchange_rows:
-        print(
-            f"{r['backend']:<11}{r['messages']:>9}{r['message_kib']:>9.1f}"
-            f"{r['messages_per_s']:>8.1f}{r['results_per_s']:>11,}"
-            f"{r['stored_resources_per_s']:>15,}{r['verify_ms_per_message']:>11.3f}"
-            f"{r['verify_share_of_ingest']:>13.1%}{r['sign_ms_per_message']:>9.3f}"
-        )
+        messages = int(os.environ.get("EHR_BENCH_EXCHANGE_MESSAGES", "200"))
+        exchange_rows = [
+            exchange_bench.run(
+                "sqlite", f"sqlite:///{tempfile.mkdtemp()}/exchange.sqlite3", messages
+            )
+        ]
+        pg_exchange = _fresh_pg("ehr_bench_exchange")
+        if pg_exchange:
+            exchange_rows.append(exchange_bench.run("postgresql", pg_exchange, messages))
+        _table(exchange_rows, [
+            ("backend", "backend", ""), ("messages", "messages", "d"),
+            ("KiB/msg", "message_kib", ".1f"), ("msg/s", "messages_per_s", ".1f"),
+            ("results/s", "results_per_s", ","), ("written res/s", "stored_resources_per_s", ","),
+            ("verify ms", "verify_ms_per_message", ".3f"),
+            ("verify share", "verify_share_of_ingest", ".1%"),
+            ("sign ms", "sign_ms_per_message", ".3f"),
+        ])  # fmt: skip
 
-    print("\nbulk import of generated records (ehr-service import, a child process):", flush=True)
-    from tests.bench import import_bench
+    if _wanted("import"):
+        print("\nbulk import of generated records (ehr-service import):", flush=True)
+        from tests.bench import import_bench
 
-    residents = int(os.environ.get("EHR_BENCH_IMPORT_RESIDENTS", "1000"))
-    import_rows = [import_bench.run("sqlite", None, residents)]
-    pg_import = _fresh_pg("ehr_bench_import")
-    if pg_import:
-        import_rows.append(import_bench.run("postgresql", pg_import, residents))
-    header = (
-        f"{'backend':<11}{'resources':>11}{'import res/s':>14}{'seconds':>9}{'re-run s':>10}"
-        f"{'peak MB':>9}{'bytes/res':>11}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in import_rows:
-        print(
-            f"{r['backend']:<11}{r['resources']:>11,}{r['import_resources_per_s']:>14,}"
-            f"{r['import_seconds']:>9.1f}{r['rerun_seconds']:>10.1f}{r['peak_rss_mb']:>9,}"
-            f"{r['storage_bytes_per_resource']:>11,}"
-        )
+        residents = int(os.environ.get("EHR_BENCH_IMPORT_RESIDENTS", "1000"))
+        import_rows = [import_bench.run("sqlite", None, residents)]
+        pg_import = _fresh_pg("ehr_bench_import")
+        if pg_import:
+            import_rows.append(import_bench.run("postgresql", pg_import, residents))
+        _table(import_rows, [
+            ("backend", "backend", ""), ("resources", "resources", ","),
+            ("workers", "workers", "d"), ("import res/s", "import_resources_per_s", ","),
+            ("valid. res/s", "validation_only_resources_per_s", ",.0f"),
+            ("seconds", "import_seconds", ".1f"), ("re-run s", "rerun_seconds", ".1f"),
+            ("peak MB", "peak_rss_mb", ","), ("bytes/res", "storage_bytes_per_resource", ","),
+        ])  # fmt: skip
+        _table(import_rows, [
+            ("backend", "backend", ""), ("largest record", "largest_record_resources", ","),
+            ("$everything pages", "everything_pages", "d"),
+            ("page p50 ms", "everything_page_p50_ms", ".2f"),
+            ("page max ms", "everything_page_max_ms", ".2f"),
+            ("all once", "everything_complete", ""),
+            ("duplicates", "everything_duplicates", "d"),
+        ])  # fmt: skip
 
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)

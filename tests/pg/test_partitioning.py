@@ -70,7 +70,9 @@ def test_a_record_lives_in_one_partition_and_ids_stay_unique(partitioned: Servic
     with TestClient(create_app(services=services), headers=bearer(services.settings)) as client:
         pids = []
         for family in ("Wang", "Li", "Zhang"):
-            response = client.post("/fhir/Patient", json=patient(name=[{"family": family}]), headers=FHIR_JSON)
+            response = client.post(
+                "/fhir/Patient", json=patient(name=[{"family": family}]), headers=FHIR_JSON
+            )
             assert response.status_code == 201, response.text
             pids.append(response.json()["id"])
         for pid in pids:
