@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default: a SQLite file ehr.sqlite3 under data_dir",
     )
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     base_url: str | None = Field(

@@ -30,8 +30,13 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_engine(url: str, statement_timeout_ms: int) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def _sqlite_engine(url: str, statement_timeout_ms: int, pool_size: int) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=pool_size,  # as on PostgreSQL: connections beyond it are opened and closed
+        max_overflow=pool_size,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -107,7 +112,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 0) -> None:
         self.url = normalise_url(url)
         if self.url.startswith("sqlite"):
-            self.engine = _sqlite_engine(self.url, statement_timeout_ms)
+            self.engine = _sqlite_engine(self.url, statement_timeout_ms, pool_size)
         else:
             options = "-c plan_cache_mode=force_custom_plan"
             if statement_timeout_ms > 0:

@@ -81,7 +81,8 @@ class BareServer:
         root = Path(__file__).resolve().parents[2]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "tests.bench.bare_app:app", "--port",
-             str(self.port), "--log-level", "warning"],
+             str(self.port), "--log-level", "warning", "--workers",
+             os.environ.get("EHR_BENCH_SERVER_WORKERS", "1")],
             cwd=root,
             env={**os.environ, "EHR_DATABASE_URL": self.database_url},
             stdout=subprocess.DEVNULL,

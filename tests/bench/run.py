@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from tests.conftest import sample_bundles  # noqa: E402
 
 ROUNDS = int(os.environ.get("EHR_BENCH_ROUNDS", "2"))
 READS = int(os.environ.get("EHR_BENCH_READS", "2000"))
+# Server processes (the service's and the bare endpoint's), and bundles posted at once.
+SERVER_WORKERS = int(os.environ.get("EHR_BENCH_SERVER_WORKERS", "1"))
 
 
 def _free_port() -> int:
@@ -104,7 +107,7 @@ class Server:
         exe = [sys.executable, "-m", "ehr_service.cli"]
         subprocess.run([*exe, "migrate"], env=self.env, check=True, capture_output=True)
         self.process = subprocess.Popen(
-            [*exe, "serve", "--port", str(self.port)],
+            [*exe, "serve", "--port", str(self.port), "--workers", str(SERVER_WORKERS)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -145,15 +148,19 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
             **server.auth(),
         }
         locations: list[str] = []
-        count = 0
+
+        def post(raw: bytes) -> list[str]:
+            response = client.post(server.base, content=raw, headers=headers)
+            response.raise_for_status()
+            return [
+                e["response"]["location"].split("/_history")[0] for e in response.json()["entry"]
+            ]
+
         started = time.perf_counter()
-        for _ in range(ROUNDS):
-            for raw in bundles:
-                response = client.post(server.base, content=raw, headers=headers)
-                response.raise_for_status()
-                entries = response.json()["entry"]
-                count += len(entries)
-                locations.extend(e["response"]["location"].split("/_history")[0] for e in entries)
+        with ThreadPoolExecutor(SERVER_WORKERS) as pool:  # one bundle in flight per process
+            for written in pool.map(post, [raw for _ in range(ROUNDS) for raw in bundles]):
+                locations += written
+        count = len(locations)
         ingest_seconds = time.perf_counter() - started
         latencies = []
         targets = [locations[(i * 7919) % len(locations)] for i in range(READS)]
@@ -180,6 +187,7 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         bare_load = load_bench.load(lambda n: f"{bare.base}/{targets[n % len(targets)]}", {})
     return {
         "backend": name,
+        "server_workers": SERVER_WORKERS,
         "ingested_resources": count,
         "ingest_seconds": round(ingest_seconds, 3),
         "ingest_resources_per_s": round(count / ingest_seconds, 1),
@@ -321,7 +329,8 @@ def main() -> None:
             result["ingest_to_validation_ratio"] = round(result["ingest_resources_per_s"] / rate, 3)
             results.append(result)
         _table(results, [
-            ("backend", "backend", ""), ("ingest res/s", "ingest_resources_per_s", ",.0f"),
+            ("backend", "backend", ""), ("procs", "server_workers", "d"),
+            ("ingest res/s", "ingest_resources_per_s", ",.0f"),
             ("valid. res/s", "validation_only_resources_per_s", ",.0f"),
             ("ratio", "ingest_to_validation_ratio", ".2f"), ("read p50 ms", "read_p50_ms", ".2f"),
             ("read p95 ms", "read_p95_ms", ".2f"), ("read p99 ms", "read_p99_ms", ".2f"),
