@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 import orjson
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import utc_now
@@ -89,12 +89,12 @@ def input_files(paths: list[Path]) -> list[Path]:
 
 
 def _rank(path: Path) -> int:
+    """0 institutions and the like, 1 residents, 2 their consents (a refusal must be
+    stored before the results it keeps from partners), 3 the rest."""
     name = path.name.split(".")[0].split("-")[0]
-    if name == "Patient":
-        return 1
     if name in REFERENCED_FIRST:
         return 0
-    return 2
+    return {"Patient": 1, "Consent": 2}.get(name, 3)
 
 
 class Importer:
@@ -158,8 +158,11 @@ class Importer:
         wait_all: bool = False,
     ) -> None:
         done, _ = wait(pending, return_when=ALL_COMPLETED if wait_all else FIRST_COMPLETED)
+        crashed = [f for f in done if f.exception() is not None]  # a worker process died
         for future in done:
             pending.discard(future)
+            if future in crashed:
+                continue
             counted, errors = future.result()
             progress.created += counted.created
             progress.updated += counted.updated
@@ -167,6 +170,8 @@ class Importer:
             progress.failed += counted.failed
             self.errors.write(errors)
         self._report(progress)
+        if crashed:
+            raise RuntimeError(f"an import worker failed: {crashed[0].exception()}")
 
     def _error(self, progress: Progress, where: str, message: str) -> None:
         progress.failed += 1
@@ -314,8 +319,13 @@ def _worker_batch(lines: list[tuple[str, bytes]]) -> tuple[Progress, str]:
     importer.errors = io.StringIO()
     progress = Progress(0)
     batch = importer._parse(lines, progress)
-    with importer.ctx.services.database.write() as conn:
-        importer._batch(conn, batch, progress)
+    try:
+        with importer.ctx.services.database.write() as conn:
+            importer._batch(conn, batch, progress)
+    except (FhirError, SQLAlchemyError) as error:  # rolled back: none of the batch is stored
+        progress = Progress(0, failed=len(lines))
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return progress, "".join(f"{where}: batch not stored: {reason}\n" for where, _ in lines)
     return progress, importer.errors.getvalue()
 
 

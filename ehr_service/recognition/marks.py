@@ -77,10 +77,10 @@ def _stored_institution(conn: Connection, performer: str) -> Institution | None:
     cache = transaction_cache(conn, INSTITUTIONS)
     if org_id not in cache:
         content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
-        cache[org_id] = (
-            None if content is None else institution_of(performer, orjson.loads(content))
-        )
-    found: Institution | None = cache[org_id]
+        if content is None:  # not kept: it may be written later in this transaction
+            return None
+        cache[org_id] = institution_of(performer, orjson.loads(content))
+    found: Institution = cache[org_id]
     return found
 
 

@@ -74,6 +74,8 @@ def partition(conn: Connection, partitions: int) -> list[str]:
     returns the tables changed. Already partitioned: nothing to do."""
     if conn.dialect.name != "postgresql":
         raise PartitioningError("partitioning needs PostgreSQL")
+    if int(conn.execute(text("SHOW server_version_num")).scalar_one()) < 150000:
+        raise PartitioningError("partitioning needs PostgreSQL 15 or later (NULLS NOT DISTINCT)")
     if not 2 <= partitions <= 1024:
         raise PartitioningError("partitions must be between 2 and 1024")
     changed = [table for table in PARTITIONED if not _is_partitioned_table(conn, table)]

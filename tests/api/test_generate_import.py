@@ -136,3 +136,15 @@ def test_parallel_import_orders_by_dependency_and_matches_sequential(
     code, out = _run("import", *given, "--errors", str(errors), "--workers", "2")
     assert f"0 new, 0 changed, {total} unchanged, 2 failed" in out
     assert _counts(services) == (total, total)
+
+
+def test_import_order_puts_consents_before_results(tmp_path: Path) -> None:
+    """A refusal must be stored before the results it keeps from partners are
+    queued for them, also when workers write files of one rank at once."""
+    from ehr_service.interactions.importing import input_files
+
+    for name in ("Observation", "Consent", "Patient", "Organization", "Encounter"):
+        (tmp_path / f"{name}.ndjson").write_bytes(b"")
+    assert [p.stem for p in input_files([tmp_path])] == [
+        "Organization", "Patient", "Consent", "Encounter", "Observation",
+    ]  # fmt: skip
