@@ -44,6 +44,18 @@ def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def fresh_database(url: str, suffix: str) -> str:
+    """An empty database named after the one in ``url`` plus ``suffix``; its URL."""
+    parsed = make_url(normalise_url(url))
+    name = f"{parsed.database}_{suffix}"
+    admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     url = os.environ.get("EHR_TEST_DATABASE_URL")
@@ -54,14 +66,7 @@ def pg_url() -> Iterator[str]:
             "PostgreSQL tests skipped: set EHR_TEST_DATABASE_URL "
             "(e.g. postgresql://postgres@127.0.0.1:5432/ehr_test) to run them"
         )
-    parsed = make_url(normalise_url(url))
-    worker_db = f"{parsed.database}_{_worker()}"
-    admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{worker_db}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{worker_db}"'))
-    admin.dispose()
-    worker_url = parsed.set(database=worker_db).render_as_string(hide_password=False)
+    worker_url = fresh_database(url, _worker())
     database = Database(worker_url)
     upgrade(database, MIGRATIONS)
     if PARTITIONS:  # the scale-out layout (docs/scale.md): the same suite must pass on it

@@ -263,16 +263,19 @@ def bench_growth(
     return rows
 
 
-def bench_search(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
-    from tests.bench import search_bench
-
-    return bench_growth(name, url, sizes, search_bench, search_bench.PER_PATIENT, "resources")
-
-
-def bench_mpi(name: str, url: str, sizes: list[int]) -> list[dict[str, Any]]:
-    from tests.bench import mpi_bench
-
-    return bench_growth(name, url, sizes, mpi_bench, 1, "residents")
+def growth_on_both(
+    name: str, bench: Any, per_item: int, unit: str, sqlite: tuple[str, str], pg: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """``bench_growth`` on SQLite, then on a fresh PostgreSQL database if reachable;
+    sizes from the environment variable of each pair, or its default."""
+    rows = bench_growth(
+        "sqlite", f"sqlite:///{tempfile.mkdtemp()}/{name}.sqlite3", _sizes(*sqlite), bench,
+        per_item, unit,
+    )  # fmt: skip
+    url = _fresh_pg(f"ehr_bench_{name}")
+    if url:
+        rows += bench_growth("postgresql", url, _sizes(*pg), bench, per_item, unit)
+    return rows
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
@@ -355,16 +358,13 @@ def main() -> None:
 
     if _wanted("search"):
         print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
-        search_rows = bench_search(
-            "sqlite",
-            f"sqlite:///{tempfile.mkdtemp()}/search.sqlite3",
-            _sizes("EHR_BENCH_SQLITE_SIZES", "10000,100000"),
-        )
-        pg_search = _fresh_pg("ehr_bench_search")
-        if pg_search:
-            search_rows += bench_search(
-                "postgresql", pg_search, _sizes("EHR_BENCH_PG_SIZES", "10000,100000,1000000")
-            )
+        from tests.bench import search_bench
+
+        search_rows = growth_on_both(
+            "search", search_bench, search_bench.PER_PATIENT, "resources",
+            ("EHR_BENCH_SQLITE_SIZES", "10000,100000"),
+            ("EHR_BENCH_PG_SIZES", "10000,100000,1000000"),
+        )  # fmt: skip
         _table(search_rows, [
             ("backend", "backend", ""), ("resources", "resources", ","),
             ("load res/s", "load_resources_per_s", ","),
@@ -378,16 +378,13 @@ def main() -> None:
 
     if _wanted("identity"):
         print("\nresident identity as the register grows (in-process, no HTTP):", flush=True)
-        mpi_rows = bench_mpi(
-            "sqlite",
-            f"sqlite:///{tempfile.mkdtemp()}/mpi.sqlite3",
-            _sizes("EHR_BENCH_SQLITE_RESIDENTS", "10000,100000"),
-        )
-        pg_mpi = _fresh_pg("ehr_bench_mpi")
-        if pg_mpi:
-            mpi_rows += bench_mpi(
-                "postgresql", pg_mpi, _sizes("EHR_BENCH_PG_RESIDENTS", "100000,1000000")
-            )
+        from tests.bench import mpi_bench
+
+        mpi_rows = growth_on_both(
+            "mpi", mpi_bench, 1, "residents",
+            ("EHR_BENCH_SQLITE_RESIDENTS", "10000,100000"),
+            ("EHR_BENCH_PG_RESIDENTS", "100000,1000000"),
+        )  # fmt: skip
         _table(mpi_rows, [
             ("backend", "backend", ""), ("residents", "residents", ","),
             ("load/s", "load_residents_per_s", ","),
@@ -402,18 +399,11 @@ def main() -> None:
         print("\n$recognizable-results as stored results grow (in-process, no HTTP):", flush=True)
         from tests.bench import recognition_bench
 
-        recognition_rows = bench_growth(
-            "sqlite", f"sqlite:///{tempfile.mkdtemp()}/recognition.sqlite3",
-            _sizes("EHR_BENCH_SQLITE_RESULTS", "10000,100000"), recognition_bench,
-            recognition_bench.PER_PATIENT, "results",
+        recognition_rows = growth_on_both(
+            "recognition", recognition_bench, recognition_bench.PER_PATIENT, "results",
+            ("EHR_BENCH_SQLITE_RESULTS", "10000,100000"),
+            ("EHR_BENCH_PG_RESULTS", "10000,100000,1000000"),
         )  # fmt: skip
-        pg_recognition = _fresh_pg("ehr_bench_recognition")
-        if pg_recognition:
-            recognition_rows += bench_growth(
-                "postgresql", pg_recognition,
-                _sizes("EHR_BENCH_PG_RESULTS", "10000,100000,1000000"), recognition_bench,
-                recognition_bench.PER_PATIENT, "results",
-            )  # fmt: skip
         _table(recognition_rows, [
             ("backend", "backend", ""), ("results", "results", ","),
             ("load res/s", "load_results_per_s", ","),

@@ -9,14 +9,13 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import make_url
 
 from ehr_service.app import build_services, create_app
 from ehr_service.config import Settings
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import Services
 from ehr_service.storage import resources
-from ehr_service.storage.database import Database, normalise_url
+from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.partitioning import (
     CLAIM,
@@ -26,7 +25,7 @@ from ehr_service.storage.partitioning import (
     partition,
 )
 from ehr_service.storage.resources import NewVersion
-from tests.conftest import MIGRATIONS, _worker
+from tests.conftest import MIGRATIONS, _worker, fresh_database
 from tests.helpers import FHIR_JSON, bearer, observation, patient
 
 pytestmark = pytest.mark.pg
@@ -35,20 +34,13 @@ pytestmark = pytest.mark.pg
 @pytest.fixture(scope="module")
 def partitioned(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """A database of its own, left for the next run to drop (dropping takes seconds)."""
-    parsed = make_url(normalise_url(pg_url))
-    name = f"{parsed.database}_partitioned_{_worker()}"
-    admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = parsed.set(database=name).render_as_string(hide_password=False)
+    url = fresh_database(pg_url, f"partitioned_{_worker()}")
     database = Database(url)
     upgrade(database, MIGRATIONS)
     with database.engine.begin() as conn:
         assert partition(conn, 4) == list(PARTITIONED)
         assert partition(conn, 4) == []  # a second run finds nothing to do
     database.dispose()
-    admin.dispose()
     data_dir = tmp_path_factory.mktemp("partitioned")
     services = build_services(Settings(database_url=url, data_dir=data_dir, environment="test"))
     yield services
