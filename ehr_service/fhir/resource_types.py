@@ -5,6 +5,8 @@ Generated from profiles-resources.json: every non-abstract resource specializati
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     (
         "Account",
@@ -182,3 +184,17 @@ R4_TYPES_WITHOUT_R4B_MODEL: frozenset[str] = frozenset(
         "SubstanceSpecification",
     )
 )
+
+
+def check_type_parameter(names: Iterable[str]) -> None:
+    """``_type`` values ($everything, $export) must name R4 resource types: 400."""
+    from ehr_service.fhir.errors import Category, FhirError
+
+    for name in names:
+        if name not in R4_RESOURCE_TYPES:
+            raise FhirError.of(
+                Category.INCORRECT,
+                f"_type: '{name[:64]}' is not a resource type",
+                code="value",
+                expression=["_type"],
+            )

@@ -28,7 +28,7 @@ import orjson
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
-from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, check_type_parameter
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.security.caller import Caller
@@ -126,14 +126,8 @@ class BulkExports:
         member_types = self.services.compartment.member_types() | {"Patient"}
         if requested:
             names = [t.strip() for value in requested for t in value.split(",") if t.strip()]
+            check_type_parameter(names)
             for name in names:
-                if name not in R4_RESOURCE_TYPES:
-                    raise FhirError.of(
-                        Category.INCORRECT,
-                        f"_type: '{name[:64]}' is not a resource type",
-                        code="value",
-                        expression=["_type"],
-                    )
                 require(ctx.caller, name, "r")
             types = sorted(set(names))
         else:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
-from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, check_type_parameter
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.read import current_or_fail
@@ -59,14 +59,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     since = parse_instant_param(since_raw, "_since") if since_raw is not None else None
     types_raw = first_value(query, "_type")
     types = [t.strip() for t in types_raw.split(",")] if types_raw else None
-    for name in types or []:
-        if name not in R4_RESOURCE_TYPES:
-            raise FhirError.of(
-                Category.INCORRECT,
-                f"_type: '{name[:64]}' is not a resource type",
-                code="value",
-                expression=["_type"],
-            )
+    check_type_parameter(types or [])
     types = _readable_types(ctx, types)
     if types == []:
         raise FhirError.of(
