@@ -69,3 +69,19 @@ def test_everything_filters(client: TestClient) -> None:
     assert client.get(f"/fhir/Patient/{pid}/$everything?_cursor=x").status_code == 400
     everyone = client.get("/fhir/Patient/$everything?_count=5").json()
     assert everyone["total"] >= only["total"]
+
+
+def test_unknown_types_are_refused_by_everything_and_export(client: TestClient) -> None:
+    pid = client.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient"},
+        headers={"Content-Type": "application/fhir+json"},
+    ).json()["id"]
+    for url in (
+        f"/fhir/Patient/{pid}/$everything?_type=Observation,Nope",
+        "/fhir/$export?_type=Nope",
+    ):
+        response = client.get(url, headers={"Prefer": "respond-async"})
+        assert response.status_code == 400, (url, response.text)
+        issue = response.json()["issue"][0]
+        assert issue["expression"] == ["_type"] and "Nope" in issue["diagnostics"]
