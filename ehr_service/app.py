@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(citizen.router)
     app.include_router(exchange.router)
     errors.install(app)
+    app.add_middleware(errors.UnexpectedErrors)  # innermost: the others see its 500
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(observability.ObservabilityMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: the others see the request id

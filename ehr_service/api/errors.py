@@ -10,11 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehr_service.api.middleware import REQUEST_ID_HEADER, request_id_of
 from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
 from ehr_service.api.rendering import render_error
-from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.errors import Category, FhirError, Issue, unexpected
 from ehr_service.interactions.context import Services
 
 logger = logging.getLogger("ehr_service.api")
@@ -103,14 +104,40 @@ def allowed_methods(request: Request) -> list[str]:
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = request_id_of(request.scope)
     logger.exception("unexpected error in request %s", request_id, exc_info=exc)
-    error = FhirError.of(
-        Category.FAULT,
-        f"An unexpected error occurred; quote request id {request_id} when reporting it",
-    )
+    error = unexpected(request_id)
     await run_in_threadpool(audit_failure, request, 500)
     response = render_error(error)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+class UnexpectedErrors:
+    """Answer an unhandled error here, below Starlette's ServerErrorMiddleware: that
+    one re-raises after answering, and the server then drops the keep-alive
+    connection, so the client's next request on it went unanswered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # a streamed body broke off: nothing more can be said on it
+                raise
+            response = await on_unexpected(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

@@ -152,3 +152,11 @@ def information_outcome(diagnostics: str, code: str = "informational") -> dict[s
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "information", "code": code, "diagnostics": diagnostics}],
     }
+
+
+def unexpected(request_id: str) -> FhirError:
+    """The answer to a bug: a 500 that names the request, never its details."""
+    return FhirError.of(
+        Category.FAULT,
+        f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,13 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
-from ehr_service.fhir.errors import Category, FhirError, error_outcome, operation_outcome
+from ehr_service.fhir.errors import (
+    Category,
+    FhirError,
+    error_outcome,
+    operation_outcome,
+    unexpected,
+)
 from ehr_service.fhir.primitives import format_instant, new_id, parse_etag, utc_now
 from ehr_service.fhir.references import is_conditional_reference, rewrite_references
 from ehr_service.interactions import conditional, dispatch
@@ -29,6 +36,7 @@ from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.routing import Interaction, Route, route
 from ehr_service.storage import resources
 
+logger = logging.getLogger(__name__)
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _WRITES = {Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE}
 
@@ -219,11 +227,8 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
         for entry in ordered:
             if entry.method == "DELETE":
                 _run_entry(conn, ctx, entry)
-        creates = [e for e in ordered if e.method == "POST" and e.result is None]
-        _bulk_create(conn, ctx, [e for e in creates if e.if_none_exist is None])
-        for entry in creates:
-            if entry.if_none_exist is not None:
-                _conditional_create(conn, ctx, entry)
+        # Conditional creates that found nothing hold their criteria's key by now.
+        _bulk_create(conn, ctx, [e for e in ordered if e.method == "POST" and e.result is None])
         for entry in ordered:
             if entry.method not in {"DELETE", "POST"}:
                 _run_entry(conn, ctx, entry)
@@ -233,21 +238,6 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
         )
         ctx.services.auditor.record(conn, ctx, result)  # commits with the transaction
     return result
-
-
-def _conditional_create(conn: Connection, ctx: RequestContext, entry: Entry) -> None:
-    assert entry.route.resource_type is not None and entry.if_none_exist is not None
-    try:
-        entry.result = conditional.conditional_create(
-            conn,
-            ctx,
-            entry.route.resource_type,
-            entry.resource,
-            entry.if_none_exist,
-            entry.assigned_id,
-        )
-    except FhirError as error:
-        raise _in_entry(entry.index, error) from None
 
 
 def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[Entry]) -> None:
@@ -270,19 +260,19 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
                 )
             creating[key] = entry.index
         if target.interaction is Interaction.CREATE:
-            try:
-                match = (
-                    conditional.existing_match(
-                        conn, ctx, str(target.resource_type), entry.if_none_exist
+            entry.assigned_id = new_id()
+            if entry.if_none_exist is not None:  # the winner's id if a match exists
+                try:
+                    match = conditional.claim_or_match(
+                        conn, ctx, str(target.resource_type), entry.if_none_exist, entry.assigned_id
                     )
-                    if entry.if_none_exist is not None
-                    else None
-                )
-            except FhirError as error:
-                raise _in_entry(entry.index, error) from None
-            if match is not None:  # If-None-Exist found it: nothing to create
-                entry.result = conditional.existing_result(conn, str(target.resource_type), match)
-            entry.assigned_id = match or new_id()
+                except FhirError as error:
+                    raise _in_entry(entry.index, error) from None
+                if match is not None:  # If-None-Exist found it: nothing to create
+                    entry.result = conditional.existing_result(
+                        conn, str(target.resource_type), match
+                    )
+                    entry.assigned_id = match
             identity = f"{target.resource_type}/{entry.assigned_id}"
         elif target.interaction in _WRITES:
             identity = f"{target.resource_type}/{target.resource_id}"
@@ -367,6 +357,9 @@ def _batch(ctx: RequestContext, raw_entries: list[Any]) -> Result:
             results.append(entry.result)
         except FhirError as error:
             results.append(_in_entry(index, error))
+        except Exception:  # a bug in one entry: its own 500; the others stand
+            logger.exception("request %s: batch entry %d failed", ctx.request_id, index)
+            results.append(_in_entry(index, unexpected(ctx.request_id)))
     touched = Result.owners(*(p for r in results if isinstance(r, Result) for p in r.patients))
     result = Result(200, _response_entries(ctx, "batch-response", results), patients=touched)
     ctx.services.auditor.record_now(ctx, result)

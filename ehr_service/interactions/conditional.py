@@ -100,41 +100,58 @@ def existing_match(
     return found[0] if found else None
 
 
+def claim_or_match(
+    conn: Connection,
+    ctx: RequestContext,
+    resource_type: str,
+    criteria: Criteria,
+    resource_id: str,
+) -> str | None:
+    """The one resource the criteria find, or None once this transaction holds the
+    criteria's key for ``resource_id``, which it must then create. A concurrent
+    creator of a match holds the key until it ends (PostgreSQL waits on it), so
+    a loser sees the winner's resource and is given its id instead: whatever
+    references a transaction points at it, the resource exists."""
+    query = parse_criteria(criteria)
+    match = existing_match(conn, ctx, resource_type, query)
+    if match is not None:
+        return match
+    key = _normalised(ctx, query)
+    if conditional_keys.claim(conn, resource_type, key, resource_id):
+        return None
+    match = existing_match(conn, ctx, resource_type, query)  # the holder has committed
+    if match is not None:
+        return match
+    conditional_keys.release(conn, resource_type, key)  # stale: its resource changed
+    if not conditional_keys.claim(conn, resource_type, key, resource_id):
+        raise FhirError.of(
+            Category.CONFLICT,
+            "A concurrent conditional create is under way; retry",
+            code="conflict",
+        )
+    return None
+
+
 def conditional_create(
     conn: Connection,
     ctx: RequestContext,
     resource_type: str,
     body: Any,
     criteria: Criteria,
-    resource_id: str | None = None,
 ) -> Result:
     """If-None-Exist: none creates, one returns it (200), several is 412."""
-    query = parse_criteria(criteria)
-    match = existing_match(conn, ctx, resource_type, query)
+    new_resource_id = new_id()
+    match = claim_or_match(conn, ctx, resource_type, criteria, new_resource_id)
     if match is not None:
         return existing_result(conn, resource_type, match)
-    key = _normalised(ctx, query)
-    new_resource_id = resource_id or new_id()
-    if not conditional_keys.claim(conn, resource_type, key, new_resource_id):
-        # Another transaction created (or is creating) a match: it has committed now.
-        match = existing_match(conn, ctx, resource_type, query)
-        if match is not None:
-            if resource_id is not None:  # a transaction already pointed references at its id
-                raise FhirError.of(
-                    Category.CONFLICT,
-                    "A concurrent conditional create matched the same criteria; retry",
-                    code="conflict",
-                )
-            return existing_result(conn, resource_type, match)
-        conditional_keys.release(conn, resource_type, key)  # stale: its resource changed
-        if not conditional_keys.claim(conn, resource_type, key, new_resource_id):
-            raise FhirError.of(
-                Category.CONFLICT,
-                "A concurrent conditional create is under way; retry",
-                code="conflict",
-            )
     # Prepared only once the key is ours: nothing (a record number) is spent on a loser.
-    version = create.prepare_create(conn, ctx, resource_type, body, new_resource_id)
+    return _create(conn, ctx, resource_type, body, new_resource_id)
+
+
+def _create(
+    conn: Connection, ctx: RequestContext, resource_type: str, body: Any, resource_id: str
+) -> Result:
+    version = create.prepare_create(conn, ctx, resource_type, body, resource_id)
     resources.insert_new(conn, [version])
     return create.created(version)
 
@@ -147,7 +164,8 @@ def conditional_update(
     criteria: Criteria,
     if_match: int | None = None,
 ) -> Result:
-    found = matching_ids(conn, ctx, resource_type, parse_criteria(criteria))
+    query = parse_criteria(criteria)
+    found = matching_ids(conn, ctx, resource_type, query)
     if len(found) > 1:
         raise _several(resource_type)
     body_id = body.get("id") if isinstance(body, dict) else None
@@ -162,7 +180,14 @@ def conditional_update(
         return update.update(conn, ctx, resource_type, found[0], {**body, "id": found[0]}, if_match)
     if isinstance(body_id, str):
         return update.update(conn, ctx, resource_type, body_id, body, if_match)
-    return create.create(conn, ctx, resource_type, body)
+    # No match: create under the criteria's key, as a conditional create does, so
+    # that concurrent conditional updates make one resource and update it.
+    require(ctx.caller, resource_type, "c")
+    new_resource_id = new_id()
+    match = claim_or_match(conn, ctx, resource_type, query, new_resource_id)
+    if match is not None:
+        return update.update(conn, ctx, resource_type, match, {**body, "id": match}, if_match)
+    return _create(conn, ctx, resource_type, body, new_resource_id)
 
 
 def conditional_delete(

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import audit_access, audit_event, audit_head
 
@@ -70,7 +71,11 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()  # appenders queue here: one chain, no forks
     head = conn.execute(query).first()
-    seq, prev = (0, GENESIS) if head is None else (int(head.seq), str(head.hash))
+    if head is None:  # migration 0010 makes the row; a head lost since is made once
+        _make_head(conn)
+        head = conn.execute(query).first()
+    assert head is not None
+    seq, prev = int(head.seq), str(head.hash)
     rows: list[dict[str, object]] = []
     accesses: list[dict[str, object]] = []
     for event in events:
@@ -95,10 +100,15 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
     conn.execute(insert(audit_event), rows)
     if accesses:
         conn.execute(insert(audit_access), accesses)
-    if head is None:
-        conn.execute(insert(audit_head).values(id=1, seq=seq, hash=prev))
-    else:
-        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+def _make_head(conn: Connection) -> None:
+    """The head row at the genesis hash, unless a concurrent appender made it first."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        dialect_insert(audit_head).values(id=1, seq=0, hash=GENESIS).on_conflict_do_nothing()
+    )
 
 
 def head(conn: Connection) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.storage.database import Database
+from ehr_service.storage.search_sql import text_equals
 from ehr_service.storage.tables import (
     record_number,
     resident_id_number,
@@ -157,7 +158,7 @@ def match_candidates(
             select(search_token.c.res_id).where(
                 search_token.c.res_type == "Patient",
                 search_token.c.param == "phone",
-                search_token.c.code.in_(phone_list),
+                or_(*(text_equals(search_token.c.code, p) for p in phone_list)),
             )
         )
     name_list = [n for n in names if n]
@@ -166,7 +167,7 @@ def match_candidates(
             select(search_string.c.res_id).where(
                 search_string.c.res_type == "Patient",
                 search_string.c.param == "name",
-                search_string.c.value_norm.in_(name_list),
+                or_(*(text_equals(search_string.c.value_norm, n) for n in name_list)),
             )
         )
     if not queries:
@@ -207,7 +208,7 @@ def known_identifier_system(conn: Connection, system: str) -> bool:
         .where(
             search_token.c.res_type == "Patient",
             search_token.c.param == "identifier",
-            or_(search_token.c.system == system),
+            text_equals(search_token.c.system, system),
         )
         .limit(1)
     ).first()

@@ -41,6 +41,7 @@ from ehr_service.fhir.search.query import (
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
 from ehr_service.storage.tables import (
+    KEY_CHARS,
     consent_refusal,
     resource,
     search_composite,
@@ -51,6 +52,7 @@ from ehr_service.storage.tables import (
     search_string,
     search_token,
     search_uri,
+    text_key,
 )
 
 _TABLES = {
@@ -124,6 +126,19 @@ def _bad(message: str) -> FhirError:
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def text_equals(column: Any, value: str) -> ColumnElement[bool]:
+    """Exact equality on an index text column: the indexed key, then the whole value."""
+    return and_(text_key(column) == value[:KEY_CHARS], column == value)
+
+
+def text_starts_with(column: Any, text: str) -> ColumnElement[bool]:
+    """Prefix match on an index text column, through its indexed key."""
+    pattern = f"{_like_escape(text)}%"
+    if len(text) < KEY_CHARS:
+        return text_key(column).like(pattern, escape="\\")  # type: ignore[no-any-return]
+    return and_(text_key(column) == text[:KEY_CHARS], column.like(pattern, escape="\\"))
 
 
 def _number_bounds(text: str) -> tuple[float, float, float]:
@@ -202,12 +217,12 @@ def _token_match(
     system, code = split_token(value)
     system_column, code_column = table.c[system_col], table.c[code_col]
     if system is None:
-        return code_column == code  # type: ignore[no-any-return]
+        return text_equals(code_column, code)
     if system == "":
-        return and_(system_column.is_(None), code_column == code)
+        return and_(system_column.is_(None), text_equals(code_column, code))
     if code == "":
-        return system_column == system  # type: ignore[no-any-return]
-    return and_(system_column == system, code_column == code)
+        return text_equals(system_column, system)
+    return and_(text_equals(system_column, system), text_equals(code_column, code))
 
 
 def stored_names(parameter: SearchParameter, modifier: str | None = None) -> list[str]:
@@ -247,9 +262,10 @@ class SearchCompiler:
         if kind == "string":
             if modifier == "exact":
                 return table.c.value_exact == value
-            pattern = _like_escape(normalise(value))
-            pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
-            return table.c.value_norm.like(pattern, escape="\\")
+            if modifier == "contains":
+                pattern = f"%{_like_escape(normalise(value))}%"
+                return table.c.value_norm.like(pattern, escape="\\")
+            return text_starts_with(table.c.value_norm, normalise(value))
         if kind == "token":
             if modifier == "text":
                 pattern = f"{_like_escape(normalise(value))}%"
@@ -258,7 +274,10 @@ class SearchCompiler:
                 parts = re.split(r"(?<!\\)\|", value)
                 if len(parts) != 3:
                     raise _bad(":of-type takes system|code|value")
-                return and_(table.c.system == f"{parts[0]}|{parts[1]}", table.c.code == parts[2])
+                return and_(
+                    text_equals(table.c.system, f"{parts[0]}|{parts[1]}"),
+                    text_equals(table.c.code, parts[2]),
+                )
             return _token_match(table, value)
         if kind == "date":
             prefix, text = split_prefix(value)
@@ -273,19 +292,19 @@ class SearchCompiler:
                 system, _, code = unit.partition("|")
                 conditions = [clause]
                 if code:
-                    conditions.append(table.c.code == code)
+                    conditions.append(text_equals(table.c.code, code))
                     if system:
-                        conditions.append(table.c.system == system)
+                        conditions.append(text_equals(table.c.system, system))
                 else:  # only a system given: 5.4|http://unitsofmeasure.org
-                    conditions.append(table.c.system == system)
+                    conditions.append(text_equals(table.c.system, system))
                 clause = and_(*conditions)
             return clause
         if kind == "uri":
             if modifier == "below":
-                return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
+                return text_starts_with(table.c.value, value)
             if modifier == "above":
                 return literal(value).like(table.c.value + "%")
-            return table.c.value == value
+            return text_equals(table.c.value, value)
         if kind == "reference":
             return self._reference(parameter, modifier, value)
         if kind == "composite":
@@ -313,10 +332,10 @@ class SearchCompiler:
                     table.c.target_type == parsed.resource_type,
                     table.c.target_id == parsed.resource_id,
                 ),
-                table.c.url == absolute,
+                text_equals(table.c.url, absolute),
             )
         if "/" in value or ":" in value:  # absolute URL or canonical
-            return table.c.url == value.split("|")[0]
+            return text_equals(table.c.url, value.split("|")[0])
         if modifier:
             return and_(table.c.target_type == modifier, table.c.target_id == value)
         if len(parameter.targets) == 1:
@@ -337,15 +356,15 @@ class SearchCompiler:
             if unit:
                 system, _, code = unit.partition("|")
                 if code:
-                    conditions.append(table.c.c2_code == code)
+                    conditions.append(text_equals(table.c.c2_code, code))
                 if system:
-                    conditions.append(table.c.c2_system == system)
+                    conditions.append(text_equals(table.c.c2_system, system))
             second = and_(*conditions)
         elif second_type == "date":
             prefix, text = split_prefix(second_value)
             second = _compare_dates(table.c.c2_low, table.c.c2_high, prefix, text)
         elif second_type == "string":
-            second = table.c.c2_code.like(f"{_like_escape(normalise(second_value))}%", escape="\\")
+            second = text_starts_with(table.c.c2_code, normalise(second_value))
         else:
             second = _token_match(table, second_value, "c2_system", "c2_code")
         return and_(clause, second)

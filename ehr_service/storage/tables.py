@@ -24,8 +24,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     false,
+    func,
+    literal_column,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -119,8 +122,18 @@ def _index_table(name: str, *columns: Column[Any]) -> Table:
     )
 
 
-TEXT = String(255)
+# Index text of any length (an identifier, a code, a URL): PostgreSQL cannot put a
+# value over ~2.7 kB in a B-tree, so the indexes hold ``text_key(column)``, its first
+# KEY_CHARS characters, and the search compiler compares the key, then the value.
+TEXT = Text()
+KEY_CHARS = 200
 NUMBER = Float(precision=53)
+
+
+def text_key(column: Any) -> Any:
+    """The indexed key of an index text column (migration 0010 builds the indexes)."""
+    return func.substr(column, literal_column("1"), literal_column(str(KEY_CHARS)))
+
 
 search_string = _index_table(
     "search_string",
@@ -129,7 +142,7 @@ search_string = _index_table(
 )
 search_token = _index_table(
     "search_token",
-    Column("system", String(255)),
+    Column("system", TEXT),
     Column("code", TEXT),
     Column("text_norm", TEXT),
 )
@@ -142,23 +155,23 @@ search_reference = _index_table(
     "search_reference",
     Column("target_type", RESOURCE_TYPE),
     Column("target_id", RESOURCE_ID),
-    Column("url", String(512)),
-    Column("identifier_system", String(255)),
+    Column("url", TEXT),
+    Column("identifier_system", TEXT),
     Column("identifier_value", TEXT),
 )
 search_quantity = _index_table(
     "search_quantity",
     Column("value", NUMBER, nullable=False),
-    Column("system", String(255)),
+    Column("system", TEXT),
     Column("code", TEXT),
 )
 search_number = _index_table("search_number", Column("value", NUMBER, nullable=False))
-search_uri = _index_table("search_uri", Column("value", String(512), nullable=False))
+search_uri = _index_table("search_uri", Column("value", TEXT, nullable=False))
 search_composite = _index_table(
     "search_composite",
-    Column("c1_system", String(255)),
+    Column("c1_system", TEXT),
     Column("c1_code", TEXT),
-    Column("c2_system", String(255)),
+    Column("c2_system", TEXT),
     Column("c2_code", TEXT),
     Column("c2_value", NUMBER),
     Column("c2_low", UTCDateTime),
@@ -182,15 +195,14 @@ Index(
     "ix_search_string_value",
     search_string.c.res_type,
     search_string.c.param,
-    search_string.c.value_norm,
-    postgresql_ops={"value_norm": "varchar_pattern_ops"},
+    text_key(search_string.c.value_norm),  # text_pattern_ops on PostgreSQL: prefix LIKE
 )
 Index(
     "ix_search_token_code",
     search_token.c.res_type,
     search_token.c.param,
-    search_token.c.code,
-    search_token.c.system,
+    text_key(search_token.c.code),
+    text_key(search_token.c.system),
 )
 Index(
     "ix_search_date_range",
@@ -214,7 +226,7 @@ Index(
     "ix_search_reference_url",
     search_reference.c.res_type,
     search_reference.c.param,
-    search_reference.c.url,
+    text_key(search_reference.c.url),
     postgresql_where=search_reference.c.url.is_not(None),
     sqlite_where=search_reference.c.url.is_not(None),
 )
@@ -222,7 +234,7 @@ Index(
     "ix_search_reference_identifier",
     search_reference.c.res_type,
     search_reference.c.param,
-    search_reference.c.identifier_value,
+    text_key(search_reference.c.identifier_value),
     postgresql_where=search_reference.c.identifier_value.is_not(None),
     sqlite_where=search_reference.c.identifier_value.is_not(None),
 )
@@ -230,18 +242,23 @@ Index(
     "ix_search_quantity_value",
     search_quantity.c.res_type,
     search_quantity.c.param,
-    search_quantity.c.code,
+    text_key(search_quantity.c.code),
     search_quantity.c.value,
 )
 Index(
     "ix_search_number_value", search_number.c.res_type, search_number.c.param, search_number.c.value
 )
-Index("ix_search_uri_value", search_uri.c.res_type, search_uri.c.param, search_uri.c.value)
+Index(
+    "ix_search_uri_value",
+    search_uri.c.res_type,
+    search_uri.c.param,
+    text_key(search_uri.c.value),
+)
 Index(
     "ix_search_composite_code",
     search_composite.c.res_type,
     search_composite.c.param,
-    search_composite.c.c1_code,
+    text_key(search_composite.c.c1_code),
 )
 
 # Conditional create (If-None-Exist): one row per (type, normalised criteria) so that

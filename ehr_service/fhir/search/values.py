@@ -19,7 +19,7 @@ from ehr_service.fhir.primitives import date_range
 from ehr_service.fhir.references import parse_reference
 from ehr_service.fhir.search.registry import SearchParameter, SearchParameterRegistry
 
-MAX_STRING = 255
+_CACHED_LENGTH = 256  # normalised forms of short strings are cached
 DATE_MIN = datetime(1, 1, 1, tzinfo=UTC)
 DATE_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
@@ -27,14 +27,23 @@ _CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
 _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
 
 
-@lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
-    """Case- and accent-insensitive form for string search (R4 §3.1.1.5.13)."""
+    """Case- and accent-insensitive form for string search (R4 §3.1.1.5.13), whole:
+    a value of any length is searchable exactly."""
+    return _normalise_short(text) if len(text) <= _CACHED_LENGTH else _normalised(text)
+
+
+@lru_cache(maxsize=65536)
+def _normalise_short(text: str) -> str:
+    return _normalised(text)
+
+
+def _normalised(text: str) -> str:
     if text.isascii():
-        return " ".join(text.lower().split())[:MAX_STRING]
+        return " ".join(text.lower().split())
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.casefold().split())[:MAX_STRING]
+    return " ".join(stripped.casefold().split())
 
 
 @dataclass(slots=True)
@@ -183,7 +192,7 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
     code = parameter.code
     if kind == "string":
         for text in _strings(node):
-            rows.strings.append((code, normalise(text), text[:MAX_STRING]))
+            rows.strings.append((code, normalise(text), text))
     elif kind == "token":
         for token in tokens_of(node):
             rows.tokens.append((code, *token))
