@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from ehr_service import __version__
 from ehr_service.api import (
+    audit,
     bulk,
     citizen,
     discovery,
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
     app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
     app.include_router(bulk.router)  # and /fhir/$export, /fhir/Patient/$export
+    app.include_router(audit.router)  # and /fhir/AuditEvent (read-only)
     app.include_router(fhir.router)
     app.include_router(citizen.router)
     app.include_router(exchange.router)

@@ -21,6 +21,7 @@ SCOPES_SUPPORTED = [
     "user/*.read",
     "system/*.read",
     "ehr/admin",
+    "ehr/audit",
 ]
 
 

@@ -22,6 +22,7 @@ from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
 from ehr_service.interactions import (
+    audit_events,
     bundle,
     conditional,
     create,
@@ -90,6 +91,10 @@ def _type(request: Request, resource_type: str) -> str:
     method than its own is a 405, not an unknown type."""
     if resource_type in _RESERVED or resource_type.startswith("$"):  # $export, $...-stats
         raise _not_allowed(request)
+    if resource_type in audit_events.READ_ONLY_TYPES:  # what api.audit does not serve
+        raise audit_events.read_only(
+            resource_type, request.method, request.url.path.removeprefix("/fhir")
+        )
     return check_type(resource_type)
 
 

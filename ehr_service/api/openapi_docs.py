@@ -74,7 +74,7 @@ _DESCRIPTIONS = {
     501: "Not implemented yet (OperationOutcome)",
     503: "Database unavailable (OperationOutcome)",
 }
-_ALWAYS = {400, 401, 403, 406, 500, 503}
+_ALWAYS = {400, 401, 403, 406, 429, 500, 503}  # 429: every client is rate limited
 _NO_BODY = {204, 304}
 
 _COMMON_PARAMS: list[dict[str, Any]] = [
@@ -171,7 +171,7 @@ def citizen_route(
 ) -> dict[str, Any]:
     """A JSON endpoint of the citizen API (patient-bound token)."""
     responses: dict[int | str, dict[str, Any]] = {}
-    for status in sorted(statuses | {400, 401, 403, 500, 503}):
+    for status in sorted(statuses | {400, 401, 403, 429, 500, 503}):
         media = "application/json" if status < 400 else FHIR_JSON
         responses[status] = {
             "description": _DESCRIPTIONS.get(status, "OK"),

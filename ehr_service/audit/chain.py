@@ -43,6 +43,13 @@ def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     }
     if named != patients:
         return "its record of whose data it touched was altered"
+    acted_on = {
+        str(e["what"]["reference"])
+        for e in content.get("entity") or ()
+        if (e.get("role") or {}).get("code") != "1" and "what" in e
+    }
+    if event.entity is not None and event.entity not in acted_on:
+        return "its columns were altered"
     return None
 
 

@@ -98,6 +98,9 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "export_status": ("operation", "E"),
     "export_cancel": ("operation", "D"),
     "export_file": ("operation", "R"),
+    "audit_search": ("search-type", "E"),
+    "audit_search_post": ("search-type", "E"),
+    "audit_read": ("read", "R"),
 }
 
 
@@ -304,6 +307,7 @@ class Auditor:
             caller.organization,
             patients,
             content,
+            mask_candidates(what) if what else None,
         )
 
     def append(self, conn: Connection, event: NewEvent) -> None:

@@ -155,6 +155,8 @@ def verify(
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise EnvelopeError("malformed", f"The protected header needs '{name}'")
+    if len(header["jti"]) > 255 or len(header["iss"]) > 255:
+        raise EnvelopeError("malformed", "jti and iss are at most 255 characters")
     if header.get("b64") is not False or header.get("crit") != ["b64"]:
         raise EnvelopeError("malformed", 'The JWS must be unencoded (b64: false, crit: ["b64"])')
     if header["typ"] != TYP:

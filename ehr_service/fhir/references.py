@@ -87,3 +87,20 @@ _CONDITIONAL = re.compile(r"[A-Z][A-Za-z]+\?.+")
 def is_conditional_reference(value: str) -> bool:
     """A ``Reference.reference`` that is a search (``Patient?identifier=a|b``)."""
     return _CONDITIONAL.fullmatch(value) is not None
+
+
+def reference_values(node: Any) -> list[str]:
+    """Every ``reference`` string in a resource, at any depth (contained included)."""
+    found: list[str] = []
+    stack: list[Any] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            for key, value in current.items():
+                if key == "reference" and isinstance(value, str):
+                    found.append(value)
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(current, list):
+            stack.extend(v for v in current if isinstance(v, dict | list))
+    return found

@@ -34,7 +34,9 @@ from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.routing import Interaction, Route, route
+from ehr_service.interactions.writing import PENDING_IDENTITIES
 from ehr_service.storage import resources
+from ehr_service.storage.database import transaction_cache
 
 logger = logging.getLogger(__name__)
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -245,6 +247,7 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
     and conditional reference (``Patient?identifier=...``) of the bundle."""
     mapping: dict[str, str] = {}
     identities: dict[str, int] = {}
+    pending = transaction_cache(conn, PENDING_IDENTITIES)
     creating: dict[tuple[str, str], int] = {}  # conditional creates that found nothing
     for entry in entries:
         target = entry.route
@@ -274,6 +277,8 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
                     )
                     entry.assigned_id = match
             identity = f"{target.resource_type}/{entry.assigned_id}"
+            if entry.result is None:
+                pending[identity] = entry.index
         elif target.interaction in _WRITES:
             identity = f"{target.resource_type}/{target.resource_id}"
             if identity in identities:

@@ -7,11 +7,11 @@ from sqlalchemy import Connection
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import RequestContext
-from ehr_service.interactions.read import check_consent, not_found
+from ehr_service.interactions.read import check_consent, not_found, visible_to
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match
 from ehr_service.recognition.marks import forget_institution
-from ehr_service.security.policy import can_see, check_write, require
+from ehr_service.security.policy import check_write, require
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
 
@@ -26,7 +26,7 @@ def delete(
     require(ctx.caller, resource_type, "d")
     what = f"{resource_type}/{resource_id}"
     stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
-    if stored is None or not can_see(ctx.view, resource_type, stored.compartment_patient_id):
+    if stored is None or not visible_to(conn, ctx.view, resource_type, resource_id, stored):
         raise not_found(resource_type, resource_id)
     check_write(ctx.view, resource_type, stored.compartment_patient_id)
     check_consent(conn, ctx.view, stored.compartment_patient_id)

@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.interactions import (
+    audit_events,
     conditional,
     create,
     delete,
@@ -53,6 +54,12 @@ def run(
     if kind is Interaction.HISTORY_SYSTEM:
         return history.history(conn, scoped)
     assert rtype is not None
+    if rtype in audit_events.READ_ONLY_TYPES:
+        if kind is Interaction.SEARCH_TYPE:
+            return audit_events.search(conn, scoped)
+        if kind is Interaction.READ and rid is not None:
+            return audit_events.read(conn, ctx, rid)
+        raise audit_events.read_only(rtype, target.method, f"/{rtype}" + (f"/{rid}" if rid else ""))
     if kind is Interaction.CREATE:
         return create.create(conn, ctx, rtype, body)
     if kind is Interaction.HISTORY_TYPE:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.references import is_valid_id
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.interactions.audit_events import READ_ONLY_TYPES, read_only
 from ehr_service.mpi.idnumber import is_id_number, mask_candidates
 
 
@@ -91,6 +92,8 @@ def route(method: str, url: str, base_url: str) -> Route:
     if not segments:
         raise FhirError.of(Category.INCORRECT, "request.url names no resource type", code="value")
     resource_type = check_type(segments[0])
+    if resource_type in READ_ONLY_TYPES and (method not in {"GET", "HEAD"} or len(segments) > 2):
+        raise read_only(resource_type, method, "/" + "/".join(segments))
     if len(segments) == 1:
         if method == "POST":
             return Route(Interaction.CREATE, method, resource_type, query=query)

@@ -15,7 +15,7 @@ from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created
-from ehr_service.interactions.read import check_consent
+from ehr_service.interactions.read import check_consent, not_found, visible_to
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.writing import prepare_version
 from ehr_service.security.policy import check_write, require
@@ -107,6 +107,12 @@ def update(
     check_body_id(body, resource_id)
     what = f"{resource_type}/{resource_id}"
     stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
+    if ctx.view.patient is not None and (
+        stored is None or not visible_to(conn, ctx.view, resource_type, resource_id, stored)
+    ):
+        # A patient-bound token chooses no ids (no update-as-create), so another
+        # resident's resource answers exactly as an unknown id does.
+        raise not_found(resource_type, resource_id)
     if stored is not None:  # before If-Match: no version probing of what one may not touch
         check_write(ctx.view, resource_type, stored.compartment_patient_id)
         check_consent(conn, ctx.view, stored.compartment_patient_id)

@@ -17,6 +17,7 @@ from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.fhir.search.values import IndexRows, index_rows
 from ehr_service.fhir.validation import validate_resource
+from ehr_service.interactions.audit_events import READ_ONLY_TYPES, read_only
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.mpi.protection import Prepared
@@ -24,7 +25,13 @@ from ehr_service.recognition.marks import apply_mark, forget_institution
 from ehr_service.recognition.terminology import catalogue_resolver
 from ehr_service.security.consent import refusals
 from ehr_service.security.policy import check_write
+from ehr_service.security.references import check_patient_references
+from ehr_service.storage.database import transaction_cache
 from ehr_service.storage.resources import NewVersion
+
+# ``Type/id`` of what the current transaction Bundle creates: references to them are
+# to the caller's own record even before they are stored.
+PENDING_IDENTITIES = "pending-identities"
 
 
 def with_server_meta(
@@ -62,6 +69,8 @@ def prepare_version(
     """
     if not isinstance(resource, dict):
         raise FhirError.of(Category.INCORRECT, "A resource must be a JSON object", code="structure")
+    if resource_type in READ_ONLY_TYPES:  # on every path: HTTP, bundles, import, exchange
+        raise read_only(resource_type, method, f"/{resource_type}")
     if "meta" in resource and not isinstance(resource["meta"], dict):
         raise FhirError.of(
             Category.INCORRECT, "meta must be an object", code="structure", expression=["meta"]
@@ -92,6 +101,9 @@ def prepare_version(
     patients = list(ctx.services.compartment.patient_ids(stored, ctx.base_url))
     owner = patients[0] if patients else None
     check_write(ctx.view, resource_type, owner, patients)  # a patient token: its record only
+    check_patient_references(
+        conn, ctx.view, stored, ctx.base_url, transaction_cache(conn, PENDING_IDENTITIES)
+    )
     # Results go to partners (not back: what a partner sent is theirs to share).
     outbox = () if ctx.from_partner else ctx.services.share(conn, resource_type, stored, owner)
     version = NewVersion(

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.references import parse_reference
 from ehr_service.security.caller import Caller
 
 REGION_SYSTEM = "urn:ehr-service:region"
 EVERYONE = "*"
+
+
+MAX_REGION_CHARS = 64
 
 
 def refusals(consent: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
@@ -32,7 +36,7 @@ def refusals(consent: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
     if provision.get("type") != "deny":
         return patient, ()
     actors: list[str] = []
-    for actor in provision.get("actor") or ():
+    for index, actor in enumerate(provision.get("actor") or ()):
         reference = actor.get("reference") if isinstance(actor, dict) else None
         if not isinstance(reference, dict):
             return patient, (EVERYONE,)
@@ -41,7 +45,15 @@ def refusals(consent: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
         if literal is not None and literal.resource_type == "Organization":
             actors.append(f"Organization/{literal.resource_id}")
         elif isinstance(identifier, dict) and identifier.get("system") == REGION_SYSTEM:
-            actors.append(f"region:{identifier.get('value')}")
+            region = str(identifier.get("value"))
+            if len(region) > MAX_REGION_CHARS:
+                raise FhirError.of(
+                    Category.INCORRECT,
+                    f"A region code is at most {MAX_REGION_CHARS} characters",
+                    code="value",
+                    expression=[f"Consent.provision.actor[{index}].reference.identifier.value"],
+                )
+            actors.append(f"region:{region}")
         else:
             return patient, (EVERYONE,)  # an actor we cannot evaluate: refuse everyone
     return patient, tuple(dict.fromkeys(actors)) or (EVERYONE,)

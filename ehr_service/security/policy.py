@@ -18,6 +18,7 @@ from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
 from ehr_service.security.consent import actors_of
+from ehr_service.security.scopes import AUDIT_SCOPE
 from ehr_service.security.tokens import missing_token
 
 ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -57,6 +58,21 @@ def require_admin(caller: Caller) -> None:
     if caller.is_admin or (caller.kind == "system" and caller.may("*", "u")):
         return
     raise forbidden("This operation needs a system/ token or the ehr/admin scope")
+
+
+def require_audit_reader(caller: Caller) -> None:
+    """The audit trail (``GET /fhir/AuditEvent``): the ehr/audit or ehr/admin scope.
+    A citizen sees the curated access log of the citizen API instead."""
+    if caller.internal:
+        return
+    if not caller.authenticated:
+        raise missing_token()
+    if caller.patient is not None:
+        raise forbidden(
+            "Patient-bound tokens see who accessed the record at /citizen/v1/me/access-log"
+        )
+    if AUDIT_SCOPE not in caller.scopes and not caller.is_admin:
+        raise forbidden("Reading the audit trail needs the ehr/audit scope")
 
 
 def require_search(caller: Caller, types: Iterable[str]) -> None:

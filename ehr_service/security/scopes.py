@@ -14,6 +14,7 @@ from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 
 CONTEXTS = ("patient", "user", "system")
 ADMIN_SCOPE = "ehr/admin"  # administrative operations (merge, reindex, exports)
+AUDIT_SCOPE = "ehr/audit"  # reading the audit trail (GET /fhir/AuditEvent)
 _SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ACTIONS = set("cruds")

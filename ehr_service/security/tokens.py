@@ -33,6 +33,7 @@ from ehr_service.security.scopes import parse_scopes
 
 ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
 OWN_KEY_FILE = "token-signing.jwk.json"
+MAX_CLAIM_CHARS = 255  # what the audit trail records of a caller
 MAX_TOKEN_BYTES = 8192
 JWKS_REFETCH_SECONDS = 60.0
 logger = logging.getLogger(__name__)
@@ -189,6 +190,10 @@ class TokenVerifier:
         scopes = parse_scopes(scope)
         if patient is not None and not isinstance(patient, str):
             raise InvalidToken.because("patient must be a string")
+        if any(len(str(v)) > MAX_CLAIM_CHARS for v in (subject, organization, client_id, patient)):
+            raise InvalidToken.because(
+                f"sub, org, client_id and patient are at most {MAX_CLAIM_CHARS} characters"
+            )
         if any(s.context == "patient" for s in scopes) and not patient:
             raise InvalidToken.because("patient/ scopes need a patient claim")
         return Caller(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import audit_access, audit_event, audit_head
@@ -34,6 +34,7 @@ class NewEvent:
     organization: str | None
     patients: frozenset[str]
     content_for: Callable[[int], bytes]  # the event's JSON, given its number
+    entity: str | None = None  # Type/id acted on, as the JSON names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class StoredEvent:
     content: bytes
     prev_hash: str
     hash: str
+    entity: str | None = None
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -60,6 +62,7 @@ def _stored(row: Any) -> StoredEvent:
         bytes(row.content),
         row.prev_hash,
         row.hash,
+        row.entity,
     )
 
 
@@ -90,6 +93,7 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
                 "outcome": event.outcome,
                 "subject": event.subject,
                 "organization": event.organization,
+                "entity": event.entity,
                 "content": content,
                 "prev_hash": prev,
                 "hash": digest,
@@ -158,4 +162,74 @@ def access_log(
     if before is not None:
         query = query.where(audit_event.c.seq < before)
     rows = conn.execute(query.order_by(audit_event.c.seq.desc()).limit(limit)).all()
+    return [_stored(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class KindFilter:
+    """Event kinds in (or, with ``negate``, not in) ``kinds``."""
+
+    kinds: tuple[str, ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """A parsed AuditEvent search: each tuple of alternatives is ORed, the
+    tuples ANDed. Recorded bounds are (low inclusive, high exclusive) pairs."""
+
+    ids: tuple[tuple[int, ...], ...] = ()
+    patients: tuple[tuple[str, ...], ...] = ()
+    subjects: tuple[tuple[str, ...], ...] = ()
+    entities: tuple[tuple[str, ...], ...] = ()
+    kinds: tuple[tuple[KindFilter, ...], ...] = ()
+    outcomes: tuple[tuple[str, ...], ...] = ()
+    recorded: tuple[tuple[tuple[datetime | None, datetime | None], ...], ...] = ()
+
+
+def search_events(
+    conn: Connection,
+    query: EventQuery,
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> list[StoredEvent]:
+    """Events matching ``query``, newest first (``after``: the page before, oldest
+    first from there, returned newest first too)."""
+    table = audit_event
+    clauses: list[Any] = []
+    clauses.extend(table.c.seq.in_(ids) for ids in query.ids)
+    clauses.extend(
+        table.c.seq.in_(select(audit_access.c.seq).where(audit_access.c.patient_id.in_(group)))
+        for group in query.patients
+    )
+    clauses.extend(table.c.subject.in_(group) for group in query.subjects)
+    clauses.extend(table.c.entity.in_(group) for group in query.entities)
+    clauses.extend(table.c.outcome.in_(group) for group in query.outcomes)
+    for group in query.kinds:
+        clauses.append(
+            or_(*(table.c.kind.not_in(f.kinds) if f.negate else table.c.kind.in_(f.kinds)
+                  for f in group))
+        )  # fmt: skip
+    for group in query.recorded:
+        ranges = []
+        for low, high in group:
+            bounds = [true()]
+            if low is not None:
+                bounds.append(table.c.recorded >= low)
+            if high is not None:
+                bounds.append(table.c.recorded < high)
+            ranges.append(and_(*bounds))
+        clauses.append(or_(*ranges))
+    statement = select(table).where(*clauses)
+    if after is not None:
+        rows = conn.execute(
+            statement.where(table.c.seq > after).order_by(table.c.seq).limit(limit)
+        ).all()
+        rows.reverse()
+    else:
+        if before is not None:
+            statement = statement.where(table.c.seq < before)
+        rows = conn.execute(statement.order_by(table.c.seq.desc()).limit(limit)).all()
     return [_stored(r) for r in rows]

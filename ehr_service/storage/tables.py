@@ -306,6 +306,7 @@ audit_event = Table(
     Column("outcome", String(4), nullable=False),
     Column("subject", String(255), nullable=False),
     Column("organization", String(255), nullable=True),
+    Column("entity", TEXT, nullable=True),  # Type/id acted on (AuditEvent?entity=)
     Column("content", LargeBinary, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),

@@ -5,6 +5,8 @@
   ``KEY_CHARS`` characters (``substr(col, 1, 200)``), since PostgreSQL cannot index
   a value over ~2.7 kB; the search compiler compares the key and then the whole
   value, so matching stays exact (``storage.tables.text_key``).
+- Audit events keep the resource acted on as a column (``AuditEvent?entity=``),
+  and ``recorded`` is indexed (``AuditEvent?date=``).
 - The audit chain's head row exists from the start: on a fresh database the
   first concurrent appenders found nothing to lock and collided on event 1.
 
@@ -86,12 +88,19 @@ def upgrade() -> None:
             op.execute(f"ALTER TABLE {table} {changes}")
     for name in INDEXES:
         _create(name, postgresql, keyed=True)
+    op.add_column("audit_event", sa.Column("entity", sa.Text(), nullable=True))
+    op.create_index("ix_audit_event_entity", "audit_event", ["entity"])
+    op.create_index("ix_audit_event_recorded", "audit_event", ["recorded"])
     head = sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("hash"))
     if bind.execute(sa.select(sa.func.count()).select_from(head)).scalar_one() == 0:
         op.execute(head.insert().values(id=1, seq=0, hash=GENESIS))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_event_recorded", table_name="audit_event")
+    op.drop_index("ix_audit_event_entity", table_name="audit_event")
+    with op.batch_alter_table("audit_event") as batch:
+        batch.drop_column("entity")
     bind = op.get_bind()
     postgresql = bind.dialect.name == "postgresql"
     for name in INDEXES:

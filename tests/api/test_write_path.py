@@ -27,7 +27,7 @@ from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.tables import resource
 from tests.conftest import BACKENDS, MIGRATIONS, _worker, fresh_database
-from tests.helpers import FHIR_JSON, bearer, patient, snapshot
+from tests.helpers import FHIR_JSON, bearer, issue_expressions, patient, refusal, snapshot
 
 
 async def race(services: Services, requests: list[dict[str, Any]]) -> list[httpx.Response]:
@@ -289,3 +289,127 @@ def test_concurrent_conditional_updates_with_no_match_create_one(services: Servi
     assert statuses.count(201) == 1, [r.text for r in responses]
     assert statuses == [200] * 19 + [201], statuses
     assert len(_stored_ids(services, "Patient")) == 1
+
+
+def test_documented_limits_are_400_or_401_and_store_nothing(
+    client: TestClient, services: Services
+) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    before = snapshot(services)
+    response = client.post("/fhir/Consent", json=refusal(pid, region="r" * 300), headers=FHIR_JSON)
+    assert response.status_code == 400, response.text
+    assert issue_expressions(response.json()) == [
+        "Consent.provision.actor[0].reference.identifier.value"
+    ]
+    long_subject = bearer(services.settings, subject="s" * 300)
+    response = client.get(f"/fhir/Patient/{pid}", headers=long_subject)
+    assert response.status_code == 401, response.text
+    assert snapshot(services) == before
+
+
+def _two_residents(client: TestClient) -> tuple[str, str, str]:
+    mrn = [{"system": "urn:hospital:mrn", "value": "A-1"}]
+    a = client.post("/fhir/Patient", json=patient(identifier=mrn), headers=FHIR_JSON).json()["id"]
+    b = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    theirs = client.post(
+        "/fhir/Observation",
+        json={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "b's"},
+            "subject": {"reference": f"Patient/{b}"},
+        },
+        headers=FHIR_JSON,
+    ).json()["id"]
+    return a, b, theirs
+
+
+def test_a_patient_token_cannot_point_into_another_record(
+    client: TestClient, services: Services
+) -> None:
+    a, b, theirs = _two_residents(client)
+    mine = bearer(services.settings, "patient/*.cruds", patient=a, subject="citizen")
+    body = client.get(f"/fhir/Patient/{a}").json()
+    before = snapshot(services)
+    linked = {**body, "link": [{"other": {"reference": f"Patient/{b}"}, "type": "replaced-by"}]}
+    response = client.put(f"/fhir/Patient/{a}", json=linked, headers={**mine, **FHIR_JSON})
+    assert response.status_code == 403, response.text
+    for element in ("focus", "hasMember", "derivedFrom"):
+        for target in (f"Observation/{theirs}", "Observation/never-was"):
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "mine"},
+                "subject": {"reference": f"Patient/{a}"},
+                element: [{"reference": target}],
+            }
+            response = client.post(
+                "/fhir/Observation", json=observation, headers={**mine, **FHIR_JSON}
+            )
+            assert response.status_code == 403, (element, target, response.text)
+            assert "record" in response.json()["issue"][0]["diagnostics"]
+    assert snapshot(services) == before
+    # what is the token's own is fine, in a transaction before it is stored too
+    own = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5a1d0000-0000-4000-8000-000000000001",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "panel"},
+                    "subject": {"reference": f"Patient/{a}"},
+                    "hasMember": [{"reference": "urn:uuid:5a1d0000-0000-4000-8000-000000000002"}],
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "fullUrl": "urn:uuid:5a1d0000-0000-4000-8000-000000000002",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "member"},
+                    "subject": {"reference": f"Patient/{a}"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    response = client.post("/fhir", json=own, headers={**mine, **FHIR_JSON})
+    assert response.status_code == 200, response.text
+
+
+def test_another_records_resource_answers_as_an_unknown_id(
+    client: TestClient, services: Services
+) -> None:
+    a, _b, theirs = _two_residents(client)
+    mine = {**bearer(services.settings, "patient/*.cruds", patient=a), **FHIR_JSON}
+    before = snapshot(services)
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{a}"},
+    }
+    answers = []
+    for rid in (theirs, "never-was-here"):
+        calls = [
+            client.put(f"/fhir/Observation/{rid}", json={**body, "id": rid}, headers=mine),
+            client.get(f"/fhir/Observation/{rid}", headers=mine),
+            client.delete(f"/fhir/Observation/{rid}", headers=mine),
+            client.get(f"/fhir/Observation/{rid}/_history", headers=mine),
+            client.get(f"/fhir/Observation/{rid}/_history/1", headers=mine),
+            client.patch(
+                f"/fhir/Observation/{rid}",
+                json=[{"op": "replace", "path": "/status", "value": "amended"}],
+                headers={**mine, "Content-Type": "application/json-patch+json"},
+            ),
+        ]
+        answers.append(
+            [(r.status_code, r.json()["issue"][0]["diagnostics"].replace(rid, "ID")) for r in calls]
+        )
+    assert answers[0] == answers[1]
+    assert {status for status, _ in answers[0]} == {404}
+    assert snapshot(services) == before

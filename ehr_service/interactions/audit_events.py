@@ -1,0 +1,63 @@
+"""AuditEvent read and search (R4 §3.1.0.2, §3.1.1): the service's own
+hash-chained events, read-only (see :mod:`ehr_service.audit.search`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from ehr_service.audit import search as audit_search
+from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.interactions.context import RequestContext
+from ehr_service.interactions.results import Result
+from ehr_service.security.policy import require_audit_reader
+from ehr_service.storage import audit as audit_store
+from ehr_service.storage.audit import EventQuery
+
+READ_ONLY_TYPES = frozenset({"AuditEvent"})
+
+
+def read_only(resource_type: str, method: str, path: str) -> FhirError:
+    """405 for any write (or unsupported read) of a type only the service writes."""
+    allowed = "GET" if path.rstrip("/").count("/") <= 2 else ""  # [type] and [type]/[id]
+    return FhirError(
+        Category.METHOD_NOT_ALLOWED,
+        (
+            Issue(
+                f"{resource_type} is read-only: the service records its own events; "
+                f"{method} {path[:120]} is not supported",
+                "not-supported",
+            ),
+        ),
+        headers={"Allow": allowed},
+    )
+
+
+def search(conn: Connection, ctx: RequestContext) -> Result:
+    require_audit_reader(ctx.caller)
+    settings = ctx.settings
+    request = audit_search.parse(
+        ctx.query, default_count=settings.default_page_size, max_count=settings.max_page_size
+    )
+    events = audit_store.search_events(
+        conn,
+        request.query,
+        before=request.before,
+        after=request.after,
+        limit=request.count + 1,
+    )
+    more = len(events) > request.count
+    if more:
+        events = events[1:] if request.after is not None else events[: request.count]
+    body = audit_search.bundle(events, request, ctx.query, ctx.base_url, more)
+    return Result(200, body)
+
+
+def read(conn: Connection, ctx: RequestContext, event_id: str) -> Result:
+    require_audit_reader(ctx.caller)
+    seq = int(event_id) if event_id.isascii() and event_id.isdigit() and len(event_id) < 19 else 0
+    found = audit_store.search_events(
+        conn, EventQuery(ids=((seq,),)), before=None, after=None, limit=1
+    )
+    if not found:
+        raise FhirError.of(Category.NOT_FOUND, f"AuditEvent/{event_id[:64]} is not known")
+    return Result(200, found[0].content, "AuditEvent", str(seq), 1, found[0].recorded)

@@ -1,0 +1,122 @@
+"""AuditEvent through FHIR: read-only, and a search over the real hash-chained events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from ehr_service.audit.chain import verify
+from ehr_service.interactions.context import Services
+from tests.helpers import FHIR_JSON, bearer, patient, snapshot
+
+MADE_UP = {
+    "resourceType": "AuditEvent",
+    "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100"},
+    "recorded": "2026-01-01T00:00:00Z",
+    "agent": [{"requestor": True, "who": {"display": "nobody"}}],
+    "source": {"observer": {"display": "forged"}},
+}
+
+
+def test_audit_events_cannot_be_written(client: TestClient, services: Services) -> None:
+    client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    before = snapshot(services)
+    answers = [
+        client.post("/fhir/AuditEvent", json=MADE_UP, headers=FHIR_JSON),
+        client.put("/fhir/AuditEvent/1", json={**MADE_UP, "id": "1"}, headers=FHIR_JSON),
+        client.delete("/fhir/AuditEvent/1"),
+        client.put("/fhir/AuditEvent?outcome=0", json=MADE_UP, headers=FHIR_JSON),
+    ]
+    for response in answers:
+        assert response.status_code == 405, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert response.headers["allow"] == "GET"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": MADE_UP, "request": {"method": "POST", "url": "AuditEvent"}}],
+    }
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 405
+    batch = client.post("/fhir", json={**bundle, "type": "batch"}, headers=FHIR_JSON)
+    assert batch.json()["entry"][0]["response"]["status"].startswith("405")
+    assert snapshot(services) == before
+    assert verify(services.database).intact
+
+
+def _ids(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+def test_searching_the_real_events(client: TestClient, services: Services) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    other = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    client.get(f"/fhir/Patient/{pid}")
+    unknown = f"never-{uuid.uuid4().hex[:12]}"
+    client.get(f"/fhir/Patient/{unknown}")  # a failure is an event too
+    everything = client.get("/fhir/AuditEvent?_count=100").json()
+    assert everything["type"] == "searchset"
+    seqs = [int(i) for i in _ids(everything)]
+    assert seqs == sorted(seqs, reverse=True)  # newest first
+    assert all(e["resource"]["resourceType"] == "AuditEvent" for e in everything["entry"])
+    mine = client.get(f"/fhir/AuditEvent?patient=Patient/{pid}").json()
+    subtypes = [e["resource"]["subtype"][0]["code"] for e in mine["entry"]]
+    assert subtypes == ["read", "create"]
+    assert all(
+        {"reference": f"Patient/{pid}"} in [x.get("what") for x in e["resource"]["entity"]]
+        for e in mine["entry"]
+    )
+    both = f"Patient/{pid},Patient/{other}"
+    created = client.get(f"/fhir/AuditEvent?patient={both}&subtype=create&outcome=0").json()
+    assert len(created["entry"]) == 2
+    failed = client.get(f"/fhir/AuditEvent?outcome=4&entity=Patient/{unknown}").json()
+    assert [e["resource"]["outcomeDesc"] for e in failed["entry"]] == ["404"]
+    by_entity = client.get(f"/fhir/AuditEvent?entity=Patient/{other}").json()
+    assert len(by_entity["entry"]) == 1
+    assert client.get("/fhir/AuditEvent?agent=someone-else").json().get("entry", []) == []
+    by_agent = client.get("/fhir/AuditEvent?agent=test-system&type=rest&_count=100").json()
+    assert len(by_agent["entry"]) >= 4
+    assert client.get("/fhir/AuditEvent?date=ge2000-01-01&date=lt2000-01-02").json().get(
+        "entry", []
+    ) == []
+    today = everything["entry"][0]["resource"]["recorded"][:10]
+    assert len(client.get(f"/fhir/AuditEvent?date={today}&_count=100").json()["entry"]) >= 5
+    one = everything["entry"][-1]["resource"]
+    read = client.get(f"/fhir/AuditEvent/{one['id']}")
+    assert read.status_code == 200 and read.json() == one
+
+
+def test_paging_stays_put_while_events_are_added(client: TestClient) -> None:
+    made = [
+        client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+        for _ in range(5)
+    ]
+    first = client.get(f"/fhir/AuditEvent?patient={','.join(made)}&_count=2").json()
+    seen = _ids(first)
+    client.get(f"/fhir/Patient/{made[0]}")  # a newer event of the same search
+    page = first
+    while True:
+        following = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        if not following:
+            break
+        page = client.get(following[0].removeprefix("http://testserver")).json()
+        seen += _ids(page)
+    assert len(seen) == len(set(seen)) == 5
+
+
+def test_who_may_read_the_audit_trail(client: TestClient, services: Services) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    citizen = bearer(services.settings, "patient/*.rs", patient=pid)
+    staff = bearer(services.settings, "user/*.cruds")
+    auditor = bearer(services.settings, "ehr/audit")
+    assert client.get("/fhir/AuditEvent", headers=citizen).status_code == 403
+    assert client.get("/fhir/AuditEvent", headers=staff).status_code == 403
+    assert client.get("/fhir/AuditEvent", headers=auditor).status_code == 200
+    assert client.get("/citizen/v1/me/access-log", headers=citizen).status_code == 200
+
+
+def test_a_bad_audit_search_is_a_400_whatever_is_stored(client: TestClient) -> None:
+    for query in ("nonsense=1", "date=yesterday", "type=bogus", "_count=x", "_cursor=zz"):
+        response = client.get(f"/fhir/AuditEvent?{query}")
+        assert response.status_code == 400, (query, response.text)
