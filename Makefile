@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check ehr_service tests migrations fhir_profiles
 	$(BIN)/ruff format --check ehr_service tests migrations fhir_profiles
 

@@ -28,18 +28,19 @@ from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddlew
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
 from ehr_service.exchange.service import Exchange
-from ehr_service.exchange.sharing import shared_with
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.registry import load_registry
+from ehr_service.hooks import build_pipeline
 from ehr_service.interactions.bulk_export import BulkExports
-from ehr_service.interactions.context import Services
+from ehr_service.interactions.context import Services, WriteListeners
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
 from ehr_service.storage.identity import holds_id_numbers
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger("ehr_service")
 
@@ -51,18 +52,33 @@ def build_services(settings: Settings) -> Services:
         pool_size=settings.database_pool_size,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
+    unit = UnitOfWork(database)
+    auditor = Auditor(unit)
+    unit.events_after_read = auditor.append_all_now  # reads' events: the group commit
+    compartment = load_compartment(settings.profiles_dir)
+    registry = load_registry(settings.profiles_dir)
+    identity = ResidentIdentity.from_settings(settings)
+    catalogues = Catalogues(unit, settings.profiles_dir / SHIPPED)
+    conformance = Conformance.load(settings.profiles_dir)
+    writes = WriteListeners()
+    pipeline, remarker = build_pipeline(
+        settings, registry, compartment, conformance, identity, catalogues, writes
+    )
     return Services(
         settings=settings,
         database=database,
-        compartment=load_compartment(settings.profiles_dir),
-        registry=load_registry(settings.profiles_dir),
-        identity=ResidentIdentity.from_settings(settings),
+        compartment=compartment,
+        registry=registry,
+        identity=identity,
         tokens=TokenVerifier(settings),
-        auditor=Auditor(database),
+        unit=unit,
+        auditor=auditor,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
-        share=shared_with,
-        catalogues=Catalogues(database, settings.profiles_dir / SHIPPED),
-        conformance=Conformance.load(settings.profiles_dir),
+        pipeline=pipeline,
+        catalogues=catalogues,
+        conformance=conformance,
+        writes=writes,
+        remarker=remarker,
     )
 
 
@@ -73,7 +89,7 @@ def check_field_keys(services: Services) -> None:
     keyring = services.identity.protection.keyring
     if not keyring.created:
         return
-    if holds_id_numbers(services.database):
+    if holds_id_numbers(services.unit):
         raise RuntimeError(
             "The field keys were just created, but the database already holds sealed "
             "resident ID numbers: restore the key file "

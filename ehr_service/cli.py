@@ -15,10 +15,15 @@ import typer
 from ehr_service.config import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from ehr_service.audit.events import Auditor
     from ehr_service.exchange.keys import KeyInfo, SigningKeys
     from ehr_service.exchange.partners import PartnerRegistry
     from ehr_service.exchange.service import Exchange
-    from ehr_service.interactions.context import RequestContext
+    from ehr_service.interactions.context import RequestContext, Services
+    from ehr_service.security.caller import Caller
+    from ehr_service.storage.unit_of_work import UnitOfWork
 
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
@@ -48,13 +53,39 @@ def _batch(settings: Settings) -> Settings:
     return settings.model_copy(update={"statement_timeout_ms": 0})
 
 
-def _partners(action: Callable[[PartnerRegistry], object]) -> object:
+def operator_caller() -> Caller:
+    """The operator running this command, named by the OS account."""
+    import getpass
+
+    from ehr_service.security.caller import operator
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no account name (a container's numeric user)
+        name = f"uid-{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return operator(name)
+
+
+def audited_as(unit: UnitOfWork, auditor: Auditor, command: str) -> Caller:
+    """Every write transaction of ``unit`` that records no event of its own records
+    this command's (an operator's act is on the audit chain, DESIGN.md §9)."""
+    caller = operator_caller()
+    unit.each_write = lambda: auditor.operator_event(caller, command)
+    return caller
+
+
+def _partners(action: Callable[[PartnerRegistry], object], command: str | None = None) -> object:
+    from ehr_service.audit.events import Auditor
     from ehr_service.exchange.partners import PartnerError, PartnerRegistry
     from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
 
     database = Database(_settings().effective_database_url)
+    unit = UnitOfWork(database)
+    if command is not None:
+        audited_as(unit, Auditor(unit), command)
     try:
-        return action(PartnerRegistry(database))
+        return action(PartnerRegistry(unit))
     except PartnerError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -97,7 +128,8 @@ def partner_add(
                 jwks=jwks,
                 endpoint=endpoint,
                 allowed_types=allow,
-            )
+            ),
+            "partner-add",
         )
     )
 
@@ -130,7 +162,8 @@ def partner_update(
                 audience=audience,
                 endpoint=endpoint,
                 allowed_types=allow,
-            )
+            ),
+            "partner-update",
         )
     )
 
@@ -160,13 +193,13 @@ def partner_key(
     state: Annotated[str, typer.Option(help="retired (verifies old messages only) or revoked")],
 ) -> None:
     """Retire or revoke one of a partner's keys (a revoked key verifies nothing)."""
-    _show(_partners(lambda r: r.set_key_state(partner_id, kid, state)))
+    _show(_partners(lambda r: r.set_key_state(partner_id, kid, state), "partner-key"))
 
 
 @partner_app.command("remove")
 def partner_remove(partner_id: str) -> None:
     """Remove a partner."""
-    _partners(lambda r: r.remove(partner_id))
+    _partners(lambda r: r.remove(partner_id), "partner-remove")
     typer.echo(f"removed {partner_id}")
 
 
@@ -175,10 +208,11 @@ def audit_verify() -> None:
     """Walk the audit chain; name the first event altered, removed or reordered."""
     from ehr_service.audit.chain import verify
     from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
 
     database = Database(_settings().effective_database_url)
     try:
-        verdict = verify(database)
+        verdict = verify(UnitOfWork(database))
     finally:
         database.dispose()
     if verdict.intact:
@@ -214,19 +248,11 @@ def token_mint(
 
 
 @contextmanager
-def _exchange() -> Iterator[tuple[Exchange, RequestContext]]:
-    from ehr_service.app import build_services
+def _exchange(command: str) -> Iterator[tuple[Exchange, RequestContext]]:
     from ehr_service.exchange.service import Exchange
-    from ehr_service.interactions.context import RequestContext
-    from ehr_service.security.caller import SERVICE
 
-    settings = _settings()
-    services = build_services(_batch(settings))
-    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    try:
-        yield Exchange(services), RequestContext(services, base_url, "cli", caller=SERVICE)
-    finally:
-        services.database.dispose()
+    with _service_context(command) as ctx:
+        yield Exchange(ctx.services), ctx
 
 
 @exchange_app.command("push")
@@ -235,7 +261,7 @@ def exchange_push(
 ) -> None:
     """Deliver due outbox rows to partner endpoints, signed; failures back off and
     end dead-lettered after the last attempt."""
-    with _exchange() as (exchange, _ctx):
+    with _exchange("exchange-push") as (exchange, _ctx):
         report = exchange.outbound.push(partner_id=partner)
     typer.echo(f"sent {report.sent}, will retry {report.failed}, dead-lettered {report.dead}")
     for error in report.errors:
@@ -250,7 +276,7 @@ def exchange_pull(partner: str) -> None:
     from ehr_service.exchange.partners import PartnerError
     from ehr_service.fhir.errors import FhirError
 
-    with _exchange() as (exchange, ctx):
+    with _exchange("exchange-pull") as (exchange, ctx):
         try:
             count = exchange.outbound.pull(partner, ctx)
         except (PartnerError, FhirError, ValueError) as exc:
@@ -264,7 +290,7 @@ def exchange_status() -> None:
     """Outbox rows per partner and state; the dead-lettered ones with their error."""
     from ehr_service.storage import exchange as store
 
-    with _exchange() as (exchange, _ctx), exchange.services.database.read() as conn:
+    with _exchange("exchange-status") as (exchange, _ctx), exchange.services.unit.read() as conn:
         counts = store.status_counts(conn)
         dead = store.dead_rows(conn)
     if not counts:
@@ -287,7 +313,7 @@ def exchange_retry(
     from ehr_service.fhir.primitives import utc_now
     from ehr_service.storage import exchange as store
 
-    with _exchange() as (exchange, _ctx), exchange.services.database.write() as conn:
+    with _exchange("exchange-retry") as (exchange, _ctx), exchange.services.unit.write() as conn:
         count = store.revive_dead(conn, partner, utc_now())
     typer.echo(f"{count} rows queued again")
 
@@ -302,7 +328,7 @@ def exchange_verify(
     if jti is not None and issuer is None:
         typer.echo("--jti needs --issuer", err=True)
         raise typer.Exit(2)
-    with _exchange() as (exchange, _ctx):
+    with _exchange("exchange-verify") as (exchange, _ctx):
         verdicts = exchange.archive.verify_all(issuer=issuer, jti=jti)
     failed = [v for v in verdicts if not v.ok]
     for verdict in failed:
@@ -312,28 +338,30 @@ def exchange_verify(
         raise typer.Exit(1)
 
 
+def operator_context(services: Services, command: str) -> RequestContext:
+    """The context of an operator's command: its writes are audited as that command."""
+    from ehr_service.interactions.context import RequestContext
+
+    settings = services.settings
+    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    caller = audited_as(services.unit, services.auditor, command)
+    return RequestContext(services, base_url, "cli", caller=caller, interaction=f"cli:{command}")
+
+
 def _import_worker_context() -> RequestContext:
     """The context of an import worker process (it lives as long as the process)."""
     from ehr_service.app import build_services
-    from ehr_service.interactions.context import RequestContext
-    from ehr_service.security.caller import SERVICE
 
-    settings = _settings()
-    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    return RequestContext(build_services(_batch(settings)), base_url, "cli", caller=SERVICE)
+    return operator_context(build_services(_batch(_settings())), "import")
 
 
 @contextmanager
-def _service_context() -> Iterator[RequestContext]:
+def _service_context(command: str) -> Iterator[RequestContext]:
     from ehr_service.app import build_services
-    from ehr_service.interactions.context import RequestContext
-    from ehr_service.security.caller import SERVICE
 
-    settings = _settings()
-    services = build_services(_batch(settings))
-    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    services = build_services(_batch(_settings()))
     try:
-        yield RequestContext(services, base_url, "cli", caller=SERVICE)
+        yield operator_context(services, command)
     finally:
         services.database.dispose()
 
@@ -348,8 +376,8 @@ def catalogue_load(
     from ehr_service.fhir.errors import FhirError
     from ehr_service.fhir.validation import validate_resource
     from ehr_service.interactions import update
-    from ehr_service.interactions.recognition import remark_all
     from ehr_service.recognition.catalogue import CatalogueError, parse_edition
+    from ehr_service.storage import unit_of_work
 
     try:
         document = orjson.loads(file.read_bytes())
@@ -359,11 +387,11 @@ def catalogue_load(
     except (OSError, orjson.JSONDecodeError, CatalogueError, FhirError) as exc:
         typer.echo(f"{file.name}: {exc}", err=True)
         raise typer.Exit(1) from None
-    with _service_context() as ctx:
+    with _service_context("catalogue-load") as ctx:
         catalogues = ctx.services.catalogues
         assert catalogues is not None
         try:
-            with ctx.services.database.write() as conn:
+            with ctx.services.unit.write() as conn:
                 row, resources = catalogues.store(conn, document)
                 for resource in resources:
                     if isinstance(resource.get("id"), str):
@@ -371,7 +399,17 @@ def catalogue_load(
         except (CatalogueError, FhirError) as exc:
             typer.echo(f"{file.name}: {exc}", err=True)
             raise typer.Exit(1) from None
-        changed = remark_all(ctx)
+        remarker = ctx.services.remarker
+        assert remarker is not None
+        auditor = ctx.services.auditor
+
+        def remarked(conn: Connection, records: list[str]) -> None:  # one event a batch
+            event = auditor.operator_event(
+                ctx.caller, "catalogue-remark", None, set(records) - {""}
+            )
+            unit_of_work.record(conn, event)
+
+        changed = remarker.remark_all(ctx.services.unit, ctx.base_url, on_batch=remarked)
     typer.echo(
         f"edition {row['edition']} active: {row['items']} items; {changed} results re-marked"
     )
@@ -382,7 +420,7 @@ def catalogue_list() -> None:
     """The loaded editions; the active one is marked."""
     from ehr_service.storage import recognition as store
 
-    with _service_context() as ctx, ctx.services.database.read() as conn:
+    with _service_context("catalogue-list") as ctx, ctx.services.unit.read() as conn:
         for edition in store.editions(conn):
             mark = "active" if edition["active"] else "-"
             typer.echo(f"{edition['edition']}  {edition['items']} items  {mark}")
@@ -391,7 +429,7 @@ def catalogue_list() -> None:
 def _find_organization(ctx: RequestContext, org_id: str) -> dict[str, Any] | None:
     from ehr_service.storage import resources
 
-    with ctx.services.database.read() as conn:
+    with ctx.services.unit.read() as conn:
         content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
     return None if content is None else dict(orjson.loads(content))
 
@@ -409,7 +447,7 @@ def _store_organization(ctx: RequestContext, document: dict[str, Any]) -> None:
     from ehr_service.interactions import update
 
     try:
-        with ctx.services.database.write() as conn:
+        with ctx.services.unit.write() as conn:
             update.update(conn, ctx, "Organization", document["id"], document)
     except FhirError as exc:
         typer.echo(str(exc), err=True)
@@ -428,7 +466,7 @@ def institution_add(
 
     document: dict[str, Any] = {"resourceType": "Organization", "id": org_id, "name": name,
                                 "active": True}  # fmt: skip
-    with _service_context() as ctx:
+    with _service_context("institution-add") as ctx:
         document = (_find_organization(ctx, org_id) or document) | {"name": name}
         others = [
             e
@@ -464,7 +502,7 @@ def institution_qc(
         except ValueError:
             typer.echo(f"not a date: {value}", err=True)
             raise typer.Exit(2) from None
-    with _service_context() as ctx:
+    with _service_context("institution-qc") as ctx:
         document = _organization(ctx, org_id)
         record = quality_control_extension(category, scheme, cycle, passed, start, end)
         document["extension"] = [*(document.get("extension") or ()), record]
@@ -477,7 +515,7 @@ def institution_show(org_id: str) -> None:
     """An institution's region, level and quality-control records."""
     from ehr_service.recognition.institutions import institution_of
 
-    with _service_context() as ctx:
+    with _service_context("institution-show") as ctx:
         institution = institution_of(f"Organization/{org_id}", _organization(ctx, org_id))
     typer.echo(
         f"{institution.reference}  {institution.name or '-'}  region={institution.region or '-'}"
@@ -552,9 +590,11 @@ def rotate_data_key(
     """Make a new data key active and re-seal every stored ID number with it."""
     import time
 
+    from ehr_service.audit.events import Auditor
     from ehr_service.mpi.identity import ResidentIdentity, reseal_all
     from ehr_service.security.fieldcrypto import REFRESH_SECONDS
     from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
 
     settings = _settings()
     identity = ResidentIdentity.from_settings(settings)
@@ -563,8 +603,10 @@ def rotate_data_key(
     if wait:
         time.sleep(REFRESH_SECONDS + 1)
     database = Database(settings.effective_database_url)
+    unit = UnitOfWork(database)
+    audited_as(unit, Auditor(unit), "rotate-data-key")
     try:
-        count = reseal_all(database, identity.protection, batch)
+        count = reseal_all(unit, identity.protection, batch)
     finally:
         database.dispose()
     typer.echo(f"re-sealed {count} stored versions")
@@ -589,7 +631,7 @@ def serve(
     """Run the HTTP server (run `ehr-service migrate` first)."""
     import uvicorn
 
-    from ehr_service.security import redaction
+    from ehr_service.mpi import redaction
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level)
@@ -622,8 +664,8 @@ def migrate(
 ) -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
     from ehr_service.storage.database import Database
-    from ehr_service.storage.migrate import upgrade
-    from ehr_service.storage.partitioning import PartitioningError, partition
+    from ehr_service.storage.migrate import partition_database, upgrade
+    from ehr_service.storage.partitioning import PartitioningError
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -631,8 +673,7 @@ def migrate(
     try:
         upgrade(database, settings.migrations_dir, revision)
         if partitions is not None:
-            with database.engine.begin() as conn:
-                changed = partition(conn, partitions)
+            changed = partition_database(database, partitions)
             typer.echo(f"partitioned into {partitions}: {', '.join(changed) or 'already'}")
     except PartitioningError as exc:
         typer.echo(f"not partitioned: {exc}", err=True)
@@ -647,18 +688,15 @@ def load(
     paths: Annotated[list[Path], typer.Argument(help="transaction or batch Bundle JSON files")],
 ) -> None:
     """Post bundle files to the database as transactions (or batches), in order."""
+    from dataclasses import replace
+
     from ehr_service.app import build_services
     from ehr_service.fhir.errors import FhirError
     from ehr_service.interactions.bundle import process_bundle
-    from ehr_service.interactions.context import RequestContext, ReturnPreference
-    from ehr_service.security.caller import SERVICE
+    from ehr_service.interactions.context import ReturnPreference
 
-    settings = _settings()
-    services = build_services(_batch(settings))
-    base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    ctx = RequestContext(
-        services, base_url, "cli", prefer_return=ReturnPreference.MINIMAL, caller=SERVICE
-    )
+    services = build_services(_batch(_settings()))
+    ctx = replace(operator_context(services, "load"), prefer_return=ReturnPreference.MINIMAL)
     failed = 0
     try:
         for path in paths:
@@ -685,6 +723,7 @@ def reindex(
     from ehr_service.interactions.reindex import reindex as run_reindex
 
     services = build_services(_batch(_settings()))
+    operator_context(services, "reindex")  # its writes are audited as the operator's
     try:
         count = run_reindex(
             services, resource_type, progress=lambda n: typer.echo(f"{n} resources", err=True)
@@ -731,7 +770,7 @@ def import_(
     if missing:
         typer.echo(f"not found: {', '.join(map(str, missing))}", err=True)
         raise typer.Exit(2)
-    with _service_context() as ctx, errors.open("w") as failed:
+    with _service_context("import") as ctx, errors.open("w") as failed:
         if ctx.services.catalogues is not None:  # results are marked as a server would
             ctx.services.catalogues.ensure_loaded()
         if workers is None:
@@ -774,7 +813,7 @@ def export(
         raise typer.Exit(2)
     moment = parse_instant_param(since, "--since") if since else None
     out.mkdir(parents=True, exist_ok=True)
-    with _service_context() as ctx:
+    with _service_context("export") as ctx:
         protection = ctx.services.identity.protection
         until = utc_now()
         for resource_type in sorted(types or R4_RESOURCE_TYPES):
@@ -782,7 +821,7 @@ def export(
             path = out / f"{resource_type}.ndjson"
             with path.open("wb") as handle:
                 while True:
-                    with ctx.services.database.read() as conn:
+                    with ctx.services.unit.read() as conn:
                         rows = store.page(
                             conn, resource_type, after=after, limit=1000, since=moment,
                             until=until, patients=None, compartment_only=False, refused_actors=(),

@@ -26,6 +26,7 @@ from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.partitioning import CLAIM, partition
 from ehr_service.storage.tables import metadata
+from ehr_service.storage.unit_of_work import UnitOfWork
 from tests.helpers import bearer
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
@@ -78,7 +79,7 @@ def pg_url() -> Iterator[str]:
     # against this database, it must still verify.
     database = Database(worker_url)
     try:
-        verdict = verify(database)
+        verdict = verify(UnitOfWork(database))
     finally:
         database.dispose()
     assert verdict.intact, f"audit chain broken at {verdict.first_bad}: {verdict.reason}"

@@ -36,7 +36,7 @@ def observation(patient_ref: str, value: float = 5.8) -> dict[str, Any]:
 
 def snapshot(services: Services) -> tuple[list[Any], list[Any]]:
     """Every stored row, to prove a failed request changed nothing."""
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         current = conn.execute(
             sa.select(resource).order_by(resource.c.res_type, resource.c.res_id)
         ).all()

@@ -12,9 +12,11 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
+from ehr_service.api.errors import allowed_methods
 from ehr_service.api.fhir import ResourceId, in_read
 from ehr_service.api.negotiation import check_content_type
 from ehr_service.api.rendering import render_result
+from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.interactions import audit_events
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
@@ -41,6 +43,14 @@ async def audit_search_post(request: Request, ctx: Context, rendering: Rendering
 
 
 @router.get("/AuditEvent/{resource_id}", **docs.route("read", {200, 400, 404}))
-async def audit_read(resource_id: ResourceId, ctx: Context, rendering: RenderingDep) -> Response:
+async def audit_read(
+    request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
+) -> Response:
+    if resource_id.startswith(("_", "$")):  # GET of /AuditEvent/_search: a 405, not an id
+        raise FhirError(
+            Category.METHOD_NOT_ALLOWED,
+            (Issue(f"GET is not supported at {request.url.path[:200]}"),),
+            headers={"Allow": ", ".join(allowed_methods(request))},
+        )
     result = await run_in_threadpool(in_read, ctx, lambda c: audit_events.read(c, ctx, resource_id))
     return render_result(result, ctx, rendering)

@@ -31,7 +31,6 @@ async def _kickoff(request: Request, ctx: RequestContext, kind: str, group: str 
     job_id = await run_in_threadpool(
         bulk.kickoff, ctx, kind, group, request.headers.get("prefer"), str(request.url)
     )
-    ctx.services.auditor.record_now(ctx, Result(202))
     return Response(
         status_code=202, headers={"Content-Location": f"{ctx.base_url}/$export-status/{job_id}"}
     )
@@ -71,7 +70,6 @@ async def export_status(request: Request, ctx: Context, job_id: str = JobId) -> 
 @router.delete("/$export-status/{job_id}", **docs.export_route("cancel an export", cancel=True))
 async def export_cancel(request: Request, ctx: Context, job_id: str = JobId) -> Response:
     await run_in_threadpool(_bulk(request).cancel, ctx, job_id)
-    ctx.services.auditor.record_now(ctx, Result(202))
     return Response(status_code=202)
 
 

@@ -55,16 +55,17 @@ T = TypeVar("T")
 
 
 def in_read(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
-    """Run a read, then audit it (failures are audited by the error handler)."""
-    with ctx.services.database.read() as conn:
+    """Run a read in a unit of work with its audit event (appended once the read
+    ends; failures are audited by the error handler)."""
+    with ctx.services.unit.read() as conn:
         result = action(conn)
-    ctx.services.auditor.record_now(ctx, result)
+        ctx.services.auditor.record(conn, ctx, result)
     return result
 
 
 def in_write(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
-    """Run a write and record its audit event in the same transaction."""
-    with ctx.services.database.write() as conn:
+    """Run a write in a unit of work: it and its audit event commit together."""
+    with ctx.services.unit.write() as conn:
         result = action(conn)
         ctx.services.auditor.record(conn, ctx, result)
     return result

@@ -46,7 +46,7 @@ class _StateCollector(Collector):
         )
         chain = GaugeMetricFamily("ehr_audit_chain_length", "Events on the audit hash chain")
         try:
-            with self.services.database.read() as conn:
+            with self.services.unit.read() as conn:
                 for partner, state, rows, _oldest in exchange_store.status_counts(conn):
                     outbox.add_metric([partner, state], rows)
                 chain.add_metric([], audit_store.head(conn)[0])

@@ -60,6 +60,7 @@ _DESCRIPTIONS = {
     304: "Not Modified (If-None-Match)",
     400: "Bad request or invalid resource (OperationOutcome)",
     404: "Unknown resource type or resource (OperationOutcome)",
+    405: "Not allowed here, e.g. a write of the read-only AuditEvent (OperationOutcome, Allow)",
     406: "Accept or _format excludes JSON (OperationOutcome)",
     401: "Missing or invalid bearer token (OperationOutcome, WWW-Authenticate)",
     403: "The token's scopes or compartment do not allow it (OperationOutcome)",
@@ -74,7 +75,8 @@ _DESCRIPTIONS = {
     501: "Not implemented yet (OperationOutcome)",
     503: "Database unavailable (OperationOutcome)",
 }
-_ALWAYS = {400, 401, 403, 406, 429, 500, 503}  # 429: every client is rate limited
+# 405: a read-only type (AuditEvent) or a reserved path; 429: every client is rate limited
+_ALWAYS = {400, 401, 403, 405, 406, 429, 500, 503}
 _NO_BODY = {204, 304}
 
 _COMMON_PARAMS: list[dict[str, Any]] = [

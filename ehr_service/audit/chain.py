@@ -10,7 +10,7 @@ import orjson
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage.audit import GENESIS, StoredEvent, chain_hash
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +53,8 @@ def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     return None
 
 
-def verify(database: Database) -> Verdict:
-    with database.read() as conn:
+def verify(unit: UnitOfWork) -> Verdict:
+    with unit.read() as conn:
         expected_seq, prev = 1, GENESIS
         count = 0
         touched: dict[int, set[str]] = {}

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import Connection
@@ -25,13 +25,36 @@ from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.mpi.idnumber import mask_candidates
 from ehr_service.security.caller import Caller
-from ehr_service.storage import audit as audit_store
+from ehr_service.storage import unit_of_work
 from ehr_service.storage.audit import NewEvent
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
-if TYPE_CHECKING:
-    from ehr_service.interactions.context import RequestContext
-    from ehr_service.interactions.results import Result
+
+class AuditedRequest(Protocol):
+    """What an event says of the request (``interactions.context.RequestContext``)."""
+
+    @property
+    def caller(self) -> Caller: ...
+    @property
+    def interaction(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+
+
+class AuditedResult(Protocol):
+    """What an event says of the outcome (``interactions.results.Result``)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def resource_type(self) -> str | None: ...
+    @property
+    def resource_id(self) -> str | None: ...
+    @property
+    def patients(self) -> frozenset[str]: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +78,33 @@ EXPORT = {
     "system": "http://dicom.nema.org/resources/ontology/DCM",
     "code": "110106",
     "display": "Export",
+}
+# Operator commands (``ehr-service ...``): DICOM Application Activity events whose
+# subtype names the command; each records the writes it made.
+OPERATOR = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110100",
+    "display": "Application Activity",
+}
+OPERATOR_COMMAND_SYSTEM = "urn:ehr-service:operator-command"
+OPERATOR_COMMANDS: dict[str, str] = {  # command -> action
+    "institution-add": "C",
+    "institution-qc": "U",
+    "catalogue-load": "U",
+    "catalogue-remark": "U",
+    "import": "C",
+    "load": "C",
+    "reindex": "U",
+    "rotate-data-key": "U",
+    "partner-add": "C",
+    "partner-update": "U",
+    "partner-key": "U",
+    "partner-remove": "D",
+    "exchange-retry": "U",
+    "exchange-push": "E",
+    "exchange-pull": "C",
+    "export": "R",
+    "merge": "U",
 }
 EXCHANGE = {
     "exchange_receive": (IMPORT, "C"),
@@ -165,6 +215,7 @@ def event_json(
     login: bool = False,
     data_type: str | None = None,
     event_type: dict[str, str] | None = None,
+    subtype: dict[str, str] | None = None,
 ) -> bytes:
     entities: list[dict[str, Any]] = [
         {
@@ -204,7 +255,9 @@ def event_json(
         "agent": _agents(caller),
         "source": {"observer": {"display": "ehr-service"}},
     }
-    if not login and event_type is None:
+    if subtype is not None:
+        event["subtype"] = [subtype]
+    elif not login and event_type is None:
         event["subtype"] = [{"system": "http://hl7.org/fhir/restful-interaction", "code": kind}]
     if entities:
         event["entity"] = entities
@@ -258,8 +311,8 @@ class _Queued:
 class Auditor:
     """Records events on the chain; one per process."""
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
         self._group = GroupCommit(self._append_group)
 
     def new_event(
@@ -275,8 +328,12 @@ class Auditor:
         data_type: str | None = None,
     ) -> NewEvent:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
-        event_type = None
-        if login:
+        event_type = subtype = None
+        command = interaction.removeprefix("cli:")
+        if command != interaction:
+            event_type, action = OPERATOR, OPERATOR_COMMANDS.get(command, "E")
+            kind, subtype = f"cli-{command}", {"system": OPERATOR_COMMAND_SYSTEM, "code": command}
+        elif login:
             kind, action = "login", "E"
         elif interaction in EXCHANGE:
             event_type, action = EXCHANGE[interaction]
@@ -297,6 +354,7 @@ class Auditor:
                 login=login,
                 data_type=data_type,
                 event_type=event_type,
+                subtype=subtype,
             )
 
         return NewEvent(
@@ -310,10 +368,7 @@ class Auditor:
             mask_candidates(what) if what else None,
         )
 
-    def append(self, conn: Connection, event: NewEvent) -> None:
-        audit_store.append(conn, [event])
-
-    def for_result(self, ctx: RequestContext, result: Result) -> NewEvent:
+    def for_result(self, ctx: AuditedRequest, result: AuditedResult) -> NewEvent:
         what = None
         if result.resource_type and result.resource_id:
             what = f"{result.resource_type}/{result.resource_id}"
@@ -329,24 +384,44 @@ class Auditor:
             data_type=data_type if data_type and data_type[:1].isupper() else None,
         )
 
-    def record(self, conn: Connection, ctx: RequestContext, result: Result) -> None:
-        """In the caller's transaction: a write and its audit commit together."""
-        if not ctx.caller.internal:
-            self.append(conn, self.for_result(ctx, result))
+    def record(self, conn: Connection, ctx: AuditedRequest, result: AuditedResult) -> None:
+        """Into the unit of work of ``conn``: a write and its audit commit together
+        (a read's event follows its transaction). The service's own internal work
+        (demo data, background re-marking) is not a caller's act; an operator's is."""
+        if ctx.caller.operator or not ctx.caller.internal:
+            unit_of_work.record(conn, self.for_result(ctx, result))
 
-    def record_now(self, ctx: RequestContext, result: Result) -> None:
-        if not ctx.caller.internal:
+    def record_now(self, ctx: AuditedRequest, result: AuditedResult) -> None:
+        """The event of work outside a transaction (a file download), in a unit of
+        work of its own."""
+        if ctx.caller.operator or not ctx.caller.internal:
             self.append_now(self.for_result(ctx, result))
+
+    def operator_event(
+        self, caller: Caller, command: str, what: str | None = None, patients: Iterable[str] = ()
+    ) -> NewEvent:
+        """The event of an operator command's writes (``ehr-service <command>``)."""
+        return self.new_event(
+            interaction=f"cli:{command}",
+            status=200,
+            caller=caller,
+            patients=frozenset(patients),
+            what=what,
+        )
 
     def append_now(self, event: NewEvent) -> None:
         """In a transaction of its own (reads, failures, login failures), shared
         with the events of concurrent requests; returns once it is committed."""
         self._group.submit(event)
 
+    def append_all_now(self, events: Iterable[NewEvent]) -> None:
+        for event in events:
+            self._group.submit(event)
+
     def _append_group(self, events: list[NewEvent]) -> None:
         try:
-            with self.database.write() as conn:
-                audit_store.append(conn, events)
+            with self.unit.write(*events):
+                pass
         except FhirError:  # the database is down: the request itself has failed too
             logger.error("audit event could not be recorded: database unavailable")
             raise

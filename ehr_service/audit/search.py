@@ -155,9 +155,12 @@ def parse(query: dict[str, list[str]], *, default_count: int, max_count: int) ->
         outcomes=each("outcome", _code),
         recorded=recorded,
     )
+    total = _last(query, "_total")
+    if total is not None and total not in {"none", "estimate", "accurate"}:
+        raise _bad("_total", "_total is none, estimate or accurate")
     count = _count(query, default_count, max_count)
     before = after = None
-    cursor = (query.get("_cursor") or [None])[-1]
+    cursor = _last(query, "_cursor")
     if cursor is not None:
         if len(cursor) < 2 or cursor[0] not in "ab" or not cursor[1:].isdigit():
             raise _bad("_cursor", "_cursor is not a cursor this server issued")
@@ -165,8 +168,13 @@ def parse(query: dict[str, list[str]], *, default_count: int, max_count: int) ->
     return AuditSearch(event_query, count, before, after)
 
 
+def _last(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
 def _count(query: dict[str, list[str]], default: int, maximum: int) -> int:
-    raw = (query.get("_count") or [None])[-1]
+    raw = _last(query, "_count")
     if raw is None:
         return default
     if not raw.strip().isdigit():
@@ -192,7 +200,7 @@ def bundle(
         encoded = urlencode(pairs)
         return {"relation": relation, "url": f"{url}?{encoded}" if encoded else url}
 
-    links = [link("self", (query.get("_cursor") or [None])[-1])]
+    links = [link("self", _last(query, "_cursor"))]
     if events and (more or search.after is not None):
         links.append(link("next", f"b{events[-1].seq}"))
     if events and (search.before is not None or (search.after is not None and more)):

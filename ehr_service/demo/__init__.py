@@ -191,7 +191,7 @@ def demo_bundle() -> dict[str, Any]:
 
 def load_demo_data(services: Services) -> int:
     """Load the demo bundle if the database holds no resources; return how many."""
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         if resources.count_resources(conn) > 0:
             return 0
     settings = services.settings

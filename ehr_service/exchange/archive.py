@@ -22,7 +22,7 @@ from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.security.fieldcrypto import Keyring, SealError
 from ehr_service.storage import exchange as store
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +46,13 @@ class Verdict:
 class Archive:
     def __init__(
         self,
-        database: Database,
+        unit: UnitOfWork,
         keyring: Keyring,
         keys: SigningKeys,
         partners: PartnerRegistry,
         exchange_id: str,
     ) -> None:
-        self.database = database
+        self.unit = unit
         self.keyring = keyring
         self.keys = keys
         self.partners = partners
@@ -129,7 +129,7 @@ class Archive:
     def earlier_reply(self, envelope: Envelope, digest: str) -> Reply | None:
         """The first answer to this message id, signed afresh; a 409 when the same
         id came with other bytes (a replay, not a retry)."""
-        with self.database.read() as conn:
+        with self.unit.read() as conn:
             row = store.get_message(conn, envelope.iss, envelope.jti)
         if row is None:
             return None
@@ -191,14 +191,14 @@ class Archive:
     ) -> Iterator[dict[str, Any]]:
         """Stored messages, one (issuer and jti), one issuer's, or all."""
         if issuer is not None and jti is not None:
-            with self.database.read() as conn:
+            with self.unit.read() as conn:
                 row = store.get_message(conn, issuer, jti)
             if row is not None:
                 yield row
             return
         after: tuple[str, str] | None = None
         while True:
-            with self.database.read() as conn:
+            with self.unit.read() as conn:
                 page = store.messages(conn, after=after)
             for row in page:
                 if issuer is None or row["issuer"] == issuer:

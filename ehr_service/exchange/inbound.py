@@ -48,6 +48,7 @@ from ehr_service.security.caller import SERVICE, Caller
 from ehr_service.security.policy import require
 from ehr_service.storage import identity as identity_store
 from ehr_service.storage import resources
+from ehr_service.storage.unit_of_work import savepoint
 
 PARTNER_SYSTEM = "urn:ehr-service:exchange-partner"
 MESSAGE_SYSTEM = "urn:ehr-service:exchange-message"
@@ -162,7 +163,7 @@ class Inbound:
         )
         sctx = replace(ctx, caller=SERVICE, from_partner=partner.partner_id)
         try:
-            with self.services.database.write() as conn:
+            with self.services.unit.write() as conn:
                 if not self.archive.claim(conn, envelope, body, signature, digest, direction):
                     raise _TakenError
                 self._resolve_patients(conn, pctx, sctx, partner, items)
@@ -362,7 +363,7 @@ class Inbound:
                 raise _located(item.index, error) from None
             versions.append(version)
         try:
-            with conn.begin_nested():
+            with savepoint(conn):
                 resources.insert_new(conn, versions)
         except IntegrityError:
             for item in fresh:

@@ -38,6 +38,7 @@ from ehr_service.security.caller import Caller
 from ehr_service.security.scopes import parse_scopes
 from ehr_service.storage import exchange as store
 from ehr_service.storage import partners as partner_store
+from ehr_service.storage import unit_of_work
 
 logger = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)  # a pusher's hold on the rows it is sending
@@ -83,7 +84,7 @@ class Outbound:
         final and the resident must not have refused the partner since it was queued."""
         keep: list[dict[str, Any]] = []
         withdrawn: list[dict[str, Any]] = []
-        with self.services.database.read() as conn:
+        with self.services.unit.read() as conn:
             contents = store.current_contents(conn, [(r["res_type"], r["res_id"]) for r in rows])
             for row in rows:
                 found = contents.get((row["res_type"], row["res_id"]))
@@ -102,7 +103,7 @@ class Outbound:
         travels with it), ID numbers readable (the partner matches on them)."""
         keys = [(r["res_type"], r["res_id"]) for r in rows]
         keys += [("Patient", r["patient_id"]) for r in rows]
-        with self.services.database.read() as conn:
+        with self.services.unit.read() as conn:
             contents = store.current_contents(conn, list(dict.fromkeys(keys)))
             performers = []
             for key, (_version, content) in contents.items():
@@ -144,7 +145,7 @@ class Outbound:
         return report
 
     def _push_batch(self, partner: Partner, report: PushReport, now: datetime) -> bool:
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             rows = store.due(conn, partner.partner_id, now, self.settings.exchange_push_batch)
             store.mark(conn, [r["seq"] for r in rows], next_attempt=now + LEASE)
         if not rows:
@@ -154,7 +155,7 @@ class Outbound:
         try:
             rows, withdrawn = self.shareable(partner.partner_id, rows)
             if withdrawn:
-                with self.services.database.write() as conn:
+                with self.services.unit.write() as conn:
                     store.mark(conn, [r["seq"] for r in withdrawn], state="withdrawn")
                 seqs = [r["seq"] for r in rows]
             if not rows:
@@ -162,7 +163,7 @@ class Outbound:
             body = self.bundle(rows)
             while len(body) > self.settings.max_body_bytes // 2 and len(rows) > 1:
                 rows, later = rows[: len(rows) // 2], rows[len(rows) // 2 :]  # by size too
-                with self.services.database.write() as conn:
+                with self.services.unit.write() as conn:
                     store.mark(conn, [r["seq"] for r in later], next_attempt=now)
                 seqs = [r["seq"] for r in rows]
                 body = self.bundle(rows)
@@ -177,7 +178,7 @@ class Outbound:
         ) as exc:
             self._failed(partner, rows, now, str(exc)[:1000], report)
             return False  # the partner is unwell: the rest waits for the next round
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             store.mark(conn, seqs, state="sent", message_jti=jti, last_error=None)
             self._audit(conn, partner, status, rows)
         report.sent += len(rows)
@@ -225,7 +226,7 @@ class Outbound:
         )
         header = protected_header(signature)
         envelope = replace(envelope, alg=header["alg"], kid=header["kid"], iat=header["iat"])
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             self.archive.claim(
                 conn, envelope, body, signature, hashlib.sha256(body).hexdigest(), "out",
                 partner_id=partner.partner_id,
@@ -256,7 +257,7 @@ class Outbound:
         logger.warning("push to %s failed: %s", partner.partner_id, error)
         report.errors.append(f"{partner.partner_id}: {error}")
         first = timedelta(seconds=self.settings.exchange_retry_seconds)
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             for row in rows:
                 attempts = row["attempts"] + 1
                 if attempts >= self.settings.exchange_max_attempts:
@@ -280,7 +281,7 @@ class Outbound:
             what=None,
             query=f"partner={partner.partner_id}",
         )
-        self.services.auditor.append(conn, event)
+        unit_of_work.record(conn, event)
 
     # -- feed (a partner pulls) -----------------------------------------------------------
     def feed(
@@ -289,7 +290,7 @@ class Outbound:
     ) -> tuple[bytes, str, Result]:  # fmt: skip
         partner = self.partner_of(ctx.caller)
         settle = timedelta(seconds=self.settings.exchange_feed_settle_seconds)
-        with self.services.database.read() as conn:
+        with self.services.unit.read() as conn:
             rows = store.feed_rows(
                 conn, partner.partner_id, after=after, since=since, before=utc_now() - settle,
                 limit=count,
@@ -334,7 +335,7 @@ class Outbound:
         pctx = replace(ctx, caller=caller, interaction="exchange_pull")
         ingested = 0
         while True:
-            with self.services.database.read() as conn:
+            with self.services.unit.read() as conn:
                 cursor = partner_store.feed_cursor(conn, partner_id)
             url = f"{feed_url_of(partner.endpoint)}?_cursor={cursor}&_count={count}"
             response = self.client.get(
@@ -364,7 +365,7 @@ class Outbound:
             next_cursor = _cursor_of(document)
             if next_cursor is None or next_cursor == cursor:
                 return ingested
-            with self.services.database.write() as conn:
+            with self.services.unit.write() as conn:
                 partner_store.set_feed_cursor(conn, partner_id, next_cursor)
             if len(entries) == 0:
                 return ingested

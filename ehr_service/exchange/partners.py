@@ -20,7 +20,7 @@ from ehr_service.exchange.envelope import VerifyKey
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.storage import partners as store
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 _ID = re.compile(r"[a-z0-9][a-z0-9\-]{0,63}")
 _PUBLIC_MEMBERS = {"kty", "crv", "x", "y", "n", "e", "kid", "alg", "use"}
@@ -114,8 +114,8 @@ def public_key(jwk: dict[str, Any]) -> VerifyKey:
 
 
 class PartnerRegistry:
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
         self._refreshed: dict[str, float] = {}  # partner -> monotonic time of last fetch
         self._ids: tuple[float, frozenset[str]] | None = None
 
@@ -125,7 +125,7 @@ class PartnerRegistry:
             return False
         now = time.monotonic()
         if self._ids is None or now - self._ids[0] > 5.0:
-            with self.database.read() as conn:
+            with self.unit.read() as conn:
                 self._ids = (now, frozenset(r["partner_id"] for r in store.all_partners(conn)))
         return client_id in self._ids[1]
 
@@ -169,7 +169,7 @@ class PartnerRegistry:
         if current.keys[kid].get("status") == "revoked":
             raise PartnerError(f"{kid} is revoked for good")
         keys = {**current.keys, kid: {**current.keys[kid], "status": state}}
-        with self.database.write() as conn:
+        with self.unit.write() as conn:
             store.change(
                 conn,
                 partner_id,
@@ -191,7 +191,7 @@ class PartnerRegistry:
         if not _ID.fullmatch(partner_id):
             raise PartnerError("a partner id is 1-64 lower-case letters, digits and hyphens")
         keys = load_jwks(jwks)
-        with self.database.write() as conn:
+        with self.unit.write() as conn:
             if store.get(conn, partner_id) is not None:
                 raise PartnerError(f"partner {partner_id} exists: use update")
             store.add(
@@ -220,22 +220,22 @@ class PartnerRegistry:
             keys = pinned(current.keys, load_jwks(source))
             values["jwks"] = orjson.dumps({"keys": list(keys.values())})
         values["updated"] = utc_now()
-        with self.database.write() as conn:
+        with self.unit.write() as conn:
             store.change(conn, partner_id, values)
         return self.get(partner_id)
 
     def remove(self, partner_id: str) -> None:
-        with self.database.write() as conn:
+        with self.unit.write() as conn:
             if not store.remove(conn, partner_id):
                 raise PartnerError(f"no partner {partner_id}")
 
     def get(self, partner_id: str) -> Partner:
-        with self.database.read() as conn:
+        with self.unit.read() as conn:
             row = store.get(conn, partner_id)
         if row is None:
             raise PartnerError(f"no partner {partner_id}")
         return _partner(row)
 
     def list(self) -> list[Partner]:
-        with self.database.read() as conn:
+        with self.unit.read() as conn:
             return [_partner(r) for r in store.all_partners(conn)]

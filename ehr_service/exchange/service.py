@@ -18,9 +18,9 @@ class Exchange:
         settings = services.settings
         self.services = services
         self.keys = SigningKeys(settings.signing_keys_dir)
-        self.partners = PartnerRegistry(services.database)
+        self.partners = PartnerRegistry(services.unit)
         self.archive = Archive(
-            services.database,
+            services.unit,
             services.identity.protection.keyring,
             self.keys,
             self.partners,

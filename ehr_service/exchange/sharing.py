@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.pipeline import Draft, Hook, Stage
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import partners as partner_store
 from ehr_service.storage.database import transaction_cache
@@ -69,3 +70,14 @@ def shared_with(
             continue
         partners.append(row["partner_id"])
     return tuple(partners)
+
+
+def outbox_hook() -> Hook:
+    """Results are queued for partners in the transaction that stores them; what a
+    partner sent is not sent on (it is theirs to share)."""
+
+    def queue(draft: Draft) -> None:
+        if draft.request.from_partner is None:
+            draft.outbox = shared_with(draft.conn, draft.resource_type, draft.resource, draft.owner)
+
+    return Hook("exchange-outbox", Stage.VERSION, queue)

@@ -6,30 +6,15 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from ehr_service.audit import search as audit_search
-from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
+from ehr_service.pipeline.core import READ_ONLY_TYPES, read_only
 from ehr_service.security.policy import require_audit_reader
+
+__all__ = ["READ_ONLY_TYPES", "read", "read_only", "search"]
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage.audit import EventQuery
-
-READ_ONLY_TYPES = frozenset({"AuditEvent"})
-
-
-def read_only(resource_type: str, method: str, path: str) -> FhirError:
-    """405 for any write (or unsupported read) of a type only the service writes."""
-    allowed = "GET" if path.rstrip("/").count("/") <= 2 else ""  # [type] and [type]/[id]
-    return FhirError(
-        Category.METHOD_NOT_ALLOWED,
-        (
-            Issue(
-                f"{resource_type} is read-only: the service records its own events; "
-                f"{method} {path[:120]} is not supported",
-                "not-supported",
-            ),
-        ),
-        headers={"Allow": allowed},
-    )
 
 
 def search(conn: Connection, ctx: RequestContext) -> Result:

@@ -31,6 +31,7 @@ from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_pa
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, check_type_parameter
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.interactions.read import current_or_fail
+from ehr_service.interactions.results import Result
 from ehr_service.security.caller import Caller
 from ehr_service.security.policy import forbidden, require
 from ehr_service.storage import bulk_export as store
@@ -100,7 +101,7 @@ class BulkExports:
             members = self._members(ctx, group_id)
         job_id = new_id()
         now = utc_now()
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             store.add_job(
                 conn,
                 {
@@ -116,6 +117,7 @@ class BulkExports:
                     "transaction_time": now,
                 },
             )
+            self.services.auditor.record(conn, ctx, Result(202))
         job = Job(job_id, kind, members, types, since, now, ctx.view.refused_actors)
         self.executor.submit(self._run, job)
         return job_id
@@ -140,7 +142,7 @@ class BulkExports:
 
     def _members(self, ctx: RequestContext, group_id: str) -> tuple[str, ...]:
         require(ctx.caller, "Group", "r")
-        with self.services.database.read() as conn:
+        with self.services.unit.read() as conn:
             stored = current_or_fail(conn, "Group", group_id, view=ctx.view)
         group = orjson.loads(stored.content or b"{}")
         members = []
@@ -159,7 +161,7 @@ class BulkExports:
             for index, resource_type in enumerate(job.types):
                 if self._is_cancelled(job.job_id):
                     return
-                with self.services.database.write() as conn:
+                with self.services.unit.write() as conn:
                     store.set_job(
                         conn,
                         job.job_id,
@@ -171,7 +173,7 @@ class BulkExports:
                     output.append(
                         {"type": resource_type, "file": f"{resource_type}.ndjson", "count": count}
                     )
-            with self.services.database.write() as conn:
+            with self.services.unit.write() as conn:
                 store.set_job(
                     conn,
                     job.job_id,
@@ -182,7 +184,7 @@ class BulkExports:
                 )
         except Exception as exc:  # the job fails; the service goes on
             logger.exception("export job %s failed", job.job_id)
-            with self.services.database.write() as conn:
+            with self.services.unit.write() as conn:
                 store.set_job(
                     conn, job.job_id, state="failed", finished=utc_now(), error=type(exc).__name__
                 )
@@ -192,7 +194,7 @@ class BulkExports:
         after: str | None = None
         with path.open("wb") as out:
             while True:
-                with self.services.database.read() as conn:
+                with self.services.unit.read() as conn:
                     rows = store.page(
                         conn,
                         resource_type,
@@ -221,7 +223,7 @@ class BulkExports:
 
     # -- status, files, cancel -------------------------------------------------------------
     def _job(self, ctx: RequestContext, job_id: str) -> dict[str, Any]:
-        with self.services.database.read() as conn:
+        with self.services.unit.read() as conn:
             job = store.get_job(conn, job_id)
         if job is None or job["client"] != _client(ctx.caller) or job["state"] == "cancelled":
             raise _not_found(job_id)
@@ -275,13 +277,14 @@ class BulkExports:
         self._job(ctx, job_id)
         with self._lock:
             self._cancelled.add(job_id)
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             store.cancel_job(conn, job_id)
+            self.services.auditor.record(conn, ctx, Result(202))
         shutil.rmtree(self.directory / job_id, ignore_errors=True)
 
     def recover(self) -> None:
         """At start: jobs a stopped process left unfinished have failed."""
-        with self.services.database.write() as conn:
+        with self.services.unit.write() as conn:
             for job_id in store.stale_jobs(conn):
                 store.set_job(
                     conn,

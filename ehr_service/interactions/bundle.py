@@ -34,7 +34,7 @@ from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.routing import Interaction, Route, route
-from ehr_service.interactions.writing import PENDING_IDENTITIES
+from ehr_service.security.references import PENDING_IDENTITIES
 from ehr_service.storage import resources
 from ehr_service.storage.database import transaction_cache
 
@@ -224,7 +224,7 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
         except FhirError as error:
             raise _in_entry(index, error) from None
     ordered = sorted(entries, key=lambda e: _ORDER[e.method])
-    with ctx.services.database.write() as conn:
+    with ctx.services.unit.write() as conn:
         _resolve_placeholders(conn, ctx, entries)
         for entry in ordered:
             if entry.method == "DELETE":
@@ -354,11 +354,13 @@ def _batch(ctx: RequestContext, raw_entries: list[Any]) -> Result:
             entry = _parse_entry(ctx, index, raw)
             read_only = entry.method in {"GET", "HEAD"}
             unit: Callable[[], Any] = (
-                ctx.services.database.read if read_only else ctx.services.database.write
+                ctx.services.unit.read if read_only else ctx.services.unit.write
             )
             with unit() as conn:
                 _run_entry(conn, ctx, entry)
-            assert entry.result is not None
+                assert entry.result is not None
+                if not read_only:  # each write commits with its own event
+                    ctx.services.auditor.record(conn, _entry_context(ctx, entry), entry.result)
             results.append(entry.result)
         except FhirError as error:
             results.append(_in_entry(index, error))
@@ -369,6 +371,31 @@ def _batch(ctx: RequestContext, raw_entries: list[Any]) -> Result:
     result = Result(200, _response_entries(ctx, "batch-response", results), patients=touched)
     ctx.services.auditor.record_now(ctx, result)
     return result
+
+
+# bundle entry interactions -> the names their HTTP routes audit them under
+_AUDITED_AS = {
+    Interaction.CREATE: "create_resource",
+    Interaction.UPDATE: "update_resource",
+    Interaction.PATCH: "patch_resource",
+    Interaction.DELETE: "delete_resource",
+}
+_CONDITIONAL_AUDITED_AS = {
+    "PUT": "conditional_update",
+    "PATCH": "conditional_patch",
+    "DELETE": "conditional_delete",
+}
+
+
+def _entry_context(ctx: RequestContext, entry: Entry) -> RequestContext:
+    """The context a batch entry's own audit event is recorded with."""
+    kind = entry.route.interaction
+    name = (
+        _CONDITIONAL_AUDITED_AS.get(entry.method, "batch_or_transaction")
+        if kind is Interaction.CONDITIONAL
+        else _AUDITED_AS.get(kind, "batch_or_transaction")
+    )
+    return replace(ctx, interaction=name, path=f"/fhir/{entry.route.resource_type}")
 
 
 def _response_bundle(ctx: RequestContext, bundle_type: str, entries: list[Entry]) -> dict[str, Any]:

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-from sqlalchemy import Connection
 
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -16,20 +13,15 @@ from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.query import SearchParser
 from ehr_service.fhir.search.registry import SearchParameterRegistry
 from ehr_service.mpi.identity import ResidentIdentity
+from ehr_service.pipeline import WritePipeline, WriteRequest
 from ehr_service.recognition.catalogue import Catalogues
+from ehr_service.recognition.remarking import Remarker
 from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.policy import visibility
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database
-
-Sharing = Callable[[Connection, str, dict[str, Any], str | None], tuple[str, ...]]
-
-
-def no_sharing(
-    _conn: Connection, _type: str, _resource: dict[str, Any], _owner: str | None
-) -> tuple[str, ...]:
-    return ()
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 
 class WriteListeners:
@@ -49,17 +41,18 @@ class Services:
 
     settings: Settings
     database: Database
+    unit: UnitOfWork  # every transaction, and the audit events recorded in it
     compartment: PatientCompartment
     registry: SearchParameterRegistry
     identity: ResidentIdentity
     tokens: TokenVerifier
     auditor: Auditor
     rate_limiter: RateLimiter
-    # The partners a stored version is shared with (the exchange outbox, DESIGN.md §8).
-    share: Sharing = no_sharing
+    pipeline: WritePipeline  # every stored version, with each domain's hooks
     catalogues: Catalogues | None = None  # the recognition catalogue (DESIGN.md §7)
     conformance: Conformance | None = None  # required bindings and profiles
     writes: WriteListeners = field(default_factory=WriteListeners)
+    remarker: Remarker | None = None  # keeps recognition marks true (DESIGN.md §7)
 
 
 class ReturnPreference(StrEnum):
@@ -86,6 +79,11 @@ class RequestContext:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    @property
+    def write_request(self) -> WriteRequest:
+        """The request as the write pipeline sees it."""
+        return WriteRequest(self.base_url, self.view, self.from_partner, self.request_id)
 
     @property
     def view(self) -> Visibility:

@@ -10,10 +10,8 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import check_consent, not_found, visible_to
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.update import check_if_match
-from ehr_service.recognition.marks import forget_institution
 from ehr_service.security.policy import check_write, require
 from ehr_service.storage import resources
-from ehr_service.storage.resources import NewVersion
 
 
 def delete(
@@ -42,17 +40,7 @@ def delete(
             message=f"{what} was already deleted",
         )
     check_if_match(stored, if_match, what)
-    version = NewVersion(
-        resource_type=resource_type,
-        resource_id=resource_id,
-        version_id=stored.version_id + 1,
-        last_updated=utc_now(),
-        method="DELETE",
-        compartment_patient_id=stored.compartment_patient_id,
-        content=None,
-    )
-    if resource_type == "Organization":
-        forget_institution(conn, resource_id)
+    version = ctx.services.pipeline.deletion(conn, ctx.write_request, stored, utc_now())
     if not resources.replace_current(conn, version, stored.version_id):
         raise FhirError.of(Category.CONFLICT, f"{what} was changed concurrently; retry")
     return Result(

@@ -40,6 +40,7 @@ from ehr_service.interactions.bundle import process_bundle
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.writing import prepare_version
 from ehr_service.storage import resources
+from ehr_service.storage.unit_of_work import savepoint
 
 BATCH = 500
 # Resources outside any resident's record that records point to.
@@ -201,7 +202,7 @@ class Importer:
     def _ndjson(self, path: Path, progress: Progress) -> None:
         for lines in _raw_batches(path, progress):
             batch = self._parse(lines, progress)
-            with self.ctx.services.database.write() as conn:
+            with self.ctx.services.unit.write() as conn:
                 self._batch(conn, batch, progress)
             self._report(progress)
 
@@ -221,7 +222,7 @@ class Importer:
                     progress.unchanged += 1
                     continue
                 try:
-                    with conn.begin_nested():
+                    with savepoint(conn):
                         update.update(conn, self.ctx, key[0], key[1], resource)
                     progress.updated += 1
                 except FhirError as error:
@@ -238,13 +239,13 @@ class Importer:
                 continue
             fresh.append((where, resource, version))
         try:
-            with conn.begin_nested():
+            with savepoint(conn):
                 resources.insert_new(conn, [v for _, _, v in fresh])
             progress.created += len(fresh)
         except IntegrityError:  # a concurrent writer, or an ID number held elsewhere
             for where, resource, _ in fresh:
                 try:
-                    with conn.begin_nested():
+                    with savepoint(conn):
                         update.update(
                             conn, self.ctx, resource["resourceType"], resource["id"], resource
                         )
@@ -286,7 +287,7 @@ class Importer:
                 batch.append((f"{path.name}#{index}", item))
             else:
                 self._error(progress, f"{path.name}#{index}", "not a resource with a valid id")
-        with self.ctx.services.database.write() as conn:
+        with self.ctx.services.unit.write() as conn:
             self._batch(conn, batch, progress)
 
 
@@ -320,7 +321,7 @@ def _worker_batch(lines: list[tuple[str, bytes]]) -> tuple[Progress, str]:
     progress = Progress(0)
     batch = importer._parse(lines, progress)
     try:
-        with importer.ctx.services.database.write() as conn:
+        with importer.ctx.services.unit.write() as conn:
             importer._batch(conn, batch, progress)
     except (FhirError, SQLAlchemyError) as error:  # rolled back: none of the batch is stored
         progress = Progress(0, failed=len(lines))

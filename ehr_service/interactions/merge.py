@@ -35,6 +35,7 @@ from ehr_service.mpi.matching import person_of
 from ehr_service.security.policy import require_admin
 from ehr_service.storage import identity as identity_store
 from ehr_service.storage import resources
+from ehr_service.storage.unit_of_work import savepoint
 
 # Records about records keep pointing at what they described.
 _NOT_REPOINTED = {"Provenance", "AuditEvent"}
@@ -166,18 +167,13 @@ def merge(conn: Connection, ctx: RequestContext, body: Any) -> Result:
             )
         validate_resource(result_patient, expected_type="Patient")
     output: dict[str, Any] = {}
-    savepoint = conn.begin_nested()
     try:
-        output = _merge(conn, ctx, source_id, target_id, result_patient, preview=preview)
-        if preview:
-            raise _Preview
+        with savepoint(conn):
+            output = _merge(conn, ctx, source_id, target_id, result_patient, preview=preview)
+            if preview:
+                raise _Preview
     except _Preview:
-        savepoint.rollback()
-    except BaseException:
-        savepoint.rollback()
-        raise
-    else:
-        savepoint.commit()
+        pass  # a preview: everything it did was rolled back with the savepoint
     output["parameter"].insert(0, {"name": "input", "resource": body})
     return Result(200, output, patients=Result.owners(source_id, target_id))
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -30,9 +29,6 @@ from ehr_service.interactions.results import Result
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
 from ehr_service.recognition.institutions import Institution, institution_of
 from ehr_service.recognition.marks import (
-    MARK_SYSTEM,
-    apply_mark,
-    pending_organizations,
     performer_of,
 )
 from ehr_service.recognition.rules import (
@@ -566,71 +562,3 @@ def _instant(query: dict[str, list[str]], name: str) -> datetime | None:
             day += timedelta(days=1)
         return datetime(day.year, day.month, day.day, tzinfo=CST)
     return parse_instant_param(value, name)
-
-
-# -- keeping the mark true -----------------------------------------------------------------
-def _mark_tags(document: dict[str, Any]) -> list[Any]:
-    return [
-        t
-        for t in (document.get("meta") or {}).get("tag") or ()
-        if isinstance(t, dict) and t.get("system") == MARK_SYSTEM
-    ]
-
-
-def remark(
-    conn: Connection,
-    ctx: RequestContext,
-    keys: list[tuple[str, str]],
-    organizations: dict[str, dict[str, Any]] | None = None,
-) -> int:
-    """Write the next version of each result whose recognition mark is no longer
-    right (its institution's quality control or the catalogue changed); returns how
-    many changed. The service writes them, whoever changed the institution."""
-    from ehr_service.interactions.update import store_next_version
-    from ehr_service.security.caller import SERVICE
-
-    service_ctx = replace(ctx, caller=SERVICE)
-    protection = ctx.services.identity.protection
-    changed = 0
-    for resource_type, resource_id in keys:
-        stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
-        if stored is None or stored.deleted or stored.content is None:
-            continue
-        document = protection.reveal(orjson.loads(stored.content))
-        before = _mark_tags(document)
-        apply_mark(conn, ctx.services.catalogues, ctx.settings.recognition_mark,
-                   resource_type, document, organizations)  # fmt: skip
-        if _mark_tags(document) != before:
-            store_next_version(conn, service_ctx, stored, document, method="PUT")
-            changed += 1
-    return changed
-
-
-def remark_institution(
-    conn: Connection, ctx: RequestContext, organization_id: str, organization: dict[str, Any]
-) -> int:
-    """An institution is being written: its results' marks follow its quality control."""
-    keys = store.results_performed_by(conn, organization_id, RESULT_TYPES)
-    if not keys:
-        return 0
-    pending = {f"Organization/{organization_id}": organization}
-    token = pending_organizations.set({**(pending_organizations.get() or {}), **pending})
-    try:
-        return remark(conn, ctx, keys)
-    finally:
-        pending_organizations.reset(token)
-
-
-def remark_all(ctx: RequestContext, batch: int = 500) -> int:
-    """After a catalogue edition switch: every result, a batch per transaction."""
-    changed = 0
-    for resource_type in RESULT_TYPES:
-        after = None
-        while True:
-            with ctx.services.database.write() as conn:
-                ids = store.result_ids(conn, resource_type, after, batch)
-                changed += remark(conn, ctx, [(resource_type, i) for i in ids])
-            if len(ids) < batch:
-                break
-            after = ids[-1]
-    return changed

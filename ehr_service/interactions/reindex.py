@@ -30,10 +30,10 @@ def reindex(
 
     done = 0
     after: tuple[str, str] | None = None
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         clear_index(conn, resource_type)  # also drops rows of parameters no longer defined
     while True:
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             batch = resources.live_batch(conn, resource_type, after, batch_size)
             if not batch:
                 return done

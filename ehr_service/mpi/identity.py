@@ -18,7 +18,7 @@ from ehr_service.mpi.idnumber import check_character
 from ehr_service.mpi.protection import SEALED_URL, IdNumberProtection, Prepared
 from ehr_service.security.fieldcrypto import Keyring
 from ehr_service.storage import identity as identity_store
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 RECORD_NUMBER_TYPE = {
     "coding": [
@@ -97,7 +97,7 @@ class ResidentIdentity:
         resource["identifier"] = [*others, record]  # the client's identifiers keep their places
 
 
-def reseal_all(database: Database, protection: IdNumberProtection, batch: int = 500) -> int:
+def reseal_all(unit: UnitOfWork, protection: IdNumberProtection, batch: int = 500) -> int:
     """Seal again, with the active data key, every stored value an older key sealed
     (current rows and history). Batched, one transaction per batch; safe to re-run."""
     marker = SEALED_URL.encode()
@@ -105,7 +105,7 @@ def reseal_all(database: Database, protection: IdNumberProtection, batch: int = 
     for versions in (False, True):
         after: tuple[str, ...] | None = None
         while True:
-            with database.write() as conn:
+            with unit.write() as conn:
                 rows = identity_store.sealed_batch(conn, marker, after, batch, versions=versions)
                 for key, content in rows:
                     new_content = protection.reseal(content)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.storage import recognition as store
-from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 SHIPPED = "recognition/catalogue-2024.json"
 CATALOGUE_URL = "urn:ehr-service:recognition-item"
@@ -217,8 +217,8 @@ class Catalogues:
     """The active edition, cached per process (an edition switch by another process
     is seen within a few seconds)."""
 
-    def __init__(self, database: Database, shipped: Path) -> None:
-        self.database = database
+    def __init__(self, unit: UnitOfWork, shipped: Path) -> None:
+        self.unit = unit
         self.shipped = shipped
         self._lock = threading.Lock()
         self._active: Catalogue | None = None
@@ -227,7 +227,7 @@ class Catalogues:
 
     def load(self, document: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Store an edition and activate it; returns its row and FHIR resources."""
-        with self.database.write() as conn:
+        with self.unit.write() as conn:
             return self.store(conn, document)
 
     def store(self, conn: Connection, document: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -247,7 +247,7 @@ class Catalogues:
 
     def ensure_loaded(self) -> None:
         """First start: the shipped edition, unless one is loaded."""
-        with self.database.read() as conn:
+        with self.unit.read() as conn:
             present = store.active_edition(conn)
         if present is None and self.shipped.exists():
             self.load_file(self.shipped)
@@ -257,7 +257,7 @@ class Catalogues:
         if self._checked and now - self._checked < REFRESH_SECONDS:  # None is cached too
             return self._active
         with self._lock:
-            with self.database.read() as conn:
+            with self.unit.read() as conn:
                 edition = store.active_edition(conn)
                 key = (edition["edition"], edition["loaded"]) if edition else None
                 if key != self._key:

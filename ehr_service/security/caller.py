@@ -26,6 +26,8 @@ class Caller:
     internal: bool = False
     purpose: str = "TREAT"  # purpose of use (v3 ActReason), from the token
     region: str | None = None  # the caller's region (e.g. sichuan for the partner region)
+    # An operator at the command line: internal rights, but every write audited.
+    operator: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -37,7 +39,9 @@ class Caller:
 
     @property
     def kind(self) -> str:
-        """patient | user | system | internal | anonymous, for audit and policy."""
+        """patient | user | system | operator | internal | anonymous, for audit and policy."""
+        if self.operator:
+            return "operator"
         if self.internal:
             return "internal"
         if not self.authenticated:
@@ -51,3 +55,15 @@ class Caller:
 ANONYMOUS = Caller()
 # The service acting on its own behalf (demo data, command line): never from a request.
 SERVICE = Caller(subject="ehr-service", internal=True, sees_id_numbers=True, authenticated=True)
+
+
+def operator(name: str) -> Caller:
+    """The operator running an ``ehr-service`` command (named by the OS account)."""
+    return Caller(
+        subject=f"operator:{name[:64]}",
+        internal=True,
+        operator=True,
+        sees_id_numbers=True,
+        authenticated=True,
+        purpose="HOPERAT",  # v3 ActReason: healthcare operations
+    )

@@ -22,6 +22,10 @@ from ehr_service.security.policy import can_see, forbidden
 from ehr_service.storage import resources
 from ehr_service.storage.search_sql import refers_to_another_patient
 
+# ``Type/id`` of what the current transaction Bundle creates (a transaction cache):
+# references to them are to the caller's own record even before they are stored.
+PENDING_IDENTITIES = "pending-identities"
+
 
 def check_patient_references(
     conn: Connection,

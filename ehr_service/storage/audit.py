@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import audit_access, audit_event, audit_head
@@ -207,15 +207,15 @@ def search_events(
     clauses.extend(table.c.subject.in_(group) for group in query.subjects)
     clauses.extend(table.c.entity.in_(group) for group in query.entities)
     clauses.extend(table.c.outcome.in_(group) for group in query.outcomes)
-    for group in query.kinds:
+    for filters in query.kinds:
         clauses.append(
             or_(*(table.c.kind.not_in(f.kinds) if f.negate else table.c.kind.in_(f.kinds)
-                  for f in group))
+                  for f in filters))
         )  # fmt: skip
-    for group in query.recorded:
+    for alternatives in query.recorded:
         ranges = []
-        for low, high in group:
-            bounds = [true()]
+        for low, high in alternatives:
+            bounds: list[ColumnElement[bool]] = [true()]
             if low is not None:
                 bounds.append(table.c.recorded >= low)
             if high is not None:
@@ -224,12 +224,12 @@ def search_events(
         clauses.append(or_(*ranges))
     statement = select(table).where(*clauses)
     if after is not None:
-        rows = conn.execute(
-            statement.where(table.c.seq > after).order_by(table.c.seq).limit(limit)
-        ).all()
+        rows = list(
+            conn.execute(statement.where(table.c.seq > after).order_by(table.c.seq).limit(limit))
+        )
         rows.reverse()
     else:
         if before is not None:
             statement = statement.where(table.c.seq < before)
-        rows = conn.execute(statement.order_by(table.c.seq.desc()).limit(limit)).all()
+        rows = list(conn.execute(statement.order_by(table.c.seq.desc()).limit(limit)))
     return [_stored(r) for r in rows]

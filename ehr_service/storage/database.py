@@ -1,4 +1,4 @@
-"""Engine set-up and the unit of work: the one place that commits.
+"""Engine set-up and transactions (begun and ended for ``storage.unit_of_work``).
 
 SQLite is the embedded default, PostgreSQL (psycopg 3) the production store.
 On SQLite a write transaction starts with ``BEGIN IMMEDIATE`` so concurrent
@@ -31,12 +31,11 @@ def normalise_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str, statement_timeout_ms: int, pool_size: int) -> Engine:
-    engine = create_engine(
-        url,
-        connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=pool_size,  # as on PostgreSQL: connections beyond it are opened and closed
-        max_overflow=pool_size,
-    )
+    pooling: dict[str, Any] = {}
+    if make_url(url).database not in (None, "", ":memory:"):  # a file; memory has one connection
+        # as on PostgreSQL: connections beyond it are opened and closed
+        pooling = {"pool_size": pool_size, "max_overflow": pool_size}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooling)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -133,14 +132,10 @@ class Database:
         return self.dialect == "postgresql"
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction: commits when the block ends, rolls back on error."""
-        with _too_costly(), self._connect(write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with _too_costly(), self._connect(write=False) as conn, conn.begin():
+    def transaction(self, *, write: bool) -> Iterator[Connection]:
+        """One transaction: commits when the block ends, rolls back on error. Only
+        the unit of work (``storage.unit_of_work``) calls this."""
+        with _too_costly(), self._connect(write=write) as conn, conn.begin():
             yield conn
 
     @contextmanager

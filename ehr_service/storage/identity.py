@@ -25,7 +25,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from ehr_service.fhir.errors import Category, FhirError
-from ehr_service.storage.database import Database
 from ehr_service.storage.search_sql import text_equals
 from ehr_service.storage.tables import (
     record_number,
@@ -37,6 +36,7 @@ from ehr_service.storage.tables import (
     search_string,
     search_token,
 )
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 
 def _insert(conn: Connection) -> type[postgresql.Insert] | type[sqlite.Insert]:
@@ -81,10 +81,10 @@ def hold_id_number(
     )
 
 
-def holds_id_numbers(database: Database) -> bool:
+def holds_id_numbers(unit: UnitOfWork) -> bool:
     """Does the database hold any resident ID number (False before migrations)?"""
     try:
-        with database.read() as conn:
+        with unit.read() as conn:
             row = conn.execute(select(resident_id_number.c.patient_id).limit(1)).first()
     except DBAPIError:  # not migrated yet: nothing to protect
         return False

@@ -34,6 +34,15 @@ def downgrade(database: Database, migrations_dir: Path, revision: str) -> None:
         command.downgrade(config, revision)
 
 
+def partition_database(database: Database, partitions: int) -> list[str]:
+    """``migrate --partitions N``: the scale-out layout, a schema change like the
+    migrations (storage.partitioning); returns the tables changed."""
+    from ehr_service.storage.partitioning import partition
+
+    with database.engine.begin() as conn:
+        return partition(conn, partitions)
+
+
 def is_at_head(database: Database, migrations_dir: Path) -> bool:
     """True when the database schema is at the newest migration."""
     script = ScriptDirectory.from_config(alembic_config(migrations_dir, database.url))

@@ -28,6 +28,7 @@ from ehr_service.storage.partitioning import is_partitioned
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import resource, resource_version
+from ehr_service.storage.unit_of_work import savepoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,7 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
     )
     if is_partitioned(conn):
         try:  # the id taken in another record's partition: its claim is the conflict
-            with conn.begin_nested():
+            with savepoint(conn):
                 inserted = conn.execute(statement).first()
         except IntegrityError:
             return False

@@ -23,7 +23,7 @@ from tests.helpers import FHIR_JSON, bearer, make_id_number, observation, patien
 
 
 def _events(services: Services, subject: str) -> list[dict[str, Any]]:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         rows = conn.execute(
             sa.select(audit_event.c.content)
             .where(audit_event.c.subject == subject)
@@ -89,7 +89,7 @@ def test_login_failures_are_audited(services: Services) -> None:
             "/fhir/Patient", headers={"Authorization": "Bearer forged.token.x"}
         )
         assert response.status_code == 401
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         kinds = [r[0] for r in conn.execute(sa.select(audit_event.c.kind))]
     assert "login" in kinds
 
@@ -119,7 +119,7 @@ def _cli_verify(services: Services, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_verify_names_the_altered_event(chain: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     intact = _cli_verify(chain, monkeypatch)
     assert intact.exit_code == 0 and "intact: 5 events" in intact.output
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         row = conn.execute(sa.select(audit_event.c.content).where(audit_event.c.seq == 3)).one()
         forged = bytes(row[0]).replace(b'"outcome":"0"', b'"outcome":"4"')
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 3).values(content=forged))
@@ -128,14 +128,14 @@ def test_verify_names_the_altered_event(chain: Services, monkeypatch: pytest.Mon
 
 
 def test_verify_names_a_removed_event(chain: Services) -> None:
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 2))
-    verdict = verify(chain.database)
+    verdict = verify(chain.unit)
     assert verdict.first_bad == 2 and "missing" in verdict.reason
 
 
 def test_verify_names_reordered_events(chain: Services) -> None:
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         rows = {
             r.seq: r
             for r in conn.execute(sa.select(audit_event).where(audit_event.c.seq.in_([2, 3])))
@@ -147,29 +147,29 @@ def test_verify_names_reordered_events(chain: Services) -> None:
                 .where(audit_event.c.seq == seq)
                 .values(content=source.content, hash=source.hash, prev_hash=source.prev_hash)
             )
-    verdict = verify(chain.database)
+    verdict = verify(chain.unit)
     assert verdict.first_bad == 2
 
 
 def test_verify_notices_a_cut_tail(chain: Services) -> None:
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 5))
-    verdict = verify(chain.database)
+    verdict = verify(chain.unit)
     assert verdict.first_bad == 5 and "head" in verdict.reason
-    with chain.database.write() as conn:  # even with the head moved back too
+    with chain.unit.write() as conn:  # even with the head moved back too
         conn.execute(sa.update(audit_head).values(seq=3))
-    assert not verify(chain.database).intact
+    assert not verify(chain.unit).intact
 
 
 def test_verify_notices_altered_columns_and_access_rows(chain: Services) -> None:
     from ehr_service.storage.tables import audit_access
 
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="nobody"))
-    verdict = verify(chain.database)
+    verdict = verify(chain.unit)
     assert verdict.first_bad == 2 and "columns" in verdict.reason
-    with chain.database.write() as conn:
+    with chain.unit.write() as conn:
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="clerk"))
         conn.execute(sa.insert(audit_access).values(patient_id="someone", seq=4))
-    verdict = verify(chain.database)
+    verdict = verify(chain.unit)
     assert verdict.first_bad == 4 and "whose data" in verdict.reason

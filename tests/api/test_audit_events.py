@@ -42,7 +42,7 @@ def test_audit_events_cannot_be_written(client: TestClient, services: Services) 
     batch = client.post("/fhir", json={**bundle, "type": "batch"}, headers=FHIR_JSON)
     assert batch.json()["entry"][0]["response"]["status"].startswith("405")
     assert snapshot(services) == before
-    assert verify(services.database).intact
+    assert verify(services.unit).intact
 
 
 def _ids(bundle: dict[str, Any]) -> list[str]:

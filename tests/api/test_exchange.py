@@ -83,7 +83,7 @@ def region(
     )
     client.__enter__()
     partner = Partner(tmp_path)
-    PartnerRegistry(services.database).add(
+    PartnerRegistry(services.unit).add(
         "sichuan",
         name="四川全民健康信息平台",
         region="sichuan",
@@ -152,7 +152,7 @@ def female_number() -> str:
 
 
 def counts(services: Services) -> dict[str, int]:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         return {
             "messages": conn.execute(
                 sa.select(sa.func.count()).select_from(exchange_message)
@@ -232,17 +232,17 @@ def test_signed_bundle_is_verified_matched_stored_with_provenance_and_receipt(
     types = {e["resource"]["resourceType"] for e in everything["entry"]}
     assert {"Observation", "Provenance"} <= types
     # the exact bytes are stored sealed: the ID number appears nowhere in plaintext
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         row = conn.execute(sa.select(exchange_message)).one()
     assert number.encode() not in bytes(row.body)
     assert row.direction == "in" and row.status == 200
     exchange = Exchange(services)
     assert exchange.archive.body_of(dict(row._mapping)) == body
     # received results are not queued back to the partner that sent them
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         assert conn.execute(sa.select(exchange_outbox)).all() == []
     # the receipt is in the audit, as an import naming the resident
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         event = conn.execute(
             sa.select(audit_event)
             .where(audit_event.c.kind == "exchange-receive")
@@ -388,7 +388,7 @@ def test_refusals_after_verification_store_nothing(
 
 def test_partner_key_states(region: tuple[TestClient, Services, Partner]) -> None:
     client, services, partner = region
-    registry = PartnerRegistry(services.database)
+    registry = PartnerRegistry(services.unit)
     body = message(female_number())
     # rotation: the partner publishes a new key and retires the old one
     new_key = ECKey.generate_key("P-256", private=True)
@@ -457,7 +457,7 @@ def test_outbox_rows_commit_with_final_results_of_sharing_residents(
         ],
     }
     assert client.post("/fhir", json=bad, headers=FHIR_JSON).status_code == 400
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         rows = conn.execute(sa.select(exchange_outbox)).all()
     assert [(r.partner_id, r.res_id, r.version_id, r.state) for r in rows] == [
         ("sichuan", final["id"], 1, "pending")
@@ -475,7 +475,7 @@ def test_outbox_rows_commit_with_final_results_of_sharing_residents(
     refused = refusal(other, region="sichuan")
     assert client.post("/fhir/Consent", json=refused, headers=FHIR_JSON).status_code == 201
     client.post("/fhir/Observation", json=final_lab(other), headers=FHIR_JSON)
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         rows = conn.execute(sa.select(exchange_outbox).order_by(exchange_outbox.c.seq)).all()
     assert [(r.res_id, r.version_id, r.patient_id) for r in rows] == [
         (final["id"], 1, pid),
@@ -501,7 +501,7 @@ def test_feed_is_signed_and_paged_for_the_calling_partner(
     headers = partner_headers(services)
     early = client.get("/exchange/v1/feed", params={"_count": 2}, headers=headers)
     assert early.status_code == 200 and "entry" not in early.json()
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         rows = conn.execute(sa.select(exchange_outbox.c.seq, exchange_outbox.c.created)).all()
         for row in rows:
             conn.execute(
@@ -557,10 +557,10 @@ def test_stored_messages_verify_again_after_rotation_and_tampering_is_found(
     # the partner rotates: the old key retires but still verifies old messages
     new_key = ECKey.generate_key("P-256", private=True)
     partner.publish(partner.key, new_key, statuses={partner.kid: "retired"})
-    PartnerRegistry(services.database).update("sichuan", jwks=str(partner.jwks_path))
+    PartnerRegistry(services.unit).update("sichuan", jwks=str(partner.jwks_path))
     assert [v.ok for v in Exchange(services).archive.verify_all()] == [True, True]
     # one stored byte changed: the digest check names it
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         first = conn.execute(sa.select(exchange_message).order_by(exchange_message.c.jti)).first()
         assert first is not None
         raw = bytearray(first.body)
@@ -623,7 +623,7 @@ def test_the_feed_never_passes_a_transaction_still_open(
     transaction = slow.begin()
     exchange_store.enqueue(slow, [row])  # an open transaction holds the smaller seq
     try:
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             exchange_store.enqueue(conn, [row | {"res_id": "fast"}])
         headers = partner_headers(services)
         page = client.get("/exchange/v1/feed", headers=headers).json()
@@ -634,7 +634,7 @@ def test_the_feed_never_passes_a_transaction_still_open(
         slow.close()
 
     def both() -> list[Any]:
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             return exchange_store.feed_rows(
                 conn, "sichuan", after=0, since=None, before=utc_now(), limit=10
             )

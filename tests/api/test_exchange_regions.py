@@ -85,7 +85,7 @@ def _register(home: Region, partner: Region, tmp_path: Path) -> None:
     """``home`` registers ``partner``: its JWKS, endpoint, and a token it issued us."""
     jwks = tmp_path / f"{partner.name}-jwks-for-{home.name}.json"
     jwks.write_bytes(orjson.dumps(partner.client.get("/.well-known/jwks.json").json()))
-    PartnerRegistry(home.services.database).add(
+    PartnerRegistry(home.services.unit).add(
         partner.name,
         name=partner.name.title(),
         region=partner.name,
@@ -146,7 +146,7 @@ def _resident_with_result(region: Region, number: str, value: float = 5.4) -> tu
 
 
 def _rows(region: Region) -> list[Any]:
-    with region.services.database.read() as conn:
+    with region.services.unit.read() as conn:
         return conn.execute(sa.select(exchange_outbox).order_by(exchange_outbox.c.seq)).all()
 
 
@@ -182,7 +182,7 @@ def test_push_delivers_with_a_verified_receipt_and_provenance(
     assert patients["total"] == 1
     assert id_identifier(number) in patients["entry"][0]["resource"]["identifier"]
     # Chongqing keeps what it sent and Sichuan's signed receipt; both verify again
-    with chongqing.services.database.read() as conn:
+    with chongqing.services.unit.read() as conn:
         sent = conn.execute(sa.select(exchange_message)).one()
     assert sent.direction == "out" and sent.status == 200 and sent.response_signature
     assert [v.ok for v in chongqing.exchange().archive.verify_all()] == [True]
@@ -219,7 +219,7 @@ def test_failed_pushes_back_off_then_dead_letter_then_revive(
     # the partner is back; an operator revives the dead letters
     from ehr_service.storage import exchange as store
 
-    with chongqing.services.database.write() as conn:
+    with chongqing.services.unit.write() as conn:
         assert store.revive_dead(conn, "sichuan", utc_now()) == 1
     assert chongqing.exchange(client=sichuan.client).outbound.push().sent == 1
     assert [r.state for r in _rows(chongqing)] == ["sent"]
@@ -256,7 +256,7 @@ def test_pull_reads_the_partner_feed_from_the_cursor(regions: tuple[Region, Regi
     _resident_with_result(sichuan, number, 5.6)
     assert outbound.pull("sichuan", chongqing.ctx()) == 1
     assert len(_received(chongqing, number)) == 3
-    with chongqing.services.database.read() as conn:
+    with chongqing.services.unit.read() as conn:
         directions = {r.direction for r in conn.execute(sa.select(exchange_message)).all()}
     assert directions == {"pull"}
     assert all(v.ok for v in chongqing.exchange().archive.verify_all())

@@ -22,7 +22,7 @@ def _run(*args: str) -> tuple[int, str]:
 
 
 def _counts(services: Services) -> tuple[int, int]:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         return (
             conn.execute(sa.select(sa.func.count()).select_from(resource)).scalar_one(),
             conn.execute(sa.select(sa.func.count()).select_from(resource_version)).scalar_one(),
@@ -127,7 +127,7 @@ def test_parallel_import_orders_by_dependency_and_matches_sequential(
     assert f"{total} new, 0 changed, 0 unchanged, 2 failed" in out
     assert sorted(line.split(":")[1] for line in errors.read_text().splitlines()) == ["1", "2"]
     assert _counts(services) == (total, total)  # one version each: nothing re-marked
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         contents = conn.execute(
             sa.select(resource.c.content).where(resource.c.res_type == "Observation")
         ).scalars()

@@ -202,7 +202,7 @@ async def _race(services: Services, requests: list[dict[str, Any]]) -> list[http
 
 
 def _patient_count(services: Services) -> int:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         return int(
             conn.execute(
                 sa.text("SELECT count(*) FROM resource WHERE res_type = 'Patient'")
@@ -408,7 +408,7 @@ def test_no_plaintext_number_in_any_table_or_log(
         headers=FHIR_JSON,
     )
     secrets = {number, number.lower(), legacy, "51010419660606662", hospital_number}
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         for table in metadata.sorted_tables:
             for row in conn.execute(sa.select(table)).all():
                 text = " ".join(
@@ -447,13 +447,13 @@ def test_reindex_indexes_sealed_numbers_by_their_blind_tokens(
     assert client.post("/fhir/Observation", json=obs, headers=FHIR_JSON).status_code == 201
 
     def rows() -> list[list[tuple[str, ...]]]:
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             return [
                 sorted(tuple(map(str, r)) for r in conn.execute(sa.select(t))) for t in INDEX_TABLES
             ]
 
     before = rows()
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         for table in INDEX_TABLES:
             conn.execute(sa.delete(table))
     assert reindex(services) == 2
@@ -484,7 +484,7 @@ def test_review_regressions_on_protected_numbers(client: TestClient, services: S
     # percent-encoded digits do not slip past the audit's masking
     encoded = "".join(f"%{ord(c):02X}" for c in number)
     client.get(f"/fhir/Patient?identifier=urn:oid:2.16.156.10011.1.3%7C{encoded}")
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         audit = [bytes(r[0]) for r in conn.execute(sa.text("SELECT content FROM audit_event"))]
     import base64
 

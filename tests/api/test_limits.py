@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from ehr_service.fhir.errors import FhirError
 from ehr_service.storage.database import Database
+from ehr_service.storage.unit_of_work import UnitOfWork
 
 
 def test_rate_limit_per_client(make_client: Callable[..., TestClient]) -> None:
@@ -33,11 +34,11 @@ def test_statement_timeout_is_an_operation_outcome(database_url: str) -> None:
         " SELECT count(*) FROM n"
     )
     try:
-        with pytest.raises(FhirError) as raised, database.read() as conn:
+        with pytest.raises(FhirError) as raised, UnitOfWork(database).read() as conn:
             conn.execute(sa.text(slow))
         assert raised.value.status == 503
         assert raised.value.issues[0].code == "too-costly"
-        with database.read() as conn:  # the connection is usable again
+        with UnitOfWork(database).read() as conn:  # the connection is usable again
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         database.dispose()

@@ -350,7 +350,7 @@ def test_rotate_data_key_reseals_current_and_history(
     result = CliRunner().invoke(cli, ["keys", "rotate-data-key", "--no-wait"])
     assert result.exit_code == 0, result.output
     assert "re-sealed 3 stored versions" in result.output  # current row and two versions
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         contents = [bytes(r[0]) for r in conn.execute(sa.select(resource.c.content))] + [
             bytes(r[0]) for r in conn.execute(sa.select(resource_version.c.content))
         ]

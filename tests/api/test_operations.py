@@ -13,7 +13,7 @@ from ehr_service.api.observability import JsonFormatter
 from ehr_service.app import build_services, create_app
 from ehr_service.config import Settings
 from ehr_service.interactions.context import Services
-from ehr_service.security.redaction import RedactIdNumbers
+from ehr_service.mpi.redaction import RedactIdNumbers
 from tests.helpers import FHIR_JSON, id_identifier, make_id_number
 
 

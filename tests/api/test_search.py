@@ -215,13 +215,13 @@ def test_reindex_rebuilds_lost_index_rows(dataset: TestClient, services: Service
     from ehr_service.storage.tables import INDEX_TABLES
 
     def index_rows() -> list[list[tuple]]:
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             return [
                 sorted(tuple(map(str, r)) for r in conn.execute(sa.select(t))) for t in INDEX_TABLES
             ]
 
     before = index_rows()
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         conn.execute(sa.delete(INDEX_TABLES[1]))  # lose every token row
     assert _matches(dataset.get("/fhir/Patient?gender=male").json()) == []
     assert reindex(services, batch_size=3) == len(RESOURCES)

@@ -63,7 +63,7 @@ def test_first_twenty_concurrent_creates_on_a_fresh_database(fresh_services: Ser
     ]
     responses = asyncio.run(race(fresh_services, requests))
     assert sorted(r.status_code for r in responses) == [201] * 20, [r.text for r in responses]
-    verdict = verify(fresh_services.database)
+    verdict = verify(fresh_services.unit)
     assert verdict.intact, verdict.reason
     assert verdict.events == 20
 
@@ -212,7 +212,7 @@ def test_an_unhandled_error_answers_and_keeps_the_connection(
 
 
 def _stored_ids(services: Services, resource_type: str) -> set[str]:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         rows = conn.execute(
             sa.select(resource.c.res_id).where(
                 resource.c.res_type == resource_type, resource.c.deleted == sa.false()
@@ -264,7 +264,7 @@ def test_concurrent_transactions_with_if_none_exist_point_at_what_exists(
     assert sorted(r.status_code for r in responses) == [200] * 20, [r.text for r in responses]
     organizations = _stored_ids(services, "Organization")
     assert len(organizations) == 1
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         rows = conn.execute(
             sa.select(resource.c.content).where(resource.c.res_type == "Observation")
         ).all()

@@ -100,7 +100,7 @@ def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str
             jwks.write_bytes(
                 orjson.dumps({"keys": [key.as_dict(private=False) | {"kid": key.thumbprint()}]})
             )
-            PartnerRegistry(services.database).add(
+            PartnerRegistry(services.unit).add(
                 "sichuan", name="Sichuan", region="sichuan", audience="sichuan", jwks=str(jwks),
                 allowed_types=["Observation"],
             )  # fmt: skip
@@ -110,7 +110,7 @@ def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str
             # half the residents already have a record here
             from ehr_service.interactions import create
 
-            with services.database.write() as conn:
+            with services.unit.write() as conn:
                 for index in range(0, messages, 2):
                     patient = orjson.loads(_message(rng, index, 0))["entry"][0]["resource"]
                     del patient["id"]

@@ -107,7 +107,7 @@ def everything_of_largest(database_url: str, data_dir: Path, count: int = 50) ->
     services = build_services(Settings(database_url=database_url, data_dir=data_dir))
     try:
         owner = resource.c.compartment_patient_id
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             pid = conn.execute(
                 sa.select(owner)
                 .where(owner.is_not(None), resource.c.deleted.is_(False))
@@ -129,7 +129,7 @@ def everything_of_largest(database_url: str, data_dir: Path, count: int = 50) ->
         while query is not None:
             ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE, query=query)
             started = time.perf_counter()
-            with services.database.read() as conn:
+            with services.unit.read() as conn:
                 body = orjson.loads(orjson.dumps(everything.everything(conn, ctx, pid).body))
             timings.append((time.perf_counter() - started) * 1000)
             seen += [

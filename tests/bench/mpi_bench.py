@@ -26,8 +26,8 @@ from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.search.values import index_rows
 from ehr_service.interactions import match, search
 from ehr_service.interactions.context import RequestContext, Services
-from ehr_service.interactions.writing import with_server_meta
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
+from ehr_service.pipeline import with_server_meta
 from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
 from ehr_service.storage.bulk import bulk_insert
@@ -92,7 +92,7 @@ def load(services: Services, first: int, count: int) -> None:
     numbers: list[tuple[str, str]] = []
 
     def flush() -> None:
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             resources.insert_new(conn, batch)
             bulk_insert(conn, resident_id_number, ("blind_index", "patient_id"), numbers)
         batch.clear()
@@ -113,7 +113,7 @@ def load(services: Services, first: int, count: int) -> None:
             flush()
     if batch:
         flush()
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         conn.exec_driver_sql("ANALYZE")
 
 
@@ -141,7 +141,7 @@ def measure(services: Services, residents: int, samples: int = 200) -> dict[str,
             n = rng.randrange(residents)
             ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE)
             started = time.perf_counter()
-            with services.database.read() as conn:
+            with services.unit.read() as conn:
                 if name == "identifier":
                     number = resident(n)["identifier"][0]["value"]
                     query = {"identifier": [f"{ID_NUMBER_SYSTEM}|{number}"]}

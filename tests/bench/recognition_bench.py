@@ -20,7 +20,7 @@ import orjson
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions import recognition
 from ehr_service.interactions.context import RequestContext, Services
-from ehr_service.interactions.writing import with_server_meta
+from ehr_service.pipeline import with_server_meta
 from ehr_service.recognition.institutions import REGION_URL, quality_control_extension
 from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
@@ -49,7 +49,7 @@ def _institutions(services: Services) -> None:
         batch.append(
             NewVersion("Organization", f"org{n}", 1, now, "POST", None, orjson.dumps(stored))
         )
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         resources.insert_new(conn, batch)
 
 
@@ -92,7 +92,7 @@ def load(services: Services, first: int, count: int) -> None:
     rng = random.Random(first)
 
     def flush() -> None:
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             resources.insert_new(conn, batch)
         batch.clear()
 
@@ -108,7 +108,7 @@ def load(services: Services, first: int, count: int) -> None:
             flush()
     if batch:
         flush()
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         conn.exec_driver_sql("ANALYZE")
 
 
@@ -123,7 +123,7 @@ def measure(services: Services, residents: int, samples: int = 200) -> dict[str,
     for _ in range(samples):
         pid = f"rr{rng.randrange(residents)}"
         started = time.perf_counter()
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             result = recognition.recognizable_results(conn, ctx, pid, body)
         timings.append((time.perf_counter() - started) * 1000)
         assert isinstance(result.body, dict)

@@ -20,7 +20,7 @@ from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.search.values import index_rows
 from ehr_service.interactions import everything, search
 from ehr_service.interactions.context import RequestContext, Services
-from ehr_service.interactions.writing import with_server_meta
+from ehr_service.pipeline import with_server_meta
 from ehr_service.security.caller import SERVICE
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion
@@ -90,13 +90,13 @@ def load(services: Services, first_patient: int, patients: int, seed: int = 7) -
                 )
             )
         if len(batch) >= 10_000:
-            with services.database.write() as conn:
+            with services.unit.write() as conn:
                 resources.insert_new(conn, batch)
             batch = []
     if batch:
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             resources.insert_new(conn, batch)
-    with services.database.write() as conn:
+    with services.unit.write() as conn:
         conn.exec_driver_sql("ANALYZE")
 
 
@@ -127,7 +127,7 @@ def measure(services: Services, patients: int, samples: int = 200) -> dict[str, 
             resource_type, query = make(n)
             ctx = RequestContext(services, "http://bench/fhir", caller=SERVICE, query=query)
             started = time.perf_counter()
-            with services.database.read() as conn:
+            with services.unit.read() as conn:
                 if resource_type == "$everything":
                     result = everything.everything(conn, ctx, f"bp{n}")
                 else:

@@ -40,7 +40,7 @@ def pg_services(pg_url: str, tmp_path: Path) -> Iterator[Services]:
 
 
 def _plan(services: Services, statement: sa.Select[Any]) -> str:
-    with services.database.read() as conn:
+    with services.unit.read() as conn:
         conn.exec_driver_sql("ANALYZE")
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         compiled = statement.compile(

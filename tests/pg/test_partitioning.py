@@ -79,7 +79,7 @@ def test_a_record_lives_in_one_partition_and_ids_stay_unique(partitioned: Servic
             client.put("/fhir/Observation/chosen", json=body, headers=FHIR_JSON).status_code == 201
         )
 
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             assert is_partitioned(conn)
             for pid in pids:
                 homes = set()
@@ -100,7 +100,7 @@ def test_a_record_lives_in_one_partition_and_ids_stay_unique(partitioned: Servic
         assert client.get(f"/fhir/Observation?patient={pids[0]}&_id=chosen").json()["total"] == 0
         assert client.get("/fhir/Observation/chosen").json()["meta"]["versionId"] == "2"
 
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             claims = conn.execute(
                 sa.text(f"SELECT count(*) FROM {CLAIM} WHERE res_id = 'chosen'")
             ).scalar_one()
@@ -110,7 +110,7 @@ def test_a_record_lives_in_one_partition_and_ids_stay_unique(partitioned: Servic
         assert (claims, rows) == (1, 1)
 
         # The same id written into a third record by another path is refused by the claim.
-        with services.database.write() as conn:
+        with services.unit.write() as conn:
             version = NewVersion(
                 resource_type="Observation",
                 resource_id="chosen",
@@ -121,9 +121,9 @@ def test_a_record_lives_in_one_partition_and_ids_stay_unique(partitioned: Servic
                 content=b"{}",
             )
             assert resources.insert_if_absent(conn, version) is False
-        with services.database.write() as conn, pytest.raises(sa.exc.IntegrityError):
+        with services.unit.write() as conn, pytest.raises(sa.exc.IntegrityError):
             resources.insert_new(conn, [version])
-        with services.database.read() as conn:
+        with services.unit.read() as conn:
             assert (
                 conn.execute(
                     sa.text("SELECT count(*) FROM resource WHERE res_id = 'chosen'")

@@ -6,7 +6,7 @@ import io
 import logging
 import logging.config
 
-from ehr_service.security.redaction import RedactIdNumbers, uvicorn_log_config
+from ehr_service.mpi.redaction import RedactIdNumbers, uvicorn_log_config
 from tests.helpers import make_id_number
 
 

@@ -1,0 +1,87 @@
+"""The unit of work (DESIGN.md §11): the only code that opens, commits or rolls
+back a transaction, takes a savepoint, and records the audit events of what the
+transaction did, inside it.
+
+Every HTTP interaction, bundle, command-line write, background worker and
+exchange path runs in ``unit.write()`` or ``unit.read()``; what runs inside
+receives the connection and never begins or commits. An event recorded with
+:func:`record` is appended to the audit chain in the same transaction, just
+before it commits: a write and its audit event commit together or not at all.
+A read-only transaction cannot hold an event; its events go, after it ends, to
+the chain's group commit (``events_after_read``), which is itself a unit of work.
+
+``tests/unit/test_layering.py`` checks that nothing else begins, commits or
+takes a savepoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+
+from ehr_service.storage import audit as audit_store
+from ehr_service.storage.audit import NewEvent
+from ehr_service.storage.database import Database
+
+_EVENTS = "unit_of_work_events"
+
+
+class UnitOfWork:
+    """One per process (``Services.unit``), over the process's database."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        # Where the events of read-only work go once it ends (the audit group commit).
+        self.events_after_read: Callable[[Sequence[NewEvent]], None] = self._append_now
+        # The event of a write that recorded none (an operator's command: every
+        # transaction it commits is on the audit chain).
+        self.each_write: Callable[[], NewEvent] | None = None
+
+    @contextmanager
+    def write(self, *events: NewEvent) -> Iterator[Connection]:
+        """A write transaction: commits when the block ends, with the events given
+        here and those recorded inside; rolls back (events too) on error."""
+        with self.database.transaction(write=True) as conn:
+            pending = list(events)
+            conn.info[_EVENTS] = pending
+            try:
+                yield conn
+                if not pending and self.each_write is not None:
+                    pending.append(self.each_write())
+                audit_store.append(conn, pending)
+            finally:
+                conn.info.pop(_EVENTS, None)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction; events recorded inside are appended once it ends."""
+        pending: list[NewEvent] = []
+        with self.database.transaction(write=False) as conn:
+            conn.info[_EVENTS] = pending
+            try:
+                yield conn
+            finally:
+                conn.info.pop(_EVENTS, None)
+        if pending:
+            self.events_after_read(pending)
+
+    def _append_now(self, events: Sequence[NewEvent]) -> None:
+        with self.write(*events):
+            pass
+
+
+def record(conn: Connection, event: NewEvent) -> None:
+    """Record ``event`` in the unit of work ``conn`` belongs to."""
+    pending = conn.info.get(_EVENTS)
+    if pending is None:
+        raise RuntimeError("audit event recorded outside a unit of work")
+    pending.append(event)
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A savepoint inside the unit of work: the block's writes roll back alone."""
+    with conn.begin_nested():
+        yield
