@@ -77,9 +77,10 @@ def test_searching_the_real_events(client: TestClient, services: Services) -> No
     assert client.get("/fhir/AuditEvent?agent=someone-else").json().get("entry", []) == []
     by_agent = client.get("/fhir/AuditEvent?agent=test-system&type=rest&_count=100").json()
     assert len(by_agent["entry"]) >= 4
-    assert client.get("/fhir/AuditEvent?date=ge2000-01-01&date=lt2000-01-02").json().get(
-        "entry", []
-    ) == []
+    assert (
+        client.get("/fhir/AuditEvent?date=ge2000-01-01&date=lt2000-01-02").json().get("entry", [])
+        == []
+    )
     today = everything["entry"][0]["resource"]["recorded"][:10]
     assert len(client.get(f"/fhir/AuditEvent?date={today}&_count=100").json()["entry"]) >= 5
     one = everything["entry"][-1]["resource"]
