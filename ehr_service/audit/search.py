@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from ehr_service.audit.events import OPERATOR_COMMANDS
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import date_range, format_instant, new_id, utc_now
 from ehr_service.fhir.references import parse_reference
@@ -31,13 +32,14 @@ _TICK = timedelta(microseconds=1)  # date_range's high end is inclusive
 SUBJECT_SYSTEM = "urn:ehr-service:token-subject"
 EXCHANGE_IMPORT = ("exchange-receive", "exchange-pull")
 EXCHANGE_EXPORT = ("exchange-feed", "exchange-push")
-_SPECIAL = ("login", *EXCHANGE_IMPORT, *EXCHANGE_EXPORT)
+_SPECIAL = ("login", *EXCHANGE_IMPORT, *EXCHANGE_EXPORT, *(f"cli-{c}" for c in OPERATOR_COMMANDS))
 # AuditEvent.type codes -> which kinds of event carry them (audit.events)
 TYPES: dict[str, KindFilter] = {
     "rest": KindFilter(_SPECIAL, negate=True),
     "110114": KindFilter(("login",)),
     "110107": KindFilter(EXCHANGE_IMPORT),
     "110106": KindFilter(EXCHANGE_EXPORT),
+    "110100": KindFilter(tuple(f"cli-{c}" for c in OPERATOR_COMMANDS)),
 }
 CONTROL = {"_count", "_cursor", "_format", "_pretty", "_total"}
 PARAMETERS = ("_id", "patient", "date", "agent", "entity", "type", "subtype", "outcome")
@@ -88,6 +90,13 @@ def _subject(value: str) -> str:
     if bar and system not in {"", SUBJECT_SYSTEM}:
         raise _bad("agent", f"agent identifiers are of system {SUBJECT_SYSTEM}")
     return code
+
+
+def _kinds(subtype: str) -> tuple[str, str]:
+    """A subtype's event kinds: a REST interaction (``read``) or an operator's
+    command (``institution-add``, recorded as ``cli-institution-add``)."""
+    code = _code(subtype)
+    return code, f"cli-{code}"
 
 
 def _type(value: str) -> KindFilter:
@@ -149,7 +158,7 @@ def parse(query: dict[str, list[str]], *, default_count: int, max_count: int) ->
         entities=each("entity", _entity),
         kinds=each("type", _type)
         + tuple(
-            (KindFilter(tuple(_code(v) for v in _values("subtype", raw))),)
+            (KindFilter(tuple(k for v in _values("subtype", raw) for k in _kinds(v))),)
             for raw in query.get("subtype", [])
         ),
         outcomes=each("outcome", _code),
