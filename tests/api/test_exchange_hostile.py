@@ -174,3 +174,17 @@ def test_one_residents_refusal_does_not_block_the_others(region: Region) -> None
     statuses = [e["response"]["status"][:3] for e in response.json()["entry"]]
     assert statuses == ["403", "403", "201", "201"]
     assert client.get("/fhir/Observation").json()["total"] == 1
+
+
+def test_long_index_values_in_a_partner_message_are_stored(region: Region) -> None:  # noqa: F811
+    """Once a poison message (a 500 the partner retried forever): values over 255
+    characters in indexed elements of a signed message."""
+    client, services, partner = region
+    bundle = orjson.loads(message(female_number()))
+    result = bundle["entry"][1]["resource"]
+    long_code = "c" * 5_000
+    result["code"]["coding"].append({"system": "urn:partner:local", "code": long_code})
+    response = _send(client, services, partner, bundle)
+    assert response.status_code == 200, response.text[:300]
+    found = client.get(f"/fhir/Observation?code=urn:partner:local|{long_code}").json()
+    assert len(found.get("entry", [])) == 1

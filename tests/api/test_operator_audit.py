@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from joserfc.jwk import ECKey
 from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
 from ehr_service.audit.chain import verify
