@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from ehr_service import __version__
+from ehr_service.audit.search import PARAMETERS as AUDIT_PARAMETERS
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameterRegistry
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
@@ -46,6 +47,28 @@ PROFILED = {
 }
 
 
+def _audit_event(registry: SearchParameterRegistry) -> dict[str, Any]:
+    """AuditEvent is the service's own hash-chained trail: read and search only."""
+    known = registry.for_type("AuditEvent")
+    return {
+        "type": "AuditEvent",
+        "documentation": "The audit trail, read-only (ehr/audit scope); writes are 405",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": name, "definition": known[name].url, "type": known[name].type}
+            for name in AUDIT_PARAMETERS
+            if name in known
+        ],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+    }
+
+
 def capability_statement(
     base_url: str, date: str, registry: SearchParameterRegistry
 ) -> dict[str, Any]:
@@ -79,6 +102,9 @@ def _capability_statement(
         }
         for resource_type in sorted(R4_RESOURCE_TYPES)
     ]
+    audit = next(r for r in resources if r["type"] == "AuditEvent")
+    audit.clear()
+    audit.update(_audit_event(registry))
     patient = next(r for r in resources if r["type"] == "Patient")
     patient["operation"] = [
         {

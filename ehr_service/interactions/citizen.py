@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.names import display_name
 from ehr_service.interactions import create, update
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value
@@ -71,10 +72,9 @@ def me(conn: Connection, ctx: RequestContext) -> Result:
     resource = orjson.loads(stored.content or b"{}")  # stored form: ID numbers masked
     identifiers = resource.get("identifier") or []
     record_system = ctx.services.identity.record_system
-    name: dict[str, Any] = next(iter(resource.get("name") or []), {})
     body = {
         "id": patient_id,
-        "name": name.get("text") or (name.get("family", "") + "".join(name.get("given", []))),
+        "name": display_name(resource.get("name")),
         "gender": resource.get("gender"),
         "birthDate": resource.get("birthDate"),
         "idNumber": next(

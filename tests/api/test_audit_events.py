@@ -118,6 +118,19 @@ def test_who_may_read_the_audit_trail(client: TestClient, services: Services) ->
 
 
 def test_a_bad_audit_search_is_a_400_whatever_is_stored(client: TestClient) -> None:
-    for query in ("nonsense=1", "date=yesterday", "type=bogus", "_count=x", "_cursor=zz"):
+    for query in ("nonsense=1", "date=yesterday", "entity=x", "_count=x", "_cursor=zz"):
         response = client.get(f"/fhir/AuditEvent?{query}")
         assert response.status_code == 400, (query, response.text)
+
+
+def test_the_capability_statement_tells_the_truth_about_audit_events(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    (audit,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent"]
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
+    names = {p["name"] for p in audit["searchParam"]}
+    assert {"patient", "date", "agent", "entity", "type", "subtype", "outcome"} <= names
+    for name in names:  # each advertised parameter answers
+        response = client.get(f"/fhir/AuditEvent?{name}=x" if name != "date" else
+                              "/fhir/AuditEvent?date=ge2026-01-01")  # fmt: skip
+        assert response.status_code in {200, 400}, (name, response.text)
+        assert response.status_code == 200 or name == "entity", name

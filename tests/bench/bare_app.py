@@ -19,7 +19,7 @@ app = FastAPI()
 
 @app.get("/bare/{resource_type}/{resource_id}")
 def read(resource_type: str, resource_id: str) -> Response:
-    with database.read() as conn:
+    with database.transaction(write=False) as conn:
         content = conn.execute(
             select(resource.c.content).where(
                 resource.c.res_type == resource_type, resource.c.res_id == resource_id
