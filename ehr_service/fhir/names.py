@@ -34,7 +34,8 @@ def chosen_name(names: Any) -> dict[str, Any] | None:
             if name.get("use") == use:
                 return name
     current = [n for n in candidates if n.get("use") != "old"]
-    return (current or candidates or [None])[0]
+    chosen = current or candidates
+    return chosen[0] if chosen else None
 
 
 def _strings(value: Any) -> list[str]:
