@@ -30,7 +30,7 @@ from ehr_service.fhir.names import display_name
         (
             [{"use": "usual", "given": ["Fletcher"], "family": "Hyatt"}, {"family": "X"}],
             "Fletcher Hyatt",
-        ),  # fmt: skip
+        ),
         ([], None),
         (None, None),
         ([{"given": []}], None),
