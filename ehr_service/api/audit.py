@@ -3,9 +3,6 @@ before the generic FHIR routes; a write to AuditEvent reaches those and is a 405
 
 from __future__ import annotations
 
-from dataclasses import replace
-from urllib.parse import parse_qs
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -13,8 +10,7 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
 from ehr_service.api.errors import allowed_methods
-from ehr_service.api.fhir import ResourceId, in_read
-from ehr_service.api.negotiation import check_content_type
+from ehr_service.api.fhir import ResourceId, in_read, with_form_query
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.interactions import audit_events
@@ -32,12 +28,7 @@ async def audit_search(ctx: Context, rendering: RenderingDep) -> Response:
 
 @router.post("/AuditEvent/_search", **docs.route("search", {200, 400, 415}, body="form"))
 async def audit_search_post(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
-    check_content_type(request, frozenset({"application/x-www-form-urlencoded"}))
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    query = {k: list(v) for k, v in ctx.query.items()}
-    for key, values in form.items():
-        query.setdefault(key, []).extend(values)
-    scoped = replace(ctx, query=query)
+    scoped = await with_form_query(request, ctx)
     result = await run_in_threadpool(in_read, ctx, lambda c: audit_events.search(c, scoped))
     return render_result(result, ctx, rendering)
 

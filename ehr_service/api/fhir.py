@@ -76,6 +76,16 @@ async def json_body(request: Request, allowed: frozenset[str]) -> Any:
     return parse_json(await request.body())
 
 
+async def with_form_query(request: Request, ctx: RequestContext) -> RequestContext:
+    """POST ``_search``: the form body's parameters merged with the URL's (R4 §3.1.1)."""
+    check_content_type(request, _FORM_BODY)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    query = {k: list(v) for k, v in ctx.query.items()}
+    for key, values in form.items():
+        query.setdefault(key, []).extend(values)
+    return replace(ctx, query=query)
+
+
 _RESERVED = {"metadata", "_history", "_search", ".well-known"}
 
 
@@ -181,12 +191,7 @@ async def search_post(
 ) -> Response:
     """POST [type]/_search: parameters in a form body, merged with the URL's (R4 §3.1.1)."""
     rtype = _type(request, resource_type)
-    check_content_type(request, _FORM_BODY)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    query = {k: list(v) for k, v in ctx.query.items()}
-    for key, values in form.items():
-        query.setdefault(key, []).extend(values)
-    scoped = replace(ctx, query=query)
+    scoped = await with_form_query(request, ctx)
     strict = strict_handling(request)
     result = await run_in_threadpool(
         in_read, ctx, lambda c: search.search(c, scoped, rtype, strict=strict)

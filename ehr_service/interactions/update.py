@@ -63,18 +63,10 @@ def store_next_version(
 ) -> Result:
     """Write ``body`` as the version after ``stored`` (locked by the caller)."""
     check_write(ctx.view, stored.resource_type, stored.compartment_patient_id)
-    version, _ = prepare_version(
-        conn,
-        ctx,
-        body,
-        resource_type=stored.resource_type,
-        resource_id=stored.resource_id,
-        version_id=stored.version_id + 1,
-        now=utc_now(),
-        method=method,
-        previous=stored.content,
+    version = ctx.services.pipeline.store_next(
+        conn, ctx.write_request, stored, body, method=method, now=utc_now()
     )
-    if not resources.replace_current(conn, version, stored.version_id):
+    if version is None:
         raise FhirError.of(
             Category.CONFLICT,
             f"{stored.resource_type}/{stored.resource_id} was changed concurrently; retry",

@@ -201,7 +201,7 @@ class WritePipeline:
         conn: Connection,
         request: WriteRequest,
         stored: StoredVersion,
-        body: dict[str, Any],
+        body: Any,
         *,
         method: str,
         now: datetime,
