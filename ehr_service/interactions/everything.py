@@ -72,15 +72,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     )
     has_next = len(found) > count
     found = found[:count]
-    page_ids = {(f.resource_type, f.resource_id) for f in found}
-    referenced = [
-        r
-        for r in dict.fromkeys(search_queries.references_from(conn, list(page_ids)))
-        if r not in page_ids and r[0] != "Patient"
-    ]
-    if types:
-        referenced = [r for r in referenced if r[0] in types]
-    included = search_queries.read_many(conn, referenced, ctx.view) if referenced else []
+    included = _outside_the_record(conn, ctx, patient_id, found, after, types, since)
 
     path = f"Patient/{patient_id}/$everything" if patient_id else "Patient/$everything"
     params = [("_count", str(count))]
@@ -116,6 +108,39 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
         bundle["entry"] = entries
     owners = [patient_id, *(f.owner for f in found)]
     return Result(200, bundle, patients=Result.owners(*owners))
+
+
+def _outside_the_record(
+    conn: Connection,
+    ctx: RequestContext,
+    patient_id: str | None,
+    found: list[Found],
+    after: tuple[str, str] | None,
+    types: list[str] | None,
+    since: Any,
+) -> list[Found]:
+    """The resources outside the compartment that this page's resources refer to
+    (practitioners, organisations, medications...), each once across all pages: on
+    the page of the first resource (in keyset order) that refers to it. A resource
+    of the compartment is a match on its own page, never an include."""
+    page_ids = {(f.resource_type, f.resource_id) for f in found}
+    referenced = [
+        r
+        for r in dict.fromkeys(search_queries.references_from(conn, list(page_ids)))
+        if r not in page_ids and r[0] != "Patient" and (not types or r[0] in types)
+    ]
+    if not referenced:
+        return []
+    earlier = search_queries.referenced_before(
+        conn, patient_id, referenced, before=after, types=types, since=since, view=ctx.view
+    )
+    wanted = [r for r in referenced if r not in earlier]
+    outside = [
+        f
+        for f in (search_queries.read_many(conn, wanted, ctx.view) if wanted else [])
+        if f.owner is None or (patient_id is not None and f.owner != patient_id)
+    ]
+    return sorted(outside, key=lambda f: (f.resource_type, f.resource_id))
 
 
 def _entry(ctx: RequestContext, found: Found, mode: str) -> dict[str, Any]:

@@ -342,3 +342,43 @@ def references_from(
         .distinct()
     ).all()
     return [(r.target_type, r.target_id) for r in rows]
+
+
+def referenced_before(
+    conn: Connection,
+    patient_id: str | None,
+    candidates: Sequence[tuple[str, str]],
+    *,
+    before: tuple[str, str] | None,
+    types: Sequence[str] | None,
+    since: Any,
+    view: Visibility = EVERYTHING,
+) -> set[tuple[str, str]]:
+    """Which ``candidates`` a resource of the compartment selection up to ``before``
+    (the keyset of compartment_page, inclusive) already refers to: those were on an
+    earlier page of ``$everything``."""
+    if before is None or not candidates:
+        return set()
+    ref = search_reference
+    grouped: dict[str, list[str]] = {}
+    for target_type, target_id in candidates:
+        grouped.setdefault(target_type, []).append(target_id)
+    conditions = _compartment_conditions(patient_id, types, since, view)
+    conditions += [
+        tuple_(resource.c.res_type, resource.c.res_id) <= before,
+        or_(
+            *(and_(ref.c.target_type == t, ref.c.target_id.in_(ids)) for t, ids in grouped.items())
+        ),
+    ]
+    if patient_id is not None:  # the index rows carry the record they belong to
+        conditions.append(ref.c.compartment_patient_id == patient_id)
+    rows = conn.execute(
+        select(ref.c.target_type, ref.c.target_id)
+        .join(
+            resource,
+            and_(resource.c.res_type == ref.c.res_type, resource.c.res_id == ref.c.res_id),
+        )
+        .where(*conditions)
+        .distinct()
+    ).all()
+    return {(r.target_type, r.target_id) for r in rows}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from ehr_service.app import create_app
@@ -120,3 +121,26 @@ def test_consents_granted_and_revoked_by_the_resident(
     )
     with _client(services, "patient/*.cruds", patient=other) as someone_else:
         assert someone_else.delete(f"/citizen/v1/me/consents/{consent_id}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        ([{"family": "王", "given": ["芳"]}], "王芳"),
+        ([{"family": "Hyatt", "given": ["Fletcher"]}], "Fletcher Hyatt"),
+        (
+            [
+                {"use": "old", "family": "Old"},
+                {"use": "official", "family": "陈", "given": ["大文"]},
+                {"use": "usual", "family": "Chan", "given": ["Tai Man"]},
+            ],
+            "陈大文",
+        ),
+    ],
+)
+def test_the_residents_name_as_written(
+    client: TestClient, services: Services, names: list[Any], shown: str
+) -> None:
+    pid = client.post("/fhir/Patient", json=patient(name=names), headers=FHIR_JSON).json()["id"]
+    with _client(services, "patient/*.rs", patient=pid) as me:
+        assert me.get("/citizen/v1/me").json()["name"] == shown
