@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from ehr_service.config import Settings
+from ehr_service.fhir import jsonio
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -380,7 +381,7 @@ def catalogue_load(
     from ehr_service.storage import unit_of_work
 
     try:
-        document = orjson.loads(file.read_bytes())
+        document = jsonio.loads(file.read_bytes())
         _, _, _, resources = parse_edition(document)  # refused before anything is stored
         for resource in resources:
             validate_resource(resource)
@@ -431,7 +432,7 @@ def _find_organization(ctx: RequestContext, org_id: str) -> dict[str, Any] | Non
 
     with ctx.services.unit.read() as conn:
         content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
-    return None if content is None else dict(orjson.loads(content))
+    return None if content is None else dict(jsonio.loads(content))
 
 
 def _organization(ctx: RequestContext, org_id: str) -> dict[str, Any]:
@@ -701,7 +702,7 @@ def load(
     try:
         for path in paths:
             try:
-                result = process_bundle(ctx, orjson.loads(path.read_bytes()))
+                result = process_bundle(ctx, jsonio.loads(path.read_bytes()))
             except FhirError as error:
                 failed += 1
                 typer.echo(f"{path}: {error}", err=True)

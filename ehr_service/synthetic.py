@@ -20,8 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
 from ehr_service.recognition.institutions import (
     LEVEL_URL,
@@ -206,7 +205,7 @@ def write(out: Path, seed: int, count: int, *, bundles: bool = True) -> dict[str
         kind = resource["resourceType"]
         if kind not in files:
             files[kind] = (out / "ndjson" / f"{kind}.ndjson").open("wb")
-        files[kind].write(orjson.dumps(resource) + b"\n")
+        files[kind].write(jsonio.dumps(resource) + b"\n")
         counts[kind] = counts.get(kind, 0) + 1
 
     try:
@@ -214,13 +213,13 @@ def write(out: Path, seed: int, count: int, *, bundles: bool = True) -> dict[str
         for org in shared:
             emit(org)
         if bundles:
-            (out / "bundles" / "institutions.json").write_bytes(orjson.dumps(transaction(shared)))
+            (out / "bundles" / "institutions.json").write_bytes(jsonio.dumps(transaction(shared)))
         for n, record in enumerate(residents(seed, count)):
             for resource in record:
                 emit(resource)
             if bundles:
                 (out / "bundles" / f"resident-{n:07d}.json").write_bytes(
-                    orjson.dumps(transaction(record))
+                    jsonio.dumps(transaction(record))
                 )
     finally:
         for handle in files.values():

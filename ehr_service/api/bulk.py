@@ -3,7 +3,6 @@ status URL and the files). Registered before the generic FHIR routes."""
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
@@ -11,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context
 from ehr_service.api.fhir import ResourceId
+from ehr_service.fhir import jsonio
 from ehr_service.interactions.bulk_export import NDJSON, BulkExports
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -64,7 +64,7 @@ async def export_status(request: Request, ctx: Context, job_id: str = JobId) -> 
     )
     if manifest is None:
         return Response(status_code=status, headers=headers)
-    return Response(orjson.dumps(manifest), status_code=status, media_type="application/json")
+    return Response(jsonio.dumps(manifest), status_code=status, media_type="application/json")
 
 
 @router.delete("/$export-status/{job_id}", **docs.export_route("cancel an export", cancel=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -13,6 +12,7 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context
 from ehr_service.api.fhir import in_read, in_write
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.validation import parse_json
 from ehr_service.interactions import citizen
 from ehr_service.interactions.context import RequestContext
@@ -25,7 +25,7 @@ ConsentId = Path(description="Consent id", pattern=r"^[A-Za-z0-9\-\.]{1,64}$")
 def _json(result: Result, ctx: RequestContext) -> Response:
     body: Any = result.body
     return Response(
-        orjson.dumps(body),
+        jsonio.dumps(body),
         status_code=result.status,
         media_type="application/json",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 from fastapi import FastAPI
 
+from ehr_service.fhir import jsonio
+
 
 def openapi_bytes(app: FastAPI) -> bytes:
-    return orjson.dumps(app.openapi(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    return jsonio.dumps(app.openapi(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"

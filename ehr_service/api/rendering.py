@@ -13,6 +13,7 @@ import orjson
 from starlette.responses import Response
 
 from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import FhirError, error_outcome
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -21,11 +22,11 @@ Present = Callable[[bytes], bytes]
 
 
 def _encode(body: bytes | dict[str, Any], pretty: bool, present: Present | None) -> bytes:
-    encoded = body if isinstance(body, bytes) else orjson.dumps(body)
+    encoded = body if isinstance(body, bytes) else jsonio.dumps(body)
     if present is not None:
         encoded = present(encoded)
     if pretty:
-        return orjson.dumps(orjson.loads(encoded), option=orjson.OPT_INDENT_2)
+        return jsonio.dumps(jsonio.loads(encoded), option=orjson.OPT_INDENT_2)
     return encoded
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage.audit import GENESIS, StoredEvent, chain_hash
@@ -26,7 +25,7 @@ class Verdict:
 
 def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     """The queryable copies (columns, access rows) must say what the hashed JSON says."""
-    content = orjson.loads(event.content)
+    content = jsonio.loads(event.content)
     agent = (content.get("agent") or [{}])[0]
     subject = ((agent.get("who") or {}).get("identifier") or {}).get("value")
     if (

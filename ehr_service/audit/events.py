@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.mpi.idnumber import mask_candidates
@@ -261,7 +261,7 @@ def event_json(
         event["subtype"] = [{"system": "http://hl7.org/fhir/restful-interaction", "code": kind}]
     if entities:
         event["entity"] = entities
-    return orjson.dumps(event)
+    return jsonio.dumps(event)
 
 
 class GroupCommit:

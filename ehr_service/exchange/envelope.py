@@ -23,6 +23,8 @@ from joserfc.jwk import ECKey, OKPKey
 from joserfc.jws import JWSRegistry
 from joserfc.registry import HeaderParameter
 
+from ehr_service.fhir import jsonio
+
 HEADER = "X-Exchange-Signature"
 TYP = "ehr-exchange+jws"
 MAX_LIFETIME = 300
@@ -129,7 +131,7 @@ def protected_header(signature: str) -> dict[str, Any]:
         raise EnvelopeError("malformed", "The signature must be a detached compact JWS")
     try:
         raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
-        header = orjson.loads(raw)
+        header = jsonio.loads(raw)
     except (ValueError, orjson.JSONDecodeError):
         raise EnvelopeError("malformed", "The JWS header is not base64url JSON") from None
     if not isinstance(header, dict):

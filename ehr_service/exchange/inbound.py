@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from ehr_service.exchange.archive import Archive, Reply
 from ehr_service.exchange.envelope import Envelope, EnvelopeError, verify
 from ehr_service.exchange.partners import Partner, PartnerRegistry
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, error_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.references import parse_reference
@@ -169,7 +170,7 @@ class Inbound:
                 self._resolve_patients(conn, pctx, sctx, partner, items)
                 self._store(conn, pctx, sctx, partner, envelope, signature, items)
                 patients = Result.owners(*(p for i in items if i.result for p in i.result.patients))
-                response = orjson.dumps(_response(ctx, envelope, items))
+                response = jsonio.dumps(_response(ctx, envelope, items))
                 reply = self.archive.answer(conn, envelope, 200, response, signature=True)
                 result = Result(200, response, patients=patients)
                 ctx.services.auditor.record(conn, replace(pctx, path=ctx.path), result)
@@ -398,10 +399,10 @@ _DEMOGRAPHICS = (
 def _demographics(resource: dict[str, Any], identifiers: list[dict[str, Any]]) -> dict[str, Any]:
     """What a partner may tell us about a new resident: demographics only (no links,
     contacts, organisations or security labels of theirs), as a fresh copy."""
-    body: dict[str, Any] = orjson.loads(
-        orjson.dumps({k: v for k, v in resource.items() if k in _DEMOGRAPHICS})
+    body: dict[str, Any] = jsonio.loads(
+        jsonio.dumps({k: v for k, v in resource.items() if k in _DEMOGRAPHICS})
     )
-    body["identifier"] = orjson.loads(orjson.dumps(identifiers))
+    body["identifier"] = jsonio.loads(jsonio.dumps(identifiers))
     return body
 
 
@@ -436,7 +437,7 @@ def _located(index: int, error: FhirError) -> FhirError:
 
 def _items(body: bytes, partner: Partner) -> list[_Item]:
     try:
-        bundle = orjson.loads(body)
+        bundle = jsonio.loads(body)
     except orjson.JSONDecodeError:
         raise refused(400, "malformed", "The message is not JSON", code="structure") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -509,7 +510,7 @@ def _localised(item: _Item, mapping: dict[str, str], partner: Partner) -> dict[s
     """The resource with references into the bundle made local. A reference to
     something the bundle does not carry becomes a logical reference naming the
     partner's resource; a Patient must always be carried."""
-    body: dict[str, Any] = orjson.loads(orjson.dumps(item.resource))
+    body: dict[str, Any] = jsonio.loads(jsonio.dumps(item.resource))
     stack: list[Any] = [body]
     while stack:
         node = stack.pop()

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from joserfc.jwk import ECKey, OKPKey
 
+from ehr_service.fhir import jsonio
 from ehr_service.security.fieldcrypto import write_private
 
 ALGORITHMS = {"ES256": ("EC", "P-256"), "Ed25519": ("OKP", "Ed25519")}
@@ -53,11 +54,11 @@ class SigningKeys:
     def _read(self) -> list[dict[str, Any]]:
         if not self._registry_path.exists():
             return []
-        keys: list[dict[str, Any]] = orjson.loads(self._registry_path.read_bytes())["keys"]
+        keys: list[dict[str, Any]] = jsonio.loads(self._registry_path.read_bytes())["keys"]
         return keys
 
     def _write(self, keys: list[dict[str, Any]]) -> None:
-        write_private(self._registry_path, orjson.dumps({"keys": keys}, option=orjson.OPT_INDENT_2))
+        write_private(self._registry_path, jsonio.dumps({"keys": keys}, option=orjson.OPT_INDENT_2))
 
     def list(self) -> list[KeyInfo]:
         return [KeyInfo(k["kid"], k["alg"], k["state"], k["created"]) for k in self._read()]
@@ -75,7 +76,7 @@ class SigningKeys:
             )
             kid = key.thumbprint()
             write_private(
-                self.directory / f"{kid}.jwk.json", orjson.dumps(key.as_dict(private=True))
+                self.directory / f"{kid}.jwk.json", jsonio.dumps(key.as_dict(private=True))
             )
             chosen = state or ("pending" if any(k["state"] == "active" for k in keys) else "active")
             entry = {
@@ -127,7 +128,7 @@ class SigningKeys:
         return self._set_state(kid, "revoked")
 
     def private_key(self, kid: str) -> SigningKey:
-        raw = orjson.loads((self.directory / f"{kid}.jwk.json").read_bytes())
+        raw = jsonio.loads((self.directory / f"{kid}.jwk.json").read_bytes())
         return ECKey.import_key(raw) if raw["kty"] == "EC" else OKPKey.import_key(raw)
 
     def active(self) -> tuple[KeyInfo, SigningKey] | None:

@@ -29,6 +29,7 @@ from ehr_service.exchange.envelope import HEADER, Envelope, EnvelopeError, prote
 from ehr_service.exchange.inbound import Inbound, refused
 from ehr_service.exchange.partners import Partner, PartnerError, PartnerRegistry
 from ehr_service.exchange.sharing import shared_with
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.interactions.context import RequestContext
@@ -92,7 +93,7 @@ class Outbound:
                     found is not None
                     and found[1] is not None
                     and partner_id
-                    in shared_with(conn, row["res_type"], orjson.loads(found[1]), row["patient_id"])
+                    in shared_with(conn, row["res_type"], jsonio.loads(found[1]), row["patient_id"])
                 )
                 (keep if ok else withdrawn).append(row)
         return keep, withdrawn
@@ -108,7 +109,7 @@ class Outbound:
             performers = []
             for key, (_version, content) in contents.items():
                 if content is not None and key[0] != "Patient":
-                    performer = performer_of(key[0], orjson.loads(content))
+                    performer = performer_of(key[0], jsonio.loads(content))
                     if performer is not None:
                         performers.append(("Organization", performer.partition("/")[2]))
             contents.update(store.current_contents(conn, list(dict.fromkeys(performers))))
@@ -120,12 +121,12 @@ class Outbound:
             found = contents.get(key)
             if found is None or found[1] is None:
                 continue  # deleted since: nothing to send
-            resource = orjson.loads(protection.present(found[1], reveal=True))
+            resource = jsonio.loads(protection.present(found[1], reveal=True))
             entry: dict[str, Any] = {"resource": resource}
             if self.settings.base_url:
                 entry["fullUrl"] = f"{self.settings.base_url.rstrip('/')}/{key[0]}/{key[1]}"
             entries.append(entry)
-        return orjson.dumps(
+        return jsonio.dumps(
             {
                 "resourceType": "Bundle",
                 "id": new_id(),
@@ -216,7 +217,7 @@ class Outbound:
             skew=self.settings.exchange_clock_skew_seconds,
         )
         try:
-            answered = orjson.loads(response.content).get("identifier", {}).get("value")
+            answered = jsonio.loads(response.content).get("identifier", {}).get("value")
         except (orjson.JSONDecodeError, AttributeError):
             answered = None
         if answered != f"{self.settings.exchange_id}/{jti}":
@@ -297,12 +298,12 @@ class Outbound:
             )  # fmt: skip
         cursor = rows[-1]["seq"] if rows else after
         shared, _withdrawn = self.shareable(partner.partner_id, rows)
-        document = orjson.loads(self.bundle(shared)) if shared else _empty()
+        document = jsonio.loads(self.bundle(shared)) if shared else _empty()
         document["link"] = [
             {"relation": "self", "url": url},
             {"relation": "next", "url": next_url.format(cursor=cursor)},
         ]
-        body = orjson.dumps(document)
+        body = jsonio.dumps(document)
         signature, _ = self.archive.sign(body, aud=partner.audience, htm="GET", htu=url)
         patients = frozenset(r["patient_id"] for r in rows)
         return body, signature, Result(200, body, patients=patients)
@@ -355,7 +356,7 @@ class Outbound:
                 htu=url,
                 skew=self.settings.exchange_clock_skew_seconds,
             )
-            document = orjson.loads(response.content)
+            document = jsonio.loads(response.content)
             entries = document.get("entry") or []
             if entries:
                 self.inbound.ingest(pctx, envelope, response.content, signature, direction="pull")

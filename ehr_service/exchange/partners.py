@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 
 from ehr_service.exchange.envelope import VerifyKey
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.storage import partners as store
@@ -56,8 +56,8 @@ def _partner(row: dict[str, Any]) -> Partner:
         row["audience"],
         row["endpoint"],
         row["jwks_url"],
-        {k["kid"]: k for k in orjson.loads(row["jwks"])["keys"]},
-        tuple(orjson.loads(row["allowed_types"])),
+        {k["kid"]: k for k in jsonio.loads(row["jwks"])["keys"]},
+        tuple(jsonio.loads(row["allowed_types"])),
     )
 
 
@@ -69,7 +69,7 @@ def load_jwks(source: str) -> dict[str, dict[str, Any]]:
             response.raise_for_status()
             document = response.json()
         else:
-            document = orjson.loads(Path(source).read_bytes())
+            document = jsonio.loads(Path(source).read_bytes())
         KeySet.import_key_set(document)  # well-formed keys only
     except (httpx.HTTPError, OSError, ValueError, JoseError) as exc:
         raise PartnerError(f"the JWKS could not be read: {exc}") from None
@@ -173,7 +173,7 @@ class PartnerRegistry:
             store.change(
                 conn,
                 partner_id,
-                {"jwks": orjson.dumps({"keys": list(keys.values())}), "updated": utc_now()},
+                {"jwks": jsonio.dumps({"keys": list(keys.values())}), "updated": utc_now()},
             )
         return self.get(partner_id)
 
@@ -203,8 +203,8 @@ class PartnerRegistry:
                     "audience": audience,
                     "endpoint": endpoint,
                     "jwks_url": jwks if jwks.startswith(("http://", "https://")) else None,
-                    "jwks": orjson.dumps({"keys": list(keys.values())}),
-                    "allowed_types": orjson.dumps(_types(allowed_types)).decode(),
+                    "jwks": jsonio.dumps({"keys": list(keys.values())}),
+                    "allowed_types": jsonio.dumps(_types(allowed_types)).decode(),
                     "updated": utc_now(),
                 },
             )
@@ -214,11 +214,11 @@ class PartnerRegistry:
         current = self.get(partner_id)
         values: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
         if "allowed_types" in values:
-            values["allowed_types"] = orjson.dumps(_types(values["allowed_types"])).decode()
+            values["allowed_types"] = jsonio.dumps(_types(values["allowed_types"])).decode()
         source = jwks or current.jwks_url
         if source is not None:
             keys = pinned(current.keys, load_jwks(source))
-            values["jwks"] = orjson.dumps({"keys": list(keys.values())})
+            values["jwks"] = jsonio.dumps({"keys": list(keys.values())})
         values["updated"] = utc_now()
         with self.unit.write() as conn:
             store.change(conn, partner_id, values)

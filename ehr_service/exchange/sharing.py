@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.pipeline import Draft, Hook, Stage
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import partners as partner_store
@@ -63,7 +63,7 @@ def shared_with(
     if "all" not in cache:
         cache["all"] = partner_store.all_partners(conn)
     for row in cache["all"]:
-        if resource_type not in orjson.loads(row["allowed_types"]):
+        if resource_type not in jsonio.loads(row["allowed_types"]):
             continue
         actors = [f"region:{row['region']}", f"Organization/{row['partner_id']}", "*"]
         if consent_store.refused(conn, owner, actors):

@@ -18,8 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.references import parse_reference
 
 _WHERE_PATIENT = re.compile(r"\.where\(resolve\(\) is Patient\)$")
@@ -61,10 +60,10 @@ class PatientCompartment:
 
     @classmethod
     def load(cls, profiles_dir: Path) -> PatientCompartment:
-        definition = orjson.loads(
+        definition = jsonio.loads(
             (profiles_dir / "compartmentdefinition-patient.json").read_bytes()
         )
-        bundle = orjson.loads((profiles_dir / "search-parameters.json").read_bytes())
+        bundle = jsonio.loads((profiles_dir / "search-parameters.json").read_bytes())
         expressions: dict[tuple[str, str], str] = {}
         for entry in bundle["entry"]:
             parameter = entry["resource"]

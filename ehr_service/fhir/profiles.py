@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Issue
 
 # (system, code, filters) -> is the coding in the value set? For value sets over code
@@ -89,7 +88,7 @@ class RequiredBindings:
     @classmethod
     def load(cls, profiles_dir: Path) -> RequiredBindings:
         path = profiles_dir / "required-bindings.json"
-        return cls(orjson.loads(path.read_bytes()) if path.exists() else {})
+        return cls(jsonio.loads(path.read_bytes()) if path.exists() else {})
 
     def issues(self, resource: dict[str, Any]) -> list[Issue]:
         resource_type = str(resource.get("resourceType"))
@@ -238,7 +237,7 @@ class Profile:
         if rule.fixed is not None and value != rule.fixed:
             out.append(
                 Issue(
-                    f"{self.name}: {at} must be {orjson.dumps(rule.fixed).decode()}",
+                    f"{self.name}: {at} must be {jsonio.dumps(rule.fixed).decode()}",
                     "value",
                     expression=(at,),
                 )
@@ -246,7 +245,7 @@ class Profile:
         if rule.pattern is not None and not matches_pattern(value, rule.pattern):
             out.append(
                 Issue(
-                    f"{self.name}: {at} must match {orjson.dumps(rule.pattern).decode()}",
+                    f"{self.name}: {at} must match {jsonio.dumps(rule.pattern).decode()}",
                     "value",
                     expression=(at,),
                 )
@@ -303,7 +302,7 @@ class Profiles:
     def load(cls, directory: Path) -> Profiles:
         profiles, value_sets = [], []
         for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
-            document = orjson.loads(path.read_bytes())
+            document = jsonio.loads(path.read_bytes())
             if document.get("resourceType") == "StructureDefinition":
                 profiles.append(Profile.of(document))
             elif document.get("resourceType") == "ValueSet":

@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.resource_types import R4_TYPES_WITHOUT_R4B_MODEL
 from ehr_service.locations import shipped_dir
@@ -157,7 +157,7 @@ class _Model:
 
 @cache
 def _model() -> _Model:
-    return _Model(orjson.loads(STRUCTURES_FILE.read_bytes()))
+    return _Model(jsonio.loads(STRUCTURES_FILE.read_bytes()))
 
 
 def structure_only_types() -> frozenset[str]:
@@ -326,7 +326,7 @@ class _Walker:
         elif kind == "boolean":
             if not isinstance(value, bool):
                 self.issue("value", f"Expected JSON true or false ({primitive.name})", where)
-        elif isinstance(value, bool) or not isinstance(value, int | float):
+        elif isinstance(value, bool) or not isinstance(value, int | float | Decimal):
             self.issue("value", f"Expected a JSON number ({primitive.name})", where)
         elif kind == "integer":
             if not isinstance(value, int):
@@ -335,7 +335,7 @@ class _Walker:
                 primitive.regex is not None and primitive.regex.fullmatch(str(value)) is None
             ):
                 self.issue("value", f"Not a valid {primitive.name}", where)
-        elif isinstance(value, float) and not math.isfinite(value):
+        elif isinstance(value, float | Decimal) and not math.isfinite(value):
             self.issue("value", f"Not a valid {primitive.name}", where)
 
     def sibling(self, value: Any, element: _Element, primitive: Any, path: str) -> None:

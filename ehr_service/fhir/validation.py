@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.json_types import json_type_issues
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, R4_TYPES_WITHOUT_R4B_MODEL
 
 MAX_REPORTED_ISSUES = 100
@@ -28,7 +30,7 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise FhirError.of(Category.INCORRECT, "The request body is empty", code="structure")
     try:
-        return orjson.loads(raw)
+        return jsonio.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise FhirError.of(
             Category.INCORRECT, f"The request body is not valid JSON: {exc}", code="structure"
@@ -203,6 +205,9 @@ def _resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue
 
         return validate_structure(resource)  # checks the JSON shape rules itself
     issues = json_shape_issues(resource, resource_type)
+    typed = json_type_issues(resource, resource_type)  # before the model coerces
+    issues.extend(typed)
+    reported = {e for issue in typed for e in issue.expression}
     model = _model_class(resource_type)
     try:
         model.model_validate(resource)
@@ -210,12 +215,15 @@ def _resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue
         errors = exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_ISSUES]
         issues.extend(_unreported_required(model, resource, resource_type, errors))
         for error in errors:
+            where = _expression(resource_type, tuple(error["loc"]))
+            if where in reported:
+                continue
             # Messages never echo the input: it may hold personal data.
             issues.append(
                 Issue(
                     error["msg"],
                     _issue_code(str(error["type"])),
-                    expression=(_expression(resource_type, tuple(error["loc"])),),
+                    expression=(where,),
                 )
             )
     except (ValueError, TypeError) as exc:  # defensive: a model raising outside pydantic

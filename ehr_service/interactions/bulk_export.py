@@ -24,8 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, check_type_parameter
@@ -109,7 +108,7 @@ class BulkExports:
                     "client": _client(ctx.caller),
                     "kind": kind,
                     "group_id": group_id,
-                    "types": orjson.dumps(types).decode(),
+                    "types": jsonio.dumps(types).decode(),
                     "since": since,
                     "request": request_url[:2048],
                     "state": "queued",
@@ -144,7 +143,7 @@ class BulkExports:
         require(ctx.caller, "Group", "r")
         with self.services.unit.read() as conn:
             stored = current_or_fail(conn, "Group", group_id, view=ctx.view)
-        group = orjson.loads(stored.content or b"{}")
+        group = jsonio.loads(stored.content or b"{}")
         members = []
         for member in group.get("member") or ():
             reference = str(((member or {}).get("entity") or {}).get("reference", ""))
@@ -180,7 +179,7 @@ class BulkExports:
                     state="done",
                     progress="done",
                     finished=utc_now(),
-                    output=orjson.dumps(output),
+                    output=jsonio.dumps(output),
                 )
         except Exception as exc:  # the job fails; the service goes on
             logger.exception("export job %s failed", job.job_id)
@@ -240,7 +239,7 @@ class BulkExports:
             raise FhirError.of(
                 Category.FAULT, f"The export failed ({job['error']})", code="exception"
             )
-        files = orjson.loads(job["output"] or b"[]")
+        files = jsonio.loads(job["output"] or b"[]")
         manifest = {
             "transactionTime": format_instant(job["transaction_time"]),
             "request": job["request"],
@@ -259,7 +258,7 @@ class BulkExports:
 
     def file(self, ctx: RequestContext, job_id: str, name: str) -> Iterator[bytes]:
         job = self._job(ctx, job_id)
-        files = {f["file"] for f in orjson.loads(job["output"] or b"[]")}
+        files = {f["file"] for f in jsonio.loads(job["output"] or b"[]")}
         if job["state"] != "done" or name not in files:
             raise _not_found(f"{job_id}/{name}")
         path = self.directory / job_id / name

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import (
     Category,
     FhirError,
@@ -185,7 +186,7 @@ def _patch_document(where: str, resource: Any) -> Any:
             expression=[f"{where}.resource"],
         )
     try:
-        return orjson.loads(base64.b64decode(resource["data"], validate=True))
+        return jsonio.loads(base64.b64decode(resource["data"], validate=True))
     except (binascii.Error, ValueError):
         raise FhirError.of(
             Category.INCORRECT,

@@ -8,9 +8,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.names import display_name
 from ehr_service.interactions import create, update
@@ -69,7 +69,7 @@ def _text(concept: Any) -> str | None:
 def me(conn: Connection, ctx: RequestContext) -> Result:
     patient_id = _patient_of(ctx)
     stored = current_or_fail(conn, "Patient", patient_id, view=ctx.view)
-    resource = orjson.loads(stored.content or b"{}")  # stored form: ID numbers masked
+    resource = jsonio.loads(stored.content or b"{}")  # stored form: ID numbers masked
     identifiers = resource.get("identifier") or []
     record_system = ctx.services.identity.record_system
     body = {
@@ -134,7 +134,7 @@ def _reuses(conn: Connection, patient_id: str) -> dict[str, list[dict[str, Any]]
             conn, patient_id, types=["Task"], since=None, after=after, limit=500
         )
         for found in page:
-            task = orjson.loads(found.content)
+            task = jsonio.loads(found.content)
             codes = [
                 c.get("code")
                 for c in (task.get("code") or {}).get("coding") or ()
@@ -170,7 +170,7 @@ def results(conn: Connection, ctx: RequestContext) -> Result:
         page = search_queries.compartment_page(
             conn, patient_id, types=list(RESULT_TYPES), since=None, after=after, limit=500
         )
-        items.extend(_result_item(orjson.loads(f.content)) for f in page)
+        items.extend(_result_item(jsonio.loads(f.content)) for f in page)
         if len(page) < 500:
             break
         after = (page[-1].resource_type, page[-1].resource_id)
@@ -202,7 +202,7 @@ def access_log(conn: Connection, ctx: RequestContext) -> Result:
     organizations = _organization_names(conn, events)
     items = []
     for event in events:
-        content = orjson.loads(event.content)
+        content = jsonio.loads(event.content)
         agent = (content.get("agent") or [{}])[0]
         role = ((agent.get("role") or [{}])[0]).get("text")
         if role == "patient":
@@ -248,7 +248,7 @@ def _organization_names(conn: Connection, events: list[audit_store.StoredEvent])
     }
     names = {}
     for found in search_queries.read_many(conn, wanted):
-        name = orjson.loads(found.content).get("name")
+        name = jsonio.loads(found.content).get("name")
         if isinstance(name, str):
             names[f"Organization/{found.resource_id}"] = name
     return names
@@ -261,7 +261,7 @@ def consents(conn: Connection, ctx: RequestContext) -> Result:
     )
     items = []
     for found in page:
-        consent = orjson.loads(found.content)
+        consent = jsonio.loads(found.content)
         _, actors = refusals(consent)
         items.append(
             {
@@ -344,7 +344,7 @@ def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
 def revoke(conn: Connection, ctx: RequestContext, consent_id: str) -> Result:
     patient_id = _patient_of(ctx, "Consent", "u")
     stored = current_or_fail(conn, "Consent", consent_id, view=ctx.view)
-    consent = orjson.loads(stored.content or b"{}")
+    consent = jsonio.loads(stored.content or b"{}")
     consent["status"] = "inactive"
     update.store_next_version(conn, _as_service(ctx), stored, consent, method="PUT")
     body = {"id": consent_id, "status": "inactive", "refuses": []}

@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.references import is_valid_id
@@ -189,7 +190,7 @@ class Importer:
         batch: list[tuple[str, Any]] = []
         for where, raw in lines:
             try:
-                resource = orjson.loads(raw)
+                resource = jsonio.loads(raw)
             except orjson.JSONDecodeError as exc:
                 self._error(progress, where, f"not JSON ({exc})")
                 continue
@@ -257,7 +258,7 @@ class Importer:
     def _json(self, path: Path, progress: Progress) -> None:
         progress.done_bytes += path.stat().st_size
         try:
-            document = orjson.loads(path.read_bytes())
+            document = jsonio.loads(path.read_bytes())
         except orjson.JSONDecodeError as exc:
             self._error(progress, path.name, f"not JSON ({exc})")
             return
@@ -352,8 +353,8 @@ def _importable(resource: Any) -> bool:
 
 def _same(stored: bytes, given: dict[str, Any]) -> bool:
     """Equal but for the server's meta (versionId, lastUpdated) and server-added tags."""
-    current = orjson.loads(stored)
-    incoming = orjson.loads(orjson.dumps(given))
+    current = jsonio.loads(stored)
+    incoming = jsonio.loads(jsonio.dumps(given))
     for document in (current, incoming):
         meta = document.get("meta")
         if isinstance(meta, dict):

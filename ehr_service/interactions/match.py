@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import date_range, format_instant, new_id, utc_now
@@ -95,7 +96,7 @@ def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     contents = resources.live_contents(conn, "Patient", [c for c in candidates if c not in refused])
     scored: list[tuple[float, str, str, bytes]] = []
     for patient_id, content in contents.items():
-        candidate = protection.reveal(orjson.loads(content))
+        candidate = protection.reveal(jsonio.loads(content))
         if replaced(candidate):
             continue  # merged away: its replacement is the record to use
         value, grade = score(wanted, person_of(candidate))

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import format_instant, utc_now
@@ -194,8 +195,8 @@ def _merge(
         for pid in sorted((source_id, target_id))
     }
     source, target = locked[source_id], locked[target_id]
-    source_doc = protection.reveal(orjson.loads(source.content or b"{}"))
-    target_doc = protection.reveal(orjson.loads(target.content or b"{}"))
+    source_doc = protection.reveal(jsonio.loads(source.content or b"{}"))
+    target_doc = protection.reveal(jsonio.loads(target.content or b"{}"))
     if replaced(source_doc):
         raise _unprocessable(f"Patient/{source_id} was already merged into another record")
     if replaced(target_doc):
@@ -218,7 +219,7 @@ def _merge(
         stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
         if stored is None or stored.deleted or stored.content is None:
             continue
-        document = protection.reveal(orjson.loads(stored.content))
+        document = protection.reveal(jsonio.loads(stored.content))
         if _repoint(document, source_id, target_id, ctx.base_url):
             store_next_version(conn, ctx, stored, document, method="PUT")
             moved[resource_type] += 1

@@ -10,9 +10,9 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import current_or_fail
@@ -89,7 +89,7 @@ def patch(
     # for everyone else (a masked value left unchanged keeps its number).
     protection = ctx.services.identity.protection
     current = protection.present_json(
-        orjson.loads(stored.content), reveal=ctx.caller.sees_id_numbers
+        jsonio.loads(stored.content), reveal=ctx.caller.sees_id_numbers
     )
     patched = apply_json_patch(current, operations)
     if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:

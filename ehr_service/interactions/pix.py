@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.search.query import split_token
 from ehr_service.interactions import conditional
@@ -35,7 +35,7 @@ def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[s
     contents = resources.live_contents(conn, "Patient", ids)
     out = []
     for content in contents.values():
-        patient = orjson.loads(content)
+        patient = jsonio.loads(content)
         for link in patient.get("link") or ():  # merged away: answer with the survivor
             if link.get("type") == "replaced-by":
                 other = str((link.get("other") or {}).get("reference", ""))
@@ -43,7 +43,7 @@ def _patients(conn: Connection, ctx: RequestContext, source: str) -> list[dict[s
                     conn, "Patient", [other.removeprefix("Patient/")]
                 )
                 for survivor_content in survivor.values():
-                    patient = orjson.loads(survivor_content)
+                    patient = jsonio.loads(survivor_content)
         out.append(patient)
     return out
 

@@ -15,9 +15,9 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
@@ -109,7 +109,7 @@ def _order(
         stored = current_or_fail(conn, "ServiceRequest", order_id, view=ctx.view)
     except FhirError:
         raise refused from None
-    request = orjson.loads(stored.content or b"{}")
+    request = jsonio.loads(stored.content or b"{}")
     subject = (request.get("subject") or {}).get("reference")
     if stored.compartment_patient_id != patient_id or subject != f"Patient/{patient_id}":
         raise refused
@@ -181,7 +181,7 @@ def _institutions(conn: Connection, references: set[str]) -> dict[str, Instituti
     ids = sorted(r.partition("/")[2] for r in references)
     contents = resources.live_contents(conn, "Organization", ids)
     return {
-        f"Organization/{org_id}": institution_of(f"Organization/{org_id}", orjson.loads(content))
+        f"Organization/{org_id}": institution_of(f"Organization/{org_id}", jsonio.loads(content))
         for org_id, content in contents.items()
     }
 
@@ -219,7 +219,7 @@ def candidates(
     for resource_type, resource_id, content in store.patient_results(
         conn, patient_id, RESULT_TYPES
     ):
-        resource = orjson.loads(content)
+        resource = jsonio.loads(content)
         item = catalogue.item_for(resource_type, resource)
         asked_unknown = item is None and any(
             (str(c.get("system")), str(c.get("code"))) in unknown_codes

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.search.values import index_rows
 from ehr_service.interactions.context import Services
 from ehr_service.storage import resources
@@ -26,7 +25,7 @@ def reindex(
 
     def index_form(content: bytes) -> dict[str, Any]:
         # Sealed ID numbers are indexed by their blind tokens, as when written.
-        return protection.index_form(orjson.loads(content))
+        return protection.index_form(jsonio.loads(content))
 
     done = 0
     after: tuple[str, str] | None = None

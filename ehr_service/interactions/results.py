@@ -6,8 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, Issue, information_outcome
 from ehr_service.fhir.primitives import etag, http_date
 from ehr_service.interactions.context import ReturnPreference
@@ -84,4 +83,4 @@ class Result:
     def body_bytes(self) -> bytes | None:
         if self.body is None or isinstance(self.body, bytes):
             return self.body
-        return orjson.dumps(self.body)
+        return jsonio.dumps(self.body)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcome
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.search.query import SearchParser, SearchRequest
@@ -158,7 +159,7 @@ def search(
 def encode_cursor(direction: str, found: Found) -> str:
     """``n`` (rows after) or ``p`` (rows before) a row, by its sort values and id."""
     values = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in found.sort_values]
-    payload = orjson.dumps([*values, found.resource_id])
+    payload = jsonio.dumps([*values, found.resource_id])
     return direction + base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
@@ -171,7 +172,7 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
         if cursor[:1] not in {"n", "p"} or len(cursor) > 2048:
             raise ValueError(cursor)
         raw = cursor[1:]
-        decoded = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        decoded = jsonio.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         if not isinstance(decoded, list) or len(decoded) != len(kinds) + 1:
             raise ValueError(cursor)
         *values, resource_id = decoded
@@ -210,7 +211,7 @@ def _entry(
 ) -> dict[str, Any]:
     content: Any = orjson.Fragment(found.content)
     if summary in {"true", "text", "data"} or elements is not None:
-        content = subset(orjson.loads(found.content), summary, elements)
+        content = subset(jsonio.loads(found.content), summary, elements)
     return {
         "fullUrl": f"{ctx.base_url}/{found.resource_type}/{found.resource_id}",
         "resource": content,

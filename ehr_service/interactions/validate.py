@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.validation import check_resource_type, resource_issues
@@ -68,7 +68,7 @@ def validate(
         if mode == "delete":
             return _outcome([])
         if resource is None:
-            resource = orjson.loads(stored.content or b"{}")
+            resource = jsonio.loads(stored.content or b"{}")
     else:
         require(ctx.caller, resource_type, "c" if mode != "update" else "u")
     if resource is None:

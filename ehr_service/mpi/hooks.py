@@ -4,8 +4,7 @@ record number; an ID number written outside an identifier is masked."""
 
 from __future__ import annotations
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
 from ehr_service.mpi.identity import ResidentIdentity
@@ -29,7 +28,7 @@ def sealing(identity: ResidentIdentity) -> Hook:
         prepared.index_form()  # index the blind tokens, then store masks and seals
         index = draft.index_of(prepared.resource)
         prepared.stored_form(protection.seal)
-        return orjson.dumps(prepared.resource), index
+        return jsonio.dumps(prepared.resource), index
 
     def seal(draft: Draft) -> None:
         prepared = identity.prepare(draft.conn, draft.resource, draft.previous)

@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.mpi.idnumber import (
     CANDIDATE,
@@ -194,7 +193,7 @@ class IdNumberProtection:
         back unchanged (by a caller who only ever saw the mask) keeps its number.
         """
         resource_type = str(resource.get("resourceType"))
-        if _SEALED_MARKER in orjson.dumps(resource):
+        if _SEALED_MARKER in jsonio.dumps(resource):
             raise FhirError.of(
                 Category.UNPROCESSABLE,
                 f"The extension {SEALED_URL} is reserved to this server",
@@ -381,9 +380,9 @@ class IdNumberProtection:
         """Response bytes for a caller: seals opened (``reveal``) or dropped."""
         if _SEALED_MARKER not in body:
             return body
-        document = orjson.loads(body)
+        document = jsonio.loads(body)
         self._present_node(document, (), reveal=reveal)
-        return orjson.dumps(document)
+        return jsonio.dumps(document)
 
     def present_json(self, document: Any, *, reveal: bool) -> Any:
         self._present_node(document, (), reveal=reveal)
@@ -394,10 +393,10 @@ class IdNumberProtection:
         the active one; None when nothing needed it."""
         if _SEALED_MARKER not in content:
             return None
-        document = orjson.loads(content)
+        document = jsonio.loads(content)
         active = self.keyring.active.kid
         changed = self._reseal_node(document, (), active)
-        return orjson.dumps(document) if changed else None
+        return jsonio.dumps(document) if changed else None
 
     def _reseal_node(self, node: Any, records: tuple[str, ...], active: str) -> int:
         changed = 0

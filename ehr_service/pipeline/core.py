@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.compartment import PatientCompartment
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import format_instant
@@ -147,14 +147,14 @@ class WritePipeline:
             now=now,
             method=method,
             resource=stored,
-            previous=orjson.loads(previous) if previous else None,
+            previous=jsonio.loads(previous) if previous else None,
             index_of=self.index_of,
         )
         self._run(Stage.RESOURCE, draft)
         if self._hooks[Stage.SEAL]:
             self._run(Stage.SEAL, draft)
         else:
-            draft.content, draft.index = orjson.dumps(draft.resource), self.index_of(draft.resource)
+            draft.content, draft.index = jsonio.dumps(draft.resource), self.index_of(draft.resource)
         assert draft.content is not None, "the SEAL hook makes the stored form"
         draft.patients = tuple(self.compartment.patient_ids(draft.resource, request.base_url))
         draft.owner = draft.patients[0] if draft.patients else None

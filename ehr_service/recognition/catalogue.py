@@ -13,12 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.storage import recognition as store
 from ehr_service.storage.unit_of_work import UnitOfWork
@@ -177,7 +179,9 @@ def parse_edition(
                 f"item {code}: validityDays (0..{MAX_VALIDITY_DAYS}) and qcCategory are required"
             )
         price = _property(concept, "price")
-        if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)):
+        if price is not None and (
+            isinstance(price, bool) or not isinstance(price, int | float | Decimal)
+        ):
             raise CatalogueError(f"item {code}: price must be a number")
         en = _designation(concept, "en") or str(concept.get("display") or code)
         items.append(
@@ -240,7 +244,7 @@ class Catalogues:
 
     def load_file(self, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
-            document = orjson.loads(path.read_bytes())
+            document = jsonio.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise CatalogueError(f"{path.name}: {exc}") from None
         return self.load(document)

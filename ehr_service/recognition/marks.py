@@ -11,9 +11,9 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.references import parse_reference
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogues
 from ehr_service.recognition.institutions import Institution, institution_of
@@ -79,7 +79,7 @@ def _stored_institution(conn: Connection, performer: str) -> Institution | None:
         content = resources.live_contents(conn, "Organization", [org_id]).get(org_id)
         if content is None:  # not kept: it may be written later in this transaction
             return None
-        cache[org_id] = institution_of(performer, orjson.loads(content))
+        cache[org_id] = institution_of(performer, jsonio.loads(content))
     found: Institution = cache[org_id]
     return found
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.mpi.protection import IdNumberProtection
@@ -58,7 +58,7 @@ class Remarker:
             stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
             if stored is None or stored.deleted or stored.content is None:
                 continue
-            document = self.protection.reveal(orjson.loads(stored.content))
+            document = self.protection.reveal(jsonio.loads(stored.content))
             before = _mark_tags(document)
             apply_mark(conn, self.catalogues, self.mark, resource_type, document)
             if _mark_tags(document) == before:

@@ -30,6 +30,8 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ehr_service.fhir import jsonio
+
 _NONCE_BYTES = 12
 _VERSION = "v1"
 # How often a running process looks for a rotated key file (seconds).
@@ -141,7 +143,7 @@ class Keyring:
 
     @classmethod
     def load(cls, path: Path) -> Keyring:
-        document = orjson.loads(path.read_bytes())
+        document = jsonio.loads(path.read_bytes())
         keys = [
             DataKey(k["kid"], _unb64(k["key"]), k["created"], bool(k["active"]))
             for k in document["data_keys"]
@@ -151,7 +153,7 @@ class Keyring:
         return cls(path, _unb64(document["blind_index_key"]), keys)
 
     def _serialise(self) -> bytes:
-        return orjson.dumps(
+        return jsonio.dumps(
             {
                 "blind_index_key": _b64(self._blind_key),
                 "data_keys": [k.as_json() for k in self._keys.values()],

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 
 from ehr_service.config import Settings
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.security.caller import Caller
 from ehr_service.security.fieldcrypto import write_private
@@ -63,10 +63,10 @@ def own_key(settings: Settings) -> ECKey:
     """The service's own token key (ES256), created on first use, owner-only."""
     path = settings.data_dir / "keys" / OWN_KEY_FILE
     if path.exists():
-        key = ECKey.import_key(orjson.loads(path.read_bytes()))
+        key = ECKey.import_key(jsonio.loads(path.read_bytes()))
         return key
     key = ECKey.generate_key("P-256", auto_kid=True, private=True)
-    write_private(path, orjson.dumps(key.as_dict(private=True)))
+    write_private(path, jsonio.dumps(key.as_dict(private=True)))
     return key
 
 
@@ -230,4 +230,4 @@ def _reason(exc: Exception) -> str:
 
 
 def _load_jwks(path: Path) -> KeySet:
-    return KeySet.import_key_set(orjson.loads(path.read_bytes()))
+    return KeySet.import_key_set(jsonio.loads(path.read_bytes()))

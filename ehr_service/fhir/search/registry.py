@@ -12,8 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.fhirpath import (
     Extractor,
     applicable_parts,
@@ -73,9 +72,9 @@ class SearchParameterRegistry:
 
     @classmethod
     def load(cls, profiles_dir: Path) -> SearchParameterRegistry:
-        bundle = orjson.loads((profiles_dir / "search-parameters.json").read_bytes())
+        bundle = jsonio.loads((profiles_dir / "search-parameters.json").read_bytes())
         definitions = [entry["resource"] for entry in bundle["entry"]]
-        choices = frozenset(orjson.loads((profiles_dir / "r4-choice-elements.json").read_bytes()))
+        choices = frozenset(jsonio.loads((profiles_dir / "r4-choice-elements.json").read_bytes()))
         types_by_url = {d["url"]: d["type"] for d in definitions}
         parameters: dict[str, dict[str, SearchParameter]] = {t: {} for t in R4_RESOURCE_TYPES}
         for definition in definitions:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -159,7 +160,7 @@ def quantities_of(node: Any) -> list[tuple[float, str | None, str | None]]:
     if "low" in node or "high" in node:  # Range: index both ends
         return quantities_of(node.get("low")) + quantities_of(node.get("high"))
     value = node.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         code = node.get("code") or node.get("unit") or node.get("currency")
         return [(float(value), node.get("system"), code)]
     return []
@@ -215,7 +216,7 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
         for quantity in quantities_of(node):
             rows.quantities.append((code, *quantity))
     elif kind == "number":
-        if isinstance(node, int | float) and not isinstance(node, bool):
+        if isinstance(node, int | float | Decimal) and not isinstance(node, bool):
             rows.numbers.append((code, float(node)))
     elif kind == "uri" and isinstance(node, str):
         rows.uris.append((code, node))

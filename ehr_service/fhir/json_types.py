@@ -1,0 +1,159 @@
+"""R4 JSON typing (§2.6.2): each primitive's JSON type, checked against its
+element definition before the model sees it.
+
+boolean is JSON ``true``/``false``; integer, positiveInt and unsignedInt are JSON
+whole numbers; decimal is a JSON number; every other primitive (string, code,
+date, dateTime, uri...) is a JSON string; a primitive's ``_element`` sibling is
+an object (an array of objects and nulls for a repeating element). The R4B
+models coerce (``"no"`` becomes false, ``"6.1"`` a number, ``1`` true), which R4
+JSON does not allow and which a JavaScript client reads differently
+(``"no"`` is truthy), so a mismatch is a 400 naming the element.
+
+The element types come from the ``fhir.resources`` model classes (their field
+annotations), compiled once per class into a map from JSON property name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import types
+import typing
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from ehr_service.fhir.errors import Issue
+
+MAX_ISSUES = 100
+_STRINGS = (str, datetime.date, datetime.datetime, datetime.time)
+_EXPECTED = {
+    "boolean": "JSON true or false",
+    "integer": "a JSON whole number",
+    "decimal": "a JSON number",
+    "string": "a JSON string",
+}
+
+# JSON property -> (kind, repeats, model class of a complex element or None)
+Fields = dict[str, tuple[str, bool, Any]]
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the element type, whether it repeats) of a field annotation."""
+    many = False
+    while True:
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin is typing.Union or origin is types.UnionType:
+            annotation = next(a for a in args if a is not type(None))
+        elif origin in (list, typing.List):  # noqa: UP006 - the models use typing.List
+            annotation, many = args[0], True
+        elif origin is typing.Annotated:
+            annotation = args[0]
+        else:
+            return annotation, many
+
+
+def _kind(element: Any) -> tuple[str, Any]:
+    if element is bool:
+        return "boolean", None
+    if element is int:
+        return "integer", None
+    if element is Decimal or element is float:
+        return "decimal", None
+    if isinstance(element, type) and issubclass(element, _STRINGS):
+        return "string", None
+    name = getattr(element, "__name__", "")
+    if name == "ResourceType":
+        return "resource", None
+    if name == "FHIRPrimitiveExtensionType":
+        return "sibling", None
+    klass = getattr(element, "get_model_klass", None)
+    if callable(klass):
+        try:
+            return "complex", klass()
+        except (ImportError, AttributeError, LookupError):
+            return "unknown", None
+    return "unknown", None
+
+
+@cache
+def _fields(model: Any) -> Fields:
+    out: Fields = {}
+    for name, info in model.model_fields.items():
+        element, many = _unwrap(info.annotation)
+        kind, target = _kind(element)
+        out[info.alias or name] = (kind, many, target)
+    return out
+
+
+@cache
+def _resource_model(resource_type: str) -> Any:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, LookupError):
+        return None
+
+
+def json_type_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
+    """Every primitive of ``resource`` whose JSON type its definition does not allow."""
+    model = _resource_model(resource_type)
+    issues: list[Issue] = []
+    if model is not None:
+        _object(resource, model, resource_type, issues)
+    return issues[:MAX_ISSUES]
+
+
+def _bad_primitive(kind: str, value: Any) -> bool:
+    if kind == "boolean":
+        return type(value) is not bool
+    if kind == "integer":
+        return type(value) is not int
+    if kind == "decimal":
+        return type(value) is bool or not isinstance(value, int | float | Decimal)
+    return type(value) is not str
+
+
+def _object(node: dict[str, Any], model: Any, path: str, issues: list[Issue]) -> None:
+    fields = _fields(model)
+    for key, value in node.items():
+        spec = fields.get(key)
+        if spec is None or value is None:
+            continue  # unknown elements and nulls: the model and the shape check say
+        kind, many, target = spec
+        where = f"{path}.{key}"
+        items = value if many and isinstance(value, list) else None
+        if kind in _EXPECTED:
+            for index, item in enumerate(items if items is not None else [value]):
+                if item is not None and _bad_primitive(kind, item):
+                    at = f"{where}[{index}]" if items is not None else where
+                    issues.append(
+                        Issue(f"Expected {_EXPECTED[kind]} at {at}", "value", expression=(at,))
+                    )
+        elif kind == "sibling":
+            _sibling(value, fields.get(key[1:]), where, issues)
+        elif kind in {"complex", "resource"}:
+            for index, item in enumerate(items if items is not None else [value]):
+                if not isinstance(item, dict):
+                    continue  # the model reports a wrong shape
+                at = f"{where}[{index}]" if items is not None else where
+                inner = target
+                if kind == "resource":
+                    inner = _resource_model(str(item.get("resourceType")))
+                    at = f"{at}({item.get('resourceType')})" if inner is not None else at
+                if inner is not None:
+                    _object(item, inner, at, issues)
+        if len(issues) >= MAX_ISSUES:
+            return
+
+
+def _sibling(value: Any, primitive: Any, where: str, issues: list[Issue]) -> None:
+    repeats = primitive is not None and primitive[1]
+    if repeats and isinstance(value, list):
+        if all(v is None or isinstance(v, dict) for v in value):
+            return
+    elif isinstance(value, dict):
+        return
+    expected = "an array of objects and nulls" if repeats else "an object"
+    issues.append(Issue(f"Expected {expected} at {where}", "structure", expression=(where,)))

@@ -1,0 +1,128 @@
+"""Exact FHIR JSON: decimals as written, byte for byte, and R4 JSON types."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ehr_service.interactions.context import Services
+from tests.conftest import sample_bundles
+from tests.helpers import FHIR_JSON, issue_expressions, patient, snapshot
+
+# 1 to 25 significant digits, exponents, negatives, zero, trailing zeros
+NUMBERS = [
+    "1.50", "0.0010", "100.00", "1E+2", "1e2", "1.5e-7", "-3.25", "-0.0", "0", "0.0",
+    "12345678901234567890.12345", "16.412818541523475", "3.141592653589793238462643",
+    "7", "-12", "99999999999999999999999", "2.000", "1.0E0", "6.1",
+]  # fmt: skip
+
+
+def _numbers(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """(path, JSON text) of every number, from text parsed with numbers as strings."""
+    if isinstance(node, dict):
+        return [n for k, v in node.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [n for i, v in enumerate(node) for n in _numbers(v, f"{path}[{i}]")]
+    if isinstance(node, tuple):
+        return [(path, node[1])]
+    return []
+
+
+def _as_text(raw: bytes | str) -> Any:
+    return json.loads(raw, parse_float=lambda s: ("n", s), parse_int=lambda s: ("n", s))
+
+
+def _observation(pid: str, text: str) -> str:
+    return (
+        '{"resourceType":"Observation","status":"final","code":{"text":"n"},'
+        f'"subject":{{"reference":"Patient/{pid}"}},'
+        f'"valueQuantity":{{"value":{text},"unit":"u"}},'
+        f'"referenceRange":[{{"low":{{"value":{text}}},"high":{{"value":{text}}}}}]}}'
+    )
+
+
+def test_every_number_comes_back_as_written(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    for text in NUMBERS:
+        body = _observation(pid, text)
+        created = client.post("/fhir/Observation", content=body, headers=FHIR_JSON)
+        assert created.status_code == 201, (text, created.text)
+        expected = _numbers(_as_text(body))
+        oid = created.json()["id"]
+        for answer in (
+            created.text,
+            client.get(f"/fhir/Observation/{oid}").text,
+            client.get(f"/fhir/Observation/{oid}/_history/1").text,
+        ):
+            served = _as_text(answer)
+            assert _numbers({k: v for k, v in served.items() if k != "meta"}) == expected, text
+        # an update that changes something else keeps the number's text too
+        put = body.replace('"status":"final"', f'"id":"{oid}","status":"amended"')
+        response = client.put(f"/fhir/Observation/{oid}", content=put, headers=FHIR_JSON)
+        assert response.status_code == 200, response.text
+        assert _numbers(_as_text(client.get(f"/fhir/Observation/{oid}").text))[-3:] == expected[-3:]
+
+
+@pytest.mark.parametrize("path", sample_bundles(), ids=[p.name[:24] for p in sample_bundles()])
+def test_synthea_numbers_round_trip(client: TestClient, path: Any) -> None:
+    bundle = _as_text(path.read_bytes())
+    response = client.post("/fhir", content=path.read_bytes(), headers=FHIR_JSON)
+    assert response.status_code == 200, response.text[:300]
+    for entry, answer in zip(bundle["entry"], response.json()["entry"], strict=True):
+        location = answer["response"]["location"].split("/_history")[0]
+        served = _as_text(client.get(f"/fhir/{location}").text)
+        sent = entry["resource"]
+        assert _numbers({k: v for k, v in served.items() if k != "meta"}) == _numbers(
+            {k: v for k, v in sent.items() if k != "meta"}
+        ), location
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"resourceType": "Patient", "active": "no"}, "Patient.active"),
+        ({"resourceType": "Patient", "active": 1}, "Patient.active"),
+        ({"resourceType": "Patient", "multipleBirthInteger": "2"}, "Patient.multipleBirthInteger"),
+        ({"resourceType": "Patient", "multipleBirthInteger": 2.5}, "Patient.multipleBirthInteger"),
+        ({"resourceType": "Patient", "birthDate": 19900101}, "Patient.birthDate"),
+        ({"resourceType": "Patient", "_birthDate": "x", "birthDate": "1990"}, "Patient._birthDate"),
+        ({"resourceType": "Patient", "name": [{"given": ["A", 7]}]}, "Patient.name[0].given[1]"),
+        (
+            {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+             "valueQuantity": {"value": "6.1"}},
+            "Observation.valueQuantity.value",
+        ),
+        (
+            {"resourceType": "Patient", "contained": [{"resourceType": "Organization",
+                                                      "active": "true"}]},
+            "Patient.contained[0](Organization).active",
+        ),
+    ],
+)  # fmt: skip
+def test_wrong_json_types_are_400_naming_the_element(
+    client: TestClient, services: Services, body: dict[str, Any], where: str
+) -> None:
+    before = snapshot(services)
+    response = client.post(f"/fhir/{body['resourceType']}", json=body, headers=FHIR_JSON)
+    assert response.status_code == 400, response.text
+    assert where in issue_expressions(response.json())
+    assert snapshot(services) == before
+
+
+def test_wrong_json_types_inside_a_transaction(client: TestClient, services: Services) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(active="yes"), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
+    before = snapshot(services)
+    response = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert response.status_code == 400
+    assert "Bundle.entry[1].resource.active" in issue_expressions(response.json())
+    assert snapshot(services) == before
