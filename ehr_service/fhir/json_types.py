@@ -25,6 +25,17 @@ from typing import Any
 from ehr_service.fhir.errors import Issue
 
 MAX_ISSUES = 100
+# Decimals are kept and indexed exactly; their exponent stays within ±4999 (a
+# documented limit far beyond any measurement; 1e5000 is refused with a 400).
+DECIMAL_EXPONENT_LIMIT = 4999
+
+
+def decimal_in_range(value: Decimal) -> bool:
+    return value.is_finite() and (
+        value == 0 or -DECIMAL_EXPONENT_LIMIT - 1 <= value.adjusted() <= DECIMAL_EXPONENT_LIMIT
+    )
+
+
 _STRINGS = (str, datetime.date, datetime.datetime, datetime.time)
 _EXPECTED = {
     "boolean": "JSON true or false",
@@ -130,6 +141,16 @@ def _object(node: dict[str, Any], model: Any, path: str, issues: list[Issue]) ->
                     at = f"{where}[{index}]" if items is not None else where
                     issues.append(
                         Issue(f"Expected {_EXPECTED[kind]} at {at}", "value", expression=(at,))
+                    )
+                elif isinstance(item, Decimal) and not decimal_in_range(item):
+                    at = f"{where}[{index}]" if items is not None else where
+                    issues.append(
+                        Issue(
+                            f"The decimal at {at} is out of range (exponent beyond ±"
+                            f"{DECIMAL_EXPONENT_LIMIT})",
+                            "value",
+                            expression=(at,),
+                        )
                     )
         elif kind == "sibling":
             _sibling(value, fields.get(key[1:]), where, issues)

@@ -8,7 +8,7 @@ SQLAlchemy's per-row dictionary binding, which dominates bulk writes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Float,
     Integer,
     LargeBinary,
+    Numeric,
     String,
     Table,
     insert,
@@ -28,11 +29,37 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from ehr_service.storage.numbers import ExactNumber, as_decimal, encode
+
 
 def _sqlite_value(value: Any) -> Any:
     # The same text form SQLAlchemy's SQLite DateTime stores (naive UTC).
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def _sqlite_number(value: Any) -> Any:
+    return None if value is None else encode(as_decimal(value))
+
+
+def _pg_number(value: Any) -> Any:
+    return None if value is None else as_decimal(value)
+
+
+def _converters(table: Table, columns: Sequence[str], sqlite: bool) -> list[Callable[[Any], Any]]:
+    """How each column's values are written (exact numbers by their column's form)."""
+    out: list[Callable[[Any], Any]] = []
+    for name in columns:
+        exact = isinstance(table.c[name].type, ExactNumber)
+        if sqlite:
+            out.append(_sqlite_number if exact else _sqlite_value)
+        else:
+            out.append(_pg_number if exact else _same)
+    return out
+
+
+def _same(value: Any) -> Any:
     return value
 
 
@@ -50,6 +77,7 @@ _PG_TYPES: tuple[tuple[type[TypeEngine[Any]], str], ...] = (
     (BigInteger, "int8"),
     (Integer, "int4"),
     (Float, "float8"),
+    (Numeric, "numeric"),
     (LargeBinary, "bytea"),
     (DateTime, "timestamptz"),
     (String, "varchar"),
@@ -78,16 +106,20 @@ def _bulk_insert(
         driver = conn.connection.driver_connection
         assert driver is not None
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        convert = _converters(table, columns, sqlite=False)
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types([_pg_type(table.c[name].type) for name in columns])
             for row in rows:
-                copy.write_row(row)
+                copy.write_row([c(v) for c, v in zip(convert, row, strict=True)])
     elif dialect == "sqlite":
         driver = conn.connection.driver_connection
         assert driver is not None
         placeholders = ", ".join("?" for _ in columns)
         # Table and column names come from our metadata, never from a request.
         statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
-        driver.executemany(statement, [tuple(_sqlite_value(v) for v in row) for row in rows])
+        convert = _converters(table, columns, sqlite=True)
+        driver.executemany(
+            statement, [tuple(c(v) for c, v in zip(convert, row, strict=True)) for row in rows]
+        )
     else:  # any other backend: portable, slower
         conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])

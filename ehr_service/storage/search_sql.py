@@ -8,10 +8,10 @@ shape through ``search_reference``; ``_has`` reverses it.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Context, Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.primitives import date_range, utc_now
 from ehr_service.fhir.references import parse_reference
 from ehr_service.fhir.search.query import (
@@ -161,18 +162,20 @@ def text_starts_with(column: Any, text: str) -> ColumnElement[bool]:
     return and_(text_key(column) == text[:KEY_CHARS], column.like(pattern, escape="\\"))
 
 
-def _number_bounds(text: str) -> tuple[float, float, float]:
-    """(value, low, high) with the implicit precision of the digits given (R4 §3.1.1.5.1)."""
+_EXACT = Context(prec=200)  # wide enough for any value of 64 characters and its bounds
+
+
+def _number_bounds(text: str) -> tuple[Decimal, Decimal, Decimal]:
+    """(value, low, high), exactly, with the implicit precision of the digits given
+    (R4 §3.1.1.5.1): 1.50 is [1.495, 1.505), 100 is [99.5, 100.5), 1e2 [50, 150)."""
     if len(text) > 64 or not _NUMBER.fullmatch(text):
         raise _bad(f"'{text[:40]}' is not a number")
-    mantissa, _, exponent_text = text.lower().partition("e")
-    exponent = int(exponent_text) if exponent_text else 0
-    value = float(text)
-    if abs(exponent) > 300 or not math.isfinite(value) or abs(value) > 1e300:
+    value = Decimal(text)
+    exponent = value.as_tuple().exponent
+    if not decimal_in_range(value) or not isinstance(exponent, int) or abs(exponent) > 4999:
         raise _bad(f"'{text[:40]}' is out of range")
-    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    half = 0.5 * 10.0 ** (exponent - decimals)
-    return value, value - half, value + half
+    half = Decimal(5).scaleb(exponent - 1)
+    return value, _EXACT.subtract(value, half), _EXACT.add(value, half)
 
 
 def _compare_number(column: Any, prefix: str, text: str) -> ColumnElement[bool]:
@@ -189,8 +192,8 @@ def _compare_number(column: Any, prefix: str, text: str) -> ColumnElement[bool]:
         return column >= value  # type: ignore[no-any-return]
     if prefix == "le":
         return column <= value  # type: ignore[no-any-return]
-    margin = abs(value) * 0.1  # ap: within 10 %
-    return and_(column >= value - margin, column <= value + margin)
+    margin = _EXACT.multiply(abs(value), Decimal("0.1"))  # ap: within 10 %
+    return and_(column >= _EXACT.subtract(value, margin), column <= _EXACT.add(value, margin))
 
 
 def _date_bounds(text: str) -> tuple[datetime, datetime]:

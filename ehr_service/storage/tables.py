@@ -32,6 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from ehr_service.storage.numbers import ExactNumber
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -127,7 +129,7 @@ def _index_table(name: str, *columns: Column[Any]) -> Table:
 # KEY_CHARS characters, and the search compiler compares the key, then the value.
 TEXT = Text()
 KEY_CHARS = 200
-NUMBER = Float(precision=53)
+NUMBER = ExactNumber()  # numeric on PostgreSQL, an order-preserving key on SQLite
 
 
 def text_key(column: Any) -> Any:

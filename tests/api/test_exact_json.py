@@ -126,3 +126,38 @@ def test_wrong_json_types_inside_a_transaction(client: TestClient, services: Ser
     assert response.status_code == 400
     assert "Bundle.entry[1].resource.active" in issue_expressions(response.json())
     assert snapshot(services) == before
+
+
+@pytest.mark.parametrize(
+    ("stored", "query", "found"),
+    [
+        ("16.412818541523475", "eq16.412818541523475", True),
+        ("16.412818541523475", "ne16.412818541523475", False),
+        ("16.412818541523475", "16.41281854152348", True),  # [..475, ..485)
+        ("16.412818541523475", "16.4128185415234755", False),  # more digits: narrower
+        ("1.50", "1.5", True),
+        ("1.50", "1.50", True),
+        ("1.549", "1.5", True),
+        ("1.551", "1.5", False),
+        ("1.551", "1.55", True),
+        ("100", "1e2", True),
+        ("149", "1e2", True),  # 1e2: one significant digit, [50, 150)
+        ("151", "1e2", False),
+        ("12345678901234567890.12345", "12345678901234567890.12345", True),
+        ("12345678901234567890.12345", "12345678901234567890.12346", False),
+        ("12345678901234567890.12345", "gt12345678901234567890.12344", True),
+        ("12345678901234567890.12345", "lt12345678901234567890.12345", False),
+        ("-0.0010", "-0.001", True),
+        ("-0.0010", "gt-0.002", True),
+        ("-0.0010", "lt-0.002", False),
+        ("99999999999999999999999", "ge99999999999999999999999", True),
+    ],
+)
+def test_quantity_search_is_exact(client: TestClient, stored: str, query: str, found: bool) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    oid = client.post(
+        "/fhir/Observation", content=_observation(pid, stored), headers=FHIR_JSON
+    ).json()["id"]
+    bundle = client.get(f"/fhir/Observation?value-quantity={query}&subject=Patient/{pid}").json()
+    ids = [e["resource"]["id"] for e in bundle.get("entry", [])]
+    assert (oid in ids) is found, (stored, query)

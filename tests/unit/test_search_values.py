@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -82,14 +83,19 @@ def test_index_rows_of_an_observation() -> None:
         datetime(2024, 2, 1, tzinfo=UTC),
         datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
     ) in rows.dates
-    assert ("value-quantity", 5.8, "http://unitsofmeasure.org", "mmol/L") in rows.quantities
+    assert (
+        "value-quantity",
+        Decimal("5.8"),
+        "http://unitsofmeasure.org",
+        "mmol/L",
+    ) in rows.quantities
     assert (
         "code-value-quantity",
         "http://loinc.org",
         "2345-7",
         "http://unitsofmeasure.org",
         "mmol/L",
-        5.8,
+        Decimal("5.8"),
         None,
         None,
     ) in rows.composites

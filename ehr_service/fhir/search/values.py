@@ -4,7 +4,7 @@ What each parameter's expression selects is turned into rows of plain tuples,
 ready for the index tables: strings normalised for case- and accent-insensitive
 matching, tokens as (system, code, text), dates as the instant range they cover,
 references as target type/id or URL (and the Reference.identifier), quantities
-and numbers as floats with their system and code.
+and numbers exactly (``Decimal``) with their system and code.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class IndexRows:
     references: list[tuple[str, str | None, str | None, str | None, str | None, str | None]] = (
         field(default_factory=list)
     )
-    quantities: list[tuple[str, float, str | None, str | None]] = field(default_factory=list)
-    numbers: list[tuple[str, float]] = field(default_factory=list)
+    quantities: list[tuple[str, Decimal, str | None, str | None]] = field(default_factory=list)
+    numbers: list[tuple[str, Decimal]] = field(default_factory=list)
     uris: list[tuple[str, str]] = field(default_factory=list)
     composites: list[
         tuple[
@@ -67,7 +67,7 @@ class IndexRows:
             str | None,
             str | None,
             str | None,
-            float | None,
+            Decimal | None,
             datetime | None,
             datetime | None,
         ]
@@ -154,7 +154,14 @@ def dates_of(node: Any) -> list[tuple[datetime, datetime]]:
     return []
 
 
-def quantities_of(node: Any) -> list[tuple[float, str | None, str | None]]:
+def exact(value: int | float | Decimal) -> Decimal:
+    """A number as the index keeps it: exactly as written."""
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+
+
+def quantities_of(node: Any) -> list[tuple[Decimal, str | None, str | None]]:
     if not isinstance(node, dict):
         return []
     if "low" in node or "high" in node:  # Range: index both ends
@@ -162,7 +169,7 @@ def quantities_of(node: Any) -> list[tuple[float, str | None, str | None]]:
     value = node.get("value")
     if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         code = node.get("code") or node.get("unit") or node.get("currency")
-        return [(float(value), node.get("system"), code)]
+        return [(exact(value), node.get("system"), code)]
     return []
 
 
@@ -217,7 +224,7 @@ def _add(rows: IndexRows, parameter: SearchParameter, kind: str, node: Any) -> N
             rows.quantities.append((code, *quantity))
     elif kind == "number":
         if isinstance(node, int | float | Decimal) and not isinstance(node, bool):
-            rows.numbers.append((code, float(node)))
+            rows.numbers.append((code, exact(node)))
     elif kind == "uri" and isinstance(node, str):
         rows.uris.append((code, node))
 
