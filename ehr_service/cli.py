@@ -56,22 +56,24 @@ def _batch(settings: Settings) -> Settings:
 
 def operator_caller() -> Caller:
     """The operator running this command, named by the OS account."""
-    import getpass
+    import pwd  # the account itself: LOGNAME and USER can say anything
 
     from ehr_service.security.caller import operator
 
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):  # no account name (a container's numeric user)
-        name = f"uid-{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no account name (a container's numeric user)
+        name = f"uid-{os.getuid()}"
     return operator(name)
 
 
 def audited_as(unit: UnitOfWork, auditor: Auditor, command: str) -> Caller:
     """Every write transaction of ``unit`` that records no event of its own records
     this command's (an operator's act is on the audit chain, DESIGN.md §9)."""
+    from ehr_service.storage.unit_of_work import touched
+
     caller = operator_caller()
-    unit.each_write = lambda: auditor.operator_event(caller, command)
+    unit.each_write = lambda conn: auditor.operator_event(caller, command, None, touched(conn))
     return caller
 
 
@@ -449,7 +451,8 @@ def _store_organization(ctx: RequestContext, document: dict[str, Any]) -> None:
 
     try:
         with ctx.services.unit.write() as conn:
-            update.update(conn, ctx, "Organization", document["id"], document)
+            result = update.update(conn, ctx, "Organization", document["id"], document)
+            ctx.services.auditor.record(conn, ctx, result)  # with the results it re-marked
     except FhirError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -837,6 +840,13 @@ def export(
                 typer.echo(f"{resource_type}: {count}")
             else:
                 path.unlink()
+        # An operator's read of every record is on the audit chain too.
+        what = (
+            f"types={','.join(types or ['*'])}&reveal-id-numbers={str(reveal_id_numbers).lower()}"
+        )
+        event = ctx.services.auditor.operator_event(ctx.caller, "export", None, query=what)
+        with ctx.services.unit.write(event):
+            pass
 
 
 @app.command()

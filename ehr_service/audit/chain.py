@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ehr_service.audit.events import acted_on, kind_of, organization_of
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
@@ -42,12 +43,10 @@ def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     }
     if named != patients:
         return "its record of whose data it touched was altered"
-    acted_on = {
-        str(e["what"]["reference"])
-        for e in content.get("entity") or ()
-        if (e.get("role") or {}).get("code") != "1" and "what" in e
-    }
-    if event.entity is not None and event.entity not in acted_on:
+    # What the AuditEvent search filters on must be what was hashed too.
+    if event.entity != acted_on(content) or event.kind != kind_of(content, event.kind):
+        return "its columns were altered"
+    if event.organization != organization_of(content):
         return "its columns were altered"
     return None
 

@@ -264,6 +264,26 @@ def event_json(
     return jsonio.dumps(event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Touched:
+    """A result with more records touched than its own."""
+
+    result: AuditedResult
+    patients: frozenset[str]
+
+    @property
+    def status(self) -> int:
+        return self.result.status
+
+    @property
+    def resource_type(self) -> str | None:
+        return self.result.resource_type
+
+    @property
+    def resource_id(self) -> str | None:
+        return self.result.resource_id
+
+
 class GroupCommit:
     """Events recorded in transactions of their own (reads, searches, failures),
     committed together: a caller waits until its event is on the chain, as before,
@@ -389,7 +409,11 @@ class Auditor:
         (a read's event follows its transaction). The service's own internal work
         (demo data, background re-marking) is not a caller's act; an operator's is."""
         if ctx.caller.operator or not ctx.caller.internal:
-            unit_of_work.record(conn, self.for_result(ctx, result))
+            event = self.for_result(ctx, result)
+            also = unit_of_work.touched(conn) - event.patients
+            if also:  # records the work changed beyond the result (re-marked results)
+                event = self.for_result(ctx, _Touched(result, event.patients | also))
+            unit_of_work.record(conn, event)
 
     def record_now(self, ctx: AuditedRequest, result: AuditedResult) -> None:
         """The event of work outside a transaction (a file download), in a unit of
@@ -398,15 +422,21 @@ class Auditor:
             self.append_now(self.for_result(ctx, result))
 
     def operator_event(
-        self, caller: Caller, command: str, what: str | None = None, patients: Iterable[str] = ()
+        self,
+        caller: Caller,
+        command: str,
+        what: str | None = None,
+        patients: Iterable[str] = (),
+        query: str | None = None,
     ) -> NewEvent:
-        """The event of an operator command's writes (``ehr-service <command>``)."""
+        """The event of an operator command (``ehr-service <command>``)."""
         return self.new_event(
             interaction=f"cli:{command}",
             status=200,
             caller=caller,
             patients=frozenset(patients),
             what=what,
+            query=query,
         )
 
     def append_now(self, event: NewEvent) -> None:
@@ -425,3 +455,38 @@ class Auditor:
         except FhirError:  # the database is down: the request itself has failed too
             logger.error("audit event could not be recorded: database unavailable")
             raise
+
+
+# -- the queryable columns of an event, as its hashed JSON says them (audit verify) ----
+def acted_on(content: dict[str, Any]) -> str | None:
+    """The resource acted on (``entity.what`` outside the patient role)."""
+    for entity in content.get("entity") or ():
+        if (entity.get("role") or {}).get("code") != "1" and "what" in entity:
+            return str(entity["what"].get("reference"))
+    return None
+
+
+def organization_of(content: dict[str, Any]) -> str | None:
+    for agent in (content.get("agent") or [])[1:]:
+        if (agent.get("type") or {}).get("text") == "organization":
+            who = agent.get("who") or {}
+            return str(who.get("reference") or who.get("display"))
+    return None
+
+
+def kind_of(content: dict[str, Any], recorded_kind: str) -> str:
+    """The kind column an event must have: its subtype's code (an operator's
+    command as ``cli-<command>``), ``login``, or for exchanges the direction its
+    DICOM type says (the recorded kind, if it is one of that direction)."""
+    subtypes = content.get("subtype") or []
+    if subtypes:
+        subtype = subtypes[0]
+        command = str(subtype.get("code"))
+        return f"cli-{command}" if subtype.get("system") == OPERATOR_COMMAND_SYSTEM else command
+    code = str((content.get("type") or {}).get("code"))
+    if code == LOGIN["code"]:
+        return "login"
+    directions = {IMPORT["code"]: ("exchange-receive", "exchange-pull"),
+                  EXPORT["code"]: ("exchange-feed", "exchange-push")}  # fmt: skip
+    allowed = directions.get(code, ())
+    return recorded_kind if recorded_kind in allowed else f"({code})"

@@ -111,13 +111,16 @@ def _date(value: str) -> tuple[tuple[datetime | None, datetime | None], ...]:
     if found is None:
         raise _bad("date", f"'{value[:40]}' is not a valid date")
     low, high_inclusive = found
-    high = high_inclusive + _TICK
+    try:
+        high: datetime | None = high_inclusive + _TICK
+    except OverflowError:  # the end of year 9999: no upper bound
+        high = None
     by_prefix: dict[str, tuple[tuple[datetime | None, datetime | None], ...]] = {
         "eq": ((low, high),),
         "ap": ((low, high),),
-        "ne": ((None, low), (high, None)),
-        "gt": ((high, None),),
-        "sa": ((high, None),),
+        "ne": ((None, low), (high, None)) if high is not None else ((None, low),),
+        "gt": ((high, None),) if high is not None else (),  # after the end of time: none
+        "sa": ((high, None),) if high is not None else (),
         "ge": ((low, None),),
         "lt": ((None, low),),
         "eb": ((None, low),),
@@ -168,7 +171,12 @@ def parse(query: dict[str, list[str]], *, default_count: int, max_count: int) ->
     before = after = None
     cursor = _last(query, "_cursor")
     if cursor is not None:
-        if len(cursor) < 2 or cursor[0] not in "ab" or not cursor[1:].isdigit():
+        digits = cursor[1:]
+        if (
+            cursor[:1] not in {"a", "b"}
+            or not (digits.isascii() and digits.isdigit())
+            or len(digits) > 18
+        ):
             raise _bad("_cursor", "_cursor is not a cursor this server issued")
         before, after = (int(cursor[1:]), None) if cursor[0] == "b" else (None, int(cursor[1:]))
     return AuditSearch(event_query, count, before, after)

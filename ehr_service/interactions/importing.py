@@ -41,7 +41,7 @@ from ehr_service.interactions.bundle import process_bundle
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.writing import prepare_version
 from ehr_service.storage import resources
-from ehr_service.storage.unit_of_work import savepoint
+from ehr_service.storage.unit_of_work import savepoint, touch
 
 BATCH = 500
 # Resources outside any resident's record that records point to.
@@ -224,8 +224,9 @@ class Importer:
                     continue
                 try:
                     with savepoint(conn):
-                        update.update(conn, self.ctx, key[0], key[1], resource)
+                        changed = update.update(conn, self.ctx, key[0], key[1], resource)
                     progress.updated += 1
+                    touch(conn, changed.patients)
                 except FhirError as error:
                     self._error(progress, where, str(error))
                 continue
@@ -243,6 +244,7 @@ class Importer:
             with savepoint(conn):
                 resources.insert_new(conn, [v for _, _, v in fresh])
             progress.created += len(fresh)
+            touch(conn, (v.compartment_patient_id for _, _, v in fresh))
         except IntegrityError:  # a concurrent writer, or an ID number held elsewhere
             for where, resource, _ in fresh:
                 try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcome
+from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.fhir.search.query import SearchParser, SearchRequest
 from ehr_service.fhir.search.shaping import subset
@@ -59,7 +60,7 @@ def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool,
     return order
 
 
-_SORT_VALUE_TYPES: dict[str, type] = {"date": datetime, "number": float, "quantity": float}
+_SORT_VALUE_TYPES: dict[str, type] = {"date": datetime, "number": Decimal, "quantity": Decimal}
 
 
 def _choice(request: SearchRequest, name: str, allowed: set[str]) -> str | None:
@@ -169,7 +170,7 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
     if cursor is None:
         return "n", None
     try:
-        if cursor[:1] not in {"n", "p"} or len(cursor) > 2048:
+        if cursor[:1] not in {"n", "p"} or len(cursor) > 8192:
             raise ValueError(cursor)
         raw = cursor[1:]
         decoded = jsonio.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
@@ -186,11 +187,13 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
         for value, kind in zip(sort_values, kinds, strict=True):
             if value is None:
                 continue
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            if kind is Decimal:  # numbers sort exactly
+                if isinstance(value, bool) or not isinstance(value, int | Decimal):
+                    raise ValueError(cursor)
+                if not decimal_in_range(Decimal(value)):
+                    raise ValueError(cursor)
                 continue
             if type(value) is not kind:
-                raise ValueError(cursor)
-            if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(cursor)
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
         raise FhirError.of(

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ehr_service.fhir import jsonio
+from ehr_service.fhir.compartment import EVERYTHING
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.mpi.protection import IdNumberProtection
@@ -19,7 +20,7 @@ from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogues
 from ehr_service.recognition.marks import MARK_SYSTEM, apply_mark, pending_organizations
 from ehr_service.storage import recognition as store
 from ehr_service.storage import resources
-from ehr_service.storage.unit_of_work import UnitOfWork
+from ehr_service.storage.unit_of_work import UnitOfWork, touch
 
 # What a caller learns of each batch re-marked in its own transaction: (conn, the
 # records whose results changed), e.g. to record an operator's audit event in it.
@@ -49,10 +50,14 @@ class Remarker:
         self.catalogues = catalogues
         self.mark = mark
 
-    def remark(self, conn: Connection, base_url: str, keys: list[tuple[str, str]]) -> list[str]:
+    def remark(
+        self, conn: Connection, cause: WriteRequest, keys: list[tuple[str, str]]
+    ) -> list[str]:
         """The next version of each result whose mark is no longer right; returns
-        the records (compartment patient ids) of those that changed."""
-        request = WriteRequest(base_url=base_url)  # the service's own write: sees all
+        the records (compartment patient ids) of those that changed. The service
+        writes them, seeing every record; a partner's message that caused it stays
+        their origin (what a partner sent is never queued back to partners)."""
+        request = WriteRequest(cause.base_url, EVERYTHING, cause.from_partner, cause.request_id)
         changed: list[str] = []
         for resource_type, resource_id in keys:
             stored = resources.read_current(conn, resource_type, resource_id, for_update=True)
@@ -73,6 +78,7 @@ class Remarker:
                     code="conflict",
                 )
             changed.append(stored.compartment_patient_id or "")
+        touch(conn, changed)
         return changed
 
     def institution_written(self, draft: Draft) -> None:
@@ -84,7 +90,7 @@ class Remarker:
         pending = {f"Organization/{draft.resource_id}": draft.resource}
         token = pending_organizations.set({**(pending_organizations.get() or {}), **pending})
         try:
-            self.remark(draft.conn, draft.request.base_url, keys)
+            self.remark(draft.conn, draft.request, keys)
         finally:
             pending_organizations.reset(token)
 
@@ -102,7 +108,9 @@ class Remarker:
             while True:
                 with unit.write() as conn:
                     ids = store.result_ids(conn, resource_type, after, batch)
-                    records = self.remark(conn, base_url, [(resource_type, i) for i in ids])
+                    records = self.remark(
+                        conn, WriteRequest(base_url), [(resource_type, i) for i in ids]
+                    )
                     if records and on_batch is not None:
                         on_batch(conn, records)
                 changed += len(records)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, Connection, and_, false, insert, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import audit_access, audit_event, audit_head
@@ -221,7 +221,7 @@ def search_events(
             if high is not None:
                 bounds.append(table.c.recorded < high)
             ranges.append(and_(*bounds))
-        clauses.append(or_(*ranges))
+        clauses.append(or_(*ranges) if ranges else false())
     statement = select(table).where(*clauses)
     if after is not None:
         rows = list(

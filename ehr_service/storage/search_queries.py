@@ -30,6 +30,7 @@ from ehr_service.storage.tables import (
     search_string,
     search_token,
     search_uri,
+    text_key,
 )
 
 _SORT_COLUMNS = {
@@ -41,6 +42,11 @@ _SORT_COLUMNS = {
     "reference": (search_reference, "target_id", "target_id"),
     "uri": (search_uri, "value", "value"),
 }
+
+
+# Text sorts go by the first KEY_CHARS characters (ties by id): the sort value is
+# carried in paging cursors, which a 10,000-character name must not make unbounded.
+_TEXT_SORTS = frozenset({"string", "token", "reference", "uri"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,8 @@ def sort_key(parameter: SearchParameter, descending: bool) -> Any:
         return resource.c.last_updated
     table, low, high = _SORT_COLUMNS[parameter.type]
     column = table.c[high if descending else low]
+    if parameter.type in _TEXT_SORTS:  # by the indexed key: a cursor stays bounded
+        column = text_key(column)
     aggregate = func.max(column) if descending else func.min(column)
     return (
         select(aggregate)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     exists,
     false,
+    func,
     literal,
     not_,
     or_,
@@ -155,11 +156,13 @@ def text_equals(column: Any, value: str) -> ColumnElement[bool]:
 
 
 def text_starts_with(column: Any, text: str) -> ColumnElement[bool]:
-    """Prefix match on an index text column, through its indexed key."""
+    """Prefix match on an index text column, through its indexed key; case-sensitive
+    on both backends (SQLite's LIKE alone ignores ASCII case)."""
     pattern = f"{_like_escape(text)}%"
+    exact = func.substr(column, 1, len(text)) == text
     if len(text) < KEY_CHARS:
-        return text_key(column).like(pattern, escape="\\")  # type: ignore[no-any-return]
-    return and_(text_key(column) == text[:KEY_CHARS], column.like(pattern, escape="\\"))
+        return and_(text_key(column).like(pattern, escape="\\"), exact)
+    return and_(text_key(column) == text[:KEY_CHARS], column.like(pattern, escape="\\"), exact)
 
 
 _EXACT = Context(prec=200)  # wide enough for any value of 64 characters and its bounds

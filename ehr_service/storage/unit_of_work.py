@@ -16,7 +16,7 @@ takes a savepoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy import Connection
@@ -26,6 +26,7 @@ from ehr_service.storage.audit import NewEvent
 from ehr_service.storage.database import Database
 
 _EVENTS = "unit_of_work_events"
+_TOUCHED = "unit_of_work_touched"
 
 
 class UnitOfWork:
@@ -36,8 +37,8 @@ class UnitOfWork:
         # Where the events of read-only work go once it ends (the audit group commit).
         self.events_after_read: Callable[[Sequence[NewEvent]], None] = self._append_now
         # The event of a write that recorded none (an operator's command: every
-        # transaction it commits is on the audit chain).
-        self.each_write: Callable[[], NewEvent] | None = None
+        # transaction it commits is on the audit chain), given the connection.
+        self.each_write: Callable[[Connection], NewEvent] | None = None
 
     @contextmanager
     def write(self, *events: NewEvent) -> Iterator[Connection]:
@@ -49,10 +50,11 @@ class UnitOfWork:
             try:
                 yield conn
                 if not pending and self.each_write is not None:
-                    pending.append(self.each_write())
+                    pending.append(self.each_write(conn))
                 audit_store.append(conn, pending)
             finally:
                 conn.info.pop(_EVENTS, None)
+                conn.info.pop(_TOUCHED, None)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -78,6 +80,18 @@ def record(conn: Connection, event: NewEvent) -> None:
     if pending is None:
         raise RuntimeError("audit event recorded outside a unit of work")
     pending.append(event)
+
+
+def touch(conn: Connection, patients: Iterable[str | None]) -> None:
+    """Records (compartment patient ids) this work changed beyond the resource its
+    event names, e.g. results re-marked because their institution changed: the
+    event lists them, so each resident's access log shows it."""
+    touched = conn.info.setdefault(_TOUCHED, set())
+    touched.update(p for p in patients if p)
+
+
+def touched(conn: Connection) -> frozenset[str]:
+    return frozenset(conn.info.get(_TOUCHED, ()))
 
 
 @contextmanager

@@ -17,6 +17,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -77,6 +79,30 @@ def _create(name: str, postgresql: bool, keyed: bool) -> None:
     op.execute(sql)
 
 
+def _acted_on(content: bytes) -> str | None:
+    for entity in json.loads(content).get("entity") or ():
+        if (entity.get("role") or {}).get("code") != "1" and "what" in entity:
+            return str(entity["what"].get("reference"))
+    return None
+
+
+def _backfill_entities(bind: sa.Connection) -> None:
+    """Events recorded before: their entity column from their hashed JSON (what
+    ``audit verify`` checks it against)."""
+    after = 0
+    while True:
+        rows = bind.execute(
+            sa.text("SELECT seq, content FROM audit_event WHERE seq > :a ORDER BY seq LIMIT 2000"),
+            {"a": after},
+        ).all()
+        if not rows:
+            return
+        updates = [{"e": e, "s": seq} for seq, content in rows if (e := _acted_on(bytes(content)))]
+        if updates:
+            bind.execute(sa.text("UPDATE audit_event SET entity = :e WHERE seq = :s"), updates)
+        after = rows[-1][0]
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     postgresql = bind.dialect.name == "postgresql"
@@ -89,6 +115,7 @@ def upgrade() -> None:
     for name in INDEXES:
         _create(name, postgresql, keyed=True)
     op.add_column("audit_event", sa.Column("entity", sa.Text(), nullable=True))
+    _backfill_entities(bind)
     op.create_index("ix_audit_event_entity", "audit_event", ["entity"])
     op.create_index("ix_audit_event_recorded", "audit_event", ["recorded"])
     head = sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("hash"))

@@ -173,3 +173,27 @@ def test_verify_notices_altered_columns_and_access_rows(chain: Services) -> None
         conn.execute(sa.insert(audit_access).values(patient_id="someone", seq=4))
     verdict = verify(chain.unit)
     assert verdict.first_bad == 4 and "whose data" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"kind": "read"}, {"kind": "login"}, {"entity": None}, {"entity": "Patient/other"},
+     {"organization": "Organization/else"}],
+)  # fmt: skip
+def test_verify_names_altered_search_columns(chain: Services, change: dict[str, Any]) -> None:
+    """What GET /fhir/AuditEvent filters on (type, subtype, entity) is checked too."""
+    with _client(chain, "clerk") as client:
+        created = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+        assert created.status_code == 201
+    with chain.unit.read() as conn:
+        row = conn.execute(
+            sa.select(audit_event.c.seq)
+            .where(audit_event.c.kind == "create", audit_event.c.entity.is_not(None))
+            .order_by(audit_event.c.seq.desc())
+            .limit(1)
+        ).first()
+    assert row is not None
+    with chain.unit.write() as conn:
+        conn.execute(sa.update(audit_event).where(audit_event.c.seq == row.seq).values(**change))
+    verdict = verify(chain.unit)
+    assert verdict.first_bad == row.seq and "altered" in verdict.reason

@@ -118,7 +118,8 @@ def test_who_may_read_the_audit_trail(client: TestClient, services: Services) ->
 
 
 def test_a_bad_audit_search_is_a_400_whatever_is_stored(client: TestClient) -> None:
-    for query in ("nonsense=1", "date=yesterday", "entity=x", "_count=x", "_cursor=zz"):
+    for query in ("nonsense=1", "date=yesterday", "entity=x", "_count=x", "_cursor=zz",
+                  f"_cursor=b{'9' * 30}", "_cursor=b١٢"):  # fmt: skip
         response = client.get(f"/fhir/AuditEvent?{query}")
         assert response.status_code == 400, (query, response.text)
 
@@ -134,3 +135,12 @@ def test_the_capability_statement_tells_the_truth_about_audit_events(client: Tes
                               "/fhir/AuditEvent?date=ge2026-01-01")  # fmt: skip
         assert response.status_code in {200, 400}, (name, response.text)
         assert response.status_code == 200 or name == "entity", name
+
+
+def test_audit_dates_at_the_end_of_the_calendar(client: TestClient) -> None:
+    client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    for query, some in (("date=9999", False), ("date=le9999-12-31T23:59:59Z", True),
+                        ("date=gt9999-12-31", False), ("date=ne9999", True)):  # fmt: skip
+        response = client.get(f"/fhir/AuditEvent?{query}")
+        assert response.status_code == 200, (query, response.text)
+        assert bool(response.json().get("entry")) is some, query

@@ -161,3 +161,36 @@ def test_quantity_search_is_exact(client: TestClient, stored: str, query: str, f
     bundle = client.get(f"/fhir/Observation?value-quantity={query}&subject=Patient/{pid}").json()
     ids = [e["resource"]["id"] for e in bundle.get("entry", [])]
     assert (oid in ids) is found, (stored, query)
+
+
+def _all_pages(client: TestClient, url: str) -> list[str]:
+    ids: list[str] = []
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        ids += [e["resource"]["id"] for e in body.get("entry", [])]
+        following = [link["url"] for link in body["link"] if link["relation"] == "next"]
+        url = following[0].removeprefix("http://testserver") if following else ""
+    return ids
+
+
+def test_sorted_paging_by_exact_numbers_and_long_names(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    by_value = {}
+    for text in ("1.50", "-3", "12345678901234567890.12345", "0.0010", "1.5000001"):
+        created = client.post(
+            "/fhir/Observation", content=_observation(pid, text), headers=FHIR_JSON
+        )
+        by_value[text] = created.json()["id"]
+    ordered = _all_pages(
+        client, f"/fhir/Observation?subject=Patient/{pid}&_sort=value-quantity&_count=1"
+    )
+    expected = ["-3", "0.0010", "1.50", "1.5000001", "12345678901234567890.12345"]
+    assert ordered == [by_value[t] for t in expected]
+    names = {}
+    for family in ("Aaa", "B" * 2000, "Ccc"):
+        body = patient(name=[{"family": family}], identifier=[{"system": "urn:sort", "value": "s"}])
+        names[family[:3]] = client.post("/fhir/Patient", json=body, headers=FHIR_JSON).json()["id"]
+    ordered = _all_pages(client, "/fhir/Patient?identifier=urn:sort|s&_sort=family&_count=1")
+    assert ordered == [names["Aaa"], names["BBB"], names["Ccc"]]

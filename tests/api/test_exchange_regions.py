@@ -23,6 +23,7 @@ from ehr_service.exchange.partners import PartnerRegistry
 from ehr_service.exchange.service import Exchange
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import RequestContext, Services
+from ehr_service.recognition.institutions import REGION_URL, quality_control_extension
 from ehr_service.security.caller import SERVICE
 from ehr_service.storage.tables import exchange_message, exchange_outbox
 from tests.helpers import FHIR_JSON, bearer, id_identifier, make_id_number, refusal
@@ -418,3 +419,53 @@ def test_a_receipt_for_another_message_is_not_a_delivery(regions: tuple[Region, 
 
     report = outbound.push(now=utc_now() + timedelta(minutes=5))
     assert report.sent == 0 and "another message" in report.errors[0]
+
+
+def test_results_a_partner_sent_are_never_queued_back_when_re_marked(
+    regions: tuple[Region, Region],
+) -> None:
+    """A partner's message that amends its institution re-marks the results it sent
+    before: those new versions are the partner's, not ours to send on."""
+    chongqing, sichuan = regions
+
+    def hospital(passed: bool) -> dict[str, Any]:
+        return {
+            "resourceType": "Organization",
+            "id": "wch-echo",
+            "name": "WCH",
+            "extension": [
+                {"url": REGION_URL, "valueCode": "sichuan"},
+                quality_control_extension(
+                    "lab-chemistry", "NCCL EQA", "2026", passed, "2020-01-01", "2030-12-31"
+                ),
+            ],
+        }
+
+    sichuan.client.put("/fhir/Organization/wch-echo", json=hospital(True), headers=FHIR_JSON)
+    number = make_id_number("510104", "19750601", "135")
+    pid = sichuan.client.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient", "identifier": [id_identifier(number)]},
+        headers=FHIR_JSON,
+    ).json()["id"]
+
+    def glucose(value: float) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": LAB,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "performer": [{"reference": "Organization/wch-echo"}],
+            "effectiveDateTime": (utc_now() - timedelta(days=2)).isoformat(),
+            "valueQuantity": {"value": value, "unit": "mmol/L"},
+        }
+
+    sichuan.client.post("/fhir/Observation", json=glucose(6.2), headers=FHIR_JSON)
+    assert sichuan.exchange(client=chongqing.client).outbound.push().sent == 1
+    sichuan.client.put("/fhir/Organization/wch-echo", json=hospital(False), headers=FHIR_JSON)
+    sichuan.client.post("/fhir/Observation", json=glucose(7.1), headers=FHIR_JSON)
+    assert sichuan.exchange(client=chongqing.client).outbound.push().sent >= 1
+    assert len(_received(chongqing, number)) == 2
+    assert _rows(chongqing) == []  # nothing of Sichuan's is queued back to Sichuan
+    assert len(_received(sichuan, number)) == 2

@@ -96,3 +96,32 @@ def test_partner_commands_are_audited(client: TestClient, services: Services, ru
     run("partner", "remove", "op-partner")
     assert len(_operator_events(client, "partner-add")) == before + 1
     assert len(_operator_events(client, "partner-remove")) >= 1
+
+
+def test_operator_events_name_what_they_changed(
+    client: TestClient, services: Services, run: Any, tmp_path: Path
+) -> None:
+    run("institution", "add", "op-h2", "--name", "Hospital", "--region", "chongqing")
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    result = client.post(
+        "/fhir/Observation", json=lab(pid, "2345-7", "2026-03-01", "op-h2"), headers=FHIR_JSON
+    ).json()
+    # quality control passed: the resident's result is re-marked, a new version
+    run("institution", "qc", "op-h2", "--category", "lab-chemistry", "--scheme", "NCCL EQA",
+        "--cycle", "2026-1", "--from", "2020-01-01", "--to", "2030-12-31")  # fmt: skip
+    assert client.get(f"/fhir/Observation/{result['id']}").json()["meta"]["versionId"] == "2"
+    (latest, *_) = _operator_events(client, "institution-qc")
+    assert {"reference": "Organization/op-h2"} in [e.get("what") for e in latest["entity"]]
+    assert {"reference": f"Patient/{pid}"} in [e.get("what") for e in latest["entity"]]
+    mine = client.get(f"/fhir/AuditEvent?patient={pid}&subtype=institution-qc").json()
+    assert len(mine["entry"]) == 1  # the resident sees who changed their result
+    # an import names the records it wrote; an export is on the chain too
+    (tmp_path / "p.ndjson").write_bytes(orjson.dumps({**patient(), "id": "op-imported"}))
+    run("import", str(tmp_path / "p.ndjson"), "--errors", str(tmp_path / "errors.txt"))
+    assert client.get("/fhir/AuditEvent?patient=op-imported&subtype=import").json()["entry"]
+    exports = len(_operator_events(client, "export"))
+    run("export", "--out", str(tmp_path / "out"), "--type", "Patient")
+    (export, *_) = _operator_events(client, "export")
+    assert len(_operator_events(client, "export")) == exports + 1
+    assert export["action"] == "R"
+    assert verify(services.unit).intact

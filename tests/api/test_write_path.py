@@ -431,3 +431,13 @@ def test_another_records_resource_answers_as_an_unknown_id(
     assert answers[0] == answers[1]
     assert {str(status)[:3] for status, _ in answers[0]} == {"404"}
     assert snapshot(services) == before
+
+
+def test_uri_below_is_case_sensitive_whatever_the_length(client: TestClient) -> None:
+    for tail in ("vs", "v" * 300):
+        url = f"http://example.org/Fhir/{tail}"
+        body = {"resourceType": "ValueSet", "status": "active", "url": url}
+        vid = client.post("/fhir/ValueSet", json=body, headers=FHIR_JSON).json()["id"]
+        for prefix, found in ((url[:-1], True), (url[:-1].lower(), False), (url, True)):
+            bundle = client.get(f"/fhir/ValueSet?url:below={prefix}&_id={vid}").json()
+            assert bool(bundle.get("entry")) is found, (len(url), prefix[-20:])
