@@ -47,6 +47,10 @@ def _media_ranges(accept: str) -> list[tuple[str, float]]:
     return ranges
 
 
+# Bulk Data downloads (FHIR Bulk Data v2): what a client may ask a file for.
+NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/ndjson"})
+
+
 def negotiate(request: Request) -> Rendering:
     """The representation to answer with, or 406 if the client takes no JSON."""
     pretty_raw = request.query_params.get("_pretty", "false").lower()
@@ -73,6 +77,8 @@ def negotiate(request: Request) -> Rendering:
     accepted = [(m, q) for m, q in _media_ranges(accept) if q > 0]
     if any(m in {FHIR_JSON, "application/json+fhir"} or m in _WILDCARDS for m, _ in accepted):
         return Rendering(FHIR_JSON, pretty)
+    if "/$export-file/" in request.url.path and any(m in NDJSON_TYPES for m, _ in accepted):
+        return Rendering(FHIR_JSON, pretty)  # the file is NDJSON; an error an OperationOutcome
     if any(m == "application/json" for m, _ in accepted):
         return Rendering("application/json", pretty)
     raise FhirError.of(

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 from ehr_service.interactions.context import Services
@@ -164,3 +165,16 @@ def test_operator_export_command(
         "Observation.ndjson",
         "Patient.ndjson",
     ]
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/fhir+ndjson", "application/ndjson", "*/*", "application/fhir+json"]
+)
+def test_downloads_accept_the_bulk_data_media_types(client: TestClient, accept: str) -> None:
+    _load(client)
+    manifest = _export(client, "/fhir/$export", _type="Patient")
+    url = manifest["output"][0]["url"].replace("http://testserver", "")
+    response = client.get(url, headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+ndjson")
+    assert client.get(url, headers={"Accept": "text/html"}).status_code == 406
