@@ -75,10 +75,10 @@ def run(
         return conditional.conditional_delete(conn, ctx, rtype, criteria)
     assert rid is not None
     if kind is Interaction.READ:
-        return read.read(conn, ctx, rtype, rid, if_none_match)
+        return read.read(conn, scoped, rtype, rid, if_none_match)
     if kind is Interaction.VREAD:
         assert target.version_id is not None
-        return read.vread(conn, ctx, rtype, rid, target.version_id)
+        return read.vread(conn, scoped, rtype, rid, target.version_id)
     if kind is Interaction.UPDATE:
         return update.update(conn, ctx, rtype, rid, body, if_match)
     if kind is Interaction.PATCH:

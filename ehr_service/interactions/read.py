@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection
 
+from ehr_service.fhir import jsonio
 from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.search.shaping import requested_elements, subset, summary_of
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 from ehr_service.security.policy import can_see, require
@@ -78,6 +82,27 @@ def current_or_fail(
     return stored
 
 
+class Shape:
+    """``_summary`` and ``_elements`` of a read (R4 §3.1.0.2: a read may be subset
+    like a search), checked before anything is read."""
+
+    def __init__(self, ctx: RequestContext, resource_type: str) -> None:
+        self.summary = summary_of(ctx.query)
+        if self.summary == "count":
+            raise FhirError.of(
+                Category.INCORRECT,
+                "_summary=count is for searches",
+                code="value",
+                expression=["_summary"],
+            )
+        self.elements = requested_elements(resource_type, ctx.query)
+
+    def __call__(self, content: bytes | None) -> bytes | dict[str, Any] | None:
+        if content is None or (self.summary in {None, "false"} and self.elements is None):
+            return content  # stored bytes served as stored
+        return subset(jsonio.loads(content), self.summary, self.elements)
+
+
 def read(
     conn: Connection,
     ctx: RequestContext,
@@ -86,11 +111,12 @@ def read(
     if_none_match: int | None = None,
 ) -> Result:
     require(ctx.caller, resource_type, "r")
+    shape = Shape(ctx, resource_type)
     stored = current_or_fail(conn, resource_type, resource_id, view=ctx.view)
     status = 304 if if_none_match == stored.version_id else 200
     return Result(
         status,
-        stored.content if status == 200 else None,
+        shape(stored.content) if status == 200 else None,
         resource_type,
         resource_id,
         stored.version_id,
@@ -103,6 +129,7 @@ def vread(
     conn: Connection, ctx: RequestContext, resource_type: str, resource_id: str, version: str
 ) -> Result:
     require(ctx.caller, resource_type, "r")
+    shape = Shape(ctx, resource_type)
     if not (version.isascii() and version.isdigit() and len(version) <= 9):
         raise FhirError.of(
             Category.NOT_FOUND, f"{resource_type}/{resource_id} has no version '{version[:64]}'"
@@ -117,7 +144,7 @@ def vread(
         raise gone(stored)
     return Result(
         200,
-        stored.content,
+        shape(stored.content),
         resource_type,
         resource_id,
         stored.version_id,

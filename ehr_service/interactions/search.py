@@ -20,8 +20,9 @@ from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcome
 from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
+from ehr_service.fhir.search.includes import Include, parse_includes
 from ehr_service.fhir.search.query import SearchParser, SearchRequest
-from ehr_service.fhir.search.shaping import subset
+from ehr_service.fhir.search.shaping import check_contained, requested_elements, subset
 from ehr_service.interactions.context import RequestContext, search_parser
 from ehr_service.interactions.paging import first_value, page_size
 from ehr_service.interactions.results import Result
@@ -93,17 +94,20 @@ def search(
                 Issue(w.diagnostics.replace(" was ignored", ""), "not-supported") for w in warnings
             ),
         )
-    compiler = SearchCompiler(ctx.base_url)
-    where = compiler.where(resource_type, request.criteria, request.reverse_chains, view=ctx.view)
+    # The whole request is parsed and checked before any SQL: the same request gets
+    # the same answer (a 400 or not) whatever is stored.
     count = page_size(request.result, ctx.settings)
     summary = _choice(request, "_summary", SUMMARY_VALUES)
     total_mode = _choice(request, "_total", TOTAL_VALUES)
-    elements_raw = first_value(request.result, "_elements")
-    elements = frozenset(e.strip() for e in elements_raw.split(",")) if elements_raw else None
+    elements = requested_elements(resource_type, request.result)
+    specs = parse_includes(request.result, ctx.services.registry)
+    check_contained(request.result)
     sort = _sort(request, parser)
     order = [(key, descending) for key, descending, _ in sort]
     cursor = first_value(request.result, "_cursor")
     direction, position = decode_cursor(cursor, [kind for _, _, kind in sort])
+    compiler = SearchCompiler(ctx.base_url)
+    where = compiler.where(resource_type, request.criteria, request.reverse_chains, view=ctx.view)
     backwards = direction == "p"
 
     found: list[Found] = []
@@ -130,7 +134,7 @@ def search(
         # A first page that holds every match already tells the total: no COUNT query.
         total = len(found) if first_page_is_all else search_queries.count(conn, where)
 
-    included, include_warnings = _includes(conn, ctx, request, resource_type, found)
+    included, include_warnings = _includes(conn, ctx, specs, found)
     warnings.extend(include_warnings)
 
     links = _links(ctx, resource_type, request, count, cursor, found, has_next, has_previous)
@@ -261,18 +265,11 @@ def _encoded(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def _includes(
     conn: Connection,
     ctx: RequestContext,
-    request: SearchRequest,
-    resource_type: str,
+    specs: list[Include],
     found: list[Found],
 ) -> tuple[list[Found], list[Issue]]:
-    specs = [
-        (name, value)
-        for name in ("_include", "_include:iterate", "_revinclude", "_revinclude:iterate")
-        for value in request.result.get(name, [])
-    ]
     if not specs or not found:
         return [], []
-    registry = ctx.services.registry
     seen = {(f.resource_type, f.resource_id) for f in found}
     included: list[Found] = []
     warnings: list[Issue] = []
@@ -280,41 +277,29 @@ def _includes(
     limit = ctx.settings.max_include_count
     for depth in range(ctx.settings.max_include_depth):
         wanted: list[tuple[str, str]] = []
-        for name, value in specs:
-            if depth > 0 and not name.endswith(":iterate"):
+        for spec in specs:
+            if depth > 0 and not spec.iterate:
                 continue
-            parts = value.split(":")
-            if len(parts) not in {2, 3}:
-                raise FhirError.of(
-                    Category.INCORRECT,
-                    f"{name}={value}: use Type:param[:Target]",
-                    code="value",
-                    expression=[name],
-                )
-            source_type, code = parts[0], parts[1]
-            target = parts[2] if len(parts) == 3 else None
-            reference = registry.get(source_type, code)
-            if code != "*" and (reference is None or reference.type != "reference"):
-                raise FhirError.of(
-                    Category.INCORRECT,
-                    f"{name}: {source_type} has no reference parameter '{code}'",
-                    code="value",
-                    expression=[name],
-                )
-            if name.startswith("_include"):
-                ids = [f.resource_id for f in frontier if f.resource_type == source_type]
+            if spec.forward:
+                ids = [f.resource_id for f in frontier if f.resource_type == spec.source_type]
                 if ids:
                     wanted += search_queries.referenced(
-                        conn, source_type, ids, None if code == "*" else code, target
+                        conn,
+                        spec.source_type,
+                        ids,
+                        None if spec.code == "*" else spec.code,
+                        spec.target,
                     )
             else:
                 by_type: dict[str, list[str]] = {}
                 for f in frontier:
                     by_type.setdefault(f.resource_type, []).append(f.resource_id)
                 for target_type, ids in by_type.items():
-                    if target and target != target_type:
+                    if spec.target and spec.target != target_type:
                         continue
-                    wanted += search_queries.referring(conn, source_type, code, target_type, ids)
+                    wanted += search_queries.referring(
+                        conn, spec.source_type, spec.code, target_type, ids
+                    )
         new = [w for w in dict.fromkeys(wanted) if w not in seen]
         if not new:
             break
@@ -338,7 +323,7 @@ def _includes(
         if len(included) >= limit:
             break
     else:
-        if any(n.endswith(":iterate") for n, _ in specs):
+        if any(spec.iterate for spec in specs):
             warnings.append(
                 _issue(f"_include:iterate stopped after {ctx.settings.max_include_depth} rounds")
             )

@@ -258,6 +258,19 @@ def stored_names(parameter: SearchParameter, modifier: str | None = None) -> lis
     return list(parameter.stored_as)
 
 
+def _ids(values: Sequence[str]) -> list[str]:
+    """``_id`` values as tokens (R4 §3.1.1.4.9): ``|x`` is x with no system, as an
+    id has; ``s|x`` names a system no id has, so it matches nothing."""
+    out = []
+    for value in values:
+        system, bar, code = value.rpartition("|")
+        if not bar:
+            out.append(value)
+        elif system == "":
+            out.append(code)
+    return out
+
+
 def _selectivity_rank(criterion: Criterion) -> int:
     """Which criterion the database should start from: the likely most selective."""
     kind = criterion.parameter.type
@@ -412,7 +425,7 @@ class SearchCompiler:
             )
         if parameter.code == "_id":
             return select(resource.c.res_id).where(
-                resource.c.res_type == resource_type, resource.c.res_id.in_(criterion.values)
+                resource.c.res_type == resource_type, resource.c.res_id.in_(_ids(criterion.values))
             )
         if parameter.code == "_lastUpdated":
             clauses = [
@@ -453,7 +466,7 @@ class SearchCompiler:
             plain = Criterion(parameter, None, criterion.values, criterion.chain)
             return not_(resource.c.res_id.in_(self.ids_matching(resource_type, plain)))
         if parameter.code == "_id":
-            return resource.c.res_id.in_(criterion.values)
+            return resource.c.res_id.in_(_ids(criterion.values))
         if parameter.code == "_lastUpdated":
             return or_(
                 *(

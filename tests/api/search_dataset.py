@@ -160,6 +160,23 @@ RESOURCES: list[dict[str, Any]] = [
         "prediction": [{"probabilityDecimal": 0.85}],
     },
     {
+        "resourceType": "RiskAssessment",
+        "id": "ra3",
+        "status": "final",
+        "subject": {"reference": "Patient/p3"},
+        "prediction": [{"probabilityDecimal": 0.36412818541523473}],  # 17 significant digits
+    },
+    {
+        "resourceType": "Observation",
+        "id": "o9",
+        "status": "cancelled",
+        "code": {
+            "coding": [{"system": LOINC, "code": "29463-7", "display": "Zeta mass"}],
+            "text": "Omega measure",
+        },
+        "identifier": [{"type": {"text": "Lab accession"}, "system": "urn:acc", "value": "X9"}],
+    },
+    {
         "resourceType": "Questionnaire",
         "id": "q1",
         "status": "active",
@@ -199,6 +216,11 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ("Patient?identifier:missing=true", set()),
     ("Patient?identifier:missing=false", {"p1", "p2", "p3"}),
     ("Observation?code:text=gluc", {"o1", "o3"}),
+    # :text: CodeableConcept.text and every Coding.display, Identifier.type.text
+    ("Observation?code:text=zeta", {"o9"}),
+    ("Observation?code:text=omega meas", {"o9"}),
+    ("Observation?identifier:text=lab acc", {"o9"}),
+    ("Observation?identifier:text=zeta", set()),
     ("Patient?phone=13800000001", {"p1"}),
     ("Patient?active=true", {"p1"}),
     ("Patient?deceased=true", set()),
@@ -252,6 +274,14 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ("RiskAssessment?probability=0.2", {"ra1"}),
     ("RiskAssessment?probability=gt0.5", {"ra2"}),
     ("RiskAssessment?probability=le0.2", {"ra1"}),
+    # exact decimals: eq of a stored value finds it, ne leaves it out, and the implicit
+    # range follows the digits written
+    ("RiskAssessment?probability=0.36412818541523473", {"ra3"}),
+    ("RiskAssessment?probability=eq0.36412818541523473", {"ra3"}),
+    ("RiskAssessment?probability=ne0.36412818541523473", {"ra1", "ra2"}),
+    ("RiskAssessment?probability=0.3641281854152347", {"ra3"}),
+    ("RiskAssessment?probability=0.36412818541523474", set()),
+    ("RiskAssessment?probability=gt0.36412818541523472", {"ra2", "ra3"}),
     # uri
     ("Questionnaire?url=http://example.org/fhir/Questionnaire/intake", {"q1"}),
     ("Questionnaire?url:below=http://example.org/fhir", {"q1", "q2"}),
@@ -272,6 +302,8 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ),
     # _id, _lastUpdated, meta parameters
     ("Patient?_id=p1,p2", {"p1", "p2"}),
+    ("Patient?_id=|p1", {"p1"}),  # a token without a system, as an id is
+    ("Patient?_id=urn:x|p1", set()),
     ("Patient?_lastUpdated=gt2000-01-01", {"p1", "p2", "p3"}),
     ("Patient?_lastUpdated=lt2000-01-01", set()),
     ("Patient?_tag=urn:t|vip", {"p2"}),

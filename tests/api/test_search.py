@@ -114,7 +114,7 @@ def test_paging_links_walk_every_match_once(dataset: TestClient) -> None:
             ),
             None,
         )
-    assert sorted(seen) == ["o1", "o2", "o3", "o4"]
+    assert sorted(seen) == ["o1", "o2", "o3", "o4", "o9"]
     sorted_pages = dataset.get("/fhir/Patient?_sort=birthdate&_count=2").json()
     nxt = next(lnk["url"] for lnk in sorted_pages["link"] if lnk["relation"] == "next")
     second = dataset.get(nxt.replace("http://testserver", "")).json()
@@ -373,3 +373,58 @@ def test_references_with_this_servers_base_url_are_found(dataset: TestClient) ->
     assert "abs" in _matches(dataset.get("/fhir/Observation?subject=Patient/p2").json())
     absolute = dataset.get("/fhir/Observation?subject=http://testserver/fhir/Patient/p2").json()
     assert "abs" in _matches(absolute)
+
+
+CONTROL_ERRORS = [
+    "Patient?_include=nonsense",
+    "Patient?_include=Patient:nope",
+    "Patient?_include=Nope:organization",
+    "Patient?_revinclude=Observation:subject:Nope",
+    "Patient?_revinclude=Observation:*",
+    "Patient?_sort=nope",
+    "Patient?_elements=nope",
+    "Patient?_summary=maybe",
+    "Patient?_total=all",
+    "Patient?_count=many",
+    "Patient?_contained=sometimes",
+]
+
+
+@pytest.mark.parametrize("query", CONTROL_ERRORS)
+def test_control_parameters_are_checked_whatever_is_stored(client: TestClient, query: str) -> None:
+    """The same request gets the same answer on an empty database and a full one."""
+    empty = client.get(f"/fhir/{query}")
+    assert empty.status_code == 400, empty.text
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in RESOURCES
+        ],
+    }
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+    full = client.get(f"/fhir/{query}")
+    assert full.status_code == 400, full.text
+    assert full.json()["issue"][0]["expression"] == empty.json()["issue"][0]["expression"]
+
+
+def test_elements_keep_choice_types_and_mandatory_elements(dataset: TestClient) -> None:
+    bundle = dataset.get("/fhir/Observation?_id=o1&_elements=value,subject").json()
+    (observation,) = [e["resource"] for e in bundle["entry"]]
+    assert "valueQuantity" in observation and "subject" in observation
+    assert {"status", "code"} <= observation.keys()  # mandatory: the subset stays valid
+    assert "effectiveDateTime" not in observation
+    assert {"code": "SUBSETTED"}.items() <= observation["meta"]["tag"][-1].items()
+
+
+def test_summary_and_elements_on_read_and_vread(dataset: TestClient) -> None:
+    for url in ("/fhir/Observation/o1", "/fhir/Observation/o1/_history/1"):
+        shaped = dataset.get(f"{url}?_elements=value").json()
+        assert set(shaped) == {"resourceType", "id", "meta", "status", "code", "valueQuantity"}
+        text = dataset.get(f"{url}?_summary=text").json()
+        assert "valueQuantity" not in text and "status" in text
+        whole = dataset.get(url).json()
+        assert "subject" in whole and "SUBSETTED" not in str(whole)
+        assert dataset.get(f"{url}?_summary=count").status_code == 400
+        assert dataset.get(f"{url}?_elements=nope").status_code == 400

@@ -34,6 +34,8 @@ RESULT_PARAMETERS = {
     "_cursor",
     "_format",
     "_pretty",
+    "_contained",
+    "_containedType",
 }
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},

@@ -92,6 +92,18 @@ def _strings(node: Any) -> list[str]:
     return []
 
 
+def _identifier_type_text(kind: Any) -> str | None:
+    """Identifier.type.text, else its first coding's display."""
+    if not isinstance(kind, dict):
+        return None
+    if isinstance(kind.get("text"), str):
+        return str(kind["text"])
+    for coding in kind.get("coding") or ():
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            return str(coding["display"])
+    return None
+
+
 def tokens_of(node: Any) -> list[tuple[str | None, str | None, str | None]]:
     """(system, code, normalised text) of a Coding, CodeableConcept, Identifier,
     ContactPoint, code, boolean or string."""
@@ -102,19 +114,23 @@ def tokens_of(node: Any) -> list[tuple[str | None, str | None, str | None]]:
     if not isinstance(node, dict):
         return []
     if "coding" in node or ("text" in node and "value" not in node and "code" not in node):
+        # :text (R4 §3.1.1.4.9) matches CodeableConcept.text and every Coding.display:
+        # each coding's row carries its display, and the concept's text a row of its
+        # own unless a display already says it.
         concept_text = node.get("text") if isinstance(node.get("text"), str) else None
         out = []
         for coding in node.get("coding") or []:
             if isinstance(coding, dict):
-                display = concept_text or coding.get("display")
+                display = coding.get("display")
+                shown = display if isinstance(display, str) else concept_text
                 out.append(
                     (
                         coding.get("system"),
                         coding.get("code"),
-                        normalise(display) if isinstance(display, str) else None,
+                        normalise(shown) if isinstance(shown, str) else None,
                     )
                 )
-        if not out and concept_text:
+        if concept_text and normalise(concept_text) not in {text for _, _, text in out}:
             out.append((None, None, normalise(concept_text)))
         return out
     if "code" in node:  # Coding
@@ -130,7 +146,14 @@ def tokens_of(node: Any) -> list[tuple[str | None, str | None, str | None]]:
         system = node.get("system")
         if system in _CONTACT_SYSTEMS:  # ContactPoint: the token is its value alone
             system = None
-        return [(system if isinstance(system, str) else None, node["value"], None)]
+        kind = _identifier_type_text(node.get("type"))  # what :text matches on an Identifier
+        return [
+            (
+                system if isinstance(system, str) else None,
+                node["value"],
+                normalise(kind) if kind else None,
+            )
+        ]
     return []
 
 
