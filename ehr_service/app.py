@@ -24,6 +24,9 @@ from ehr_service.api import (
     observability,
     recognition,
 )
+from ehr_service.api import (
+    terminology as terminology_api,
+)
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.config import Settings
@@ -32,6 +35,7 @@ from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.hooks import build_pipeline
+from ehr_service.interactions import terminology
 from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services, WriteListeners
 from ehr_service.mpi.identity import ResidentIdentity
@@ -155,6 +159,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.exchange.keys.ensure_active()  # first run: the region's signing key
         if services.catalogues is not None:
             services.catalogues.ensure_loaded()  # first run: the shipped catalogue edition
+            terminology.publish_if_absent(services)  # and its CodeSystem, ValueSets, map
         tune_garbage_collector(settings.gc_threshold)
         if settings.demo_data:
             from ehr_service.demo import load_demo_data
@@ -185,6 +190,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
     app.include_router(bulk.router)  # and /fhir/$export, /fhir/Patient/$export
     app.include_router(audit.router)  # and /fhir/AuditEvent (read-only)
+    app.include_router(terminology_api.router)  # and /fhir/ValueSet/$expand...
     app.include_router(fhir.router)
     app.include_router(citizen.router)
     app.include_router(exchange.router)

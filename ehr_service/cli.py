@@ -378,7 +378,7 @@ def catalogue_load(
     transaction; then the recognition marks of stored results follow the new edition."""
     from ehr_service.fhir.errors import FhirError
     from ehr_service.fhir.validation import validate_resource
-    from ehr_service.interactions import update
+    from ehr_service.interactions import terminology
     from ehr_service.recognition.catalogue import CatalogueError, parse_edition
     from ehr_service.storage import unit_of_work
 
@@ -395,10 +395,8 @@ def catalogue_load(
         assert catalogues is not None
         try:
             with ctx.services.unit.write() as conn:
-                row, resources = catalogues.store(conn, document)
-                for resource in resources:
-                    if isinstance(resource.get("id"), str):
-                        update.update(conn, ctx, resource["resourceType"], resource["id"], resource)
+                row, _ = catalogues.store(conn, document)
+                terminology.publish(conn, ctx, document)  # replaced in the same transaction
         except (CatalogueError, FhirError) as exc:
             typer.echo(f"{file.name}: {exc}", err=True)
             raise typer.Exit(1) from None

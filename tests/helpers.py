@@ -152,3 +152,9 @@ def refusal(
         "patient": {"reference": f"Patient/{patient_id}"},
         "provision": {"type": "deny", "actor": [actor]},
     }
+
+
+# The recognition catalogue's terminology, published at every first start:
+# CodeSystem, ConceptMap and three ValueSets (ehr_service.interactions.terminology).
+TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ConceptMap", "ValueSet"})
+PUBLISHED_AT_START = 5

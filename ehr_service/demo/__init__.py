@@ -190,9 +190,10 @@ def demo_bundle() -> dict[str, Any]:
 
 
 def load_demo_data(services: Services) -> int:
-    """Load the demo bundle if the database holds no resources; return how many."""
+    """Load the demo bundle if the database holds no resident yet (the service's own
+    terminology is there from the first start); return how many."""
     with services.unit.read() as conn:
-        if resources.count_resources(conn) > 0:
+        if resources.count_resources(conn, "Patient") > 0:
             return 0
     settings = services.settings
     base_url = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"

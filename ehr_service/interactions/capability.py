@@ -27,6 +27,11 @@ TYPE_INTERACTIONS = (
     "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+TERMINOLOGY_OPERATIONS = {
+    "CodeSystem": [("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
+    "ValueSet": [("expand", "ValueSet-expand"), ("validate-code", "ValueSet-validate-code")],
+    "ConceptMap": [("translate", "ConceptMap-translate")],
+}
 
 
 def _search_params(registry: SearchParameterRegistry, resource_type: str) -> list[dict[str, Any]]:
@@ -105,6 +110,13 @@ def _capability_statement(
     audit = next(r for r in resources if r["type"] == "AuditEvent")
     audit.clear()
     audit.update(_audit_event(registry))
+    for resource_type, operations in TERMINOLOGY_OPERATIONS.items():
+        entry = next(r for r in resources if r["type"] == resource_type)
+        entry["operation"] = [
+            {"name": name, "definition": f"http://hl7.org/fhir/OperationDefinition/{definition}",
+             "documentation": "Over the recognition catalogue"}
+            for name, definition in operations
+        ]  # fmt: skip
     patient = next(r for r in resources if r["type"] == "Patient")
     patient["operation"] = [
         {

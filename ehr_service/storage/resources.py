@@ -26,8 +26,8 @@ from ehr_service.storage.consent import replace_refusals
 from ehr_service.storage.identity import hold_id_number
 from ehr_service.storage.partitioning import is_partitioned
 from ehr_service.storage.search_index import delete_index, insert_index
-from ehr_service.storage.search_sql import visible
-from ehr_service.storage.tables import resource, resource_version
+from ehr_service.storage.search_sql import text_equals, visible
+from ehr_service.storage.tables import resource, resource_version, search_uri
 from ehr_service.storage.unit_of_work import savepoint
 
 
@@ -398,8 +398,11 @@ def count_history(conn: Connection, query: HistoryQuery) -> int:
     return int(conn.execute(statement).scalar_one())
 
 
-def count_resources(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(resource)).scalar_one())
+def count_resources(conn: Connection, resource_type: str | None = None) -> int:
+    query = select(func.count()).select_from(resource)
+    if resource_type is not None:
+        query = query.where(resource.c.res_type == resource_type)
+    return int(conn.execute(query).scalar_one())
 
 
 def live_batch(
@@ -423,3 +426,21 @@ def live_batch(
         .limit(limit)
     ).all()
     return [(r.res_type, r.res_id, r.compartment_patient_id, bytes(r.content)) for r in rows]
+
+
+def live_by_url(conn: Connection, resource_type: str, url: str) -> list[tuple[str, bytes]]:
+    """(id, content) of the live resources of a type whose canonical ``url`` it is."""
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == resource_type,
+            resource.c.deleted == false(),
+            resource.c.res_id.in_(
+                select(search_uri.c.res_id).where(
+                    search_uri.c.res_type == resource_type,
+                    search_uri.c.param == "url",
+                    text_equals(search_uri.c.value, url),
+                )
+            ),
+        )
+    ).all()
+    return [(r.res_id, bytes(r.content)) for r in rows]

@@ -21,7 +21,7 @@ from joserfc.jwk import ECKey
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
 from ehr_service.security.tokens import own_key
-from tests.helpers import FHIR_JSON, bearer, observation, patient, snapshot
+from tests.helpers import FHIR_JSON, TERMINOLOGY_TYPES, bearer, observation, patient, snapshot
 
 
 def _b64(data: bytes) -> str:
@@ -182,6 +182,11 @@ def test_patient_token_reads_only_its_compartment(
         assert me.get(f"/fhir/Observation/{ids['theirs_obs']}/_history/1").status_code == 404
         assert me.get(f"/fhir/Observation/{ids['theirs_obs']}/_history").status_code == 404
         assert me.get(f"/fhir/Organization/{ids['org']}").status_code == 200  # shared data
+        published = {  # the catalogue's terminology: shared, outside every record
+            e["resource"]["id"]
+            for t in TERMINOLOGY_TYPES
+            for e in me.get(f"/fhir/{t}").json().get("entry", [])
+        }
         searches = {
             "/fhir/Observation": {ids["mine_obs"]},
             "/fhir/Patient": {mine},
@@ -191,7 +196,7 @@ def test_patient_token_reads_only_its_compartment(
             f"/fhir/Observation?subject=Patient/{theirs}": set(),
             "/fhir/Patient?_has:Observation:patient:code=2345-7": {mine},
             "/fhir/Observation/_history": {ids["mine_obs"]},
-            "/fhir/_history": {mine, ids["mine_obs"], ids["org"]},
+            "/fhir/_history": {mine, ids["mine_obs"], ids["org"], *published},
         }
         for url, expected in searches.items():
             bundle = me.get(url).json()
