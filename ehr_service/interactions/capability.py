@@ -110,12 +110,12 @@ def _capability_statement(
     audit = next(r for r in resources if r["type"] == "AuditEvent")
     audit.clear()
     audit.update(_audit_event(registry))
-    for resource_type, operations in TERMINOLOGY_OPERATIONS.items():
+    for resource_type, offered in TERMINOLOGY_OPERATIONS.items():
         entry = next(r for r in resources if r["type"] == resource_type)
         entry["operation"] = [
             {"name": name, "definition": f"http://hl7.org/fhir/OperationDefinition/{definition}",
              "documentation": "Over the recognition catalogue"}
-            for name, definition in operations
+            for name, definition in offered
         ]  # fmt: skip
     patient = next(r for r in resources if r["type"] == "Patient")
     patient["operation"] = [
