@@ -23,6 +23,7 @@ from functools import cache
 from typing import Any
 
 from ehr_service.fhir.errors import Issue
+from ehr_service.fhir.jsonio import Number
 
 MAX_ISSUES = 100
 # Decimals are kept and indexed exactly; their exponent stays within ±4999 (a
@@ -112,59 +113,72 @@ def json_type_issues(resource: dict[str, Any], resource_type: str) -> list[Issue
     model = _resource_model(resource_type)
     issues: list[Issue] = []
     if model is not None:
-        _object(resource, model, resource_type, issues)
+        _object(resource, model, [resource_type], issues)
     return issues[:MAX_ISSUES]
 
 
 def _bad_primitive(kind: str, value: Any) -> bool:
+    if kind == "string":
+        return type(value) is not str
     if kind == "boolean":
         return type(value) is not bool
     if kind == "integer":
         return type(value) is not int
-    if kind == "decimal":
-        return type(value) is bool or not isinstance(value, int | float | Decimal)
-    return type(value) is not str
+    return type(value) is bool or not isinstance(value, int | float | Decimal)
 
 
-def _object(node: dict[str, Any], model: Any, path: str, issues: list[Issue]) -> None:
+def _primitive_issue(kind: str, value: Any, at: str, issues: list[Issue]) -> None:
+    if _bad_primitive(kind, value):
+        issues.append(Issue(f"Expected {_EXPECTED[kind]} at {at}", "value", expression=(at,)))
+    elif isinstance(value, Decimal) and not decimal_in_range(value):
+        issues.append(
+            Issue(
+                f"The decimal at {at} is out of range (exponent beyond ±{DECIMAL_EXPONENT_LIMIT})",
+                "value",
+                expression=(at,),
+            )
+        )
+
+
+def _object(node: dict[str, Any], model: Any, where: list[str], issues: list[Issue]) -> None:
+    # Runs on every stored resource: the location (``where``, a stack of parts) is
+    # only joined into a string for a problem.
     fields = _fields(model)
     for key, value in node.items():
         spec = fields.get(key)
         if spec is None or value is None:
             continue  # unknown elements and nulls: the model and the shape check say
         kind, many, target = spec
-        where = f"{path}.{key}"
-        items = value if many and isinstance(value, list) else None
         if kind in _EXPECTED:
-            for index, item in enumerate(items if items is not None else [value]):
-                if item is not None and _bad_primitive(kind, item):
-                    at = f"{where}[{index}]" if items is not None else where
-                    issues.append(
-                        Issue(f"Expected {_EXPECTED[kind]} at {at}", "value", expression=(at,))
-                    )
-                elif isinstance(item, Decimal) and not decimal_in_range(item):
-                    at = f"{where}[{index}]" if items is not None else where
-                    issues.append(
-                        Issue(
-                            f"The decimal at {at} is out of range (exponent beyond ±"
-                            f"{DECIMAL_EXPONENT_LIMIT})",
-                            "value",
-                            expression=(at,),
-                        )
-                    )
-        elif kind == "sibling":
-            _sibling(value, fields.get(key[1:]), where, issues)
-        elif kind in {"complex", "resource"}:
-            for index, item in enumerate(items if items is not None else [value]):
-                if not isinstance(item, dict):
-                    continue  # the model reports a wrong shape
-                at = f"{where}[{index}]" if items is not None else where
-                inner = target
-                if kind == "resource":
+            if many and type(value) is list:
+                for index, item in enumerate(value):
+                    if item is not None and (_bad_primitive(kind, item) or type(item) is Number):
+                        at = "".join(where) + f".{key}[{index}]"
+                        _primitive_issue(kind, item, at, issues)
+            elif _bad_primitive(kind, value) or type(value) is Number:
+                _primitive_issue(kind, value, "".join(where) + f".{key}", issues)
+        elif kind == "complex":
+            if type(value) is dict:
+                where.append(f".{key}")
+                _object(value, target, where, issues)
+                where.pop()
+            elif many and type(value) is list:
+                for index, item in enumerate(value):
+                    if type(item) is dict:
+                        where.append(f".{key}[{index}]")
+                        _object(item, target, where, issues)
+                        where.pop()
+        elif kind == "resource":
+            for index, item in enumerate(value if many and type(value) is list else [value]):
+                if type(item) is dict:
                     inner = _resource_model(str(item.get("resourceType")))
-                    at = f"{at}({item.get('resourceType')})" if inner is not None else at
-                if inner is not None:
-                    _object(item, inner, at, issues)
+                    if inner is not None:
+                        at = f".{key}[{index}]" if many else f".{key}"
+                        where.append(f"{at}({item.get('resourceType')})")
+                        _object(item, inner, where, issues)
+                        where.pop()
+        elif kind == "sibling":
+            _sibling(value, fields.get(key[1:]), "".join(where) + f".{key}", issues)
         if len(issues) >= MAX_ISSUES:
             return
 
