@@ -32,9 +32,15 @@ DECIMAL_EXPONENT_LIMIT = 4999
 
 
 def decimal_in_range(value: Decimal) -> bool:
-    return value.is_finite() and (
-        value == 0 or -DECIMAL_EXPONENT_LIMIT - 1 <= value.adjusted() <= DECIMAL_EXPONENT_LIMIT
-    )
+    """Within the documented limit: the first and the last digit's places both
+    within ±4999 (so at most 10,000 digits, which every backend holds exactly)."""
+    if not value.is_finite():
+        return False
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if not -DECIMAL_EXPONENT_LIMIT - 1 <= exponent <= DECIMAL_EXPONENT_LIMIT:
+        return False
+    return value == 0 or -DECIMAL_EXPONENT_LIMIT - 1 <= value.adjusted() <= DECIMAL_EXPONENT_LIMIT
 
 
 _STRINGS = (str, datetime.date, datetime.datetime, datetime.time)
@@ -56,13 +62,20 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
         origin = typing.get_origin(annotation)
         args = typing.get_args(annotation)
         if origin is typing.Union or origin is types.UnionType:
-            annotation = next(a for a in args if a is not type(None))
+            kinds = [a for a in args if a is not type(None)]
+            if len(kinds) > 1:  # e.g. fhir_comments: str or a list of them
+                return _ANY, many
+            annotation = kinds[0]
         elif origin in (list, typing.List):  # noqa: UP006 - the models use typing.List
             annotation, many = args[0], True
         elif origin is typing.Annotated:
             annotation = args[0]
         else:
             return annotation, many
+
+
+class _ANY:
+    """An element of more than one JSON type: left to the model."""
 
 
 def _kind(element: Any) -> tuple[str, Any]:
@@ -122,8 +135,10 @@ def _bad_primitive(kind: str, value: Any) -> bool:
         return type(value) is not str
     if kind == "boolean":
         return type(value) is not bool
-    if kind == "integer":
-        return type(value) is not int
+    if kind == "integer":  # -0 is kept as written, and is a whole number too
+        return type(value) is not int and not (
+            type(value) is Number and value.text.lstrip("-").isdigit()
+        )
     return type(value) is bool or not isinstance(value, int | float | Decimal)
 
 

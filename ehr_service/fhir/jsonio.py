@@ -77,8 +77,8 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
         raise orjson.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
     except UnicodeDecodeError as exc:
         raise orjson.JSONDecodeError(f"not UTF-8: {exc.reason}", "", exc.start) from None
-    except (ValueError, RecursionError) as exc:
-        raise orjson.JSONDecodeError(str(exc) or "nested too deeply", "", 0) from None
+    except (ValueError, RecursionError, ArithmeticError) as exc:  # decimal.InvalidOperation
+        raise orjson.JSONDecodeError(str(exc) or "a number or nesting too large", "", 0) from None
 
 
 def _default(value: Any) -> Any:

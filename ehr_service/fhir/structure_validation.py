@@ -31,6 +31,7 @@ from typing import Any
 
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Issue
+from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.resource_types import R4_TYPES_WITHOUT_R4B_MODEL
 from ehr_service.locations import shipped_dir
 
@@ -335,7 +336,9 @@ class _Walker:
                 primitive.regex is not None and primitive.regex.fullmatch(str(value)) is None
             ):
                 self.issue("value", f"Not a valid {primitive.name}", where)
-        elif isinstance(value, float | Decimal) and not math.isfinite(value):
+        elif (isinstance(value, Decimal) and not decimal_in_range(value)) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
             self.issue("value", f"Not a valid {primitive.name}", where)
 
     def sibling(self, value: Any, element: _Element, primitive: Any, path: str) -> None:

@@ -106,7 +106,7 @@ def everything(conn: Connection, ctx: RequestContext, patient_id: str | None) ->
     ]
     if entries:
         bundle["entry"] = entries
-    owners = [patient_id, *(f.owner for f in found)]
+    owners = [patient_id, *(f.owner for f in found), *(f.owner for f in included)]
     return Result(200, bundle, patients=Result.owners(*owners))
 
 

@@ -163,9 +163,26 @@ def search(
 
 def encode_cursor(direction: str, found: Found) -> str:
     """``n`` (rows after) or ``p`` (rows before) a row, by its sort values and id."""
-    values = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in found.sort_values]
+    values = [
+        {"t": v.isoformat()}
+        if isinstance(v, datetime)
+        else _canonical(v)
+        if isinstance(v, Decimal)
+        else v
+        for v in found.sort_values
+    ]
     payload = jsonio.dumps([*values, found.resource_id])
     return direction + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _canonical(value: Decimal) -> Decimal:
+    """The same number without trailing zeros, exactly (a cursor stays short when
+    PostgreSQL gives 9.5e4999 back as 5000 digits)."""
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    while len(digits) > 1 and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    return Decimal((sign, digits, exponent))
 
 
 def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position | None]:
@@ -174,7 +191,7 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
     if cursor is None:
         return "n", None
     try:
-        if cursor[:1] not in {"n", "p"} or len(cursor) > 8192:
+        if cursor[:1] not in {"n", "p"} or len(cursor) > 32768:
             raise ValueError(cursor)
         raw = cursor[1:]
         decoded = jsonio.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
@@ -199,7 +216,14 @@ def decode_cursor(cursor: str | None, kinds: list[type]) -> tuple[str, Position 
                 continue
             if type(value) is not kind:
                 raise ValueError(cursor)
-    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        ArithmeticError,
+        binascii.Error,
+        orjson.JSONDecodeError,
+    ):
         raise FhirError.of(
             Category.INCORRECT,
             "_cursor is not a cursor this server issued for this search",

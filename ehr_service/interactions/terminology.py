@@ -70,7 +70,34 @@ class Inputs:
             )
         return value
 
+    def coding(self) -> tuple[str | None, str | None]:
+        """(system, code) of a ``coding`` or ``codeableConcept`` input (its first
+        coding), for operations that take one instead of system and code."""
+        if self.parameters is None:
+            return None, None
+        for name, key in (("coding", "valueCoding"), ("codeableConcept", "valueCodeableConcept")):
+            value = self.parameters.value(name, key.removeprefix("value"))
+            if isinstance(value, dict):
+                coding = (
+                    value if key == "valueCoding" else next(iter(value.get("coding") or []), {})
+                )
+                if isinstance(coding, dict):
+                    return coding.get("system"), coding.get("code")
+        return None, None
+
     def number(self, name: str) -> int | None:
+        if self.parameters is not None:
+            part = self.parameters.one(name)
+            if part is not None and "valueInteger" in part:
+                value = part["valueInteger"]
+                if type(value) is not int or value < 0:
+                    raise FhirError.of(
+                        Category.INCORRECT,
+                        f"{self.operation}: '{name}' must be a non-negative integer",
+                        code="value",
+                        expression=[name],
+                    )
+                return value
         value = self.text(name)
         if value is None:
             return None
@@ -110,7 +137,11 @@ def lookup(ctx: RequestContext, body: Any) -> Result:
     require(ctx.caller, "CodeSystem", "r")
     inputs = Inputs(ctx.query, body, "$lookup")
     catalogue = _catalogue(ctx)
-    system, code = _system(catalogue, inputs), inputs.required("code")
+    coded_system, coded = inputs.coding()
+    system = _system(catalogue, inputs) if coded_system is None else coded_system
+    if system != catalogue.url:
+        raise _unknown("CodeSystem", system)
+    code = coded or inputs.required("code")
     found = terminology.lookup(catalogue, system, code, inputs.texts("property"))
     if found is None:
         raise FhirError.of(Category.NOT_FOUND, f"'{code[:64]}' is not an item of {system}")
@@ -122,15 +153,16 @@ def validate_code(ctx: RequestContext, body: Any, resource_type: str) -> Result:
     inputs = Inputs(ctx.query, body, "$validate-code")
     catalogue = _catalogue(ctx)
     category = None
+    coded_system, coded = inputs.coding()
     if resource_type == "ValueSet":
-        url = inputs.required("url")
+        url = inputs.required("url").split("|")[0]
         known, category = terminology.category_of_valueset(url)
         if not known:
             raise _unknown("ValueSet", url)
-        system = inputs.text("system") or catalogue.url
+        system = coded_system or inputs.text("system") or catalogue.url
     else:
-        system = _system(catalogue, inputs)
-    code = inputs.required("code")
+        system = coded_system or _system(catalogue, inputs)
+    code = coded or inputs.required("code")
     found = terminology.validate_code(catalogue, system, code, inputs.text("display"), category)
     return Result(200, found)
 
@@ -159,7 +191,9 @@ def translate(ctx: RequestContext, body: Any) -> Result:
     url = inputs.text("url")
     if url is not None and url.split("|")[0] != terminology.MAP_URL:
         raise _unknown("ConceptMap", url)
-    system, code = inputs.required("system"), inputs.required("code")
+    coded_system, coded = inputs.coding()
+    system = coded_system or inputs.required("system")
+    code = coded or inputs.required("code")
     target = inputs.text("target") or inputs.text("targetsystem")
     if target is not None and target not in {catalogue.url, terminology.valueset_url(None)}:
         raise _unknown("target", target)

@@ -19,14 +19,16 @@ from typing import Any
 from sqlalchemy import Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from ehr_service.fhir.json_types import DECIMAL_EXPONENT_LIMIT, decimal_in_range
+from ehr_service.fhir.json_types import DECIMAL_EXPONENT_LIMIT
 
 BIAS = DECIMAL_EXPONENT_LIMIT + 1  # adjusted exponents from -5000 to 4999
 
 
 def in_range(value: Decimal) -> bool:
-    """Whether the index can hold the number (the limit validation applies)."""
-    return decimal_in_range(value)
+    """Whether the index can hold the number: its first digit's place within
+    ±5000 (stored values are validated tighter, search bounds may go one digit
+    further)."""
+    return value.is_finite() and (value == 0 or -BIAS <= value.adjusted() < BIAS)
 
 
 def as_decimal(value: Any) -> Decimal:
@@ -63,8 +65,8 @@ def decode(key: str) -> Decimal:
         exponent = 9999 - exponent
         digits = "".join(str(9 - int(d)) for d in digits)
     adjusted = exponent - BIAS
-    number = Decimal(f"0.{digits}E{adjusted + 1}")
-    return -number if negative else number
+    sign = "-" if negative else ""  # exact: unary minus would round to 28 digits
+    return Decimal(f"{sign}0.{digits}E{adjusted + 1}")
 
 
 class ExactNumber(TypeDecorator[Decimal]):

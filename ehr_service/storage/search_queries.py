@@ -11,8 +11,10 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    exists,
     false,
     func,
+    literal,
     or_,
     select,
     tuple_,
@@ -364,29 +366,38 @@ def referenced_before(
 ) -> set[tuple[str, str]]:
     """Which ``candidates`` a resource of the compartment selection up to ``before``
     (the keyset of compartment_page, inclusive) already refers to: those were on an
-    earlier page of ``$everything``."""
+    earlier page of ``$everything``. Driven by the references to the candidates
+    (few), not by the record (possibly thousands of resources)."""
     if before is None or not candidates:
         return set()
     ref = search_reference
     grouped: dict[str, list[str]] = {}
     for target_type, target_id in candidates:
         grouped.setdefault(target_type, []).append(target_id)
-    conditions = _compartment_conditions(patient_id, types, since, view)
-    conditions += [
-        tuple_(resource.c.res_type, resource.c.res_id) <= before,
-        or_(
-            *(and_(ref.c.target_type == t, ref.c.target_id.in_(ids)) for t, ids in grouped.items())
-        ),
+    referrer = [
+        *_compartment_conditions(patient_id, types, since, view),
+        resource.c.res_type == ref.c.res_type,
+        resource.c.res_id == ref.c.res_id,
     ]
-    if patient_id is not None:  # the index rows carry the record they belong to
-        conditions.append(ref.c.compartment_patient_id == patient_id)
     rows = conn.execute(
         select(ref.c.target_type, ref.c.target_id)
-        .join(
-            resource,
-            and_(resource.c.res_type == ref.c.res_type, resource.c.res_id == ref.c.res_id),
+        .where(
+            or_(
+                *(
+                    and_(
+                        ref.c.target_type == t,
+                        ref.c.target_id.is_not(None),
+                        ref.c.target_id.in_(ids),
+                    )
+                    for t, ids in grouped.items()
+                )
+            ),
+            ref.c.compartment_patient_id == patient_id
+            if patient_id is not None
+            else ref.c.compartment_patient_id.is_not(None),
+            tuple_(ref.c.res_type, ref.c.res_id) <= before,
+            exists(select(literal(1)).where(*referrer)),
         )
-        .where(*conditions)
         .distinct()
     ).all()
     return {(r.target_type, r.target_id) for r in rows}

@@ -178,7 +178,21 @@ def _number_bounds(text: str) -> tuple[Decimal, Decimal, Decimal]:
     if not decimal_in_range(value) or not isinstance(exponent, int) or abs(exponent) > 4999:
         raise _bad(f"'{text[:40]}' is out of range")
     half = Decimal(5).scaleb(exponent - 1)
-    return value, _EXACT.subtract(value, half), _EXACT.add(value, half)
+    return value, _clamped(_EXACT.subtract(value, half)), _clamped(_EXACT.add(value, half))
+
+
+# The largest magnitude the index holds: a bound beyond it is the same as it.
+_EDGE = Decimal("9.999E+4999")
+
+
+def _clamped(value: Decimal) -> Decimal:
+    if value > _EDGE:
+        return _EDGE
+    if value < -_EDGE:
+        return -_EDGE
+    if value != 0 and value.adjusted() < -5000:  # below the smallest magnitude held
+        return Decimal(0)
+    return value
 
 
 def _compare_number(column: Any, prefix: str, text: str) -> ColumnElement[bool]:
@@ -196,7 +210,8 @@ def _compare_number(column: Any, prefix: str, text: str) -> ColumnElement[bool]:
     if prefix == "le":
         return column <= value  # type: ignore[no-any-return]
     margin = _EXACT.multiply(abs(value), Decimal("0.1"))  # ap: within 10 %
-    return and_(column >= _EXACT.subtract(value, margin), column <= _EXACT.add(value, margin))
+    low, high = _clamped(_EXACT.subtract(value, margin)), _clamped(_EXACT.add(value, margin))
+    return and_(column >= low, column <= high)
 
 
 def _date_bounds(text: str) -> tuple[datetime, datetime]:

@@ -47,6 +47,15 @@ def _rewrite_sqlite(convert: object, to_text: bool) -> None:
             )
 
 
+def _key_of_float(value: float | int) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN: indexed as nothing sensible; zero keeps the row valid
+            return encode(Decimal(0))
+        value = max(-1e308, min(1e308, value))  # ±inf from an older downgrade
+        return encode(Decimal(repr(value)))
+    return encode(Decimal(value))
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table, column in COLUMNS:
@@ -55,16 +64,16 @@ def upgrade() -> None:
                 f"USING {column}::text::numeric"
             )
     else:
-        _rewrite_sqlite(lambda v: encode(Decimal(repr(v)) if isinstance(v, float) else Decimal(v)),
-                        to_text=True)  # fmt: skip
+        _rewrite_sqlite(_key_of_float, to_text=True)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table, column in COLUMNS:
-            op.execute(
-                f"ALTER TABLE {table} ALTER COLUMN {column} TYPE double precision "
-                f"USING {column}::double precision"
+            op.execute(  # lossy by nature: beyond a double's range is clamped
+                f"ALTER TABLE {table} ALTER COLUMN {column} TYPE double precision USING "
+                f"(CASE WHEN {column} > 1e308 THEN 1e308 WHEN {column} < -1e308 THEN -1e308 "
+                f"WHEN abs({column}) < 1e-300 THEN 0 ELSE {column} END)::double precision"
             )
     else:
-        _rewrite_sqlite(lambda v: float(decode(v)), to_text=False)
+        _rewrite_sqlite(lambda v: max(-1e308, min(1e308, float(decode(v)))), to_text=False)

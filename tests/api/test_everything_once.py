@@ -95,3 +95,29 @@ def test_type_level_everything_lists_each_resource_once(client: TestClient) -> N
     assert {("Patient", pid) for pid, _ in records} <= matches
     includes = set(keys) - matches
     assert includes and all(k[0] not in MEMBER_TYPES for k in includes)
+
+
+def test_an_included_resource_of_another_record_is_on_its_access_log(client: TestClient) -> None:
+    a = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+    b = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+
+    def obs(pid: str, **extra: Any) -> dict[str, Any]:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{pid}"}, **extra}  # fmt: skip
+
+    theirs = client.post("/fhir/Observation", json=obs(b), headers=FHIR_JSON).json()["id"]
+    member = obs(a, hasMember=[{"reference": f"Observation/{theirs}"}])
+    client.post("/fhir/Observation", json=member, headers=FHIR_JSON)
+    entries = _pages(client, f"/fhir/Patient/{a}/$everything")
+    included = {
+        (e["resource"]["resourceType"], e["resource"]["id"])
+        for e in entries
+        if e["search"]["mode"] == "include"
+    }
+    assert ("Observation", theirs) in included
+    log = client.get(f"/fhir/AuditEvent?patient={b}&subtype=operation").json()
+    assert log.get("entry"), "B's resource was disclosed: B's access log must say so"

@@ -166,6 +166,7 @@ def test_quantity_search_is_exact(client: TestClient, stored: str, query: str, f
 def _all_pages(client: TestClient, url: str) -> list[str]:
     ids: list[str] = []
     while url:
+        assert len(ids) < 1000, "paging does not end"
         page = client.get(url)
         assert page.status_code == 200, page.text
         body = page.json()
@@ -194,3 +195,73 @@ def test_sorted_paging_by_exact_numbers_and_long_names(client: TestClient) -> No
         names[family[:3]] = client.post("/fhir/Patient", json=body, headers=FHIR_JSON).json()["id"]
     ordered = _all_pages(client, "/fhir/Patient?identifier=urn:sort|s&_sort=family&_count=1")
     assert ordered == [names["Aaa"], names["BBB"], names["Ccc"]]
+
+
+def _cursor_of(values: list[Any]) -> str:
+    import base64
+
+    return "n" + base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"resourceType":"Patient","extension":[{"url":"urn:x","valueDecimal":1e99999999999999999999}]}',
+        '{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+        '"valueQuantity":{"value":1.' + "0" * 17000 + "}}",
+        '{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+        '"valueQuantity":{"value":1e-5001}}',
+    ],
+)
+def test_numbers_beyond_the_documented_limit_are_400(
+    client: TestClient, services: Services, raw: str
+) -> None:
+    before = snapshot(services)
+    resource_type = "Patient" if '"Patient"' in raw else "Observation"
+    response = client.post(f"/fhir/{resource_type}", content=raw, headers=FHIR_JSON)
+    assert response.status_code == 400, response.text[:300]
+    assert snapshot(services) == before
+
+
+def test_numbers_at_the_edges_are_answered(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    for text in ("9.5e4999", "-9.5e4999", "-1.99999999999999999999999999999",
+                 "-1.99999999999999999999999999998", "-1.00000000000000000000000000009",
+                 "-1.00000000000000000000000000005", "-1"):  # fmt: skip
+        created = client.post(
+            "/fhir/Observation", content=_observation(pid, text), headers=FHIR_JSON
+        )
+        assert created.status_code == 201, created.text
+    for query in ("ap9.5e4999", "ap-9.5e4999", "9.5e4999", "gt-9.5e4999"):
+        response = client.get(f"/fhir/Observation?value-quantity={query}&subject=Patient/{pid}")
+        assert response.status_code == 200, (query, response.text)
+    for order in ("value-quantity", "-value-quantity"):
+        ids = _all_pages(client, f"/fhir/Observation?subject=Patient/{pid}&_sort={order}&_count=1")
+        assert len(ids) == len(set(ids)) == 7, order
+    bad = _cursor_of([{"x": 1}, "y"]).replace("eyJ4IjogMX0", "")  # not a cursor of ours
+    assert client.get(f"/fhir/Observation?_sort=value-quantity&_cursor={bad}").status_code == 400
+    huge = "n" + __import__("base64").urlsafe_b64encode(b'[1e99999999999999999999,"x"]').decode()
+    assert client.get(f"/fhir/Observation?_sort=value-quantity&_cursor={huge}").status_code == 400
+
+
+def test_integers_written_minus_zero_are_integers(client: TestClient) -> None:
+    raw = '{"resourceType":"Patient","multipleBirthInteger":-0}'
+    created = client.post("/fhir/Patient", content=raw, headers=FHIR_JSON)
+    assert created.status_code == 201, created.text
+    assert '"multipleBirthInteger":-0' in client.get(f"/fhir/Patient/{created.json()['id']}").text
+
+
+def test_decimals_of_types_without_a_model_follow_the_same_limit() -> None:
+    from ehr_service.fhir import jsonio
+    from ehr_service.fhir.structure_validation import validate_structure
+
+    def decimal_issues(text: str) -> list[str]:
+        raw = (
+            '{"resourceType":"EffectEvidenceSynthesis","status":"draft",'
+            f'"useContext":[{{"code":{{"code":"x"}},"valueQuantity":{{"value":{text}}}}}]}}'
+        )
+        issues = validate_structure(jsonio.loads(raw))
+        return [i.diagnostics for i in issues if "decimal" in i.diagnostics]
+
+    assert decimal_issues("1e400") == [] and decimal_issues("9e4999") == []
+    assert decimal_issues("1e-5001") and decimal_issues("123e-5003")

@@ -139,3 +139,33 @@ def test_an_edition_switch_replaces_the_terminology(
     lab = client.get("/fhir/ValueSet/recognition-items-laboratory").json()
     assert lab["version"] == "2025"
     assert client.get(f"/fhir/CodeSystem/$lookup?system={SYSTEM}&code=LAB-K").status_code == 404
+
+
+def test_standard_input_types(client: TestClient) -> None:
+    expanded = client.post(
+        "/fhir/ValueSet/$expand",
+        json={"resourceType": "Parameters", "parameter": [
+            {"name": "url", "valueUri": LAB_VS}, {"name": "count", "valueInteger": 3},
+            {"name": "offset", "valueInteger": 2}]},
+        headers=FHIR_JSON,
+    )  # fmt: skip
+    assert expanded.status_code == 200, expanded.text
+    assert len(expanded.json()["expansion"]["contains"]) == 3
+    for operation in ("CodeSystem/$lookup", "CodeSystem/$validate-code"):
+        coded = client.post(
+            f"/fhir/{operation}",
+            json={"resourceType": "Parameters", "parameter": [
+                {"name": "coding", "valueCoding": {"system": SYSTEM, "code": "LAB-GLU"}}]},
+            headers=FHIR_JSON,
+        )  # fmt: skip
+        assert coded.status_code == 200, (operation, coded.text)
+    concept = client.post(
+        "/fhir/ConceptMap/$translate",
+        json={"resourceType": "Parameters", "parameter": [{"name": "codeableConcept",
+              "valueCodeableConcept": {"coding": [{"system": "http://loinc.org",
+                                                   "code": "2345-7"}]}}]},
+        headers=FHIR_JSON,
+    )  # fmt: skip
+    assert _parameter(concept.json(), "result") is True
+    versioned = client.get(f"/fhir/ValueSet/$validate-code?url={LAB_VS}|2024&code=LAB-GLU")
+    assert versioned.status_code == 200 and _parameter(versioned.json(), "result") is True
