@@ -158,3 +158,15 @@ def refusal(
 # CodeSystem, ConceptMap and three ValueSets (ehr_service.interactions.terminology).
 TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ConceptMap", "ValueSet"})
 PUBLISHED_AT_START = 5
+
+
+def shipped_edition() -> dict[str, Any]:
+    """The shipped recognition catalogue edition (a Bundle of CodeSystem and
+    ConceptMap), parsed afresh for a test to change."""
+    import orjson
+
+    from ehr_service.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json"
+    document: dict[str, Any] = orjson.loads(path.read_bytes())
+    return document

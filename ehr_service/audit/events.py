@@ -270,26 +270,6 @@ def event_json(
     return jsonio.dumps(event)
 
 
-@dataclass(frozen=True, slots=True)
-class _Touched:
-    """A result with more records touched than its own."""
-
-    result: AuditedResult
-    patients: frozenset[str]
-
-    @property
-    def status(self) -> int:
-        return self.result.status
-
-    @property
-    def resource_type(self) -> str | None:
-        return self.result.resource_type
-
-    @property
-    def resource_id(self) -> str | None:
-        return self.result.resource_id
-
-
 class GroupCommit:
     """Events recorded in transactions of their own (reads, searches, failures),
     committed together: a caller waits until its event is on the chain, as before,
@@ -394,7 +374,10 @@ class Auditor:
             mask_candidates(what) if what else None,
         )
 
-    def for_result(self, ctx: AuditedRequest, result: AuditedResult) -> NewEvent:
+    def for_result(
+        self, ctx: AuditedRequest, result: AuditedResult, also: frozenset[str] = frozenset()
+    ) -> NewEvent:
+        """``also``: records the work changed beyond the result's own."""
         what = None
         if result.resource_type and result.resource_id:
             what = f"{result.resource_type}/{result.resource_id}"
@@ -404,7 +387,7 @@ class Auditor:
             interaction=ctx.interaction,
             status=result.status,
             caller=ctx.caller,
-            patients=result.patients,
+            patients=result.patients | also,
             what=what,
             query=ctx.query_string or None,
             data_type=data_type if data_type and data_type[:1].isupper() else None,
@@ -415,10 +398,7 @@ class Auditor:
         (a read's event follows its transaction). The service's own internal work
         (demo data, background re-marking) is not a caller's act; an operator's is."""
         if ctx.caller.operator or not ctx.caller.internal:
-            event = self.for_result(ctx, result)
-            also = unit_of_work.touched(conn) - event.patients
-            if also:  # records the work changed beyond the result (re-marked results)
-                event = self.for_result(ctx, _Touched(result, event.patients | also))
+            event = self.for_result(ctx, result, unit_of_work.touched(conn))
             unit_of_work.record(conn, event)
 
     def record_now(self, ctx: AuditedRequest, result: AuditedResult) -> None:

@@ -319,3 +319,15 @@ CASES: list[tuple[str, set[str] | list[str]]] = [
     ("Observation?_sort=-value-quantity&value-quantity:missing=false", ["o3", "o2", "o1"]),
     ("Patient?_sort=gender,-birthdate", ["p3", "p1", "p2"]),
 ]
+
+
+def dataset_bundle() -> dict[str, Any]:
+    """The dataset as one transaction (PUTs with the ids chosen here)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in RESOURCES
+        ],
+    }

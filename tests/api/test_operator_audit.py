@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 
 from ehr_service.audit.chain import verify
 from ehr_service.cli import app as cli
-from ehr_service.config import PROJECT_ROOT
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, lab, patient
+from tests.helpers import FHIR_JSON, lab, patient, shipped_edition
 
 
 def _operator_events(client: TestClient, command: str) -> list[dict[str, Any]]:
@@ -68,9 +67,7 @@ def test_import_and_catalogue_load_are_audited(
     client.put("/fhir/Organization/h1", json={"resourceType": "Organization", "id": "h1"},
                headers=FHIR_JSON)  # fmt: skip
     client.post("/fhir/Observation", json=lab(pid, "2345-7", "2026-03-01", "h1"), headers=FHIR_JSON)
-    document = orjson.loads(
-        (PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json").read_bytes()
-    )
+    document = shipped_edition()
     codesystem = document["entry"][0]["resource"]
     codesystem["version"], codesystem["id"] = "2031", "recognition-items-2031"
     document["entry"][1]["resource"]["id"] = "recognition-items-map-2031"

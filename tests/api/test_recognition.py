@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, bearer, lab, parameters, refusal
+from tests.helpers import FHIR_JSON, bearer, lab, parameters, refusal, shipped_edition
 
 LAB = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                     "code": "laboratory"}]}]  # fmt: skip
@@ -225,11 +225,8 @@ def test_institutions_and_editions_from_the_command_line(
     org = client.get("/fhir/Organization/wch").json()
     assert org["name"] == "四川大学华西医院"
     # an edition switch: 2025 drops potassium and shortens glucose to 14 days
-    from ehr_service.config import PROJECT_ROOT
 
-    document = orjson.loads(
-        (PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json").read_bytes()
-    )
+    document = shipped_edition()
     codesystem = document["entry"][0]["resource"]
     codesystem["version"], codesystem["id"] = "2025", "recognition-items-2025"
     document["entry"][1]["resource"]["id"] = "recognition-items-map-2025"
@@ -254,13 +251,10 @@ def test_a_catalogue_that_fails_to_store_is_not_activated(
     client: TestClient, services: Services, database_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    from ehr_service.config import PROJECT_ROOT
 
     monkeypatch.setenv("EHR_DATABASE_URL", database_url)
     monkeypatch.setenv("EHR_DATA_DIR", str(services.settings.data_dir))
-    document = orjson.loads(
-        (PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json").read_bytes()
-    )
+    document = shipped_edition()
     codesystem = document["entry"][0]["resource"]
     codesystem["version"] = "2026"
     del codesystem["status"]  # not a valid CodeSystem

@@ -7,20 +7,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ehr_service.interactions.context import Services
-from tests.api.search_dataset import CASES, RESOURCES
+from tests.api.search_dataset import CASES, RESOURCES, dataset_bundle
 from tests.helpers import FHIR_JSON, PUBLISHED_AT_START
 
 
 @pytest.fixture
 def dataset(client: TestClient) -> TestClient:
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in RESOURCES
-        ],
-    }
+    bundle = dataset_bundle()
     response = client.post("/fhir", json=bundle, headers=FHIR_JSON)
     assert response.status_code == 200, response.text
     return client
@@ -77,14 +70,7 @@ def test_include_revinclude_and_iterate(dataset: TestClient) -> None:
 
 def test_include_bounds_warn_instead_of_truncating(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(max_include_count=1)
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in RESOURCES
-        ],
-    }
+    bundle = dataset_bundle()
     assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
     result = client.get("/fhir/Patient?_id=p1&_revinclude=Observation:subject").json()
     modes = [e["search"]["mode"] for e in result["entry"]]
@@ -395,14 +381,7 @@ def test_control_parameters_are_checked_whatever_is_stored(client: TestClient, q
     """The same request gets the same answer on an empty database and a full one."""
     empty = client.get(f"/fhir/{query}")
     assert empty.status_code == 400, empty.text
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in RESOURCES
-        ],
-    }
+    bundle = dataset_bundle()
     assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
     full = client.get(f"/fhir/{query}")
     assert full.status_code == 400, full.text

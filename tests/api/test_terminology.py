@@ -13,10 +13,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from ehr_service.cli import app as cli
-from ehr_service.config import PROJECT_ROOT
 from ehr_service.interactions.context import Services
 from ehr_service.recognition.catalogue import REFRESH_SECONDS
-from tests.helpers import FHIR_JSON
+from tests.helpers import FHIR_JSON, shipped_edition
 
 SYSTEM = "urn:ehr-service:recognition-item"
 LAB_VS = "urn:ehr-service:ValueSet/recognition-items-laboratory"
@@ -119,9 +118,7 @@ def test_an_edition_switch_replaces_the_terminology(
 ) -> None:  # fmt: skip
     monkeypatch.setenv("EHR_DATABASE_URL", database_url)
     monkeypatch.setenv("EHR_DATA_DIR", str(services.settings.data_dir))
-    document = orjson.loads(
-        (PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json").read_bytes()
-    )
+    document = shipped_edition()
     codesystem = document["entry"][0]["resource"]
     codesystem["version"], codesystem["id"] = "2025", "recognition-items-2025"
     document["entry"][1]["resource"]["id"] = "recognition-items-map-2025"
