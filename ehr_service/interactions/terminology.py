@@ -237,8 +237,11 @@ def publish_if_absent(services: Services) -> bool:
     if catalogue is None or catalogue.edition != row["edition"]:
         return False  # another edition is active: `catalogue load` published it
     ctx = RequestContext(services, services.settings.base_url or "urn:ehr-service", caller=SERVICE)
-    with services.unit.write() as conn:
+    with services.unit.read() as conn:  # every start: a read, no write lock
         if resources.live_by_url(conn, "CodeSystem", row["url"]):
+            return False
+    with services.unit.write() as conn:
+        if resources.live_by_url(conn, "CodeSystem", row["url"]):  # another worker did
             return False
         publish(conn, ctx, document)
     return True
