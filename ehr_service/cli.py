@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
 
 
+# A kid is a base64url thumbprint and may begin with "-": read it as the argument it is.
+_KID_ARGUMENT = {"ignore_unknown_options": True}
 keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
@@ -189,7 +191,7 @@ def partner_token(
     typer.echo(f"token stored for {partner_id}")
 
 
-@partner_app.command("key")
+@partner_app.command("key", context_settings=_KID_ARGUMENT)
 def partner_key(
     partner_id: str,
     kid: str,
@@ -570,13 +572,13 @@ def keys_rotate(
     _key_action(lambda: _signing_keys().rotate(alg))
 
 
-@keys_app.command("retire")
+@keys_app.command("retire", context_settings=_KID_ARGUMENT)
 def keys_retire(kid: str) -> None:
     """Stop signing with a key; it stays published so old messages verify."""
     _key_action(lambda: _signing_keys().retire(kid))
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", context_settings=_KID_ARGUMENT)
 def keys_revoke(kid: str) -> None:
     """Revoke a key (compromised): unpublished; its messages no longer verify."""
     _key_action(lambda: _signing_keys().revoke(kid))

@@ -63,6 +63,11 @@ def test_refused_key_operations(services: Services, monkeypatch: pytest.MonkeyPa
     assert active.exit_code == 1 and "rotate" in active.output
     unknown = runner.invoke(cli, ["keys", "revoke", "no-such-kid"])
     assert unknown.exit_code == 1
+    # a thumbprint may begin with "-": it is read as the kid, never as an option
+    dashed = runner.invoke(cli, ["keys", "revoke", "-R4E_oZEbn5RSlwUk"])
+    assert dashed.exit_code == 1 and "no signing key -R4E_oZEbn5RSlwUk" in dashed.output
+    dashed = runner.invoke(cli, ["keys", "retire", "-x"])
+    assert dashed.exit_code == 1 and "no signing key -x" in dashed.output
     assert runner.invoke(cli, ["keys", "generate", "--alg", "HS256"]).exit_code == 1
     assert runner.invoke(cli, ["keys", "revoke", kid]).exit_code == 0
     assert runner.invoke(cli, ["keys", "retire", kid]).exit_code == 1  # revoked for good
