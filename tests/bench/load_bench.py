@@ -20,13 +20,44 @@ CONCURRENCY = int(os.environ.get("EHR_BENCH_CONCURRENCY", "16"))
 SECONDS = float(os.environ.get("EHR_BENCH_LOAD_SECONDS", "10"))
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        found.append(current)
+        pending += [int(c) for c in children]
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 async def _load(
-    urls: Callable[[int], str], headers: dict[str, str], concurrency: int, seconds: float
+    urls: Callable[[int], str],
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    mark: Callable[[], None],
 ) -> dict[str, Any]:
     latencies: list[float] = []
     failures = 0
@@ -46,9 +77,11 @@ async def _load(
                 failures += response.status_code != 200
                 n += concurrency
 
+        mark()
         started = time.perf_counter()
         await asyncio.gather(*(user(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
+        mark()
     return {
         "requests": len(latencies),
         "failures": failures,
@@ -64,8 +97,20 @@ def load(
     headers: dict[str, str],
     concurrency: int = CONCURRENCY,
     seconds: float = SECONDS,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    return asyncio.run(_load(urls, headers, concurrency, seconds))
+    """With ``server_pid``: also the server's CPU per request (its processes' CPU
+    seconds over the measured requests, warm-up included in neither)."""
+    cpu: list[float] = []
+
+    def mark() -> None:
+        if server_pid is not None:
+            cpu.append(tree_cpu(server_pid))
+
+    result = asyncio.run(_load(urls, headers, concurrency, seconds, mark))
+    if len(cpu) == 2 and result["requests"]:
+        result["cpu_ms_per_request"] = round((cpu[1] - cpu[0]) * 1000 / result["requests"], 3)
+    return result
 
 
 class BareServer:

@@ -171,12 +171,15 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
                 e["response"]["location"].split("/_history")[0] for e in response.json()["entry"]
             ]
 
-        started = time.perf_counter()
+        assert server.process is not None
+        pid = server.process.pid
+        started, cpu_before = time.perf_counter(), load_bench.tree_cpu(pid)
         with ThreadPoolExecutor(SERVER_WORKERS) as pool:  # one bundle in flight per process
             for written in pool.map(post, [raw for _ in range(ROUNDS) for raw in bundles]):
                 locations += written
         count = len(locations)
         ingest_seconds = time.perf_counter() - started
+        ingest_cpu = load_bench.tree_cpu(pid) - cpu_before
         latencies = []
         targets = [locations[(i * 7919) % len(locations)] for i in range(READS)]
         read_started = time.perf_counter()
@@ -190,22 +193,38 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         auth = server.auth()
         patients = [t for t in locations if t.startswith("Patient/")]
         print(f"  {name}: read and search under load ({load_bench.CONCURRENCY} in flight)")
-        read_load = load_bench.load(lambda n: f"{server.base}/{targets[n % len(targets)]}", auth)
+        read_load = load_bench.load(
+            lambda n: f"{server.base}/{targets[n % len(targets)]}", auth, server_pid=pid
+        )
         search_load = load_bench.load(
             lambda n: (
                 f"{server.base}/Observation?patient={patients[n % len(patients)]}"
                 "&category=laboratory&_count=20"
             ),
             auth,
+            server_pid=pid,
         )
+        search_no_total = load_bench.load(
+            lambda n: (
+                f"{server.base}/Observation?patient={patients[n % len(patients)]}"
+                "&category=laboratory&_count=20&_total=none"
+            ),
+            auth,
+            server_pid=pid,
+        )
+        export = export_everything(client, server.base, auth, pid)
     with load_bench.BareServer(database_url, _free_port()) as bare:
-        bare_load = load_bench.load(lambda n: f"{bare.base}/{targets[n % len(targets)]}", {})
+        assert bare.process is not None
+        bare_load = load_bench.load(
+            lambda n: f"{bare.base}/{targets[n % len(targets)]}", {}, server_pid=bare.process.pid
+        )
     return {
         "backend": name,
         "server_workers": SERVER_WORKERS,
         "ingested_resources": count,
         "ingest_seconds": round(ingest_seconds, 3),
         "ingest_resources_per_s": round(count / ingest_seconds, 1),
+        "ingest_cpu_ms_per_resource": round(ingest_cpu * 1000 / count, 3),
         "reads": READS,
         "read_p50_ms": round(_percentile(latencies, 50), 3),
         "read_p95_ms": round(_percentile(latencies, 95), 3),
@@ -214,10 +233,39 @@ def bench_backend(name: str, database_url: str, bundles: list[bytes]) -> dict[st
         "load_concurrency": load_bench.CONCURRENCY,
         "read_under_load": read_load,
         "search_under_load": search_load,
+        "search_without_total_under_load": search_no_total,
         "bare_read_under_load": bare_load,
         "read_to_ceiling_ratio": round(
             read_load["requests_per_s"] / bare_load["requests_per_s"], 3
         ),
+        "export": export,
+    }
+
+
+def export_everything(
+    client: httpx.Client, base: str, auth: dict[str, str], pid: int
+) -> dict[str, Any]:
+    """System ``$export`` of everything ingested: resources/s from kick-off to the
+    complete manifest, and the server's CPU per exported resource."""
+    headers = {**auth, "Accept": "application/fhir+json", "Prefer": "respond-async"}
+    started, cpu_before = time.perf_counter(), load_bench.tree_cpu(pid)
+    kickoff = client.get(f"{base}/$export", headers=headers)
+    assert kickoff.status_code == 202, kickoff.text
+    status_url = kickoff.headers["Content-Location"]
+    while True:
+        status = client.get(status_url, headers=auth)
+        if status.status_code == 200:
+            break
+        assert status.status_code == 202, status.text
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    cpu = load_bench.tree_cpu(pid) - cpu_before
+    exported = sum(int(item.get("count", 0)) for item in status.json()["output"])
+    return {
+        "resources": exported,
+        "seconds": round(seconds, 3),
+        "resources_per_s": round(exported / seconds, 1),
+        "cpu_ms_per_resource": round(cpu * 1000 / max(exported, 1), 4),
     }
 
 
@@ -356,6 +404,7 @@ def main() -> None:
             ("ingest res/s", "ingest_resources_per_s", ",.0f"),
             ("valid. res/s", "validation_only_resources_per_s", ",.0f"),
             ("ratio", "ingest_to_validation_ratio", ".2f"),
+            ("CPU ms/res", "ingest_cpu_ms_per_resource", ".3f"),
             ("exact parse", "exact_parse_share", ".1%"), ("read p50 ms", "read_p50_ms", ".2f"),
             ("read p95 ms", "read_p95_ms", ".2f"), ("read p99 ms", "read_p99_ms", ".2f"),
             ("reads/s", "reads_per_s_sequential", ",.0f"),
@@ -367,15 +416,21 @@ def main() -> None:
                 ("read", "read_under_load"),
                 ("bare read (ceiling)", "bare_read_under_load"),
                 ("patient search", "search_under_load"),
+                ("patient search, _total=none", "search_without_total_under_load"),
             )
         ]
         _table(loads, [
             ("under load", "what", ""), ("req/s", "requests_per_s", ",.0f"),
             ("p50 ms", "p50_ms", ".2f"), ("p95 ms", "p95_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"),
-            ("failed", "failures", "d"),
+            ("CPU ms/req", "cpu_ms_per_request", ".2f"), ("failed", "failures", "d"),
         ])  # fmt: skip
         for r in results:
             print(f"{r['backend']} read / ceiling: {r['read_to_ceiling_ratio']:.2f}")
+        exports = [{"backend": r["backend"], **r["export"]} for r in results]
+        _table(exports, [
+            ("system $export", "backend", ""), ("resources", "resources", ",d"),
+            ("res/s", "resources_per_s", ",.0f"), ("CPU ms/res", "cpu_ms_per_resource", ".4f"),
+        ])  # fmt: skip
 
     if _wanted("search"):
         print("\nsearch latency as the database grows (in-process, no HTTP):", flush=True)
