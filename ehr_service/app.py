@@ -29,6 +29,7 @@ from ehr_service.api import (
 )
 from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from ehr_service.audit.events import Auditor
+from ehr_service.audit.sealing import Sealer
 from ehr_service.config import Settings
 from ehr_service.exchange.service import Exchange
 from ehr_service.fhir.compartment import load_compartment
@@ -168,9 +169,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.bulk.recover()
         worker = PushWorker(app.state.exchange, settings.exchange_push_interval_seconds)
         worker.start()
+        keys = app.state.exchange.keys
+        sealer = Sealer(services.unit, keys, interval=settings.audit_seal_seconds)
+        sealer.start()
         yield
         worker.stop()  # a push under way finishes; its rows are leased, never half-sent
         app.state.bulk.shutdown()
+        sealer.stop()  # and seals what is committed by then
         if owned:
             services.database.dispose()
 

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from ehr_service.audit.events import Auditor
+    from ehr_service.audit.sealing import Sealer
     from ehr_service.exchange.keys import KeyInfo, SigningKeys
     from ehr_service.exchange.partners import PartnerRegistry
     from ehr_service.exchange.service import Exchange
     from ehr_service.interactions.context import RequestContext, Services
     from ehr_service.security.caller import Caller
+    from ehr_service.storage.database import Database
     from ehr_service.storage.unit_of_work import UnitOfWork
 
 app = typer.Typer(help="ehr-service: FHIR R4 lifelong health record service", no_args_is_help=True)
@@ -208,27 +210,104 @@ def partner_remove(partner_id: str) -> None:
     typer.echo(f"removed {partner_id}")
 
 
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Walk the audit chain; name the first event altered, removed or reordered."""
-    from ehr_service.audit.chain import verify
-    from ehr_service.storage.database import Database
+def _sealer(database: Database) -> Sealer:
+    from ehr_service.audit.sealing import Sealer
     from ehr_service.storage.unit_of_work import UnitOfWork
+
+    keys = _signing_keys()
+    keys.ensure_active()  # first run: the region's signing key
+    return Sealer(UnitOfWork(database), keys, interval=0)
+
+
+@audit_app.command("seal")
+def audit_seal() -> None:
+    """Seal every committed audit event into signed blocks now (servers do this
+    every EHR_AUDIT_SEAL_SECONDS)."""
+    from ehr_service.storage.database import Database
 
     database = Database(_settings().effective_database_url)
     try:
-        verdict = verify(UnitOfWork(database))
+        sealed = _sealer(database).seal()
     finally:
         database.dispose()
+    typer.echo(f"sealed {sealed} events")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    seal: Annotated[bool, typer.Option(help="seal what is committed first")] = True,
+) -> None:
+    """Walk the sealed audit chain and its signed blocks; name the first event or
+    block altered, removed or reordered, or whose signature fails."""
+    from ehr_service.audit.chain import verify
+    from ehr_service.storage.database import Database
+
+    database = Database(_settings().effective_database_url)
+    try:
+        sealer = _sealer(database)
+        if seal:
+            sealer.seal()
+        verdict = verify(sealer.unit, sealer.keys)
+    finally:
+        database.dispose()
+    waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
     if verdict.intact:
-        typer.echo(f"audit chain intact: {verdict.events} events")
+        typer.echo(
+            f"audit chain intact: {verdict.events} events in {verdict.blocks} signed blocks"
+            f"{waiting}"
+        )
         return
+    named = f", event {verdict.event}" if verdict.event is not None else ""
     typer.echo(
-        f"audit chain broken at event {verdict.first_bad}: {verdict.reason} "
-        f"({verdict.events} events verified before it)",
+        f"audit chain broken at position {verdict.first_bad}{named}: {verdict.reason} "
+        f"({verdict.events} events verified before it{waiting})",
         err=True,
     )
     raise typer.Exit(1)
+
+
+@audit_app.command("proof")
+def audit_proof(event_id: int) -> None:
+    """Print one event's inclusion proof (FHIR Parameters JSON) for the resident it
+    concerns; check it with ``ehr-service audit check-proof``."""
+    from ehr_service.audit.proofs import inclusion_proof
+    from ehr_service.storage.database import Database
+
+    database = Database(_settings().effective_database_url)
+    try:
+        with _sealer(database).unit.read() as conn:
+            proof = inclusion_proof(conn, event_id)
+    finally:
+        database.dispose()
+    if proof is None:
+        typer.echo(f"event {event_id} is not known or not sealed yet", err=True)
+        raise typer.Exit(1)
+    typer.echo(jsonio.dumps(proof).decode())
+
+
+@audit_app.command("check-proof")
+def audit_check_proof(
+    proof_file: Path,
+    jwks_file: Annotated[
+        Path | None, typer.Option(help="the region's published JWKS (default: this region's)")
+    ] = None,
+) -> None:
+    """Check an inclusion proof against the region's published keys only."""
+    from ehr_service.audit.proofs import check
+
+    try:
+        proof = jsonio.loads(proof_file.read_bytes())
+        jwks = jsonio.loads(jwks_file.read_bytes()) if jwks_file else _signing_keys().jwks()
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot read the proof or the keys: {exc}", err=True)
+        raise typer.Exit(1) from None
+    reason = "not JSON objects"
+    if isinstance(proof, dict) and isinstance(jwks, dict):
+        reason = check(proof, jwks)
+    if reason:
+        typer.echo(f"proof does not hold: {reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo("proof holds: the event is in a block signed by the region")
 
 
 @token_app.command("mint")

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     exchange_push_interval_seconds: float = Field(
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
     )
+    audit_seal_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="how often each server process seals committed audit events into a "
+        "signed block (0: never in the server; use ehr-service audit seal)",
+    )
 
     # Mutual recognition of results (DESIGN.md §7).
     region: str = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from sqlalchemy.engine import make_url
 
 from ehr_service.app import build_services, create_app
 from ehr_service.audit.chain import verify
+from ehr_service.audit.sealing import Sealer
 from ehr_service.config import PROJECT_ROOT, Settings
+from ehr_service.exchange.keys import SigningKeys
 from ehr_service.interactions.context import Services
 from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
@@ -35,7 +38,7 @@ BACKENDS = [
     pytest.param("postgresql", id="pg", marks=pytest.mark.pg),
 ]
 BASE = "http://testserver/fhir"
-AUDIT_TABLES = {"audit_event", "audit_head", "audit_access"}
+AUDIT_TABLES = {"audit_event", "audit_head", "audit_access", "audit_block"}
 # EHR_TEST_PARTITIONS=N: PostgreSQL databases hash-partitioned into N (CI runs the
 # PostgreSQL tests a second time that way).
 PARTITIONS = int(os.environ.get("EHR_TEST_PARTITIONS", "0"))
@@ -76,14 +79,19 @@ def pg_url() -> Iterator[str]:
     database.dispose()
     yield worker_url
     # The audit chain is never truncated between tests: after the whole suite has run
-    # against this database, it must still verify.
+    # against this database, every event must be sealed in order and verify (each
+    # test's blocks are signed by that test's key: signatures are checked there).
     database = Database(worker_url)
     try:
+        with tempfile.TemporaryDirectory() as keys_dir:
+            keys = SigningKeys(Path(keys_dir))
+            keys.ensure_active()
+            Sealer(UnitOfWork(database), keys, interval=0).seal()
         verdict = verify(UnitOfWork(database))
     finally:
         database.dispose()
     assert verdict.intact, f"audit chain broken at {verdict.first_bad}: {verdict.reason}"
-    assert verdict.events > 0
+    assert verdict.unsealed == 0 and (verdict.blocks > 0 or verdict.events == 0)
 
 
 @pytest.fixture(scope="session")

@@ -170,3 +170,20 @@ def shipped_edition() -> dict[str, Any]:
     path = PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json"
     document: dict[str, Any] = orjson.loads(path.read_bytes())
     return document
+
+
+def seal_and_verify(services: Any, signatures: bool | None = None) -> Any:
+    """Seal what is committed (as a server's sealer would) with the services' own
+    signing key, then verify the chain; signatures too, by default on SQLite (a
+    database per test: on the PostgreSQL database every test shares, each test's
+    blocks are signed by that test's key)."""
+    from ehr_service.audit.chain import verify
+    from ehr_service.audit.sealing import Sealer
+    from ehr_service.exchange.keys import SigningKeys
+
+    keys = SigningKeys(services.settings.signing_keys_dir)
+    keys.ensure_active()
+    Sealer(services.unit, keys, interval=0).seal()
+    if signatures is None:
+        signatures = not services.database.is_postgresql
+    return verify(services.unit, keys if signatures else None)

@@ -33,6 +33,22 @@ async def audit_search_post(request: Request, ctx: Context, rendering: Rendering
     return render_result(result, ctx, rendering)
 
 
+@router.get(
+    "/AuditEvent/{resource_id}/$inclusion-proof",
+    **docs.route("operation", {200, 400, 404}),
+)
+async def audit_inclusion_proof(
+    resource_id: ResourceId, ctx: Context, rendering: RenderingDep
+) -> Response:
+    """The event's proof of inclusion in a signed block (a Parameters resource):
+    the event's stored bytes, the block's signed statement, its JWS and the RFC
+    9162 audit path; checkable with /.well-known/jwks.json alone."""
+    result = await run_in_threadpool(
+        in_read, ctx, lambda c: audit_events.inclusion_proof(c, ctx, resource_id)
+    )
+    return render_result(result, ctx, rendering)
+
+
 @router.get("/AuditEvent/{resource_id}", **docs.route("read", {200, 400, 404}))
 async def audit_read(
     request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep

@@ -44,16 +44,21 @@ class _StateCollector(Collector):
             "Outbox rows by partner and state",
             labels=["partner", "state"],
         )
-        chain = GaugeMetricFamily("ehr_audit_chain_length", "Events on the audit hash chain")
+        chain = GaugeMetricFamily("ehr_audit_chain_length", "Events sealed on the audit chain")
+        unsealed = GaugeMetricFamily(
+            "ehr_audit_unsealed_events", "Audit events committed, not sealed in a block yet"
+        )
         try:
             with self.services.unit.read() as conn:
                 for partner, state, rows, _oldest in exchange_store.status_counts(conn):
                     outbox.add_metric([partner, state], rows)
-                chain.add_metric([], audit_store.head(conn)[0])
+                chain.add_metric([], audit_store.head(conn).position)
+                unsealed.add_metric([], audit_store.count_unsealed(conn))
         except Exception:  # a scrape never fails the service; readiness reports the database
             logging.getLogger(__name__).warning("metrics: the database could not be read")
         yield outbox
         yield chain
+        yield unsealed
         pool = self.services.database.engine.pool
         checked_out = getattr(pool, "checkedout", None)
         in_use = GaugeMetricFamily("ehr_db_pool_in_use", "Database connections in use")

@@ -157,6 +157,7 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "audit_search": ("search-type", "E"),
     "audit_search_post": ("search-type", "E"),
     "audit_read": ("read", "R"),
+    "audit_inclusion_proof": ("operation", "R"),
 }
 
 

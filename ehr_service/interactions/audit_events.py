@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from ehr_service.audit import proofs
 from ehr_service.audit import search as audit_search
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions.context import RequestContext
@@ -37,12 +38,31 @@ def search(conn: Connection, ctx: RequestContext) -> Result:
     return Result(200, body)
 
 
+def _seq(event_id: str) -> int:
+    return int(event_id) if event_id.isascii() and event_id.isdigit() and len(event_id) < 19 else 0
+
+
 def read(conn: Connection, ctx: RequestContext, event_id: str) -> Result:
     require_audit_reader(ctx.caller)
-    seq = int(event_id) if event_id.isascii() and event_id.isdigit() and len(event_id) < 19 else 0
+    seq = _seq(event_id)
     found = audit_store.search_events(
         conn, EventQuery(ids=((seq,),)), before=None, after=None, limit=1
     )
     if not found:
         raise FhirError.of(Category.NOT_FOUND, f"AuditEvent/{event_id[:64]} is not known")
     return Result(200, found[0].content, "AuditEvent", str(seq), 1, found[0].recorded)
+
+
+def inclusion_proof(conn: Connection, ctx: RequestContext, event_id: str) -> Result:
+    """``AuditEvent/{id}/$inclusion-proof``: the event, its block's signed
+    statement and its Merkle path (``audit.proofs``); 404 until it is sealed."""
+    require_audit_reader(ctx.caller)
+    seq = _seq(event_id)
+    proof = proofs.inclusion_proof(conn, seq) if seq else None
+    if proof is None:
+        raise FhirError.of(
+            Category.NOT_FOUND,
+            f"AuditEvent/{event_id[:64]} is not known or not sealed yet (blocks are sealed "
+            "every few seconds)",
+        )
+    return Result(200, proof, "AuditEvent", str(seq))

@@ -1,4 +1,4 @@
-"""The SQL of the audit chain: append under the head lock, walk, and the
+"""The SQL of the audit chain: append (no lock), seal into blocks, walk, and the
 per-patient access log."""
 
 from __future__ import annotations
@@ -9,18 +9,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, false, insert, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    false,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ehr_service.storage.tables import audit_access, audit_event, audit_head
+from ehr_service.storage.tables import audit_access, audit_block, audit_event, audit_head
 
 GENESIS = "0" * 64
+_TXID = "pg_current_xact_id()::text::bigint"
+_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
-def chain_hash(prev_hash: str, seq: int, content: bytes) -> str:
-    """The hash of event ``seq``: over the previous hash, its number and its content."""
+def chain_hash(prev_hash: str, position: int, content: bytes) -> str:
+    """The hash of the event at ``position``: over the previous hash, the position
+    and the content (which names the event's id)."""
     digest = hashlib.sha256()
-    digest.update(f"{prev_hash}|{seq}|".encode())
+    digest.update(f"{prev_hash}|{position}|".encode())
     digest.update(content)
     return digest.hexdigest()
 
@@ -46,9 +63,11 @@ class StoredEvent:
     subject: str
     organization: str | None
     content: bytes
-    prev_hash: str
-    hash: str
+    prev_hash: str | None  # None until sealed
+    hash: str | None
     entity: str | None = None
+    position: int | None = None
+    block: int | None = None
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -63,28 +82,21 @@ def _stored(row: Any) -> StoredEvent:
         row.prev_hash,
         row.hash,
         row.entity,
+        None if row.position is None else int(row.position),
+        None if row.block is None else int(row.block),
     )
 
 
 def append(conn: Connection, events: Sequence[NewEvent]) -> None:
-    """Append events to the chain in this transaction (they commit with it)."""
+    """Insert events in this transaction (they commit with it). Nothing is locked:
+    ids come from a sequence, and the sealer chains the events once committed."""
     if not events:
         return
-    query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()  # appenders queue here: one chain, no forks
-    head = conn.execute(query).first()
-    if head is None:  # migration 0010 makes the row; a head lost since is made once
-        _make_head(conn)
-        head = conn.execute(query).first()
-    assert head is not None
-    seq, prev = int(head.seq), str(head.hash)
+    postgresql = conn.dialect.name == "postgresql"
+    ids = _allocate(conn, len(events))
     rows: list[dict[str, object]] = []
     accesses: list[dict[str, object]] = []
-    for event in events:
-        seq += 1
-        content = event.content_for(seq)
-        digest = chain_hash(prev, seq, content)
+    for seq, event in zip(ids, events, strict=True):
         rows.append(
             {
                 "seq": seq,
@@ -94,17 +106,36 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
                 "subject": event.subject,
                 "organization": event.organization,
                 "entity": event.entity,
-                "content": content,
-                "prev_hash": prev,
-                "hash": digest,
+                "content": event.content_for(seq),
             }
         )
         accesses.extend({"patient_id": p, "seq": seq} for p in sorted(event.patients))
-        prev = digest
-    conn.execute(insert(audit_event), rows)
+    statement = insert(audit_event)
+    if postgresql:
+        statement = statement.values(txid=literal_column(_TXID))
+    conn.execute(statement, rows)
     if accesses:
         conn.execute(insert(audit_access), accesses)
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+def _allocate(conn: Connection, count: int) -> list[int]:
+    """``count`` new event ids, increasing: a sequence on PostgreSQL; on SQLite
+    (one writer at a time) the counter in the head row."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            text("SELECT nextval('audit_event_id') FROM generate_series(1, :n)"), {"n": count}
+        )
+        return sorted(int(r[0]) for r in rows)
+    last = conn.execute(
+        update(audit_head)
+        .where(audit_head.c.id == 1)
+        .values(allocated=audit_head.c.allocated + count)
+        .returning(audit_head.c.allocated)
+    ).scalar_one_or_none()
+    if last is None:  # migration 0010 makes the row; a head lost since is made once
+        _make_head(conn)
+        return _allocate(conn, count)
+    return list(range(int(last) - count + 1, int(last) + 1))
 
 
 def _make_head(conn: Connection) -> None:
@@ -115,26 +146,137 @@ def _make_head(conn: Connection) -> None:
     )
 
 
-def head(conn: Connection) -> tuple[int, str]:
-    row = conn.execute(select(audit_head.c.seq, audit_head.c.hash)).first()
-    return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
+# -- sealing --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SealHead:
+    position: int
+    hash: str
+    block: int
+
+
+def lock_head(conn: Connection) -> SealHead | None:
+    """The sealed chain's head, locked for this sealer; None while another seals
+    (PostgreSQL: SKIP LOCKED; SQLite's write transaction already excludes it)."""
+    query = select(audit_head.c.seq, audit_head.c.hash, audit_head.c.block).where(
+        audit_head.c.id == 1
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    row = conn.execute(query).first()
+    if row is None:
+        if conn.execute(select(audit_head.c.id)).first() is not None:
+            return None  # it exists: another sealer holds it
+        _make_head(conn)
+        return lock_head(conn)
+    return SealHead(int(row.seq), str(row.hash), int(row.block))
+
+
+def unsealed(conn: Connection, limit: int) -> list[tuple[int, bytes]]:
+    """(id, content) of committed events not chained yet, by id. On PostgreSQL only
+    those of transactions older than every one still open: an event that commits
+    later always lands after them (gap-safe, as the exchange feed)."""
+    query = select(audit_event.c.seq, audit_event.c.content).where(audit_event.c.position.is_(None))
+    if conn.dialect.name == "postgresql":
+        query = query.where(audit_event.c.txid < literal_column(_XMIN))
+    rows = conn.execute(query.order_by(audit_event.c.seq).limit(limit)).all()
+    return [(int(r.seq), bytes(r.content)) for r in rows]
+
+
+def count_unsealed(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(audit_event).where(audit_event.c.position.is_(None))
+        ).scalar_one()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    seq: int
+    position: int
+    prev_hash: str
+    hash: str
+
+
+def chain_block(conn: Connection, links: Sequence[Link], block: dict[str, Any]) -> None:
+    """Write a sealed block: its events' places on the chain, the block, the head."""
+    number = int(block["number"])
+    conn.execute(
+        update(audit_event)
+        .where(audit_event.c.seq == bindparam("b_seq"))
+        .values(
+            position=bindparam("b_position"),
+            prev_hash=bindparam("b_prev"),
+            hash=bindparam("b_hash"),
+            block=number,
+        ),
+        [
+            {"b_seq": link.seq, "b_position": link.position, "b_prev": link.prev_hash,
+             "b_hash": link.hash}
+            for link in links
+        ],
+    )  # fmt: skip
+    conn.execute(insert(audit_block).values(**block))
+    last = links[-1]
+    conn.execute(
+        update(audit_head)
+        .where(audit_head.c.id == 1)
+        .values(seq=last.position, hash=last.hash, block=number)
+    )
+
+
+def head(conn: Connection) -> SealHead:
+    row = conn.execute(select(audit_head.c.seq, audit_head.c.hash, audit_head.c.block)).first()
+    if row is None:
+        return SealHead(0, GENESIS, 0)
+    return SealHead(int(row.seq), str(row.hash), int(row.block))
 
 
 def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:
-    """Every event in sequence order."""
+    """Every sealed event in chain order."""
     after = 0
     while True:
         rows = conn.execute(
             select(audit_event)
-            .where(audit_event.c.seq > after)
-            .order_by(audit_event.c.seq)
+            .where(audit_event.c.position > after)
+            .order_by(audit_event.c.position)
             .limit(batch)
         ).all()
         for row in rows:
             yield _stored(row)
         if len(rows) < batch:
             return
-        after = int(rows[-1].seq)
+        after = int(rows[-1].position)
+
+
+def blocks(conn: Connection) -> Iterator[dict[str, Any]]:
+    """Every sealed block, in order."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            select(audit_block).where(audit_block.c.number > after).order_by(audit_block.c.number)
+            .limit(500)
+        ).all()  # fmt: skip
+        yield from (dict(r._mapping) for r in rows)
+        if len(rows) < 500:
+            return
+        after = int(rows[-1].number)
+
+
+def block_of(conn: Connection, seq: int) -> tuple[dict[str, Any], list[StoredEvent]] | None:
+    """The block an event was sealed in, and that block's events in chain order."""
+    number = conn.execute(select(audit_event.c.block).where(audit_event.c.seq == seq)).scalar()
+    if number is None:
+        return None
+    block = conn.execute(select(audit_block).where(audit_block.c.number == number)).first()
+    if block is None:
+        return None
+    rows = conn.execute(
+        select(audit_event)
+        .where(audit_event.c.position.between(block.first_position, block.last_position))
+        .order_by(audit_event.c.position)
+    ).all()
+    return dict(block._mapping), [_stored(r) for r in rows]
 
 
 def accesses(conn: Connection, first: int, last: int) -> dict[int, set[str]]:

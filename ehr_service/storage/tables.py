@@ -295,10 +295,14 @@ record_number = Table(
     sqlite_autoincrement=True,
 )
 
-# Audit (DESIGN.md §9): append-only, hash-chained. ``audit_head`` holds the chain's
-# last sequence number and hash in one row that every appender locks, so events are
-# numbered without gaps and chained in commit order; ``audit_access`` says whose
-# record each event touched (for "who accessed my record").
+# Audit (DESIGN.md §9): append-only, hash-chained, sealed in signed blocks. An event
+# is inserted by its own transaction with an id (``seq``: the AuditEvent's id) from
+# a sequence and no hash, so no row is locked by every request; the sealer chains
+# committed events in order (``position``, ``prev_hash``, ``hash``) into blocks
+# (``audit_block``) whose Merkle root it signs. ``audit_head`` holds the sealed
+# chain's last position, hash and block (locked by the sealer only) and, on SQLite,
+# the last id handed out; ``audit_access`` says whose record each event touched
+# (for "who accessed my record").
 audit_event = Table(
     "audit_event",
     metadata,
@@ -310,15 +314,41 @@ audit_event = Table(
     Column("organization", String(255), nullable=True),
     Column("entity", TEXT, nullable=True),  # Type/id acted on (AuditEvent?entity=)
     Column("content", LargeBinary, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("txid", BigInteger, nullable=True),  # PostgreSQL: the inserting transaction
+    Column("position", SEQUENCE, nullable=True),  # on the chain, once sealed
+    Column("block", SEQUENCE, nullable=True),
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+)
+Index("uq_audit_event_position", audit_event.c.position, unique=True)
+Index(
+    "ix_audit_event_unsealed",
+    audit_event.c.seq,
+    postgresql_where=audit_event.c.position.is_(None),
+    sqlite_where=audit_event.c.position.is_(None),
 )
 audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("seq", SEQUENCE, nullable=False),
+    Column("seq", SEQUENCE, nullable=False),  # the last sealed position
     Column("hash", String(64), nullable=False),
+    Column("allocated", SEQUENCE, nullable=False, server_default="0"),
+    Column("block", SEQUENCE, nullable=False, server_default="0"),
+)
+audit_block = Table(
+    "audit_block",
+    metadata,
+    Column("number", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("first_position", SEQUENCE, nullable=False),
+    Column("last_position", SEQUENCE, nullable=False),
+    Column("root", String(64), nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("sealed", UTCDateTime, nullable=False),
+    Column("kid", String(128), nullable=False),
+    Column("statement", LargeBinary, nullable=False),
+    Column("signature", TEXT, nullable=False),
+    UniqueConstraint("first_position", name="uq_audit_block_first"),
 )
 audit_access = Table(
     "audit_access",

@@ -5,8 +5,10 @@ transaction did, inside it.
 Every HTTP interaction, bundle, command-line write, background worker and
 exchange path runs in ``unit.write()`` or ``unit.read()``; what runs inside
 receives the connection and never begins or commits. An event recorded with
-:func:`record` is appended to the audit chain in the same transaction, just
-before it commits: a write and its audit event commit together or not at all.
+:func:`record` is inserted in the same transaction, just before it commits: a
+write and its audit event commit together or not at all (the sealer of
+``audit.sealing`` chains committed events afterwards; nothing here locks a row
+that every request needs).
 A read-only transaction cannot hold an event; its events go, after it ends, to
 the chain's group commit (``events_after_read``), which is itself a unit of work.
 
@@ -41,15 +43,16 @@ class UnitOfWork:
         self.each_write: Callable[[Connection], NewEvent] | None = None
 
     @contextmanager
-    def write(self, *events: NewEvent) -> Iterator[Connection]:
+    def write(self, *events: NewEvent, audited: bool = True) -> Iterator[Connection]:
         """A write transaction: commits when the block ends, with the events given
-        here and those recorded inside; rolls back (events too) on error."""
+        here and those recorded inside; rolls back (events too) on error.
+        ``audited=False``: the chain's own upkeep (sealing), never an operator's act."""
         with self.database.transaction(write=True) as conn:
             pending = list(events)
             conn.info[_EVENTS] = pending
             try:
                 yield conn
-                if not pending and self.each_write is not None:
+                if not pending and audited and self.each_write is not None:
                     pending.append(self.each_write(conn))
                 audit_store.append(conn, pending)
             finally:

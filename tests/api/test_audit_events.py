@@ -7,9 +7,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from ehr_service.audit.chain import verify
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, bearer, patient, snapshot
+from tests.helpers import FHIR_JSON, bearer, patient, seal_and_verify, snapshot
 
 MADE_UP = {
     "resourceType": "AuditEvent",
@@ -42,7 +41,7 @@ def test_audit_events_cannot_be_written(client: TestClient, services: Services) 
     batch = client.post("/fhir", json={**bundle, "type": "batch"}, headers=FHIR_JSON)
     assert batch.json()["entry"][0]["response"]["status"].startswith("405")
     assert snapshot(services) == before
-    assert verify(services.unit).intact
+    assert seal_and_verify(services).intact
 
 
 def _ids(bundle: dict[str, Any]) -> list[str]:

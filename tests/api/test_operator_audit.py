@@ -11,10 +11,9 @@ from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
-from ehr_service.audit.chain import verify
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, lab, patient, shipped_edition
+from tests.helpers import FHIR_JSON, lab, patient, seal_and_verify, shipped_edition
 
 
 def _operator_events(client: TestClient, command: str) -> list[dict[str, Any]]:
@@ -51,7 +50,7 @@ def test_institution_commands_are_audited(client: TestClient, services: Services
     assert len(_operator_events(client, "institution-qc")) >= 1
     history = client.get("/fhir/Organization/op-h1/_history").json()
     assert history["total"] == 2  # two versions, each with its event
-    assert verify(services.unit).intact
+    assert seal_and_verify(services).intact
 
 
 def test_import_and_catalogue_load_are_audited(
@@ -78,7 +77,7 @@ def test_import_and_catalogue_load_are_audited(
     loaded = _operator_events(client, "catalogue-load")
     assert len(loaded) > loads  # each of its transactions is on the chain
     assert {e["subtype"][0]["code"] for e in loaded} == {"catalogue-load"}
-    assert verify(services.unit).intact
+    assert seal_and_verify(services).intact
 
 
 def test_partner_commands_are_audited(client: TestClient, services: Services, run: Any,
@@ -121,4 +120,4 @@ def test_operator_events_name_what_they_changed(
     (export, *_) = _operator_events(client, "export")
     assert len(_operator_events(client, "export")) == exports + 1
     assert export["action"] == "R"
-    assert verify(services.unit).intact
+    assert seal_and_verify(services).intact

@@ -19,7 +19,6 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from ehr_service.app import build_services, create_app
-from ehr_service.audit.chain import verify
 from ehr_service.config import Settings
 from ehr_service.interactions import read
 from ehr_service.interactions.context import Services
@@ -27,7 +26,15 @@ from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.tables import resource
 from tests.conftest import BACKENDS, MIGRATIONS, _worker, fresh_database
-from tests.helpers import FHIR_JSON, bearer, issue_expressions, patient, refusal, snapshot
+from tests.helpers import (
+    FHIR_JSON,
+    bearer,
+    issue_expressions,
+    patient,
+    refusal,
+    seal_and_verify,
+    snapshot,
+)
 
 
 async def race(services: Services, requests: list[dict[str, Any]]) -> list[httpx.Response]:
@@ -63,9 +70,9 @@ def test_first_twenty_concurrent_creates_on_a_fresh_database(fresh_services: Ser
     ]
     responses = asyncio.run(race(fresh_services, requests))
     assert sorted(r.status_code for r in responses) == [201] * 20, [r.text for r in responses]
-    verdict = verify(fresh_services.unit)
+    verdict = seal_and_verify(fresh_services, signatures=True)
     assert verdict.intact, verdict.reason
-    assert verdict.events == 20
+    assert verdict.events == 20 and verdict.unsealed == 0
 
 
 LONG = "x" * 10_000

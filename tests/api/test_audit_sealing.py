@@ -1,0 +1,255 @@
+"""The audit chain without a global lock: events committed by concurrent requests
+are all sealed, once each, in signed blocks; ``audit verify`` names a removed,
+altered or reordered event and a forged block; an event's inclusion proof holds
+against the published keys alone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from ehr_service.app import create_app
+from ehr_service.audit import proofs
+from ehr_service.audit.chain import verify
+from ehr_service.audit.sealing import Sealer, sign
+from ehr_service.cli import app as cli
+from ehr_service.exchange.keys import SigningKeys
+from ehr_service.interactions.context import Services
+from ehr_service.storage import audit as audit_store
+from ehr_service.storage.tables import audit_block, audit_event
+from tests.api.test_write_path import fresh_services, race  # noqa: F401 - a fixture
+from tests.helpers import FHIR_JSON, bearer, patient, seal_and_verify
+
+
+def _keys(services: Services) -> SigningKeys:
+    keys = SigningKeys(services.settings.signing_keys_dir)
+    keys.ensure_active()
+    return keys
+
+
+def test_twenty_concurrent_readers_and_writers_are_sealed_complete_and_in_order(
+    fresh_services: Services,  # noqa: F811
+) -> None:
+    services = fresh_services
+    keys = _keys(services)
+    sealer = Sealer(services.unit, keys, interval=0.02)  # sealing while they write
+    sealer.start()
+    try:
+        first = asyncio.run(race(services, [
+            {"method": "POST", "url": "/fhir/Patient", "json": patient(), "headers": FHIR_JSON}
+            for _ in range(20)
+        ]))  # fmt: skip
+        ids = [r.json()["id"] for r in first]
+        mixed: list[dict[str, Any]] = []
+        for n in range(60):
+            if n % 3 == 0:
+                mixed.append({"method": "POST", "url": "/fhir/Patient", "json": patient(),
+                              "headers": FHIR_JSON})  # fmt: skip
+            elif n % 3 == 1:
+                mixed.append({"method": "GET", "url": f"/fhir/Patient/{ids[n % 20]}"})
+            else:
+                mixed.append({"method": "GET", "url": f"/fhir/Patient?_id={ids[n % 20]}"})
+        for start in range(0, 60, 20):  # 20 in flight at a time
+            answers = asyncio.run(race(services, mixed[start : start + 20]))
+            assert all(a.status_code in (200, 201) for a in answers), [a.text for a in answers]
+    finally:
+        sealer.stop()
+    verdict = verify(services.unit, keys)
+    assert verdict.intact, verdict.reason
+    assert verdict.unsealed == 0 and verdict.events == 80 and verdict.blocks >= 1
+    with services.unit.read() as conn:
+        rows = conn.execute(
+            sa.select(audit_event.c.seq, audit_event.c.position, audit_event.c.content)
+        ).all()
+    assert sorted(r.position for r in rows) == list(range(1, 81))  # each once, no gap
+    assert all(orjson.loads(r.content)["id"] == str(r.seq) for r in rows)
+
+
+@pytest.mark.pg
+def test_an_open_transaction_holds_back_the_events_after_it(
+    fresh_services: Services,  # noqa: F811
+) -> None:
+    """PostgreSQL: an event that commits late is never chained after later ones."""
+    services = fresh_services
+    if not services.database.is_postgresql:
+        pytest.skip("SQLite has one writer at a time: commits come in id order")
+    event = services.auditor.new_event(
+        interaction="read", status=200, caller=_caller(), patients=frozenset()
+    )
+    sealer = Sealer(services.unit, _keys(services), interval=0)
+    opened, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        with services.unit.write(audited=False) as conn:
+            audit_store.append(conn, [event])  # inserted now, committed later
+            opened.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    assert opened.wait(10)
+    services.auditor.append_now(event)  # a later id, committed first
+    try:
+        assert sealer.seal() == 0  # the open transaction is older: nothing after it yet
+    finally:
+        release.set()
+        worker.join()
+    # Other transactions of the cluster (other test workers) may hold the horizon
+    # back a moment: sealing then waits for them too.
+    sealed, deadline = 0, time.monotonic() + 20
+    while sealed < 2 and time.monotonic() < deadline:
+        sealed += sealer.seal()
+        time.sleep(0.05)
+    assert sealed == 2
+    verdict = verify(services.unit, sealer.keys)
+    assert verdict.intact and verdict.events == 2
+
+
+def _caller() -> Any:
+    from ehr_service.security.caller import Caller
+
+    return Caller(subject="clerk", authenticated=True)
+
+
+@pytest.fixture
+def sealed(chain_services: Services) -> Services:
+    verdict = seal_and_verify(chain_services)
+    assert verdict.intact and verdict.events == 6 and verdict.blocks >= 1, verdict
+    return chain_services
+
+
+@pytest.fixture
+def chain_services(services: Services) -> Services:
+    if services.database.is_postgresql:
+        pytest.skip("tampering tests run on their own SQLite chain")
+    with TestClient(create_app(services=services), raise_server_exceptions=False,
+                    headers=bearer(services.settings)) as client:  # fmt: skip
+        for _ in range(3):
+            client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+            client.get("/fhir/Patient")
+    return services
+
+
+def _tamper(services: Services, statement: Any) -> None:
+    with services.unit.write(audited=False) as conn:
+        conn.execute(statement)
+
+
+def test_verify_names_a_forged_block_signature(sealed: Services) -> None:
+    keys = _keys(sealed)
+    with sealed.unit.read() as conn:
+        block = conn.execute(sa.select(audit_block).order_by(audit_block.c.number)).first()
+    assert block is not None
+    header, _, signature = block.signature.split(".")
+    forged = f"{header}..{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    _tamper(sealed, sa.update(audit_block).where(audit_block.c.number == block.number)
+            .values(signature=forged))  # fmt: skip
+    verdict = verify(sealed.unit, keys)
+    assert not verdict.intact and f"block {block.number}" in verdict.reason
+    assert "signature" in verdict.reason
+    # signed properly, but by a key that is not the region's
+    other = SigningKeys(sealed.settings.data_dir / "someone-else")
+    other.ensure_active()
+    info, key = other.active() or (None, None)
+    assert info is not None
+    _tamper(sealed, sa.update(audit_block).where(audit_block.c.number == block.number)
+            .values(signature=sign(bytes(block.statement), info.kid, info.alg, key)))  # fmt: skip
+    verdict = verify(sealed.unit, keys)
+    assert "unknown or revoked" in verdict.reason
+
+
+def test_verify_names_events_rewritten_with_their_hashes(sealed: Services) -> None:
+    """Whoever can write the database but holds no key: alter an event and recompute
+    every chain hash after it; the signed root still names the block."""
+    from ehr_service.storage.audit import GENESIS, chain_hash
+
+    with sealed.unit.write(audited=False) as conn:
+        rows = conn.execute(sa.select(audit_event).order_by(audit_event.c.position)).all()
+        prev = GENESIS
+        for row in rows:
+            content = bytes(row.content)
+            if row.position == 2:
+                content = content.replace(b'"outcome":"0"', b'"outcome":"4"')
+            digest = chain_hash(prev, row.position, content)
+            conn.execute(sa.update(audit_event).where(audit_event.c.seq == row.seq)
+                         .values(content=content, prev_hash=prev, hash=digest))  # fmt: skip
+            prev = digest
+    verdict = verify(sealed.unit, _keys(sealed))
+    assert not verdict.intact
+    assert "altered" in verdict.reason or "differ" in verdict.reason
+
+
+@pytest.mark.parametrize("how", ["removed", "altered", "reordered"])
+def test_verify_names_the_event(sealed: Services, how: str) -> None:
+    with sealed.unit.read() as conn:
+        rows = {r.position: r for r in conn.execute(sa.select(audit_event))}
+    if how == "removed":
+        _tamper(sealed, sa.delete(audit_event).where(audit_event.c.position == 3))
+    elif how == "altered":
+        forged = bytes(rows[3].content).replace(b'"action":"', b'"action":"X')
+        _tamper(sealed, sa.update(audit_event).where(audit_event.c.position == 3)
+                .values(content=forged))  # fmt: skip
+    else:
+        for position in (3, 4):
+            _tamper(sealed, sa.update(audit_event).where(audit_event.c.seq == rows[position].seq)
+                    .values(position=-position))  # fmt: skip
+        for position, other in ((3, 4), (4, 3)):
+            _tamper(sealed, sa.update(audit_event).where(audit_event.c.position == -position)
+                    .values(position=other))  # fmt: skip
+    verdict = verify(sealed.unit, _keys(sealed))
+    assert not verdict.intact and verdict.first_bad == 3, verdict
+    if how == "removed":
+        assert "missing" in verdict.reason
+    else:
+        assert verdict.event == rows[3 if how == "altered" else 4].seq
+
+
+def test_an_inclusion_proof_holds_against_the_published_keys(sealed: Services) -> None:
+    with sealed.unit.read() as conn:
+        seq = conn.execute(sa.select(sa.func.max(audit_event.c.seq))).scalar_one()
+    app = create_app(services=sealed)
+    with TestClient(app, headers=bearer(sealed.settings, "ehr/audit")) as auditor:
+        answer = auditor.get(f"/fhir/AuditEvent/{seq}/$inclusion-proof")
+        assert answer.status_code == 200, answer.text
+        proof = answer.json()
+        jwks = auditor.get("/.well-known/jwks.json").json()
+        event = auditor.get(f"/fhir/AuditEvent/{seq}")
+        assert auditor.get("/fhir/AuditEvent/999999/$inclusion-proof").status_code == 404
+    assert proof["resourceType"] == "Parameters"
+    assert proofs.check(proof, jwks) == ""
+    values = {p["name"]: p for p in proof["parameter"]}
+    assert base64.b64decode(values["event"]["valueBase64Binary"]) == event.content
+    forged = orjson.loads(event.content)
+    forged["outcome"] = "8"
+    values["event"]["valueBase64Binary"] = base64.b64encode(orjson.dumps(forged)).decode()
+    assert "not in the block" in proofs.check(proof, jwks)
+    assert "unknown" in proofs.check(answer.json(), {"keys": []})
+
+
+def test_cli_seal_verify_and_proof(
+    chain_services: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EHR_DATABASE_URL", chain_services.settings.effective_database_url)
+    monkeypatch.setenv("EHR_DATA_DIR", str(chain_services.settings.data_dir))
+    runner = CliRunner()
+    sealed = runner.invoke(cli, ["audit", "seal"])
+    assert sealed.exit_code == 0 and "sealed" in sealed.output
+    verified = runner.invoke(cli, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "intact: 6 events in" in verified.output
+    proof = runner.invoke(cli, ["audit", "proof", "2"])
+    assert proof.exit_code == 0, proof.output
+    (tmp_path / "proof.json").write_text(proof.output)
+    checked = runner.invoke(cli, ["audit", "check-proof", str(tmp_path / "proof.json")])
+    assert checked.exit_code == 0 and "proof holds" in checked.output
+    assert runner.invoke(cli, ["audit", "proof", "999"]).exit_code == 1
