@@ -1,11 +1,18 @@
 """Request-scoped dependencies: the caller (the one place identity is resolved),
-the FHIR request context and the response rendering."""
+the FHIR request context and the response rendering.
+
+They are ``async``: FastAPI runs a plain ``def`` dependency on the thread pool,
+one hop each. Here nothing blocks: a token seen before is a dictionary lookup,
+a new one is verified in place unless that may wait on a remote JWKS (then, and
+for the audit of a failed login, the work goes to the thread pool). A request
+then makes one hop, for its unit of work."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ehr_service.api.middleware import request_id_of
 from ehr_service.api.negotiation import Rendering, negotiate, return_preference
@@ -15,41 +22,47 @@ from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.tokens import InvalidToken, missing_token
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     """Resolve who is calling, once per request: the verified bearer token, or anonymous
     (which only discovery endpoints accept). A token that fails is a 401 here."""
     header = request.headers.get("authorization")
     if header is None:
         return ANONYMOUS
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise InvalidToken.because("the Authorization header must be 'Bearer <token>'")
     services: Services = request.app.state.services
-    try:
-        caller = services.tokens.verify(token.strip())
-    except FhirError as error:  # a login failure: audited (at a bounded rate), then answered
-        client = request.client.host if request.client else "unknown"
-        services.rate_limiter.take(f"login-failure:{client}")  # floods get 429, unaudited
-        services.auditor.append_now(
-            services.auditor.new_event(
+    verifier = services.tokens
+    caller = verifier.cached(token)
+    if caller is None:
+        try:
+            if verifier.may_fetch:
+                caller = await run_in_threadpool(verifier.verify, token)
+            else:
+                caller = verifier.verify(token)
+        except FhirError as error:  # a login failure: audited (at a bounded rate), answered
+            client = request.client.host if request.client else "unknown"
+            services.rate_limiter.take(f"login-failure:{client}")  # floods get 429, unaudited
+            event = services.auditor.new_event(
                 interaction="login",
                 status=error.status,
                 caller=ANONYMOUS,
                 patients=frozenset(),
                 login=True,
             )
-        )
-        raise
+            await run_in_threadpool(services.auditor.append_now, event)
+            raise
     request.state.caller = caller
     return caller
 
 
-def get_rendering(request: Request) -> Rendering:
+async def get_rendering(request: Request) -> Rendering:
     rendering = negotiate(request)
     request.state.rendering = rendering
     return rendering
@@ -62,7 +75,7 @@ def base_url_of(request: Request, services: Services) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-def get_context(
+async def get_context(
     request: Request,
     services: Annotated[Services, Depends(get_services)],
     caller: Annotated[Caller, Depends(get_caller)],
@@ -84,7 +97,7 @@ def get_context(
     )
 
 
-def get_authenticated_context(
+async def get_authenticated_context(
     request: Request,
     ctx: Annotated[RequestContext, Depends(get_context)],
 ) -> RequestContext:
@@ -93,7 +106,7 @@ def get_authenticated_context(
     if not ctx.caller.authenticated:
         raise missing_token()
     ctx.services.rate_limiter.take(ctx.caller.client_id or ctx.caller.subject)
-    if not request.url.path.startswith("/exchange/") and _is_partner(request, ctx.caller):
+    if not request.url.path.startswith("/exchange/") and await _is_partner(request, ctx.caller):
         # A partner region's token is for signed exchange only: its writes must come
         # signed, with Provenance, under the resident's consent to its region.
         raise FhirError.of(
@@ -104,11 +117,15 @@ def get_authenticated_context(
     return ctx
 
 
-def _is_partner(request: Request, caller: Caller) -> bool:
+async def _is_partner(request: Request, caller: Caller) -> bool:
     exchange = getattr(request.app.state, "exchange", None)
     if exchange is None or caller.kind != "system":
         return False
-    return bool(exchange.partners.is_partner(caller.client_id or caller.subject))
+    client = caller.client_id or caller.subject
+    known = exchange.partners.is_partner_cached(client)
+    if known is None:  # the partner list is read again every few seconds
+        known = await run_in_threadpool(exchange.partners.is_partner, client)
+    return bool(known)
 
 
 PublicContext = Annotated[RequestContext, Depends(get_context)]

@@ -119,6 +119,14 @@ class PartnerRegistry:
         self._refreshed: dict[str, float] = {}  # partner -> monotonic time of last fetch
         self._ids: tuple[float, frozenset[str]] | None = None
 
+    def is_partner_cached(self, client_id: str | None) -> bool | None:
+        """``is_partner`` from the cached list; None when the list must be read."""
+        if not client_id:
+            return False
+        if self._ids is None or time.monotonic() - self._ids[0] > 5.0:
+            return None
+        return client_id in self._ids[1]
+
     def is_partner(self, client_id: str | None) -> bool:
         """Is this a partner's client id? (cached for a few seconds)"""
         if not client_id:

@@ -47,13 +47,17 @@ def visible_to(
 def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
     """403 when the resident refused sharing with this caller (DESIGN.md §9)."""
     if owner and view.refused_actors and consent_store.refused(conn, owner, view.refused_actors):
-        refusal = FhirError.of(
-            Category.FORBIDDEN,
-            "The resident has refused sharing this record with your organisation or region",
-            code="suppressed",
-        )
-        refusal.patients = frozenset({owner})  # the refused attempt shows in their access log
-        raise refusal
+        raise refusal_of(owner)
+
+
+def refusal_of(owner: str) -> FhirError:
+    refusal = FhirError.of(
+        Category.FORBIDDEN,
+        "The resident has refused sharing this record with your organisation or region",
+        code="suppressed",
+    )
+    refusal.patients = frozenset({owner})  # the refused attempt shows in their access log
+    return refusal
 
 
 def not_found(resource_type: str, resource_id: str) -> FhirError:
@@ -70,13 +74,16 @@ def current_or_fail(
 ) -> StoredVersion:
     """The live current version; 404 if it never existed (or ``view`` may not see
     it), 410 if deleted."""
-    stored = resources.read_current(conn, resource_type, resource_id, for_update=for_update)
+    actors = view.refused_actors if view is not None else ()
+    stored = resources.read_current(
+        conn, resource_type, resource_id, for_update=for_update, refused_actors=actors
+    )
     if stored is None or (
         view is not None and not visible_to(conn, view, resource_type, resource_id, stored)
     ):
         raise not_found(resource_type, resource_id)
-    if view is not None:
-        check_consent(conn, view, stored.compartment_patient_id)
+    if stored.refused and stored.compartment_patient_id:  # the consent, in the same query
+        raise refusal_of(stored.compartment_patient_id)
     if stored.deleted:
         raise gone(stored)
     return stored

@@ -11,6 +11,7 @@ are never accepted, and a ``kid`` is only ever a dictionary key.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -35,6 +36,7 @@ ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
 OWN_KEY_FILE = "token-signing.jwk.json"
 MAX_CLAIM_CHARS = 255  # what the audit trail records of a caller
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 10_000  # tokens remembered per process, by SHA-256 digest
 JWKS_REFETCH_SECONDS = 60.0
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class TokenVerifier:
         self._remote_at = 0.0
         self._local: list[Any] = []
         self.issuers = set(settings.token_issuers)
+        self._verified: dict[bytes, tuple[Caller, float]] = {}
         if settings.jwks_file is not None:
             self._local.extend(_load_jwks(settings.jwks_file).keys)
         if settings.trusts_own_tokens:
@@ -139,7 +142,34 @@ class TokenVerifier:
                     keys.extend(self._remote.keys)
         return KeySet(keys)
 
+    @property
+    def may_fetch(self) -> bool:
+        """Can verifying a new token wait on the network (a remote JWKS)?"""
+        return bool(self.settings.jwks_url)
+
+    def cached(self, token: str) -> Caller | None:
+        """The caller of a token verified before and not expired since."""
+        entry = self._verified.get(hashlib.sha256(token.encode()).digest())
+        if entry is None:
+            return None
+        caller, until = entry
+        if time.time() >= until:
+            return None
+        return caller
+
     def verify(self, token: str) -> Caller:
+        """Verify ``token`` (signature and claims); remembered by its digest until
+        it expires, or the key set may have changed (JWKS cache time), whichever
+        comes first. A token that fails is never remembered."""
+        caller, expires = self._verify(token)
+        until = min(expires + self.settings.token_clock_skew_seconds,
+                    time.time() + max(self.settings.jwks_cache_seconds, 0))  # fmt: skip
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # a flood of distinct tokens: start again
+        self._verified[hashlib.sha256(token.encode()).digest()] = (caller, until)
+        return caller
+
+    def _verify(self, token: str) -> tuple[Caller, float]:
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken.because("too long")
         keys = self._keys()
@@ -157,7 +187,7 @@ class TokenVerifier:
                 raise InvalidToken.because(_reason(exc)) from None
         except (ValueError, TypeError):
             raise InvalidToken.because("malformed") from None
-        return self._caller(decoded.claims)
+        return self._caller(decoded.claims), float(decoded.claims["exp"])
 
     def _caller(self, claims: dict[str, Any]) -> Caller:
         now = time.time()

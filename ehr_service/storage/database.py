@@ -15,7 +15,7 @@ from typing import Any
 from psycopg.errors import DeadlockDetected, QueryCanceled, SerializationFailure
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from ehr_service.fhir.errors import Category, FhirError
 
@@ -105,6 +105,33 @@ def transaction_cache(conn: Connection, name: str) -> dict[Any, Any]:
     return cache
 
 
+IDLE_PING_SECONDS = 10.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling without a round trip per transaction: a
+    pooled connection idle for longer than ``IDLE_PING_SECONDS`` is pinged when
+    checked out, and a dead one is replaced (the pool retries with a new
+    connection). Under load connections never idle that long and nothing is
+    pinged; ``pool_pre_ping`` would add a ``SELECT 1`` to every transaction."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi)
+        except Exception as exc:  # the driver's own error: the connection is gone
+            raise DisconnectionError("a pooled connection was found dead") from exc
+        if not alive:
+            raise DisconnectionError("a pooled connection was found dead")
+
+
 class Database:
     """Owns the engine; hands out connections inside one transaction each."""
 
@@ -120,11 +147,11 @@ class Database:
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
                 # Search statements differ by their values' selectivity: a cached generic
                 # plan of a prepared statement can be 100x slower than the custom plan.
                 connect_args={"options": options},
             )
+            _ping_when_idle(self.engine)
         self.dialect = self.engine.dialect.name
 
     @property

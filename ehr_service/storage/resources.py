@@ -9,11 +9,22 @@ into ``resource`` and ``resource_version`` together; bulk creates go through one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, false, func, insert, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    exists,
+    false,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -27,7 +38,7 @@ from ehr_service.storage.identity import hold_id_number
 from ehr_service.storage.partitioning import is_partitioned
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.search_sql import text_equals, visible
-from ehr_service.storage.tables import resource, resource_version, search_uri
+from ehr_service.storage.tables import consent_refusal, resource, resource_version, search_uri
 from ehr_service.storage.unit_of_work import savepoint
 
 
@@ -44,6 +55,7 @@ class StoredVersion:
     compartment_patient_id: str | None = None
     method: str = "PUT"
     seq: int | None = None
+    refused: bool = False  # its resident refused one of the actors asked about
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +214,37 @@ def live_contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> d
 
 
 def read_current(
-    conn: Connection, resource_type: str, resource_id: str, *, for_update: bool = False
+    conn: Connection,
+    resource_type: str,
+    resource_id: str,
+    *,
+    for_update: bool = False,
+    refused_actors: Sequence[str] = (),
 ) -> StoredVersion | None:
     """The current version, deleted or not; with ``for_update`` the row is locked
-    until the transaction ends (PostgreSQL; SQLite's write lock already covers it)."""
-    query = select(*_CURRENT_COLUMNS).where(
+    until the transaction ends (PostgreSQL; SQLite's write lock already covers it).
+    With ``refused_actors``, the same statement says whether its resident refused
+    any of them (``StoredVersion.refused``): a read is one round trip."""
+    columns: list[Any] = list(_CURRENT_COLUMNS)
+    if refused_actors:
+        columns.append(
+            exists()
+            .where(
+                consent_refusal.c.patient_id == resource.c.compartment_patient_id,
+                consent_refusal.c.actor.in_(list(refused_actors)),
+            )
+            .label("refused")
+        )
+    query = select(*columns).where(
         resource.c.res_type == resource_type, resource.c.res_id == resource_id
     )
     if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(of=resource)
     row = conn.execute(query).first()
-    return None if row is None else _current(row)
+    if row is None:
+        return None
+    stored = _current(row)
+    return replace(stored, refused=bool(row.refused)) if refused_actors else stored
 
 
 def read_version(

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from joserfc.jwk import ECKey
 
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
+from ehr_service.security import tokens as tokens_module
 from ehr_service.security.tokens import own_key
 from tests.helpers import FHIR_JSON, TERMINOLOGY_TYPES, bearer, observation, patient, snapshot
 
@@ -562,3 +564,38 @@ def test_shared_types_that_point_at_another_resident_are_hidden(
         assert _ids(me.get("/fhir/Device").json()) == {devices["mine"]}
         assert _ids(me.get(f"/fhir/Device?patient={ids['theirs']}").json()) == set()
         assert _ids(me.get("/fhir/Organization").json()) == {ids["org"]}
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token seen before is not verified again (its digest is looked up), until
+    it expires; a token that failed is never remembered."""
+    verifier = services.tokens
+    calls: list[str] = []
+    verify = verifier._verify
+    monkeypatch.setattr(verifier, "_verify", lambda t: calls.append(t) or verify(t))
+    token = _signed(services, exp=int(time.time()) + 2)
+    app = create_app(services=services)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert [client.get("/fhir/Patient", headers=headers).status_code for _ in range(3)] == [
+            200
+        ] * 3
+        assert calls == [token]  # verified once
+        forged = _tampered(services)
+        for _ in range(2):
+            assert client.get("/fhir/Patient", headers={"Authorization": f"Bearer {forged}"}
+                              ).status_code == 401  # fmt: skip
+        assert calls.count(forged) == 2  # refused each time, never remembered
+        skew = services.settings.token_clock_skew_seconds
+        later = token_expiry(token) + skew + 1
+        clock = types.SimpleNamespace(time=lambda: float(later), monotonic=time.monotonic)
+        monkeypatch.setattr(tokens_module, "time", clock)
+        assert client.get("/fhir/Patient", headers=headers).status_code == 401  # expired now
+        assert calls.count(token) == 2
+
+
+def token_expiry(token: str) -> int:
+    body = token.split(".")[1]
+    return int(orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["exp"])
