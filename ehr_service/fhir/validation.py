@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ehr_service.fhir import jsonio
+from ehr_service.fhir import jsonio, model_speedups
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.json_types import json_type_issues
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, R4_TYPES_WITHOUT_R4B_MODEL
 
 MAX_REPORTED_ISSUES = 100
+model_speedups.install()
 
 
 def parse_json(raw: bytes) -> Any:
@@ -98,61 +99,54 @@ def json_shape_issues(value: Any, path: str) -> list[Issue]:
     return issues[:MAX_REPORTED_ISSUES]
 
 
-def _shape(node: Any, where: list[str], in_array: bool, issues: list[Issue]) -> None:
-    # Runs on every stored resource: plain recursion, and the location is only
-    # formatted when there is a problem to report.
+def _located(where: list[Any]) -> tuple[str]:
+    """The FHIRPath-like location of a stack of keys and indexes."""
+    parts = [str(where[0])]
+    parts.extend(f"[{p}]" if type(p) is int else f".{p}" for p in where[1:])
+    return ("".join(parts),)
+
+
+def _shape(node: Any, where: list[Any], in_array: bool, issues: list[Issue]) -> None:
+    # Runs on every stored resource: plain recursion; ``where`` is a stack of keys
+    # and indexes, formatted only when there is a problem to report.
     kind = type(node)
     if kind is dict:
         if not node:
             issues.append(
-                Issue(
-                    "Empty objects are not allowed in FHIR JSON",
-                    "structure",
-                    expression=("".join(where),),
-                )
-            )
+                Issue("Empty objects are not allowed in FHIR JSON", "structure",
+                      expression=_located(where))
+            )  # fmt: skip
         for key, child in node.items():
             if child is None or type(child) in _CHECKED:
-                where.append(f".{key}")
+                where.append(key)
                 _shape(child, where, False, issues)
                 where.pop()
     elif kind is list:
         if not node:
             issues.append(
-                Issue(
-                    "Empty arrays are not allowed in FHIR JSON",
-                    "structure",
-                    expression=("".join(where),),
-                )
-            )
+                Issue("Empty arrays are not allowed in FHIR JSON", "structure",
+                      expression=_located(where))
+            )  # fmt: skip
         for index, child in enumerate(node):
             if type(child) in _CHECKED:
-                where.append(f"[{index}]")
+                where.append(index)
                 _shape(child, where, True, issues)
                 where.pop()
     elif kind is str:
         if not node or node.isspace():
             issues.append(
-                Issue(
-                    "Empty or blank strings are not allowed in FHIR JSON",
-                    "value",
-                    expression=("".join(where),),
-                )
-            )
+                Issue("Empty or blank strings are not allowed in FHIR JSON", "value",
+                      expression=_located(where))
+            )  # fmt: skip
         elif CONTROL_CHARACTERS.search(node):
             issues.append(
-                Issue(
-                    "Strings may not contain control characters other than tab, CR and LF",
-                    "value",
-                    expression=("".join(where),),
-                )
-            )
+                Issue("Strings may not contain control characters other than tab, CR and LF",
+                      "value", expression=_located(where))
+            )  # fmt: skip
     elif node is None and not in_array:
         # null is only meaningful inside arrays of primitives with `_x` siblings.
         issues.append(
-            Issue(
-                "null is not allowed here in FHIR JSON", "structure", expression=("".join(where),)
-            )
+            Issue("null is not allowed here in FHIR JSON", "structure", expression=_located(where))
         )
 
 

@@ -35,6 +35,7 @@ from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.routing import Interaction, Route, route
+from ehr_service.security.policy import require
 from ehr_service.security.references import PENDING_IDENTITIES
 from ehr_service.storage import resources
 from ehr_service.storage.database import transaction_cache
@@ -56,6 +57,7 @@ class Entry:
     if_none_exist: str | None = None
     assigned_id: str | None = None
     result: Result | None = field(default=None)
+    validated: bool = False  # structurally checked before the transaction opened
 
     @property
     def where(self) -> str:
@@ -225,6 +227,7 @@ def _transaction(ctx: RequestContext, raw_entries: list[Any]) -> Result:
         except FhirError as error:
             raise _in_entry(index, error) from None
     ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+    _validate_ahead(ctx, entries)  # while no transaction (on SQLite: no write lock) is held
     with ctx.services.unit.write() as conn:
         _resolve_placeholders(conn, ctx, entries)
         for entry in ordered:
@@ -324,14 +327,32 @@ def _resolve_placeholders(conn: Connection, ctx: RequestContext, entries: list[E
             )
 
 
+def _validate_ahead(ctx: RequestContext, entries: list[Entry]) -> None:
+    """The structure of every created resource, before the transaction: the
+    expensive part of a write, with no lock held while it runs."""
+    now = utc_now()
+    for entry in entries:
+        if entry.method == "POST" and entry.route.resource_type is not None:
+            try:
+                require(ctx.caller, entry.route.resource_type, "c")  # rights before content
+                ctx.services.pipeline.validate_ahead(
+                    entry.resource, entry.route.resource_type, "POST", now
+                )
+            except FhirError as error:
+                raise _in_entry(entry.index, error) from None
+            entry.validated = True
+
+
 def _bulk_create(conn: Connection, ctx: RequestContext, entries: list[Entry]) -> None:
     versions = []
+    now = utc_now()  # one moment for every resource the transaction creates
     for entry in entries:
         try:
             assert entry.route.resource_type is not None
             version = prepare_create(
-                conn, ctx, entry.route.resource_type, entry.resource, entry.assigned_id
-            )
+                conn, ctx, entry.route.resource_type, entry.resource, entry.assigned_id,
+                now=now, validated=entry.validated,
+            )  # fmt: skip
         except FhirError as error:
             raise _in_entry(entry.index, error) from None
         versions.append(version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -21,7 +22,12 @@ def prepare_create(
     resource_type: str,
     body: Any,
     resource_id: str | None = None,
+    *,
+    now: datetime | None = None,
+    validated: bool = False,
 ) -> NewVersion:
+    """``now``: the transaction's moment (one for all its resources);
+    ``validated``: checked ahead of the transaction (``WritePipeline.validate_ahead``)."""
     require(ctx.caller, resource_type, "c")
     version, _ = prepare_version(
         conn,
@@ -30,8 +36,9 @@ def prepare_create(
         resource_type=resource_type,
         resource_id=resource_id or new_id(),
         version_id=1,
-        now=utc_now(),
+        now=now or utc_now(),
         method="POST",
+        validated=validated,
     )
     return version
 

@@ -23,6 +23,7 @@ def prepare_version(
     now: datetime,
     method: str,
     previous: bytes | None = None,
+    validated: bool = False,
 ) -> tuple[NewVersion, dict[str, Any]]:
     """Validate and serialise one version through the pipeline and its hooks; a 400
     lists every problem. ``previous`` is the stored content of the version this one
@@ -37,4 +38,5 @@ def prepare_version(
         now=now,
         method=method,
         previous=previous,
+        validated=validated,
     )

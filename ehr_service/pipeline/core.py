@@ -110,6 +110,37 @@ class WritePipeline:
     def index_of(self, resource: dict[str, Any]) -> IndexRows:
         return index_rows(self.registry, resource)
 
+    def validate_ahead(self, resource: Any, resource_type: str, method: str, now: datetime) -> None:
+        """The structural checks of :meth:`prepare`, before any transaction opens (a
+        bundle's resources are validated while no lock is held)."""
+        self._structured(resource, resource_type, "validated-ahead", 1, now, method, validate=True)
+
+    def _structured(
+        self,
+        resource: Any,
+        resource_type: str,
+        resource_id: str,
+        version_id: int,
+        now: datetime,
+        method: str,
+        *,
+        validate: bool,
+    ) -> dict[str, Any]:
+        if not isinstance(resource, dict):
+            raise FhirError.of(
+                Category.INCORRECT, "A resource must be a JSON object", code="structure"
+            )
+        if resource_type in READ_ONLY_TYPES:
+            raise read_only(resource_type, method, f"/{resource_type}")
+        if "meta" in resource and not isinstance(resource["meta"], dict):
+            raise FhirError.of(
+                Category.INCORRECT, "meta must be an object", code="structure", expression=["meta"]
+            )
+        stored = with_server_meta(resource, resource_id, version_id, now)
+        if validate:
+            validate_resource(stored, expected_type=resource_type)
+        return stored
+
     def prepare(
         self,
         conn: Connection,
@@ -122,21 +153,14 @@ class WritePipeline:
         now: datetime,
         method: str,
         previous: bytes | None = None,
+        validated: bool = False,
     ) -> tuple[NewVersion, dict[str, Any]]:
         """Validate and serialise one version (a 400 lists every problem); returns
-        it and its stored JSON. ``previous``: the stored content it follows."""
-        if not isinstance(resource, dict):
-            raise FhirError.of(
-                Category.INCORRECT, "A resource must be a JSON object", code="structure"
-            )
-        if resource_type in READ_ONLY_TYPES:
-            raise read_only(resource_type, method, f"/{resource_type}")
-        if "meta" in resource and not isinstance(resource["meta"], dict):
-            raise FhirError.of(
-                Category.INCORRECT, "meta must be an object", code="structure", expression=["meta"]
-            )
-        stored = with_server_meta(resource, resource_id, version_id, now)
-        validate_resource(stored, expected_type=resource_type)
+        it and its stored JSON. ``previous``: the stored content it follows.
+        ``validated``: :meth:`validate_ahead` has checked this resource already
+        (references rewritten since are still strings: the verdict holds)."""
+        stored = self._structured(resource, resource_type, resource_id, version_id, now, method,
+                                  validate=not validated)  # fmt: skip
         check_conformance(self.conformance, self.resolver, stored)
         draft = Draft(
             conn=conn,

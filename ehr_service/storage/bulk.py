@@ -47,20 +47,33 @@ def _pg_number(value: Any) -> Any:
     return None if value is None else as_decimal(value)
 
 
-def _converters(table: Table, columns: Sequence[str], sqlite: bool) -> list[Callable[[Any], Any]]:
-    """How each column's values are written (exact numbers by their column's form)."""
-    out: list[Callable[[Any], Any]] = []
-    for name in columns:
-        exact = isinstance(table.c[name].type, ExactNumber)
-        if sqlite:
-            out.append(_sqlite_number if exact else _sqlite_value)
-        else:
-            out.append(_pg_number if exact else _same)
+def _converters(
+    table: Table, columns: Sequence[str], sqlite: bool
+) -> list[tuple[int, Callable[[Any], Any]]]:
+    """(position, conversion) of the columns whose values are not written as they
+    are: exact numbers by their column's form, and on SQLite timestamps as text."""
+    out: list[tuple[int, Callable[[Any], Any]]] = []
+    for n, name in enumerate(columns):
+        column_type = table.c[name].type
+        if isinstance(column_type, ExactNumber):
+            out.append((n, _sqlite_number if sqlite else _pg_number))
+        elif sqlite and isinstance(column_type, DateTime | TypeDecorator):
+            out.append((n, _sqlite_value))
     return out
 
 
-def _same(value: Any) -> Any:
-    return value
+def _converted(
+    rows: Sequence[Sequence[Any]], conversions: list[tuple[int, Callable[[Any], Any]]]
+) -> Sequence[Sequence[Any]]:
+    if not conversions:
+        return rows
+    out = []
+    for row in rows:
+        values = list(row)
+        for n, convert in conversions:
+            values[n] = convert(values[n])
+        out.append(values)
+    return out
 
 
 def _pg_type(column_type: TypeEngine[Any]) -> str:
@@ -106,20 +119,17 @@ def _bulk_insert(
         driver = conn.connection.driver_connection
         assert driver is not None
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-        convert = _converters(table, columns, sqlite=False)
+        converted = _converted(rows, _converters(table, columns, sqlite=False))
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types([_pg_type(table.c[name].type) for name in columns])
-            for row in rows:
-                copy.write_row([c(v) for c, v in zip(convert, row, strict=True)])
+            for row in converted:
+                copy.write_row(row)
     elif dialect == "sqlite":
         driver = conn.connection.driver_connection
         assert driver is not None
         placeholders = ", ".join("?" for _ in columns)
         # Table and column names come from our metadata, never from a request.
         statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
-        convert = _converters(table, columns, sqlite=True)
-        driver.executemany(
-            statement, [tuple(c(v) for c, v in zip(convert, row, strict=True)) for row in rows]
-        )
+        driver.executemany(statement, _converted(rows, _converters(table, columns, sqlite=True)))
     else:  # any other backend: portable, slower
         conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
