@@ -93,10 +93,20 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route offers at this path (Starlette names only the first route's)."""
+    """The methods of the resource at this path: those of the most specific routes
+    matching it (fewest path parameters: ``/fhir/metadata`` is not also
+    ``/fhir/{type}``), every route of that rank together."""
+    matching = [
+        route
+        for route in request.app.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+    ]
+    if not matching:
+        return []
+    rank = min(len(route.param_convertors) for route in matching)
     methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+    for route in matching:
+        if len(route.param_convertors) == rank:
             methods |= route.methods or set()
     return sorted(methods)
 

@@ -122,3 +122,18 @@ def test_metadata_lists_what_works(client: TestClient) -> None:
     assert patient_entry["conditionalCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     assert statement["patchFormat"] == ["application/json-patch+json"]
+
+
+def test_a_405_names_the_methods_of_the_resource_at_that_path(client: TestClient) -> None:
+    """Allow lists what the most specific routes at the path offer: /fhir/metadata is
+    not also the generic /fhir/{type}."""
+    expected = {
+        "/fhir/metadata": "GET",
+        "/fhir/.well-known/smart-configuration": "GET",
+        "/fhir/Patient/$match": "POST",
+        "/fhir/Patient/p1": "DELETE, GET, PATCH, PUT",
+    }
+    for path, allow in expected.items():
+        answer = client.request("OPTIONS", path)
+        assert answer.status_code == 405, path
+        assert answer.headers["allow"] == allow, path
