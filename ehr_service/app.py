@@ -189,16 +189,24 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.exchange = Exchange(services)
     app.state.bulk = BulkExports(services)
     app.state.metrics = observability.Metrics(services)
-    app.include_router(observability.router)  # /healthz, /readyz, /metrics
-    app.include_router(discovery.router)  # before the generic routes: /fhir/.well-known
-    app.include_router(mpi.router)  # before the generic routes: /Patient/$ihe-pix
-    app.include_router(recognition.router)  # before them too: /fhir/$recognition-stats
-    app.include_router(bulk.router)  # and /fhir/$export, /fhir/Patient/$export
-    app.include_router(audit.router)  # and /fhir/AuditEvent (read-only)
-    app.include_router(terminology_api.router)  # and /fhir/ValueSet/$expand...
-    app.include_router(fhir.router)
-    app.include_router(citizen.router)
-    app.include_router(exchange.router)
+    # The routers' routes join the application's one table, in this order (specific
+    # routes before the generic /fhir/{type}/{id}): matched as one list, without
+    # FastAPI's per-request walk through included routers (a tenth of a read's CPU).
+    # The route objects are the routers' own, shared by every app of the process:
+    # app.dependency_overrides does not reach them (tests replace services instead).
+    for router in (
+        observability.router,  # /healthz, /readyz, /metrics
+        discovery.router,  # before the generic routes: /fhir/.well-known
+        mpi.router,  # before the generic routes: /Patient/$ihe-pix
+        recognition.router,  # before them too: /fhir/$recognition-stats
+        bulk.router,  # and /fhir/$export, /fhir/Patient/$export
+        audit.router,  # and /fhir/AuditEvent (read-only)
+        terminology_api.router,  # and /fhir/ValueSet/$expand...
+        fhir.router,
+        citizen.router,
+        exchange.router,
+    ):
+        app.router.routes.extend(router.routes)
     errors.install(app)
     app.add_middleware(errors.UnexpectedErrors)  # innermost: the others see its 500
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

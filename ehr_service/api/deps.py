@@ -63,8 +63,11 @@ async def get_caller(request: Request) -> Caller:
 
 
 async def get_rendering(request: Request) -> Rendering:
-    rendering = negotiate(request)
-    request.state.rendering = rendering
+    """The negotiated rendering (made once, with the context)."""
+    rendering: Rendering | None = getattr(request.state, "rendering", None)
+    if rendering is None:
+        rendering = negotiate(request)
+        request.state.rendering = rendering
     return rendering
 
 
@@ -75,12 +78,9 @@ def base_url_of(request: Request, services: Services) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-async def get_context(
-    request: Request,
-    services: Annotated[Services, Depends(get_services)],
-    caller: Annotated[Caller, Depends(get_caller)],
-    _rendering: Annotated[Rendering, Depends(get_rendering)],
-) -> RequestContext:
+def _context(request: Request, caller: Caller) -> RequestContext:
+    services: Services = request.app.state.services
+    request.state.rendering = negotiate(request)  # the error handler renders with it too
     query: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)
@@ -97,16 +97,24 @@ async def get_context(
     )
 
 
+# One dependency each (FastAPI's dependency solving is a sixth of a read's CPU: the
+# context is built here directly, not from a tree of small dependencies).
+async def get_context(
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
+) -> RequestContext:
+    return _context(request, caller)
+
+
 async def get_authenticated_context(
-    request: Request,
-    ctx: Annotated[RequestContext, Depends(get_context)],
+    request: Request, caller: Annotated[Caller, Depends(get_caller)]
 ) -> RequestContext:
     """The context of an endpoint that needs a token: 401 before anything else
     (the body is not even read)."""
-    if not ctx.caller.authenticated:
+    ctx = _context(request, caller)
+    if not caller.authenticated:
         raise missing_token()
-    ctx.services.rate_limiter.take(ctx.caller.client_id or ctx.caller.subject)
-    if not request.url.path.startswith("/exchange/") and await _is_partner(request, ctx.caller):
+    ctx.services.rate_limiter.take(caller.client_id or caller.subject)
+    if not request.url.path.startswith("/exchange/") and await _is_partner(request, caller):
         # A partner region's token is for signed exchange only: its writes must come
         # signed, with Provenance, under the resident's consent to its region.
         raise FhirError.of(

@@ -110,21 +110,23 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
             }
         )
         accesses.extend({"patient_id": p, "seq": seq} for p in sorted(event.patients))
-    statement = insert(audit_event)
-    if postgresql:
-        statement = statement.values(txid=literal_column(_TXID))
-    conn.execute(statement, rows)
+    conn.execute(_INSERT_PG if postgresql else _INSERT, rows)
     if accesses:
-        conn.execute(insert(audit_access), accesses)
+        conn.execute(_INSERT_ACCESS, accesses)
+
+
+# Built once: every request runs them (no statement rebuilt, no cache key recomputed).
+_INSERT = insert(audit_event)
+_INSERT_PG = insert(audit_event).values(txid=literal_column(_TXID))
+_INSERT_ACCESS = insert(audit_access)
+_NEXT_IDS = text("SELECT nextval('audit_event_id') FROM generate_series(1, :n)")
 
 
 def _allocate(conn: Connection, count: int) -> list[int]:
     """``count`` new event ids, increasing: a sequence on PostgreSQL; on SQLite
     (one writer at a time) the counter in the head row."""
     if conn.dialect.name == "postgresql":
-        rows = conn.execute(
-            text("SELECT nextval('audit_event_id') FROM generate_series(1, :n)"), {"n": count}
-        )
+        rows = conn.execute(_NEXT_IDS, {"n": count})
         return sorted(int(r[0]) for r in rows)
     last = conn.execute(
         update(audit_head)

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     exists,
     false,
     func,
@@ -225,26 +227,35 @@ def read_current(
     until the transaction ends (PostgreSQL; SQLite's write lock already covers it).
     With ``refused_actors``, the same statement says whether its resident refused
     any of them (``StoredVersion.refused``): a read is one round trip."""
-    columns: list[Any] = list(_CURRENT_COLUMNS)
+    lock = for_update and conn.dialect.name == "postgresql"
+    params: dict[str, Any] = {"r_type": resource_type, "r_id": resource_id}
     if refused_actors:
-        columns.append(
-            exists()
-            .where(
-                consent_refusal.c.patient_id == resource.c.compartment_patient_id,
-                consent_refusal.c.actor.in_(list(refused_actors)),
-            )
-            .label("refused")
-        )
-    query = select(*columns).where(
-        resource.c.res_type == resource_type, resource.c.res_id == resource_id
-    )
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=resource)
-    row = conn.execute(query).first()
+        params["r_actors"] = list(refused_actors)
+    row = conn.execute(_current_statement(lock, bool(refused_actors)), params).first()
     if row is None:
         return None
     stored = _current(row)
     return replace(stored, refused=bool(row.refused)) if refused_actors else stored
+
+
+@cache
+def _current_statement(lock: bool, consent: bool) -> Any:
+    """The read of a current version, built once (the hottest statement: SQLAlchemy
+    then neither rebuilds it nor recomputes its cache key per call)."""
+    columns: list[Any] = list(_CURRENT_COLUMNS)
+    if consent:
+        columns.append(
+            exists()
+            .where(
+                consent_refusal.c.patient_id == resource.c.compartment_patient_id,
+                consent_refusal.c.actor.in_(bindparam("r_actors", expanding=True)),
+            )
+            .label("refused")
+        )
+    query = select(*columns).where(
+        resource.c.res_type == bindparam("r_type"), resource.c.res_id == bindparam("r_id")
+    )
+    return query.with_for_update(of=resource) if lock else query
 
 
 def read_version(

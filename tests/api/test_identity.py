@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from ehr_service.api.deps import get_caller
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
+from ehr_service.security.caller import Caller
+from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.tables import metadata
 from tests.helpers import (
     FHIR_JSON,
@@ -43,14 +44,21 @@ def _create(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
     return created
 
 
+class _MaskedStaff(TokenVerifier):
+    """Staff whose tokens may read but not see ID numbers unmasked."""
+
+    def verify(self, token: str) -> Caller:
+        return replace(super().verify(token), sees_id_numbers=False)
+
+    def cached(self, token: str) -> Caller | None:
+        return None
+
+
 def _masked_client(services: Services) -> TestClient:
-    # A staff token that may read but is not allowed to see ID numbers unmasked.
     app = create_app(services=services)
-    staff = services.tokens.verify(
-        bearer(services.settings, "user/*.cruds")["Authorization"].split()[1]
-    )
-    app.dependency_overrides[get_caller] = lambda: replace(staff, sees_id_numbers=False)
-    return TestClient(app, raise_server_exceptions=False)
+    app.state.services = replace(services, tokens=_MaskedStaff(services.settings))
+    headers = bearer(services.settings, "user/*.cruds")
+    return TestClient(app, raise_server_exceptions=False, headers=headers)
 
 
 def _record_numbers(resource: dict[str, Any]) -> list[str]:
