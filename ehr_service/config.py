@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(default=10_000, ge=1)
     default_page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=1_000, ge=1)
+    search_total: Literal["when-known", "accurate"] = Field(
+        default="when-known",
+        description="Bundle.total when a search has no _total: 'when-known' gives it when "
+        "the first page holds every match (no COUNT query; clients that need it ask "
+        "_total=accurate, or _count=0 / _summary=count), 'accurate' counts on every first page",
+    )
     max_include_depth: int = Field(default=3, ge=1, description="_include:iterate rounds")
     max_include_count: int = Field(default=1_000, ge=1, description="included resources a page")
     statement_timeout_ms: int = Field(

@@ -125,14 +125,15 @@ def search(
     has_next = (not backwards and more) or (backwards and bool(found))
     has_previous = (backwards and more) or (not backwards and cursor is not None)
     total = None
-    if (
-        summary == "count"
-        or total_mode in {"accurate", "estimate"}
-        or (total_mode is None and cursor is None)
-    ):
-        first_page_is_all = cursor is None and summary != "count" and not has_next and count > 0
-        # A first page that holds every match already tells the total: no COUNT query.
+    # A first page that holds every match already tells the total: no COUNT query.
+    first_page_is_all = cursor is None and summary != "count" and not has_next and count > 0
+    if summary == "count" or count == 0 or total_mode in {"accurate", "estimate"}:
         total = len(found) if first_page_is_all else search_queries.count(conn, where)
+    elif total_mode is None and cursor is None:
+        if first_page_is_all:
+            total = len(found)
+        elif ctx.settings.search_total == "accurate":  # else: a quarter of a search's cost
+            total = search_queries.count(conn, where)
 
     included, include_warnings = _includes(conn, ctx, specs, found)
     warnings.extend(include_warnings)

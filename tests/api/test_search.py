@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
 from tests.api.search_dataset import CASES, RESOURCES, dataset_bundle
-from tests.helpers import FHIR_JSON, PUBLISHED_AT_START
+from tests.helpers import FHIR_JSON, PUBLISHED_AT_START, bearer, patient
 
 
 @pytest.fixture
@@ -80,6 +83,17 @@ def test_include_bounds_warn_instead_of_truncating(make_client) -> None:  # type
     assert outcome["issue"][0]["severity"] == "warning"
 
 
+def test_every_first_page_counts_when_configured(make_services: Any) -> None:
+    services = make_services(search_total="accurate")
+    with TestClient(create_app(services=services), headers=bearer(services.settings)) as client:
+        for _ in range(3):
+            client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+        first = client.get("/fhir/Patient?_count=2").json()
+        assert first["total"] == 3
+        nxt = next(lnk["url"] for lnk in first["link"] if lnk["relation"] == "next")
+        assert "total" not in client.get(nxt.replace("http://testserver", "")).json()
+
+
 def test_paging_links_walk_every_match_once(dataset: TestClient) -> None:
     seen: list[str] = []
     url: str | None = "/fhir/Observation?_count=1"
@@ -112,6 +126,12 @@ def test_result_parameters(dataset: TestClient) -> None:
     count = dataset.get("/fhir/Patient?_summary=count").json()
     assert count["total"] == 3 and "entry" not in count
     assert "total" not in dataset.get("/fhir/Patient?_total=none").json()
+    # No _total: the total when the first page holds every match (free), else none
+    # (no COUNT query); asked for, always.
+    assert dataset.get("/fhir/Patient").json()["total"] == 3
+    assert "total" not in dataset.get("/fhir/Patient?_count=2").json()
+    for asked in ("_count=2&_total=accurate", "_count=2&_total=estimate", "_count=0"):
+        assert dataset.get(f"/fhir/Patient?{asked}").json()["total"] == 3, asked
     summary = dataset.get("/fhir/Patient?_id=p1&_summary=true").json()["entry"][0]["resource"]
     assert "telecom" in summary and "address" in summary and "managingOrganization" in summary
     assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
