@@ -30,7 +30,7 @@ from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.partitioning import CLAIM, partition
 from ehr_service.storage.tables import metadata
 from ehr_service.storage.unit_of_work import UnitOfWork
-from tests.helpers import bearer
+from tests.helpers import bearer, seal_all
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
 BACKENDS = [
@@ -86,7 +86,7 @@ def pg_url() -> Iterator[str]:
         with tempfile.TemporaryDirectory() as keys_dir:
             keys = SigningKeys(Path(keys_dir))
             keys.ensure_active()
-            Sealer(UnitOfWork(database), keys, interval=0).seal()
+            seal_all(Sealer(UnitOfWork(database), keys, interval=0))
         verdict = verify(UnitOfWork(database))
     finally:
         database.dispose()
