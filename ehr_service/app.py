@@ -170,7 +170,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         worker = PushWorker(app.state.exchange, settings.exchange_push_interval_seconds)
         worker.start()
         keys = app.state.exchange.keys
-        sealer = Sealer(services.unit, keys, interval=settings.audit_seal_seconds)
+        sealer = Sealer(services.unit, keys, interval=settings.audit_seal_seconds,
+                        anchors=settings.effective_audit_anchors_file)  # fmt: skip
         sealer.start()
         yield
         worker.stop()  # a push under way finishes; its rows are leased, never half-sent

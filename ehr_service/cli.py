@@ -210,13 +210,15 @@ def partner_remove(partner_id: str) -> None:
     typer.echo(f"removed {partner_id}")
 
 
-def _sealer(database: Database) -> Sealer:
+def _sealer(database: Database, *, sealing: bool = True) -> Sealer:
     from ehr_service.audit.sealing import Sealer
     from ehr_service.storage.unit_of_work import UnitOfWork
 
     keys = _signing_keys()
-    keys.ensure_active()  # first run: the region's signing key
-    return Sealer(UnitOfWork(database), keys, interval=0)
+    if sealing:
+        keys.ensure_active()  # first run: the region's signing key
+    anchors = _settings().effective_audit_anchors_file
+    return Sealer(UnitOfWork(database), keys, interval=0, anchors=anchors)
 
 
 @audit_app.command("seal")
@@ -236,6 +238,10 @@ def audit_seal() -> None:
 @audit_app.command("verify")
 def audit_verify(
     seal: Annotated[bool, typer.Option(help="seal what is committed first")] = True,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(help="anchor file of signed statements (default: the data directory's)"),
+    ] = None,
 ) -> None:
     """Walk the sealed audit chain and its signed blocks; name the first event or
     block altered, removed or reordered, or whose signature fails."""
@@ -244,10 +250,10 @@ def audit_verify(
 
     database = Database(_settings().effective_database_url)
     try:
-        sealer = _sealer(database)
+        sealer = _sealer(database, sealing=seal)
         if seal:
             sealer.seal()
-        verdict = verify(sealer.unit, sealer.keys)
+        verdict = verify(sealer.unit, sealer.keys, anchors or sealer.anchors)
     finally:
         database.dispose()
     waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
@@ -275,7 +281,7 @@ def audit_proof(event_id: int) -> None:
 
     database = Database(_settings().effective_database_url)
     try:
-        with _sealer(database).unit.read() as conn:
+        with _sealer(database, sealing=False).unit.read() as conn:
             proof = inclusion_proof(conn, event_id)
     finally:
         database.dispose()

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     exchange_push_interval_seconds: float = Field(
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
     )
+    audit_anchors_file: Path | None = Field(
+        default=None,
+        description="where sealers append each signed block statement, outside the database "
+        "(default: audit/anchors.jsonl in the data directory); audit verify checks the "
+        "database against it",
+    )
     audit_seal_seconds: float = Field(
         default=1.0,
         ge=0,
@@ -148,6 +154,10 @@ class Settings(BaseSettings):
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         return self
+
+    @property
+    def effective_audit_anchors_file(self) -> Path:
+        return self.audit_anchors_file or self.data_dir / "audit" / "anchors.jsonl"
 
     @cached_property
     def effective_database_url(self) -> str:

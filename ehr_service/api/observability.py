@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.middleware import request_id_of
+from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import Services
 from ehr_service.mpi.idnumber import mask_candidates
 
@@ -48,17 +49,25 @@ class _StateCollector(Collector):
         unsealed = GaugeMetricFamily(
             "ehr_audit_unsealed_events", "Audit events committed, not sealed in a block yet"
         )
+        lag = GaugeMetricFamily(
+            "ehr_audit_unsealed_oldest_seconds",
+            "Age of the oldest audit event not sealed yet (0: none); alert when it grows",
+        )
         try:
             with self.services.unit.read() as conn:
                 for partner, state, rows, _oldest in exchange_store.status_counts(conn):
                     outbox.add_metric([partner, state], rows)
                 chain.add_metric([], audit_store.head(conn).position)
                 unsealed.add_metric([], audit_store.count_unsealed(conn))
+                oldest = audit_store.oldest_unsealed(conn)
+                age = (utc_now() - oldest).total_seconds() if oldest is not None else 0.0
+                lag.add_metric([], max(age, 0.0))
         except Exception:  # a scrape never fails the service; readiness reports the database
             logging.getLogger(__name__).warning("metrics: the database could not be read")
         yield outbox
         yield chain
         yield unsealed
+        yield lag
         pool = self.services.database.engine.pool
         checked_out = getattr(pool, "checkedout", None)
         in_use = GaugeMetricFamily("ehr_db_pool_in_use", "Database connections in use")

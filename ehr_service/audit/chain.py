@@ -4,15 +4,17 @@ was altered, removed or reordered, or whose signature fails."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
 
 from ehr_service.audit import merkle
 from ehr_service.audit.events import acted_on, kind_of, organization_of
-from ehr_service.audit.sealing import BlockKeys, signature_holds
+from ehr_service.audit.sealing import STATEMENT_TYPE, BlockKeys, head_disagrees, signature_holds
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
@@ -61,19 +63,24 @@ def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     return None
 
 
-def verify(unit: UnitOfWork, keys: BlockKeys | None = None) -> Verdict:
+def verify(unit: UnitOfWork, keys: BlockKeys | None = None, anchors: Path | None = None) -> Verdict:
     """Walk the sealed chain in order, and its blocks: the first event or block
     that was altered, removed or reordered, or whose signature fails. Without
-    ``keys`` signatures are not checked (the rest is)."""
-    with unit.read() as conn:
-        walker = _Walk(keys)
+    ``keys`` signatures are not checked (the rest is); ``anchors``: the file the
+    sealers appended their signed statements to, outside the database (a block
+    it names must be in the database as signed). One snapshot throughout: a
+    sealer at work meanwhile changes nothing the walk sees."""
+    with unit.read(snapshot=True) as conn:
+        head = audit_store.head(conn)
+        walker = _Walk(keys, head, conn)
         for event in audit_store.walk(conn):
-            if walker.problem is None:
-                walker.event(event, conn)
+            walker.event(event, conn)
             if walker.problem is not None:
                 break
         if walker.problem is None:
-            walker.end(audit_store.head(conn))
+            walker.end(audit_store.last_block(conn))
+        if walker.problem is None and anchors is not None:
+            walker.problem = _anchors_problem(conn, anchors)
         unsealed = audit_store.count_unsealed(conn)
     problem = walker.problem
     if problem is not None:
@@ -81,15 +88,40 @@ def verify(unit: UnitOfWork, keys: BlockKeys | None = None) -> Verdict:
     return Verdict(walker.count, unsealed=unsealed, blocks=walker.blocks)
 
 
+def _anchors_problem(conn: Connection, anchors: Path) -> tuple[int, str, int | None] | None:
+    if not anchors.exists():
+        return None
+    signed = {b["number"]: b for b in audit_store.blocks(conn)}
+    for line in anchors.read_bytes().splitlines():
+        try:
+            anchor = jsonio.loads(line)
+            number = int(anchor["block"])
+            statement = base64.b64decode(anchor["statement"], validate=True)
+        except (ValueError, KeyError, TypeError):
+            return (0, f"the anchor file {anchors.name} holds a line that is not an anchor", None)
+        block = signed.get(number)
+        if (
+            block is None
+            or bytes(block["statement"]) != statement
+            or block["signature"] != anchor.get("signature")
+        ):
+            first = jsonio.loads(statement).get("first", 0) if statement else 0
+            return (int(first) if isinstance(first, int) else 0,
+                    f"block {number}, signed and anchored outside the database, is gone or "
+                    "altered", None)  # fmt: skip
+    return None
+
+
 class _Walk:
     """The state of one walk: the chain so far and the block being checked."""
 
-    def __init__(self, keys: BlockKeys | None) -> None:
+    def __init__(self, keys: BlockKeys | None, head: SealHead, conn: Connection) -> None:
         self.keys = keys
+        self.head = head
         self.count, self.prev = 0, GENESIS
         self.blocks, self.last_block_end = 0, 0
-        self.pending: Iterator[dict[str, Any]] | None = None
-        self.block: dict[str, Any] | None = None
+        self.pending: Iterator[dict[str, Any]] = audit_store.blocks(conn)
+        self.block: dict[str, Any] | None = next(self.pending, None)
         self.leaves: list[bytes] = []
         self.touched: dict[int, set[str]] = {}
         self.window = (1, 0)  # the event ids ``touched`` holds
@@ -97,15 +129,8 @@ class _Walk:
         self.key_cache: dict[str, Any] = {}
         self.problem: tuple[int, str, int | None] | None = None
 
-    def _next_block(self, conn: Connection) -> None:
-        if self.pending is None:
-            self.pending = audit_store.blocks(conn)
-        self.block = next(self.pending, None)
-
     def event(self, event: StoredEvent, conn: Connection) -> None:
         position = self.count + 1
-        if self.count == 0:
-            self._next_block(conn)
         if event.position != position:
             self.problem = (position, f"the event at position {position} is missing or moved",
                             None)  # fmt: skip
@@ -126,13 +151,15 @@ class _Walk:
         if self.block is not None and position == self.block["first_position"]:
             self.block_after = self.prev  # the chain hash the block's statement follows
         self.count, self.prev = position, event.hash
-        self._in_block(event, conn)
+        self._in_block(event)
 
-    def _in_block(self, event: StoredEvent, conn: Connection) -> None:
+    def _in_block(self, event: StoredEvent) -> None:
         block, position = self.block, self.count
         if block is None or position < block["first_position"]:
-            if event.block is not None:  # an event from before the blocks, or a gap
+            if event.block is not None:
                 self.problem = (position, "its block was altered", event.seq)
+            elif position > self.head.legacy:  # only events from before blocks may wait
+                self.problem = (position, "it is in no signed block", event.seq)
             return
         if event.block != block["number"]:
             self.problem = (position, "its block was altered", event.seq)
@@ -146,7 +173,7 @@ class _Walk:
                 return
             self.blocks += 1
             self.last_block_end, self.leaves = position, []
-            self._next_block(conn)
+            self.block = next(self.pending, None)
 
     def _block_problem(self, block: dict[str, Any], last: StoredEvent) -> str:
         if block["number"] != self.blocks + 1 or block["first_position"] != self.last_block_end + 1:
@@ -156,13 +183,16 @@ class _Walk:
         except ValueError:
             return "its statement was altered"
         expected = {
+            "type": STATEMENT_TYPE,
             "block": block["number"],
             "first": block["first_position"],
             "last": block["last_position"],
             "root": block["root"],
             "head": block["head"],
+            "sealed": format_instant(block["sealed"]),
+            "legacy": self.head.legacy,
         }
-        if any(signed.get(k) != v for k, v in expected.items()):
+        if not isinstance(signed, dict) or any(signed.get(k) != v for k, v in expected.items()):
             return "its columns differ from its signed statement"
         if merkle.root(self.leaves) != block["root"]:
             return "its events differ from the ones it sealed (Merkle root)"
@@ -170,10 +200,11 @@ class _Walk:
             return "its events differ from the ones it sealed (chain hash)"
         if self.keys is not None:
             return signature_holds(bytes(block["statement"]), block["signature"], self.keys,
-                                   self.key_cache)  # fmt: skip
+                                   self.key_cache, kid=block["kid"])  # fmt: skip
         return ""
 
-    def end(self, head: SealHead) -> None:
+    def end(self, last: dict[str, Any] | None) -> None:
+        head = self.head
         if self.block is not None:
             self.problem = (
                 self.count + 1,
@@ -186,6 +217,6 @@ class _Walk:
             self.problem = (self.count + 1,
                             f"events after position {self.count} were removed (the head is "
                             f"at {head.position})", None)  # fmt: skip
-        elif head.block != self.blocks:
-            self.problem = (self.count + 1, "a block was removed (the head names a later one)",
+        elif head_disagrees(head, last):
+            self.problem = (self.count + 1, f"a block was removed: {head_disagrees(head, last)}",
                             None)  # fmt: skip

@@ -40,7 +40,13 @@ def inclusion(leaves: Sequence[bytes], index: int) -> dict[str, Any]:
 
 
 def included(leaf: bytes, proof: dict[str, Any], tree_root: str) -> bool:
-    """Does ``proof`` take ``leaf`` to ``tree_root``?"""
+    """Does ``proof`` take ``leaf`` to ``tree_root``? Only an RFC 9162 SHA-256 path
+    (the proof's own metadata may not choose another hash or drop the prefixes)."""
+    metadata = proof.get("metadata") if isinstance(proof, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("algorithm") != ALGORITHM:
+        return False
+    if metadata.get("security") is not True:
+        return False
     try:
         verify_inclusion(bytes.fromhex(leaf_hash(leaf)), bytes.fromhex(tree_root),
                          MerkleProof.deserialize(proof))  # fmt: skip

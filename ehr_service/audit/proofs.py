@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 from sqlalchemy import Connection
 
@@ -63,7 +64,14 @@ class _PublishedKeys:
         if key is None:
             return None
         public = {k: v for k, v in key.items() if k not in ("d", "status")}
-        return ECKey.import_key(public) if public.get("kty") == "EC" else OKPKey.import_key(public)
+        try:
+            if public.get("kty") == "EC":
+                return ECKey.import_key(public)
+            if public.get("kty") == "OKP":
+                return OKPKey.import_key(public)
+        except (ValueError, TypeError, JoseError):
+            return None
+        return None  # RSA, oct...: never a block key
 
 
 def check(proof: dict[str, Any], jwks: dict[str, Any]) -> str:
@@ -82,8 +90,13 @@ def check(proof: dict[str, Any], jwks: dict[str, Any]) -> str:
         return f"the block statement: {reason}"
     if not isinstance(signed, dict) or not isinstance(path, dict):
         return "the proof is incomplete or malformed"
-    size = (path.get("metadata") or {}).get("size")
-    if not isinstance(signed.get("first"), int) or size != signed["last"] - signed["first"] + 1:
+    first, last = signed.get("first"), signed.get("last")
+    metadata = path.get("metadata")
+    if not isinstance(metadata, dict):
+        return "the proof is incomplete or malformed"
+    if not (isinstance(first, int) and isinstance(last, int)) or isinstance(first, bool):
+        return "the statement is not a block statement"
+    if metadata.get("size") != last - first + 1:
         return "the path is not one of the block the statement signs"
     if not merkle.included(event, path, str(signed.get("root"))):
         return "the event is not in the block the statement signs"

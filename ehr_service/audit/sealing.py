@@ -17,6 +17,7 @@ import base64
 import logging
 import threading
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from joserfc import jws
@@ -27,7 +28,7 @@ from ehr_service.audit import merkle
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.storage import audit as audit_store
-from ehr_service.storage.audit import Link, chain_hash
+from ehr_service.storage.audit import GENESIS, Link, SealHead, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -50,13 +51,23 @@ class BlockKeys(Protocol):
     def verification_key(self, kid: str) -> Any | None: ...
 
 
+STATEMENT_TYPE = "ehr-service audit block"
+
+
 def statement(
-    number: int, first: int, last: int, root: str, head: str, after: str, sealed: datetime
+    number: int,
+    first: int,
+    last: int,
+    root: str,
+    head: str,
+    after: str,
+    sealed: datetime,
+    legacy: int,
 ) -> bytes:
     """What a block's signature covers: its place, its events' root, the chain."""
     return jsonio.dumps(
         {
-            "type": "ehr-service audit block",
+            "type": STATEMENT_TYPE,
             "block": number,
             "first": first,
             "last": last,
@@ -64,8 +75,25 @@ def statement(
             "head": head,  # the chain hash at ``last``
             "after": after,  # the chain hash before ``first``
             "sealed": format_instant(sealed),
+            "legacy": legacy,  # events up to here were chained before blocks existed
         }
     )
+
+
+def head_disagrees(head: SealHead, last: dict[str, Any] | None) -> str:
+    """Why the head row does not continue the last signed block ('' if it does):
+    a sealer never extends a chain whose tail was rolled back or rewritten."""
+    if last is None:
+        return "" if head.block == 0 else f"the head names block {head.block}, which is gone"
+    if head.block != last["number"]:
+        return f"the head names block {head.block}, the last block is {last['number']}"
+    if last["last_position"] > head.position:
+        return "the last block seals events beyond the head"
+    if last["last_position"] == head.position and last["head"] != head.hash:
+        return "the head's hash is not the last block's"
+    if last["last_position"] < head.position and last["last_position"] >= head.legacy:
+        return "the head is ahead of the last block"
+    return ""
 
 
 def sign(body: bytes, kid: str, alg: str, key: Any) -> str:
@@ -75,33 +103,71 @@ def sign(body: bytes, kid: str, alg: str, key: Any) -> str:
     return str(jws.detach_content(full))
 
 
-def signature_holds(body: bytes, signature: str, keys: BlockKeys, cache: dict[str, Any]) -> str:
-    """'' when ``signature`` is a valid JWS over ``body`` by one of the region's
-    keys that is not revoked, else why not."""
+# The algorithm a block's key signs with, by the key's type: never the header's word.
+_ALGORITHM_OF_KEY = {("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "Ed25519"}
+
+
+def signature_holds(
+    body: bytes,
+    signature: str,
+    keys: BlockKeys,
+    cache: dict[str, Any],
+    kid: str | None = None,
+) -> str:
+    """'' when ``signature`` is a valid JWS over ``body`` by one of the region's keys
+    that is not revoked (``kid``: the key the block names), else why not. The
+    algorithm is the key's own (ES256 or Ed25519); a header that says otherwise
+    (``none``, HMAC...) is refused before anything is verified."""
     try:
         encoded = signature.split(".")[0]
         header = jsonio.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-        kid, alg = str(header["kid"]), str(header["alg"])
-    except (ValueError, KeyError, TypeError, IndexError):
+        named, alg = str(header["kid"]), str(header["alg"])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return "its signature is malformed"
-    if kid not in cache:
-        cache[kid] = keys.verification_key(kid)
-    if cache[kid] is None:
-        return f"its signing key {kid} is unknown or revoked"
+    if header.get("typ") != TYP or (kid is not None and named != kid):
+        return "its signature is not a block signature of the key it names"
+    if named not in cache:
+        cache[named] = keys.verification_key(named)
+    key = cache[named]
+    if key is None:
+        return f"its signing key {named} is unknown or revoked"
+    public = key.as_dict(private=False)
+    expected = _ALGORITHM_OF_KEY.get((public.get("kty"), public.get("crv")))
+    if expected is None or alg != expected:
+        return f"its signature's algorithm is not its key's ({expected})"
     try:
         jws.deserialize_compact(
-            signature, cache[kid], payload=body, registry=JWSRegistry(algorithms=[alg])
+            signature, key, payload=body, registry=JWSRegistry(algorithms=[expected])
         )
     except (JoseError, ValueError):
         return "its signature does not verify"
     return ""
 
 
+def _broken(links: list[Link], contents: list[bytes], prev: str, end: int) -> str:
+    """Why events chained before blocks existed do not follow on (so are not signed)."""
+    for n, (link, content) in enumerate(zip(links, contents, strict=True), start=end + 1):
+        if link.position != n or link.prev_hash != prev:
+            return f"the event at position {n} is missing or does not follow"
+        if chain_hash(prev, n, content) != link.hash:
+            return f"the event at position {n} was altered"
+        prev = link.hash
+    return ""
+
+
 class Sealer:
-    def __init__(self, unit: UnitOfWork, keys: BlockKeys, *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        unit: UnitOfWork,
+        keys: BlockKeys,
+        *,
+        interval: float = 1.0,
+        anchors: Path | None = None,
+    ) -> None:
         self.unit = unit
         self.keys = keys
         self.interval = interval
+        self.anchors = anchors  # where each signed statement is appended (JSON lines)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -116,41 +182,78 @@ class Sealer:
 
     def seal_block(self, limit: int = BATCH) -> int:
         """Seal up to ``limit`` events into one block; 0 when there are none, no
-        key signs, or another sealer is at work."""
+        key signs, another sealer is at work, or the chain's tail disagrees with
+        its last signed block (then nothing is signed, and the error is logged)."""
         with self.unit.write(audited=False) as conn:
             head = audit_store.lock_head(conn)
             if head is None:
                 return 0
-            rows = audit_store.unsealed(conn, limit)
-            if not rows:
+            last = audit_store.last_block(conn)
+            problem = head_disagrees(head, last)
+            if problem:
+                logger.error("audit events not sealed: %s (run ehr-service audit verify)", problem)
+                return 0
+            end = last["last_position"] if last else 0
+            if end < head.position:  # chained before blocks existed: closed first
+                chained = audit_store.chained_unblocked(conn, end, limit)
+                links = [Link(e.seq, e.position or 0, e.prev_hash or "", e.hash or "", new=False)
+                         for e in chained]  # fmt: skip
+                contents = [e.content for e in chained]
+                problem = _broken(links, contents, last["head"] if last else GENESIS, end)
+                if problem:
+                    logger.error("audit events not sealed: %s (run ehr-service audit verify)",
+                                 problem)  # fmt: skip
+                    return 0
+            else:
+                rows = audit_store.unsealed(conn, limit)
+                links, contents, prev = [], [], head.hash
+                for n, (seq, content) in enumerate(rows, start=head.position + 1):
+                    digest = chain_hash(prev, n, content)
+                    links.append(Link(seq, n, prev, digest))
+                    contents.append(content)
+                    prev = digest
+            if not links:
                 return 0
             active = self.keys.active()
             if active is None:
                 logger.warning("audit events not sealed: this region has no active signing key")
                 return 0
             info, key = active
-            links, prev = [], head.hash
-            for n, (seq, content) in enumerate(rows, start=head.position + 1):
-                digest = chain_hash(prev, n, content)
-                links.append(Link(seq, n, prev, digest))
-                prev = digest
             number, now = head.block + 1, utc_now()
-            root = merkle.root([content for _, content in rows])
-            body = statement(number, links[0].position, links[-1].position, root, prev,
-                             head.hash, now)  # fmt: skip
+            root = merkle.root(contents)
+            first, final = links[0], links[-1]
+            body = statement(number, first.position, final.position, root, final.hash,
+                             first.prev_hash, now, head.legacy)  # fmt: skip
             block = {
                 "number": number,
-                "first_position": links[0].position,
-                "last_position": links[-1].position,
+                "first_position": first.position,
+                "last_position": final.position,
                 "root": root,
-                "head": prev,
+                "head": final.hash,
                 "sealed": now,
                 "kid": info.kid,
                 "statement": body,
                 "signature": sign(body, info.kid, info.alg, key),
             }
             audit_store.chain_block(conn, links, block)
-            return len(rows)
+        self._anchor(block)
+        return len(links)
+
+    def _anchor(self, block: dict[str, Any]) -> None:
+        """Append the signed statement to the anchor file, outside the database: a
+        database rolled back or rewritten past it is named by ``audit verify``."""
+        if self.anchors is None:
+            return
+        line = jsonio.dumps(
+            {
+                "block": block["number"],
+                "statement": base64.b64encode(block["statement"]).decode(),
+                "signature": block["signature"],
+            }
+        )
+        self.anchors.parent.mkdir(parents=True, exist_ok=True)
+        with self.anchors.open("ab") as anchors:  # one write per line: appends never mix
+            anchors.write(line + b"\n")
 
     # -- in the server: a daemon thread ------------------------------------------------
     def start(self) -> None:

@@ -74,7 +74,11 @@ def current_or_fail(
 ) -> StoredVersion:
     """The live current version; 404 if it never existed (or ``view`` may not see
     it), 410 if deleted."""
-    actors = view.refused_actors if view is not None else ()
+    # A plain read asks the consent in the statement that reads the resource. A
+    # locking read asks after it holds the lock: a refusal committed while it waited
+    # is then seen (the locking statement's snapshot predates the wait).
+    folded = view is not None and not for_update
+    actors = view.refused_actors if view is not None and folded else ()
     stored = resources.read_current(
         conn, resource_type, resource_id, for_update=for_update, refused_actors=actors
     )
@@ -82,8 +86,10 @@ def current_or_fail(
         view is not None and not visible_to(conn, view, resource_type, resource_id, stored)
     ):
         raise not_found(resource_type, resource_id)
-    if stored.refused and stored.compartment_patient_id:  # the consent, in the same query
+    if stored.refused and stored.compartment_patient_id:
         raise refusal_of(stored.compartment_patient_id)
+    if view is not None and not folded:
+        check_consent(conn, view, stored.compartment_patient_id)
     if stored.deleted:
         raise gone(stored)
     return stored

@@ -17,7 +17,6 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    literal_column,
     or_,
     select,
     text,
@@ -29,8 +28,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ehr_service.storage.tables import audit_access, audit_block, audit_event, audit_head
 
 GENESIS = "0" * 64
-_TXID = "pg_current_xact_id()::text::bigint"
-_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 def chain_hash(prev_hash: str, position: int, content: bytes) -> str:
@@ -92,7 +89,6 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
     ids come from a sequence, and the sealer chains the events once committed."""
     if not events:
         return
-    postgresql = conn.dialect.name == "postgresql"
     ids = _allocate(conn, len(events))
     rows: list[dict[str, object]] = []
     accesses: list[dict[str, object]] = []
@@ -110,14 +106,13 @@ def append(conn: Connection, events: Sequence[NewEvent]) -> None:
             }
         )
         accesses.extend({"patient_id": p, "seq": seq} for p in sorted(event.patients))
-    conn.execute(_INSERT_PG if postgresql else _INSERT, rows)
+    conn.execute(_INSERT, rows)
     if accesses:
         conn.execute(_INSERT_ACCESS, accesses)
 
 
 # Built once: every request runs them (no statement rebuilt, no cache key recomputed).
 _INSERT = insert(audit_event)
-_INSERT_PG = insert(audit_event).values(txid=literal_column(_TXID))
 _INSERT_ACCESS = insert(audit_access)
 _NEXT_IDS = text("SELECT nextval('audit_event_id') FROM generate_series(1, :n)")
 
@@ -154,14 +149,13 @@ class SealHead:
     position: int
     hash: str
     block: int
+    legacy: int = 0  # events chained before blocks existed end here (migration 0012)
 
 
 def lock_head(conn: Connection) -> SealHead | None:
     """The sealed chain's head, locked for this sealer; None while another seals
     (PostgreSQL: SKIP LOCKED; SQLite's write transaction already excludes it)."""
-    query = select(audit_head.c.seq, audit_head.c.hash, audit_head.c.block).where(
-        audit_head.c.id == 1
-    )
+    query = select(*_HEAD_COLUMNS).where(audit_head.c.id == 1)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     row = conn.execute(query).first()
@@ -170,18 +164,48 @@ def lock_head(conn: Connection) -> SealHead | None:
             return None  # it exists: another sealer holds it
         _make_head(conn)
         return lock_head(conn)
-    return SealHead(int(row.seq), str(row.hash), int(row.block))
+    return _head(row)
+
+
+_HEAD_COLUMNS = (audit_head.c.seq, audit_head.c.hash, audit_head.c.block, audit_head.c.legacy)
+
+
+def _head(row: Any) -> SealHead:
+    return SealHead(int(row.seq), str(row.hash), int(row.block), int(row.legacy))
 
 
 def unsealed(conn: Connection, limit: int) -> list[tuple[int, bytes]]:
-    """(id, content) of committed events not chained yet, by id. On PostgreSQL only
-    those of transactions older than every one still open: an event that commits
-    later always lands after them (gap-safe, as the exchange feed)."""
+    """(id, content) of committed events not chained yet, by id. The sealer alone
+    gives positions, under the head lock: an event committed late is simply
+    chained in a later round, never skipped, never twice."""
     query = select(audit_event.c.seq, audit_event.c.content).where(audit_event.c.position.is_(None))
-    if conn.dialect.name == "postgresql":
-        query = query.where(audit_event.c.txid < literal_column(_XMIN))
     rows = conn.execute(query.order_by(audit_event.c.seq).limit(limit)).all()
     return [(int(r.seq), bytes(r.content)) for r in rows]
+
+
+def chained_unblocked(conn: Connection, after: int, limit: int) -> list[StoredEvent]:
+    """Events chained before blocks existed (migration 0012), from position
+    ``after`` + 1 on, in chain order: the sealer signs blocks over them too."""
+    rows = conn.execute(
+        select(audit_event)
+        .where(audit_event.c.position > after, audit_event.c.block.is_(None))
+        .order_by(audit_event.c.position)
+        .limit(limit)
+    ).all()
+    return [_stored(r) for r in rows]
+
+
+def last_block(conn: Connection) -> dict[str, Any] | None:
+    row = conn.execute(select(audit_block).order_by(audit_block.c.number.desc()).limit(1)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def oldest_unsealed(conn: Connection) -> datetime | None:
+    """When the oldest event not sealed yet was recorded (the sealer's lag)."""
+    value = conn.execute(
+        select(func.min(audit_event.c.recorded)).where(audit_event.c.position.is_(None))
+    ).scalar()
+    return value if isinstance(value, datetime) else None
 
 
 def count_unsealed(conn: Connection) -> int:
@@ -198,11 +222,21 @@ class Link:
     position: int
     prev_hash: str
     hash: str
+    new: bool = True  # False: chained before blocks existed, only closed into a block
 
 
 def chain_block(conn: Connection, links: Sequence[Link], block: dict[str, Any]) -> None:
     """Write a sealed block: its events' places on the chain, the block, the head."""
     number = int(block["number"])
+    if not links[0].new:  # events chained already (before blocks existed): the block only
+        conn.execute(
+            update(audit_event)
+            .where(audit_event.c.position.between(links[0].position, links[-1].position))
+            .values(block=number)
+        )
+        conn.execute(insert(audit_block).values(**block))
+        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(block=number))
+        return
     conn.execute(
         update(audit_event)
         .where(audit_event.c.seq == bindparam("b_seq"))
@@ -228,10 +262,8 @@ def chain_block(conn: Connection, links: Sequence[Link], block: dict[str, Any]) 
 
 
 def head(conn: Connection) -> SealHead:
-    row = conn.execute(select(audit_head.c.seq, audit_head.c.hash, audit_head.c.block)).first()
-    if row is None:
-        return SealHead(0, GENESIS, 0)
-    return SealHead(int(row.seq), str(row.hash), int(row.block))
+    row = conn.execute(select(*_HEAD_COLUMNS)).first()
+    return SealHead(0, GENESIS, 0) if row is None else _head(row)
 
 
 def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:

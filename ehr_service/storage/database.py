@@ -15,7 +15,7 @@ from typing import Any
 from psycopg.errors import DeadlockDetected, QueryCanceled, SerializationFailure
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from ehr_service.fhir.errors import Category, FhirError
 
@@ -76,7 +76,15 @@ def _too_costly() -> Iterator[None]:
     concurrent writers (PostgreSQL picks one to fail: it may retry)."""
     try:
         yield
-    except OperationalError as exc:
+    except DBAPIError as exc:
+        if exc.connection_invalidated:  # the server went away under this connection
+            raise FhirError.of(
+                Category.UNAVAILABLE,
+                "The database connection was lost; try again",
+                code="transient",
+            ) from None
+        if not isinstance(exc, OperationalError):
+            raise
         if isinstance(exc.orig, DeadlockDetected | SerializationFailure):
             raise FhirError.of(
                 Category.CONFLICT,
@@ -159,14 +167,14 @@ class Database:
         return self.dialect == "postgresql"
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Connection]:
+    def transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
         """One transaction: commits when the block ends, rolls back on error. Only
         the unit of work (``storage.unit_of_work``) calls this."""
-        with _too_costly(), self._connect(write=write) as conn, conn.begin():
+        with _too_costly(), self._connect(write=write, snapshot=snapshot) as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def _connect(self, *, write: bool) -> Iterator[Connection]:
+    def _connect(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
         try:
             conn = self.engine.connect()
         except OperationalError as exc:
@@ -178,6 +186,10 @@ class Database:
         try:
             if write:
                 conn = conn.execution_options(**{_WRITE: True})
+            elif snapshot and self.dialect == "postgresql":
+                conn = conn.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
             yield conn
         finally:
             conn.close()

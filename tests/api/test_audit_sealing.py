@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +76,11 @@ def test_twenty_concurrent_readers_and_writers_are_sealed_complete_and_in_order(
 
 
 @pytest.mark.pg
-def test_an_open_transaction_holds_back_the_events_after_it(
+def test_an_event_that_commits_late_is_sealed_in_a_later_block(
     fresh_services: Services,  # noqa: F811
 ) -> None:
-    """PostgreSQL: an event that commits late is never chained after later ones."""
+    """PostgreSQL: an event whose transaction commits after later ids were sealed is
+    chained in the next round, once; an open transaction never holds sealing back."""
     services = fresh_services
     if not services.database.is_postgresql:
         pytest.skip("SQLite has one writer at a time: commits come in id order")
@@ -92,7 +92,7 @@ def test_an_open_transaction_holds_back_the_events_after_it(
 
     def slow() -> None:
         with services.unit.write(audited=False) as conn:
-            audit_store.append(conn, [event])  # inserted now, committed later
+            audit_store.append(conn, [event])  # the smaller id, committed last
             opened.set()
             release.wait(10)
 
@@ -101,19 +101,20 @@ def test_an_open_transaction_holds_back_the_events_after_it(
     assert opened.wait(10)
     services.auditor.append_now(event)  # a later id, committed first
     try:
-        assert sealer.seal() == 0  # the open transaction is older: nothing after it yet
+        assert sealer.seal() == 1  # what is committed is sealed, the open one waits
     finally:
         release.set()
         worker.join()
-    # Other transactions of the cluster (other test workers) may hold the horizon
-    # back a moment: sealing then waits for them too.
-    sealed, deadline = 0, time.monotonic() + 20
-    while sealed < 2 and time.monotonic() < deadline:
-        sealed += sealer.seal()
-        time.sleep(0.05)
-    assert sealed == 2
+    assert sealer.seal() == 1
     verdict = verify(services.unit, sealer.keys)
-    assert verdict.intact and verdict.events == 2
+    assert verdict.intact and verdict.events == 2 and verdict.blocks == 2
+    with services.unit.read() as conn:
+        order = (
+            conn.execute(sa.select(audit_event.c.seq).order_by(audit_event.c.position))
+            .scalars()
+            .all()
+        )
+    assert order == sorted(order, reverse=True)  # commit order, not id order
 
 
 def _caller() -> Any:
@@ -166,7 +167,18 @@ def test_verify_names_a_forged_block_signature(sealed: Services) -> None:
     _tamper(sealed, sa.update(audit_block).where(audit_block.c.number == block.number)
             .values(signature=sign(bytes(block.statement), info.kid, info.alg, key)))  # fmt: skip
     verdict = verify(sealed.unit, keys)
+    assert "not a block signature of the key it names" in verdict.reason  # the kid column
+    _tamper(sealed, sa.update(audit_block).where(audit_block.c.number == block.number)
+            .values(kid=info.kid))  # fmt: skip
+    verdict = verify(sealed.unit, keys)
     assert "unknown or revoked" in verdict.reason
+    # "signed" with alg none: never verified by what the header says
+    none = base64.urlsafe_b64encode(orjson.dumps({"alg": "none", "kid": info.kid,
+                                                  "typ": "ehr-audit-block+jws"}))  # fmt: skip
+    _tamper(sealed, sa.update(audit_block).where(audit_block.c.number == block.number)
+            .values(signature=none.rstrip(b"=").decode() + ".."))  # fmt: skip
+    assert not verify(sealed.unit, keys).intact
+    assert "unsigned" not in verify(sealed.unit, keys).reason
 
 
 def test_verify_names_events_rewritten_with_their_hashes(sealed: Services) -> None:
@@ -254,3 +266,100 @@ def test_cli_seal_verify_and_proof(
     checked = runner.invoke(cli, ["audit", "check-proof", str(tmp_path / "proof.json")])
     assert checked.exit_code == 0 and "proof holds" in checked.output
     assert runner.invoke(cli, ["audit", "proof", "999"]).exit_code == 1
+
+
+def test_forged_events_outside_any_block_are_named(sealed: Services) -> None:
+    """An event appended after the last block with a right hash but no signature,
+    and a chain whose blocks were all deleted, do not verify."""
+    from ehr_service.storage.audit import chain_hash
+    from ehr_service.storage.tables import audit_head
+
+    keys = _keys(sealed)
+    with sealed.unit.write(audited=False) as conn:
+        last = conn.execute(sa.select(audit_event).order_by(audit_event.c.position.desc())).first()
+        assert last is not None
+        content = bytes(last.content).replace(f'"id":"{last.seq}"'.encode(), b'"id":"999"')
+        digest = chain_hash(last.hash, last.position + 1, content)
+        conn.execute(sa.insert(audit_event).values(
+            seq=999, recorded=last.recorded, kind=last.kind, outcome=last.outcome,
+            subject=last.subject, organization=last.organization, entity=last.entity,
+            content=content, position=last.position + 1, prev_hash=last.hash, hash=digest,
+        ))  # fmt: skip
+        conn.execute(sa.update(audit_head).values(seq=last.position + 1, hash=digest))
+    verdict = verify(sealed.unit, keys)
+    assert not verdict.intact and verdict.event == 999, verdict
+    with sealed.unit.write(audited=False) as conn:
+        conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 999))
+        conn.execute(sa.update(audit_head).values(seq=last.position, hash=last.hash, block=0))
+        conn.execute(sa.update(audit_event).values(block=None))
+        conn.execute(sa.delete(audit_block))
+    verdict = verify(sealed.unit, keys)
+    assert not verdict.intact and "in no signed block" in verdict.reason
+
+
+def test_a_tail_rolled_back_and_resealed_is_named_by_the_anchors(
+    chain_services: Services,
+) -> None:
+    """Whoever can write the database can undo the last block and let the sealer
+    sign an altered tail; the statements anchored outside the database name it,
+    and the sealer refuses a head that disagrees with the last block."""
+    keys = _keys(chain_services)
+    anchors = chain_services.settings.effective_audit_anchors_file
+    assert anchors.exists() and verify(chain_services.unit, keys, anchors).intact
+    with chain_services.unit.read() as conn:
+        last = conn.execute(sa.select(audit_block).order_by(audit_block.c.number.desc())).first()
+    assert last is not None
+    from ehr_service.storage.tables import audit_head
+
+    with chain_services.unit.write(audited=False) as conn:  # the head moved back alone
+        conn.execute(sa.update(audit_head).values(seq=last.first_position - 1))
+    assert Sealer(chain_services.unit, keys, interval=0).seal() == 0  # refused, logged
+    with chain_services.unit.write(audited=False) as conn:  # now the whole tail undone
+        before = conn.execute(
+            sa.select(audit_event.c.prev_hash).where(audit_event.c.position == last.first_position)
+        ).scalar_one()
+        conn.execute(sa.update(audit_event).where(audit_event.c.block == last.number)
+                     .values(position=None, prev_hash=None, hash=None, block=None))  # fmt: skip
+        conn.execute(sa.delete(audit_block).where(audit_block.c.number == last.number))
+        conn.execute(sa.update(audit_head).values(hash=before, block=last.number - 1))
+    assert Sealer(chain_services.unit, keys, interval=0).seal() > 0  # re-signed
+    assert verify(chain_services.unit, keys).intact  # the database alone cannot tell
+    verdict = verify(chain_services.unit, keys, anchors)
+    assert not verdict.intact and f"block {last.number}" in verdict.reason
+
+
+def test_events_chained_before_blocks_are_closed_into_signed_blocks(tmp_path: Path) -> None:
+    """A database upgraded with events of the earlier chain: the first seal signs
+    blocks over them, then chains the new ones."""
+    from ehr_service.app import build_services
+    from ehr_service.config import Settings
+    from ehr_service.storage.audit import GENESIS, chain_hash
+    from ehr_service.storage.migrate import upgrade
+    from tests.conftest import MIGRATIONS
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'old.sqlite3'}",
+                        data_dir=tmp_path / "data", environment="test")  # fmt: skip
+    services = build_services(settings)
+    upgrade(services.database, MIGRATIONS, "0011")
+    prev = GENESIS
+    with services.database.engine.begin() as conn:  # the earlier chain: position = id
+        for seq in range(1, 4):
+            event = services.auditor.new_event(
+                interaction="read", status=200, caller=_caller(), patients=frozenset()
+            )
+            content = event.content_for(seq)
+            digest = chain_hash(prev, seq, content)
+            conn.execute(sa.insert(audit_event).values(
+                seq=seq, recorded=event.recorded, kind=event.kind, outcome=event.outcome,
+                subject=event.subject, organization=event.organization, entity=event.entity,
+                content=content, prev_hash=prev, hash=digest,
+            ))  # fmt: skip
+            prev = digest
+        conn.execute(sa.text("UPDATE audit_head SET seq = 3, hash = :h"), {"h": prev})
+    upgrade(services.database, MIGRATIONS)
+    assert verify(services.unit).intact  # waiting for their block is not a break
+    with TestClient(create_app(services=services), headers=bearer(settings)) as client:
+        client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    verdict = seal_and_verify(services)
+    assert verdict.intact, verdict.reason
+    assert verdict.events == 4 and verdict.blocks == 2 and verdict.unsealed == 0

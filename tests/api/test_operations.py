@@ -57,6 +57,7 @@ def test_metrics(client: TestClient) -> None:
     assert 'status="404"' in text
     assert "ehr_http_request_duration_seconds_bucket" in text
     assert "ehr_audit_chain_length" in text and "ehr_db_pool_in_use" in text
+    assert "ehr_audit_unsealed_events" in text and "ehr_audit_unsealed_oldest_seconds" in text
     assert "# TYPE ehr_exchange_outbox_rows gauge" in text
     assert 'ehr_resource_writes_total{resource_type="Patient"} 1.0' in text
 
