@@ -317,8 +317,9 @@ class SearchCompiler:
         kind = parameter.type
         table = _TABLES[kind]
         if kind == "string":
-            if modifier == "exact":
-                return table.c.value_exact == value
+            if modifier == "exact":  # its normal form is indexed: look it up by that first
+                return and_(text_equals(table.c.value_norm, normalise(value)),
+                            table.c.value_exact == value)  # fmt: skip
             if modifier == "contains":
                 pattern = f"%{_like_escape(normalise(value))}%"
                 return table.c.value_norm.like(pattern, escape="\\")
