@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ehr_service import __version__
 from ehr_service.api import (
@@ -27,7 +28,11 @@ from ehr_service.api import (
 from ehr_service.api import (
     terminology as terminology_api,
 )
-from ehr_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from ehr_service.api.middleware import (
+    BodySizeLimitMiddleware,
+    HeadAsGetMiddleware,
+    RequestIdMiddleware,
+)
 from ehr_service.audit.events import Auditor
 from ehr_service.audit.sealing import Sealer
 from ehr_service.config import Settings
@@ -149,6 +154,17 @@ def tune_garbage_collector(threshold: int) -> None:
     gc.set_threshold(threshold, second, third)
 
 
+# What a browser app may send and read (CORS, when EHR_CORS_ORIGINS allows it).
+CORS_REQUEST_HEADERS = [
+    "Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match",
+    "If-None-Exist", "If-Modified-Since", "X-Request-Id",
+]  # fmt: skip
+CORS_RESPONSE_HEADERS = [
+    "Location", "Content-Location", "ETag", "Last-Modified", "X-Request-Id", "Retry-After",
+    "X-Progress",
+]  # fmt: skip
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or (services.settings if services else Settings())
     owned = services is None
@@ -209,10 +225,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     ):
         app.router.routes.extend(router.routes)
     errors.install(app)
-    app.add_middleware(errors.UnexpectedErrors)  # innermost: the others see its 500
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD is routed as GET
+    app.add_middleware(errors.UnexpectedErrors)  # the others see its 500
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(observability.ObservabilityMiddleware, metrics=app.state.metrics)
-    app.add_middleware(RequestIdMiddleware)  # outermost: the others see the request id
+    app.add_middleware(RequestIdMiddleware)  # the others see the request id
+    if settings.cors_origins:  # outermost: a browser's preflight is answered first
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            allow_credentials=False,  # bearer tokens, never cookies
+            max_age=600,
+        )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     )
     demo_data: bool = Field(default=False, description="load demo residents into an empty database")
 
-    # Limits against exhaustion (DESIGN.md §9): all answered with an OperationOutcome.
+    # Limits against exhaustion (docs/architecture.md §9): all answered with an OperationOutcome.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_bundle_entries: int = Field(default=10_000, ge=1)
     default_page_size: int = Field(default=50, ge=1)
@@ -59,7 +59,13 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(default=1_000, ge=1, description="requests a client may burst")
 
-    # Bearer tokens (DESIGN.md §9).
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the service (CORS, with preflight); "
+        'empty: none (JSON list, e.g. ["https://app.example"])',
+    )
+
+    # Bearer tokens (docs/architecture.md §9).
     token_audience: str = Field(default="ehr-service", description="the aud tokens must carry")
     token_issuers: list[str] = Field(
         default_factory=list, description="issuers (iss) whose tokens are accepted"
@@ -78,7 +84,7 @@ class Settings(BaseSettings):
     own_token_issuer: str = "ehr-service-dev"  # noqa: S105 - an issuer name, not a secret
     token_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
 
-    # Resident identity (DESIGN.md §6).
+    # Resident identity (docs/architecture.md §6).
     field_keys_file: Path | None = Field(
         default=None,
         description="key file of the blind index and data keys; "
@@ -92,7 +98,7 @@ class Settings(BaseSettings):
         default="EHR", pattern=r"^[A-Z]{0,8}$", description="prefix of every record number"
     )
 
-    # Signed cross-region exchange (DESIGN.md §8).
+    # Signed cross-region exchange (docs/architecture.md §8).
     exchange_id: str = Field(
         default="ehr-service",
         pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$",
@@ -129,7 +135,7 @@ class Settings(BaseSettings):
         "signed block (0: never in the server; use ehr-service audit seal)",
     )
 
-    # Mutual recognition of results (DESIGN.md §7).
+    # Mutual recognition of results (docs/architecture.md §7).
     region: str = Field(
         default="chongqing", description="this service's region (results of its institutions)"
     )

@@ -108,6 +108,8 @@ def allowed_methods(request: Request) -> list[str]:
     for route in matching:
         if len(route.param_convertors) == rank:
             methods |= route.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as GET, headers only (middleware.HeadAsGetMiddleware)
     return sorted(methods)
 
 

@@ -134,6 +134,9 @@ async def capabilities(ctx: PublicContext, rendering: RenderingDep) -> Response:
         "batch or transaction", {200, 400, 404, 409, 410, 412, 413, 415, 422, 501}, body="Bundle"
     ),
 )
+# [base]/ as many clients send it: answered here, not redirected (a 307 loses the
+# POST for clients that do not resend it).
+@router.post("/", include_in_schema=False, name="batch_or_transaction")
 async def batch_or_transaction(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(bundle.process_bundle, ctx, body)

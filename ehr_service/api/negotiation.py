@@ -31,6 +31,8 @@ DEFAULT_RENDERING = Rendering()
 
 
 def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    """(media type, quality) of each range; a range asking for another FHIR version
+    (``fhirVersion=3.0``) is one this server cannot give: quality 0."""
     ranges = []
     for item in accept.split(","):
         media, _, params = item.strip().partition(";")
@@ -42,9 +44,25 @@ def _media_ranges(accept: str) -> list[tuple[str, float]]:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
+            elif key.lower() == "fhirversion" and not is_r4(value):
+                quality = 0.0
         if media:
             ranges.append((media.strip().lower(), quality))
     return ranges
+
+
+def is_r4(version: str) -> bool:
+    """A ``fhirVersion`` media type parameter naming R4 (4.0, or a 4.0.x release)."""
+    version = version.strip().strip('"')
+    return version == "4.0" or version.startswith("4.0.")
+
+
+def fhir_version_of(raw: str) -> str | None:
+    for param in raw.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "fhirversion":
+            return value.strip().strip('"')
+    return None
 
 
 # Bulk Data downloads (FHIR Bulk Data v2): what a client may ask a file for.
@@ -83,7 +101,8 @@ def negotiate(request: Request) -> Rendering:
         return Rendering("application/json", pretty)
     raise FhirError.of(
         Category.NOT_ACCEPTABLE,
-        f"The Accept header excludes JSON; this server speaks FHIR JSON only ({FHIR_JSON})",
+        f"The Accept header excludes FHIR R4 JSON; this server speaks FHIR R4 (4.0.1) JSON "
+        f"only ({FHIR_JSON})",
     )
 
 
@@ -93,6 +112,12 @@ def check_content_type(request: Request, allowed: frozenset[str]) -> None:
     if raw is None:
         return
     media = raw.split(";")[0].strip().lower()
+    version = fhir_version_of(raw)
+    if version is not None and not is_r4(version):
+        raise FhirError.of(
+            Category.UNSUPPORTED_MEDIA_TYPE,
+            f"fhirVersion={version[:20]}: this server takes FHIR R4 (4.0) content only",
+        )
     if media in allowed:
         return
     hint = " (XML is not supported)" if "xml" in media else ""

@@ -31,7 +31,7 @@ READ_ONLY_TYPES = frozenset({"AuditEvent"})
 
 def read_only(resource_type: str, method: str, path: str) -> FhirError:
     """405 for a write (or an unsupported read) of a type only the service writes."""
-    allowed = "GET" if path.rstrip("/").count("/") <= 2 else ""  # [type] and [type]/[id]
+    allowed = "GET, HEAD" if path.rstrip("/").count("/") <= 2 else ""  # [type], [type]/[id]
     return FhirError(
         Category.METHOD_NOT_ALLOWED,
         (

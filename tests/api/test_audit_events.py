@@ -31,7 +31,7 @@ def test_audit_events_cannot_be_written(client: TestClient, services: Services) 
     for response in answers:
         assert response.status_code == 405, response.text
         assert response.json()["resourceType"] == "OperationOutcome"
-        assert response.headers["allow"] == "GET"
+        assert response.headers["allow"] == "GET, HEAD"
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from ehr_service.app import create_app
 from ehr_service.interactions import read
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, patient, snapshot
+from tests.helpers import FHIR_JSON, bearer, patient, snapshot
 
 
 def test_xml_body_is_415(client: TestClient, services: Services) -> None:
@@ -128,12 +130,71 @@ def test_a_405_names_the_methods_of_the_resource_at_that_path(client: TestClient
     """Allow lists what the most specific routes at the path offer: /fhir/metadata is
     not also the generic /fhir/{type}."""
     expected = {
-        "/fhir/metadata": "GET",
-        "/fhir/.well-known/smart-configuration": "GET",
+        "/fhir/metadata": "GET, HEAD",
+        "/fhir/.well-known/smart-configuration": "GET, HEAD",
         "/fhir/Patient/$match": "POST",
-        "/fhir/Patient/p1": "DELETE, GET, PATCH, PUT",
+        "/fhir/Patient/p1": "DELETE, GET, HEAD, PATCH, PUT",
     }
     for path, allow in expected.items():
         answer = client.request("OPTIONS", path)
         assert answer.status_code == 405, path
         assert answer.headers["allow"] == allow, path
+
+
+def test_head_answers_what_get_would_without_a_body(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    for path in ("/fhir/metadata", f"/fhir/Patient/{pid}", "/fhir/Patient?_count=1"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if "etag" in got.headers:
+            assert head.headers["etag"] == got.headers["etag"], path
+    missing = client.head("/fhir/Patient/not-there")
+    assert missing.status_code == 404 and missing.content == b""
+
+
+def test_post_to_the_base_with_a_trailing_slash_is_not_redirected(client: TestClient) -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "metadata"}}]}  # fmt: skip
+    answer = client.post("/fhir/", json=bundle, headers=FHIR_JSON, follow_redirects=False)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["type"] == "batch-response"
+
+
+def test_other_fhir_versions_are_refused(client: TestClient) -> None:
+    r3 = client.get("/fhir/metadata", headers={"Accept": "application/fhir+json; fhirVersion=3.0"})
+    assert r3.status_code == 406 and r3.json()["resourceType"] == "OperationOutcome"
+    r4 = client.get("/fhir/metadata", headers={"Accept": "application/fhir+json; fhirVersion=4.0"})
+    assert r4.status_code == 200
+    either = "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0"
+    assert client.get("/fhir/metadata", headers={"Accept": either}).status_code == 200
+    stu3 = {"Content-Type": "application/fhir+json; fhirVersion=3.0"}
+    body = client.post("/fhir/Patient", json=patient(), headers=stu3)
+    assert body.status_code == 415 and "4.0" in body.text
+
+
+def test_cors_is_off_by_default_and_answers_preflights_when_set(
+    client: TestClient, make_services: Any
+) -> None:
+    origin = {"Origin": "https://app.example"}
+    plain = client.get("/fhir/metadata", headers=origin)
+    assert "access-control-allow-origin" not in plain.headers
+    assert client.options("/fhir/metadata", headers=origin).status_code == 405
+    services = make_services(cors_origins=["https://app.example"])
+    with TestClient(create_app(services=services), headers=bearer(services.settings)) as app:
+        preflight = app.options("/fhir/Patient", headers={
+            **origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, prefer"})  # fmt: skip
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        created = app.post("/fhir/Patient", json=patient(), headers={**FHIR_JSON, **origin})
+        assert created.status_code == 201
+        assert created.headers["access-control-allow-origin"] == "https://app.example"
+        assert "Location" in created.headers["access-control-expose-headers"]
+        other = app.get("/fhir/metadata", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        refused = app.options("/fhir/Patient", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})  # fmt: skip
+        assert refused.status_code == 400
