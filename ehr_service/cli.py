@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +52,57 @@ app.add_typer(institution_app, name="institution")
 
 
 def _settings() -> Settings:
-    return Settings()
+    """The settings from the environment; a bad value is one line, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "EHR_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"setting {name}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _every_command() -> None:
+    """Settings checked and logging set once, before any command runs."""
+    configure_logging(_settings())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (not the stream of
+    the moment it was made: a test runner swaps it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(settings: Settings) -> None:
+    """Every line a command writes in one format (EHR_LOG_FORMAT: JSON lines or
+    text), at EHR_LOG_LEVEL, with ID numbers masked: the service's own loggers,
+    Alembic's migration lines and uvicorn's (serve configures those the same)."""
+    from ehr_service.mpi.redaction import RedactIdNumbers
+
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    if any(getattr(h, "ehr_service", False) for h in root.handlers):
+        return
+    handler = _StderrHandler()
+    if settings.log_format == "json":
+        from ehr_service.api.observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactIdNumbers())
+    handler.ehr_service = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
 
 
 def _batch(settings: Settings) -> Settings:
@@ -73,7 +125,7 @@ def operator_caller() -> Caller:
 
 def audited_as(unit: UnitOfWork, auditor: Auditor, command: str) -> Caller:
     """Every write transaction of ``unit`` that records no event of its own records
-    this command's (an operator's act is on the audit chain, DESIGN.md §9)."""
+    this command's (an operator's act is on the audit chain, docs/architecture.md §9)."""
     from ehr_service.storage.unit_of_work import touched
 
     caller = operator_caller()
@@ -714,8 +766,8 @@ def data_keys() -> None:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
-    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port (default 8080)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
 ) -> None:
     """Run the HTTP server (run `ehr-service migrate` first)."""
     import uvicorn
@@ -723,7 +775,6 @@ def serve(
     from ehr_service.mpi import redaction
 
     settings = _settings()
-    logging.basicConfig(level=settings.log_level)
     redaction.install()
     uvicorn.run(
         "ehr_service.app:create_app",
@@ -732,7 +783,9 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
-        log_config=redaction.uvicorn_log_config(json_lines=settings.log_format == "json"),
+        log_config=redaction.uvicorn_log_config(
+            json_lines=settings.log_format == "json", level=settings.log_level
+        ),
         # Our access log (one JSON line, no query string: it may carry names) replaces
         # uvicorn's in JSON mode; in-flight requests get 30 s to finish on shutdown.
         access_log=settings.log_format != "json",
@@ -847,7 +900,8 @@ def import_(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="processes validating and writing (default: CPUs on PostgreSQL, 1 on SQLite)"
+            min=1,
+            help="processes validating and writing (default: CPUs on PostgreSQL, 1 on SQLite)",
         ),
     ] = None,
 ) -> None:
@@ -867,11 +921,12 @@ def import_(
         progress = Importer(
             ctx,
             failed,
-            lambda p: typer.echo("\r" + p.line(), err=True, nl=False),
+            _progress_reporter(),
             workers=max(1, workers),
             worker_context=_import_worker_context,
         ).run(paths)
-    typer.echo("", err=True)
+    if sys.stderr.isatty():
+        typer.echo("", err=True)  # end the progress line
     typer.echo(
         f"{progress.created} new, {progress.updated} changed, {progress.unchanged} unchanged, "
         f"{progress.failed} failed" + (f" (see {errors})" if progress.failed else "")
@@ -949,8 +1004,33 @@ def openapi(
         output.write_bytes(document)
 
 
+def _progress_reporter() -> Callable[[Any], None]:
+    """One line rewritten in place on a terminal; into a file or a log, a plain
+    line every 10 s (never carriage-return frames)."""
+    if sys.stderr.isatty():
+        return lambda p: typer.echo("\r" + p.line(), err=True, nl=False)
+    last = [0.0]
+
+    def to_log(progress: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 10.0:
+            last[0] = now
+            typer.echo(progress.line(), err=True)
+
+    return to_log
+
+
 def main() -> None:
-    app()
+    """The command: a refused input, a file that cannot be read or written, a bad
+    value is one line naming it and exit 2, never a traceback."""
+    from ehr_service.fhir.errors import FhirError
+
+    try:
+        app()
+    except (FhirError, OSError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:500]
+        typer.echo(f"ehr-service: {message}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -56,9 +56,10 @@ def install(handlers: list[logging.Handler] | None = None) -> None:
             handler.addFilter(RedactIdNumbers())
 
 
-def uvicorn_log_config(json_lines: bool = False) -> dict[str, Any]:
+def uvicorn_log_config(json_lines: bool = False, level: str = "INFO") -> dict[str, Any]:
     """uvicorn's logging configuration with the filter on every handler; with
-    ``json_lines`` every record (ours and uvicorn's) is one JSON object per line."""
+    ``json_lines`` every record (ours and uvicorn's) is one JSON object per line.
+    The service's own loggers log at ``level`` (EHR_LOG_LEVEL) either way."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -68,9 +69,6 @@ def uvicorn_log_config(json_lines: bool = False) -> dict[str, Any]:
     if json_lines:
         formatter = {"()": "ehr_service.api.observability.JsonFormatter"}
         config["formatters"] = {"default": formatter, "access": formatter}
-        config["loggers"]["ehr_service"] = {
-            "handlers": ["default"],
-            "level": "INFO",
-            "propagate": False,
-        }
+    for name in ("ehr_service", "alembic"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level, "propagate": False}
     return config
