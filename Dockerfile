@@ -20,9 +20,12 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/ehr-service ehr \
 COPY --from=builder /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 USER ehr
+# The data directory holds the SQLite file and the keys: keep it on a volume.
+VOLUME ["/var/lib/ehr-service"]
 EXPOSE 8080
+# Ready, not only alive: the database answers, the schema is current, the keys load.
 HEALTHCHECK --interval=30s --timeout=3s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"
+    CMD python -c "import os,urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('EHR_PORT', '8080'), timeout=2).status != 200)"
 # Migrations are a separate step: docker run IMAGE ehr-service migrate
 ENTRYPOINT ["ehr-service"]
 CMD ["serve"]

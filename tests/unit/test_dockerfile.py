@@ -25,7 +25,9 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}
     (healthcheck,) = [rest for keyword, rest in instructions if keyword == "HEALTHCHECK"]
-    assert "/healthz" in healthcheck
+    assert "/readyz" in healthcheck and "EHR_PORT" in healthcheck  # ready, on its port
+    volumes = " ".join(rest for keyword, rest in instructions if keyword == "VOLUME")
+    assert "/var/lib/ehr-service" in volumes  # the data directory (database file, keys)
     (entrypoint,) = [rest for keyword, rest in instructions if keyword == "ENTRYPOINT"]
     command = entrypoint.strip('[]"').split('"')[0]
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -34,3 +36,14 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     assert "EHR_" in env  # configured through EHR_* variables only
     runs = " ".join(rest for keyword, rest in instructions if keyword in {"RUN", "CMD"})
     assert "migrate" not in runs  # migrations are a separate command, not on start
+
+
+def test_the_build_context_leaves_out_keys_data_and_the_environment() -> None:
+    ignored = {
+        line.strip()
+        for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", "data", ".git", "**/keys", "*.sqlite3"} <= ignored
+    copied = [rest.split()[0] for keyword, rest in _instructions() if keyword == "COPY"]
+    assert all(source.rstrip("/") not in ignored for source in copied if "--from" not in source)
