@@ -48,10 +48,15 @@ def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+# Databases made by this run, dropped when it ends (none left behind).
+_MADE: set[str] = set()
+
+
 def fresh_database(url: str, suffix: str) -> str:
     """An empty database named after the one in ``url`` plus ``suffix``; its URL."""
     parsed = make_url(normalise_url(url))
     name = f"{parsed.database}_{suffix}"
+    _MADE.add(name)
     admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -92,6 +97,29 @@ def pg_url() -> Iterator[str]:
         database.dispose()
     assert verdict.intact, f"audit chain broken at {verdict.first_bad}: {verdict.reason}"
     assert verdict.unsealed == 0 and (verdict.blocks > 0 or verdict.events == 0)
+    _drop_made(url)
+
+
+def _drop_made(url: str) -> None:
+    admin = sa.create_engine(make_url(normalise_url(url)), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in sorted(_MADE):
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+    _MADE.clear()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Expected skips as one line per reason, not one line per test (``-ra`` would
+    list every PostgreSQL test when no PostgreSQL is configured)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{count} skipped: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from ehr_service.storage.migrate import upgrade
 from tests.helpers import bearer
 
 _DATA = Path(tempfile.mkdtemp(prefix="ehr-schemathesis-"))
+atexit.register(shutil.rmtree, _DATA, ignore_errors=True)  # nothing left in /tmp
 _SETTINGS = Settings(
     database_url=f"sqlite:///{_DATA / 'ehr.sqlite3'}",
     data_dir=_DATA,
