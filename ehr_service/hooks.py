@@ -1,4 +1,4 @@
-"""The write pipeline as this application builds it (DESIGN.md §11): each
+"""The write pipeline as this application builds it (docs/architecture.md §11): each
 domain's hooks, registered in the order they run. The one place that knows
 every domain; the domains do not know one another.
 

@@ -1,4 +1,4 @@
-"""``/fhir/AuditEvent``: the audit trail, read-only (DESIGN.md §9). Registered
+"""``/fhir/AuditEvent``: the audit trail, read-only (docs/architecture.md §9). Registered
 before the generic FHIR routes; a write to AuditEvent reaches those and is a 405."""
 
 from __future__ import annotations

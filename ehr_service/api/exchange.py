@@ -1,4 +1,4 @@
-"""Signed cross-region exchange at ``/exchange/v1`` (DESIGN.md §8): partners push
+"""Signed cross-region exchange at ``/exchange/v1`` (docs/architecture.md §8): partners push
 signed bundles here and pull a signed feed of results shared with them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resident identity operations at ``/fhir/Patient/$...`` (DESIGN.md §6): ``$match``,
+"""Resident identity operations at ``/fhir/Patient/$...`` (docs/architecture.md §6): ``$match``,
 ``$merge`` and PIXm ``$ihe-pix``. Registered before the generic FHIR routes so that
 ``/fhir/Patient/$ihe-pix`` is an operation, not a read of an id."""
 

@@ -225,7 +225,7 @@ _SIGNATURE_HEADER = {
 
 
 def exchange_route(summary: str, statuses: set[int], *, feed: bool = False) -> dict[str, Any]:
-    """A signed exchange endpoint (DESIGN.md §8): FHIR JSON both ways, signed."""
+    """A signed exchange endpoint (docs/architecture.md §8): FHIR JSON both ways, signed."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in sorted(statuses | {400, 401, 403, 429, 500, 503}):
         response: dict[str, Any] = {

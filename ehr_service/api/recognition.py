@@ -1,4 +1,4 @@
-"""Mutual recognition operations (DESIGN.md §7) and ``$validate`` under ``/fhir``.
+"""Mutual recognition operations (docs/architecture.md §7) and ``$validate`` under ``/fhir``.
 Registered before the generic FHIR routes (``/fhir/$recognition-stats`` is an
 operation, not a type; ``/fhir/Observation/$validate`` not a read)."""
 

@@ -1,1 +1,1 @@
-"""Audit (DESIGN.md §9): every access becomes a hash-chained AuditEvent."""
+"""Audit (docs/architecture.md §9): every access becomes a hash-chained AuditEvent."""

@@ -68,7 +68,7 @@ LOGIN = {
     "code": "110114",
     "display": "User Authentication",
 }
-# Signed exchanges (DESIGN.md §8) are DICOM import/export events, not REST ones.
+# Signed exchanges (docs/architecture.md §8) are DICOM import/export events, not REST ones.
 IMPORT = {
     "system": "http://dicom.nema.org/resources/ontology/DCM",
     "code": "110107",

@@ -1,4 +1,4 @@
-"""The audit sealer (DESIGN.md §9, docs/architecture.md "Audit").
+"""The audit sealer (docs/architecture.md §9, "The audit chain").
 
 Requests insert their events in their own transactions, unchained, so no row is
 locked by every request. The sealer takes the committed events in order (on

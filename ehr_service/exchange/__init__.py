@@ -1,1 +1,1 @@
-"""Signed cross-region exchange (DESIGN.md §8): keys, partners, envelopes."""
+"""Signed cross-region exchange (docs/architecture.md §8): keys, partners, envelopes."""

@@ -1,4 +1,4 @@
-"""Every exchanged message, kept for proof (DESIGN.md §8): the exact bytes (sealed
+"""Every exchanged message, kept for proof (docs/architecture.md §8): the exact bytes (sealed
 at rest with the data key: they carry resident ID numbers), the detached JWS, and
 what the receiver answered. ``ehr-service exchange verify`` checks them again,
 years later, against the key history of the partner or of this region."""

@@ -1,4 +1,4 @@
-"""The exchange envelope (DESIGN.md §8): the exact bytes of a FHIR Bundle and a
+"""The exchange envelope (docs/architecture.md §8): the exact bytes of a FHIR Bundle and a
 detached JWS over those bytes (RFC 7515 compact, RFC 7797 ``b64: false``,
 ``crit: ["b64"]``), carried in the ``X-Exchange-Signature`` header.
 

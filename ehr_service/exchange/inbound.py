@@ -1,4 +1,4 @@
-"""Receiving a signed bundle from a partner region (DESIGN.md §8).
+"""Receiving a signed bundle from a partner region (docs/architecture.md §8).
 
 Order of work: verify the envelope over the exact bytes, then authorise the
 caller as that partner, then ingest everything in one transaction:

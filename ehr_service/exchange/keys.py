@@ -1,4 +1,4 @@
-"""The region's signing keys for exchanges (DESIGN.md §8).
+"""The region's signing keys for exchanges (docs/architecture.md §8).
 
 Keys live under ``<data dir>/keys/signing/``: one owner-only private JWK file per
 key and a registry of their states. ``kid`` is the RFC 7638 thumbprint.

@@ -1,4 +1,4 @@
-"""Sending results to partner regions (DESIGN.md §8).
+"""Sending results to partner regions (docs/architecture.md §8).
 
 The outbox rows are written with the results themselves (see
 :mod:`ehr_service.exchange.sharing`). Here they leave:

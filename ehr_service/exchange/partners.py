@@ -1,4 +1,4 @@
-"""The partner registry (DESIGN.md §8): who may exchange with this region, how to
+"""The partner registry (docs/architecture.md §8): who may exchange with this region, how to
 reach them, what they may send, and the public keys their messages must verify
 with. Keys are pinned: a refresh may add keys, but a known ``kid`` may never change
 its key material (that would be a substitution, not a rotation)."""

@@ -1,4 +1,4 @@
-"""Which stored results go to which partners (DESIGN.md §8): final laboratory and
+"""Which stored results go to which partners (docs/architecture.md §8): final laboratory and
 imaging results of residents who have not refused the partner's region. Decided in
 the transaction that stores the result, so the outbox row commits with it."""
 

@@ -1,7 +1,7 @@
 """The Patient compartment (FHIR R4 CompartmentDefinition ``patient``).
 
 Every patient-owned row carries the id of the patient whose compartment it
-belongs to (DESIGN.md §4, §10): for a Patient its own id, otherwise the first
+belongs to (docs/architecture.md §4, §10): for a Patient its own id, otherwise the first
 ``Patient/`` reference found through the compartment's search parameters, in
 the order the definition lists them (``subject`` before ``performer``).
 The parameters' FHIRPath expressions for the Patient compartment are all plain

@@ -105,7 +105,7 @@ def _result_item(resource: dict[str, Any]) -> dict[str, Any]:
         "name": _text(resource.get("code")) or resource.get("description"),
         "date": when,
         "status": resource.get("status"),
-        "recognition": {  # mutual recognition (DESIGN.md §7)
+        "recognition": {  # mutual recognition (docs/architecture.md §7)
             "mark": next(
                 (
                     t.get("code")

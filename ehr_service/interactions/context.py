@@ -49,10 +49,10 @@ class Services:
     auditor: Auditor
     rate_limiter: RateLimiter
     pipeline: WritePipeline  # every stored version, with each domain's hooks
-    catalogues: Catalogues | None = None  # the recognition catalogue (DESIGN.md §7)
+    catalogues: Catalogues | None = None  # the recognition catalogue (docs/architecture.md §7)
     conformance: Conformance | None = None  # required bindings and profiles
     writes: WriteListeners = field(default_factory=WriteListeners)
-    remarker: Remarker | None = None  # keeps recognition marks true (DESIGN.md §7)
+    remarker: Remarker | None = None  # keeps recognition marks true (docs/architecture.md §7)
 
 
 class ReturnPreference(StrEnum):

@@ -45,7 +45,7 @@ def visible_to(
 
 
 def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
-    """403 when the resident refused sharing with this caller (DESIGN.md §9)."""
+    """403 when the resident refused sharing with this caller (docs/architecture.md §9)."""
     if owner and view.refused_actors and consent_store.refused(conn, owner, view.refused_actors):
         raise refusal_of(owner)
 

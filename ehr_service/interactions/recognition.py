@@ -1,4 +1,4 @@
-"""Mutual recognition operations (DESIGN.md §7):
+"""Mutual recognition operations (docs/architecture.md §7):
 
 - ``Patient/{id}/$recognizable-results``: every prior result of the requested
   items (local, or received from the partner region) with whether it may be

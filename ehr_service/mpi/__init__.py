@@ -1,1 +1,1 @@
-"""Resident identity (DESIGN.md §6): ID numbers, record numbers, matching, merging."""
+"""Resident identity (docs/architecture.md §6): ID numbers, record numbers, matching, merging."""

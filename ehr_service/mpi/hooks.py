@@ -1,4 +1,4 @@
-"""The resident-identity hook of the write pipeline (DESIGN.md §6): ID numbers are
+"""The resident-identity hook of the write pipeline (docs/architecture.md §6): ID numbers are
 checked, indexed by blind token and stored sealed; a Patient keeps its lifelong
 record number; an ID number written outside an identifier is masked."""
 

@@ -1,4 +1,4 @@
-"""Resident ID numbers never rest in plaintext (DESIGN.md §6).
+"""Resident ID numbers never rest in plaintext (docs/architecture.md §6).
 
 On every write, each Identifier whose system is the resident ID number system, or
 whose value is a valid 18-character resident ID number under any system, is

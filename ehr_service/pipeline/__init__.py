@@ -1,4 +1,4 @@
-"""The one write pipeline (DESIGN.md §11): every stored version, from single
+"""The one write pipeline (docs/architecture.md §11): every stored version, from single
 writes, bundles, import, signed exchange and re-marking, is made here, and each
 domain's concern (identity sealing, the recognition mark, consent refusals, the
 exchange outbox, the patient-token reference rule, metrics) is a hook the

@@ -1,1 +1,1 @@
-"""Mutual recognition of examination and test results (DESIGN.md §7)."""
+"""Mutual recognition of examination and test results (docs/architecture.md §7)."""

@@ -1,4 +1,4 @@
-"""The catalogue of recognised items (DESIGN.md §7): data, versioned by edition.
+"""The catalogue of recognised items (docs/architecture.md §7): data, versioned by edition.
 
 An edition is a FHIR CodeSystem (its concepts are the items, with properties
 ``category``, ``loinc``, ``modality``, ``bodySite``, ``validityDays``,

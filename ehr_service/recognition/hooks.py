@@ -1,4 +1,4 @@
-"""The recognition hooks of the write pipeline (DESIGN.md §7): the mark is set by
+"""The recognition hooks of the write pipeline (docs/architecture.md §7): the mark is set by
 the server only, on every write of every type, and an institution's results
 follow its quality control."""
 

@@ -1,4 +1,4 @@
-"""Institutions (DESIGN.md §7): Organization resources carrying their region,
+"""Institutions (docs/architecture.md §7): Organization resources carrying their region,
 level and quality-control records, as extensions:
 
 - ``urn:ehr-service:extension:region`` (valueCode, e.g. ``chongqing``, ``sichuan``);

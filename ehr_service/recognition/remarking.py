@@ -1,4 +1,4 @@
-"""Keeping the recognition mark true (DESIGN.md §7): when an institution's quality
+"""Keeping the recognition mark true (docs/architecture.md §7): when an institution's quality
 control or the catalogue edition changes, every result it concerns gets a next
 version with the mark as it now should be. The service writes them through the
 write pipeline, whoever changed the institution."""

@@ -1,4 +1,4 @@
-"""The recognition rules (DESIGN.md §7, after the national 2022 measures): a prior
+"""The recognition rules (docs/architecture.md §7, after the national 2022 measures): a prior
 result is recognisable when its item is in the catalogue, it is final, the
 performing institution had passed quality control for the item's category on the
 result's date, it is within the item's validity window, the resident has not

@@ -1,4 +1,4 @@
-"""Consent (DESIGN.md §9): a resident can refuse sharing of their record with the
+"""Consent (docs/architecture.md §9): a resident can refuse sharing of their record with the
 partner region or with named organisations, through FHIR ``Consent`` resources.
 
 An active Consent whose top-level ``provision.type`` is ``deny`` refuses each of

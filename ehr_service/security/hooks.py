@@ -1,4 +1,4 @@
-"""The access-policy and consent hooks of the write pipeline (DESIGN.md §9)."""
+"""The access-policy and consent hooks of the write pipeline (docs/architecture.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Access policy (DESIGN.md §9): the checks every interaction, bundle entry and
+"""Access policy (docs/architecture.md §9): the checks every interaction, bundle entry and
 operation goes through. Pure decisions; the SQL form of visibility is built by
 ``storage`` from :class:`Visibility`.
 

@@ -1,4 +1,4 @@
-"""Per-client request rate (DESIGN.md §9): a token bucket per client id (or token
+"""Per-client request rate (docs/architecture.md §9): a token bucket per client id (or token
 subject) in this process. Exhausted: 429 with ``Retry-After``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reference rule of patient-bound tokens (DESIGN.md §9): what a citizen's
+"""The reference rule of patient-bound tokens (docs/architecture.md §9): what a citizen's
 token writes may point only at what that token can see.
 
 A patient-bound token writes into its own record only; this rule closes the

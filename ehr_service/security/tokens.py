@@ -1,4 +1,4 @@
-"""Bearer tokens (DESIGN.md §9): JWTs verified against a JWKS, with an algorithm
+"""Bearer tokens (docs/architecture.md §9): JWTs verified against a JWKS, with an algorithm
 allow-list and required ``exp iat iss aud``.
 
 Trusted keys come from ``EHR_JWKS_FILE`` / ``EHR_JWKS_URL`` (fetched and cached,

@@ -1,4 +1,4 @@
-"""Fast multi-row inserts for the hot write paths (DESIGN.md §4).
+"""Fast multi-row inserts for the hot write paths (docs/architecture.md §4).
 
 PostgreSQL takes rows through ``COPY ... FROM STDIN`` (psycopg 3); SQLite
 through the driver's ``executemany`` with positional parameters. Both skip

@@ -3,7 +3,7 @@
 Functions take an open :class:`~sqlalchemy.Connection`; the caller's unit of
 work (:class:`~ehr_service.storage.database.Database`) commits. Writes insert
 into ``resource`` and ``resource_version`` together; bulk creates go through one
-``executemany`` per table (DESIGN.md §4: Core, not ORM objects).
+``executemany`` per table (docs/architecture.md §4: Core, not ORM objects).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class NewVersion:
     # A Consent's (patient, refused actors), kept in step in consent_refusal.
     consent: tuple[str | None, tuple[str, ...]] | None = None
     warnings: tuple[Issue, ...] = ()  # accepted, but worth telling the client
-    outbox: tuple[str, ...] = ()  # partners this version is queued for (DESIGN.md §8)
+    outbox: tuple[str, ...] = ()  # partners this version is queued for (docs/architecture.md §8)
 
     def version_row(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Tables of DESIGN.md §4: current resources and their append-only versions.
+"""Tables of docs/architecture.md §4: current resources and their append-only versions.
 
 Every patient-owned row carries ``compartment_patient_id`` so that a patient's
 whole record can live on one shard when tables are hash-distributed by it.
@@ -110,7 +110,7 @@ Index("ix_resource_version_last_updated", resource_version.c.last_updated)
 Index("ix_resource_version_compartment", resource_version.c.compartment_patient_id)
 
 
-# Search indexes (DESIGN.md §4): one table per parameter type, rows for the
+# Search indexes (docs/architecture.md §4): one table per parameter type, rows for the
 # current version of each resource, written in the same transaction.
 def _index_table(name: str, *columns: Column[Any]) -> Table:
     return Table(
@@ -273,7 +273,7 @@ conditional_create_key = Table(
     Column("res_id", RESOURCE_ID, nullable=False),
 )
 
-# Resident identity (DESIGN.md §6). One row per resident ID number, keyed by its
+# Resident identity (docs/architecture.md §6). One row per resident ID number, keyed by its
 # blind token (never the number): the primary key is what makes a resident unique,
 # whatever the concurrency. A global lookup table (not distributed by patient).
 resident_id_number = Table(
@@ -295,7 +295,7 @@ record_number = Table(
     sqlite_autoincrement=True,
 )
 
-# Audit (DESIGN.md §9): append-only, hash-chained, sealed in signed blocks. An event
+# Audit (docs/architecture.md §9): append-only, hash-chained, sealed in signed blocks. An event
 # is inserted by its own transaction with an id (``seq``: the AuditEvent's id) from
 # a sequence and no hash, so no row is locked by every request; the sealer chains
 # committed events in order (``position``, ``prev_hash``, ``hash``) into blocks
@@ -357,7 +357,7 @@ audit_access = Table(
     Column("seq", SEQUENCE, primary_key=True),
 )
 
-# Consent refusals (DESIGN.md §9), derived from active Consent resources when they
+# Consent refusals (docs/architecture.md §9), derived from active Consent resources when they
 # are written: whose record may not be shown to which organisation or region.
 consent_refusal = Table(
     "consent_refusal",
@@ -368,7 +368,7 @@ consent_refusal = Table(
 )
 Index("ix_consent_refusal_patient", consent_refusal.c.patient_id, consent_refusal.c.actor)
 
-# Exchange partners (DESIGN.md §8): a reference table, not distributed by patient.
+# Exchange partners (docs/architecture.md §8): a reference table, not distributed by patient.
 exchange_partner = Table(
     "exchange_partner",
     metadata,
@@ -384,7 +384,7 @@ exchange_partner = Table(
     Column("feed_cursor", SEQUENCE, nullable=False, server_default="0"),  # pulled up to here
 )
 
-# Signed exchanges (DESIGN.md §8). Every message received (and every one sent) is
+# Signed exchanges (docs/architecture.md §8). Every message received (and every one sent) is
 # kept with its exact bytes, sealed at rest (they carry resident ID numbers), and its
 # signature, so it can be verified again years later. The primary key on (issuer,
 # jti) is the replay protection.
@@ -432,7 +432,7 @@ exchange_outbox = Table(
     Index("ix_exchange_outbox_feed", "partner_id", "seq"),
 )
 
-# Mutual recognition of results (DESIGN.md §7): the catalogue editions (one active),
+# Mutual recognition of results (docs/architecture.md §7): the catalogue editions (one active),
 # their items and code maps, and the facts behind the statistics.
 recognition_edition = Table(
     "recognition_edition",

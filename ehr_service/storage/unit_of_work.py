@@ -1,4 +1,4 @@
-"""The unit of work (DESIGN.md §11): the only code that opens, commits or rolls
+"""The unit of work (docs/architecture.md §11): the only code that opens, commits or rolls
 back a transaction, takes a savepoint, and records the audit events of what the
 transaction did, inside it.
 

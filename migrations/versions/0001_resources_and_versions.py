@@ -1,4 +1,4 @@
-"""Resources and their append-only versions (DESIGN.md §4).
+"""Resources and their append-only versions (docs/architecture.md §4).
 
 Revision ID: 0001
 Revises:

@@ -1,4 +1,4 @@
-"""Search index tables, one per parameter type (DESIGN.md §4)
+"""Search index tables, one per parameter type (docs/architecture.md §4)
 
 Revision ID: 0002
 Revises: 0001

@@ -1,4 +1,4 @@
-"""The audit chain without a global lock (DESIGN.md §9, docs/architecture.md).
+"""The audit chain without a global lock (docs/architecture.md §9, "The audit chain").
 
 An event is inserted in its request's own transaction with an id from a
 sequence (PostgreSQL; on SQLite, whose writers are serialised anyway, a counter

@@ -1,7 +1,7 @@
 """`make bench`: ingest and read benchmarks on SQLite and PostgreSQL, side by side.
 
 Prints a table and writes ``bench-results/bench-<time>.json``. Figures are
-ratios against work measured in the same run (DESIGN.md §10): transaction
+ratios against work measured in the same run (docs/architecture.md §10): transaction
 ingest against the validation-only rate of the same resources, and read
 latency of a real server process over loopback.
 

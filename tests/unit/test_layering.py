@@ -1,4 +1,4 @@
-"""The structure DESIGN.md §3 and §11 ask for, checked on the source: one unit of
+"""The structure docs/architecture.md §3 and §11 ask for, checked on the source: one unit of
 work owns every transaction, SQL stays in storage/, and `make lint`'s import
 contracts fail on a cycle or a layer crossing."""
 
