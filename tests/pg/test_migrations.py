@@ -6,25 +6,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import downgrade, is_at_head, upgrade
-from tests.conftest import BACKENDS, MIGRATIONS, _worker
+from tests.conftest import BACKENDS, MIGRATIONS, _worker, fresh_database
 
 
 @pytest.fixture(params=BACKENDS)
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
-    url = make_url(request.getfixturevalue("pg_url"))
-    name = f"{url.database}_fresh_{_worker()}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
+    return fresh_database(request.getfixturevalue("pg_url"), f"fresh_{_worker()}")
 
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
