@@ -237,18 +237,7 @@ def exchange_route(summary: str, statuses: set[int], *, feed: bool = False) -> d
         responses[status] = response
     parameters: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"parameters": parameters}
-    if feed:
-        parameters.extend(
-            [
-                {"name": "_since", "in": "query", "required": False,
-                 "schema": {"type": "string", "format": "date-time"}},
-                {"name": "_cursor", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0}},
-                {"name": "_count", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            ]
-        )  # fmt: skip
-    else:
+    if not feed:  # the feed's _since, _cursor and _count come from its signature
         parameters.append(
             {
                 "name": "X-Exchange-Signature",
@@ -328,7 +317,9 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
     parameters = list(_COMMON_PARAMS)
     if summary == "search":
         parameters.extend(_SEARCH_PARAMS)
-    if body is not None or "delete" in summary:
+    if (body is not None or "delete" in summary) and all(
+        p["name"] != "Prefer" for p in parameters
+    ):  # one Prefer parameter (a search's already says handling=...)
         parameters.append(_PREFER)
     if summary.startswith("conditional"):
         parameters.append(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+from fastapi.testclient import TestClient
+from openapi_spec_validator import validate
+
 from ehr_service.api.openapi_export import openapi_bytes
 from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT, Settings
@@ -29,3 +33,12 @@ def test_openapi_documents_fhir_errors(tmp_path: Path) -> None:
     assert {"200", "404", "410", "406", "500"} <= set(read["responses"])
     assert "422" not in read["responses"]
     assert "application/fhir+json" in read["responses"]["404"]["content"]
+
+
+def test_the_committed_and_the_served_documents_are_valid_openapi(client: TestClient) -> None:
+    """openapi-spec-validator (the OpenAPI 3.1 rules: unique parameters, valid
+    schemas and references) over the file and over what /openapi.json serves."""
+    validate(orjson.loads(COMMITTED.read_bytes()))
+    served = client.get("/openapi.json")
+    assert served.status_code == 200
+    validate(served.json())
