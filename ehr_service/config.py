@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     token_endpoint: str | None = Field(
         default=None, description="the authorization server's token endpoint (SMART discovery)"
     )
+    authorization_endpoint: str | None = Field(
+        default=None,
+        description="the authorization server's authorize endpoint: with it, SMART discovery "
+        "offers standalone patient launch (authorization code with PKCE)",
+    )
     own_token_issuer: str = "ehr-service-dev"  # noqa: S105 - an issuer name, not a secret
     token_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
 

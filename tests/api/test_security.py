@@ -599,3 +599,24 @@ def test_a_verified_token_is_remembered_until_it_expires(
 def token_expiry(token: str) -> int:
     body = token.split(".")[1]
     return int(orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["exp"])
+
+
+def test_smart_configuration_claims_only_what_is_configured(make_services: Any) -> None:
+    bare = make_services()
+    with TestClient(create_app(services=bare)) as anonymous:
+        config = anonymous.get("/.well-known/smart-configuration").json()
+    assert "context-standalone-patient" not in config["capabilities"]
+    assert "token_endpoint" not in config and "code_challenge_methods_supported" not in config
+    full = make_services(
+        token_endpoint="https://auth.example/token",
+        authorization_endpoint="https://auth.example/authorize",
+    )
+    with TestClient(create_app(services=full)) as anonymous:
+        config = anonymous.get("/fhir/.well-known/smart-configuration").json()
+    assert config["token_endpoint"] == "https://auth.example/token"
+    assert config["authorization_endpoint"] == "https://auth.example/authorize"
+    assert {"launch-standalone", "context-standalone-patient",
+            "client-confidential-asymmetric"} <= set(config["capabilities"])  # fmt: skip
+    assert {"ES384", "RS384"} <= set(config["token_endpoint_auth_signing_alg_values_supported"])
+    assert config["grant_types_supported"] == ["client_credentials", "authorization_code"]
+    assert config["code_challenge_methods_supported"] == ["S256"]
