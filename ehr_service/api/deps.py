@@ -22,11 +22,6 @@ from ehr_service.security.caller import ANONYMOUS, Caller
 from ehr_service.security.tokens import InvalidToken, missing_token
 
 
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
 async def get_caller(request: Request) -> Caller:
     """Resolve who is calling, once per request: the verified bearer token, or anonymous
     (which only discovery endpoints accept). A token that fails is a 401 here."""

@@ -89,27 +89,30 @@ def verify(unit: UnitOfWork, keys: BlockKeys | None = None, anchors: Path | None
 
 
 def _anchors_problem(conn: Connection, anchors: Path) -> tuple[int, str, int | None] | None:
+    """A block the anchor file names that the database lost or changed (the blocks
+    are streamed, the anchors held: the file is the smaller of the two)."""
     if not anchors.exists():
         return None
-    signed = {b["number"]: b for b in audit_store.blocks(conn)}
+    anchored: dict[int, tuple[bytes, object]] = {}
     for line in anchors.read_bytes().splitlines():
         try:
             anchor = jsonio.loads(line)
-            number = int(anchor["block"])
             statement = base64.b64decode(anchor["statement"], validate=True)
-        except (ValueError, KeyError, TypeError):
+            anchored[int(anchor["block"])] = (statement, anchor.get("signature"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return (0, f"the anchor file {anchors.name} holds a line that is not an anchor", None)
-        block = signed.get(number)
-        if (
-            block is None
-            or bytes(block["statement"]) != statement
-            or block["signature"] != anchor.get("signature")
-        ):
-            first = jsonio.loads(statement).get("first", 0) if statement else 0
-            return (int(first) if isinstance(first, int) else 0,
-                    f"block {number}, signed and anchored outside the database, is gone or "
-                    "altered", None)  # fmt: skip
+    for block in audit_store.blocks(conn):
+        held = anchored.pop(block["number"], None)
+        if held is not None and held != (bytes(block["statement"]), block["signature"]):
+            return _unanchored(block["number"], block["first_position"])
+    if anchored:  # anchored, and no longer in the database at all
+        return _unanchored(min(anchored), 0)
     return None
+
+
+def _unanchored(number: int, first: int) -> tuple[int, str, int | None]:
+    return (first, f"block {number}, signed and anchored outside the database, is gone or "
+            "altered", None)  # fmt: skip
 
 
 class _Walk:

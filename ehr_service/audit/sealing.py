@@ -37,13 +37,6 @@ TYP = "ehr-audit-block+jws"
 BATCH = 5000
 
 
-class _KeyInfo(Protocol):
-    @property
-    def kid(self) -> str: ...
-    @property
-    def alg(self) -> str: ...
-
-
 class BlockKeys(Protocol):
     """The region's signing keys (``exchange.keys.SigningKeys``)."""
 
@@ -172,7 +165,11 @@ class Sealer:
         self._thread: threading.Thread | None = None
 
     def seal(self) -> int:
-        """Seal every event that can be sealed now; how many were."""
+        """Seal every event that can be sealed now; how many were. An idle round
+        only reads (no write transaction: on SQLite, no write lock every second)."""
+        with self.unit.read() as conn:
+            if not audit_store.sealing_due(conn):
+                return 0
         total = 0
         while True:
             sealed = self.seal_block()

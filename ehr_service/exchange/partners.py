@@ -129,13 +129,13 @@ class PartnerRegistry:
 
     def is_partner(self, client_id: str | None) -> bool:
         """Is this a partner's client id? (cached for a few seconds)"""
-        if not client_id:
-            return False
-        now = time.monotonic()
-        if self._ids is None or now - self._ids[0] > 5.0:
-            with self.unit.read() as conn:
-                self._ids = (now, frozenset(r["partner_id"] for r in store.all_partners(conn)))
-        return client_id in self._ids[1]
+        known = self.is_partner_cached(client_id)
+        if known is not None:
+            return known
+        with self.unit.read() as conn:
+            ids = frozenset(r["partner_id"] for r in store.all_partners(conn))
+        self._ids = (time.monotonic(), ids)
+        return client_id in ids
 
     def key(self, partner_id: str, kid: str, *, signing: bool) -> VerifyKey | None:
         """The partner's public key ``kid``: for a new message (``signing``) only an

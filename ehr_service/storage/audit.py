@@ -208,6 +208,17 @@ def oldest_unsealed(conn: Connection) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
+def sealing_due(conn: Connection) -> bool:
+    """Is anything committed and not sealed, or chained and in no block yet?"""
+    unsealed_one = conn.execute(
+        select(audit_event.c.seq).where(audit_event.c.position.is_(None)).limit(1)
+    ).first()
+    if unsealed_one is not None:
+        return True
+    last = last_block(conn)
+    return head(conn).position > (last["last_position"] if last else 0)
+
+
 def count_unsealed(conn: Connection) -> int:
     return int(
         conn.execute(

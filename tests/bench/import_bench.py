@@ -20,6 +20,8 @@ import orjson
 import sqlalchemy as sa
 from fhir.resources.R4B import get_fhir_model_class
 
+from tests.bench import load_bench
+
 
 def _storage_bytes(url: str, data_dir: Path) -> int:
     if url.startswith("sqlite"):
@@ -36,23 +38,17 @@ def _storage_bytes(url: str, data_dir: Path) -> int:
 
 def _tree_rss(pid: int) -> int:
     """Resident memory (bytes) of a process and all its descendants (Linux /proc)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
+    total = 0
+    for current in load_bench.process_tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
         total += next(
-            (
-                int(line.split()[1]) * 1024
-                for line in status.splitlines()
-                if line.startswith("VmRSS")
-            ),
+            (int(line.split()[1]) * 1024 for line in status.splitlines()
+             if line.startswith("VmRSS")),
             0,
-        )
-        pending += [int(c) for c in children]
+        )  # fmt: skip
     return total
 
 
