@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ehr_service.api.middleware import REQUEST_ID_HEADER, request_id_of
-from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering
+from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering, negotiate
 from ehr_service.api.rendering import render_error
 from ehr_service.fhir.errors import Category, FhirError, Issue, unexpected
 from ehr_service.interactions.context import Services
@@ -31,8 +31,15 @@ _HTTP_CATEGORIES = {
 
 
 def _rendering(request: Request) -> Rendering:
+    """The request's negotiated rendering; for a failure before negotiation (a bad
+    token, an unknown route) the one the request asks for, if it is servable."""
     rendering = getattr(request.state, "rendering", None)
-    return rendering if isinstance(rendering, Rendering) else DEFAULT_RENDERING
+    if isinstance(rendering, Rendering):
+        return rendering
+    try:
+        return negotiate(request)
+    except FhirError:
+        return DEFAULT_RENDERING
 
 
 def audit_failure(request: Request, status: int, patients: frozenset[str] = frozenset()) -> None:

@@ -16,8 +16,14 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, PublicContext, RenderingDep
 from ehr_service.api.errors import allowed_methods
-from ehr_service.api.negotiation import JSON_TYPES, check_content_type, strict_handling
+from ehr_service.api.negotiation import (
+    RESOURCE_TYPES,
+    check_content_type,
+    is_xml_body,
+    strict_handling,
+)
 from ehr_service.api.rendering import render_result
+from ehr_service.fhir import xml
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
@@ -48,7 +54,7 @@ VersionId = Annotated[str, Path(description="Version id", **docs.ID_PARAM)]
 IfMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
 
-JSON_BODY = frozenset(JSON_TYPES)
+JSON_BODY = RESOURCE_TYPES  # FHIR JSON, or FHIR XML converted to it
 _FORM_BODY = frozenset({"application/x-www-form-urlencoded"})
 _PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
 T = TypeVar("T")
@@ -72,8 +78,13 @@ def in_write(ctx: RequestContext, action: Callable[[Connection], Result]) -> Res
 
 
 async def json_body(request: Request, allowed: frozenset[str]) -> Any:
+    """The body as parsed JSON; a FHIR XML body (where ``allowed`` takes it) is
+    converted to JSON first and then read exactly as JSON would be."""
     check_content_type(request, allowed)
-    return parse_json(await request.body())
+    raw = await request.body()
+    if is_xml_body(request):
+        raw = await run_in_threadpool(xml.xml_to_json, raw)
+    return parse_json(raw)
 
 
 async def with_form_query(request: Request, ctx: RequestContext) -> RequestContext:

@@ -11,12 +11,21 @@ from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions.context import ReturnPreference
 
 FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
 JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir"}
+XML_TYPES = frozenset({FHIR_XML, "application/xml", "text/xml", "application/xml+fhir"})
+# Bodies that are FHIR resources: JSON or XML (XML is converted to JSON on the way in).
+RESOURCE_TYPES = frozenset(JSON_TYPES | XML_TYPES)
 _FORMATS = {
     "json": FHIR_JSON,
     FHIR_JSON: FHIR_JSON,
     "application/json+fhir": FHIR_JSON,
     "application/json": "application/json",
+    "xml": FHIR_XML,
+    "text/xml": FHIR_XML,
+    "application/xml": FHIR_XML,
+    "application/xml+fhir": FHIR_XML,
+    FHIR_XML: FHIR_XML,
 }
 _WILDCARDS = {"*/*", "application/*"}
 
@@ -25,6 +34,10 @@ _WILDCARDS = {"*/*", "application/*"}
 class Rendering:
     media_type: str = FHIR_JSON
     pretty: bool = False
+
+    @property
+    def xml(self) -> bool:
+        return self.media_type == FHIR_XML
 
 
 DEFAULT_RENDERING = Rendering()
@@ -69,8 +82,41 @@ def fhir_version_of(raw: str) -> str | None:
 NDJSON_TYPES = frozenset({"application/fhir+ndjson", "application/ndjson"})
 
 
+def _body_media(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def is_xml_body(request: Request) -> bool:
+    return _body_media(request) in XML_TYPES
+
+
+def _from_accept(request: Request, accept: str, pretty: bool) -> Rendering | None:
+    """The best accepted representation: the highest quality wins, JSON on a tie
+    (and for wildcards, unless the request body itself is XML)."""
+    best: tuple[float, int, str] | None = None
+    for media, quality in _media_ranges(accept):
+        if quality <= 0:
+            continue
+        if media in {FHIR_JSON, "application/json+fhir"}:
+            candidate = (quality, 3, FHIR_JSON)
+        elif media in XML_TYPES:
+            candidate = (quality, 2, FHIR_XML)
+        elif media in _WILDCARDS:
+            candidate = (quality, 1, FHIR_XML if is_xml_body(request) else FHIR_JSON)
+        elif media in NDJSON_TYPES and "/$export-file/" in request.url.path:
+            candidate = (quality, 1, FHIR_JSON)  # the file is NDJSON; an error JSON
+        elif media == "application/json":
+            candidate = (quality, 0, "application/json")
+        else:
+            continue
+        if best is None or candidate[:2] > best[:2]:
+            best = candidate
+    return Rendering(best[2], pretty) if best is not None else None
+
+
 def negotiate(request: Request) -> Rendering:
-    """The representation to answer with, or 406 if the client takes no JSON."""
+    """The representation to answer with (``_format`` first, then ``Accept``, then
+    the body's own format), or 406 if the client takes neither JSON nor XML."""
     pretty_raw = request.query_params.get("_pretty", "false").lower()
     if pretty_raw not in {"true", "false"}:
         raise FhirError.of(
@@ -87,22 +133,18 @@ def negotiate(request: Request) -> Rendering:
             return Rendering(_FORMATS[fmt], pretty)
         raise FhirError.of(
             Category.NOT_ACCEPTABLE,
-            f"_format '{requested[:40]}' is not served; this server speaks FHIR JSON only",
+            f"_format '{requested[:40]}' is not served; this server speaks FHIR JSON and XML",
         )
     accept = request.headers.get("accept", "").strip()
     if not accept:
-        return Rendering(FHIR_JSON, pretty)
-    accepted = [(m, q) for m, q in _media_ranges(accept) if q > 0]
-    if any(m in {FHIR_JSON, "application/json+fhir"} or m in _WILDCARDS for m, _ in accepted):
-        return Rendering(FHIR_JSON, pretty)
-    if "/$export-file/" in request.url.path and any(m in NDJSON_TYPES for m, _ in accepted):
-        return Rendering(FHIR_JSON, pretty)  # the file is NDJSON; an error an OperationOutcome
-    if any(m == "application/json" for m, _ in accepted):
-        return Rendering("application/json", pretty)
+        return Rendering(FHIR_XML if is_xml_body(request) else FHIR_JSON, pretty)
+    chosen = _from_accept(request, accept, pretty)
+    if chosen is not None:
+        return chosen
     raise FhirError.of(
         Category.NOT_ACCEPTABLE,
-        f"The Accept header excludes FHIR R4 JSON; this server speaks FHIR R4 (4.0.1) JSON "
-        f"only ({FHIR_JSON})",
+        f"The Accept header excludes FHIR R4 JSON and XML; this server speaks FHIR R4 "
+        f"(4.0.1) as {FHIR_JSON} or {FHIR_XML}",
     )
 
 
@@ -120,7 +162,7 @@ def check_content_type(request: Request, allowed: frozenset[str]) -> None:
         )
     if media in allowed:
         return
-    hint = " (XML is not supported)" if "xml" in media else ""
+    hint = " (XML is taken for FHIR resources only)" if "xml" in media else ""
     raise FhirError.of(
         Category.UNSUPPORTED_MEDIA_TYPE,
         f"Content-Type '{raw[:60]}' is not accepted here{hint}; send one of: "

@@ -10,6 +10,8 @@ from starlette.responses import Response
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 
 FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
+_XML_SCHEMA: dict[str, Any] = {"type": "string", "description": "FHIR XML (R4 §2.6.1)"}
 TYPE_PARAM: dict[str, Any] = {"json_schema_extra": {"enum": sorted(R4_RESOURCE_TYPES)}}
 ID_PARAM: dict[str, Any] = {"json_schema_extra": {"pattern": "^[A-Za-z0-9\\-.]{1,64}$"}}
 ETAG_PARAM: dict[str, Any] = {"json_schema_extra": {"pattern": '^(W/)?"[0-9]{1,18}"$'}}
@@ -44,8 +46,8 @@ _PATCH_SCHEMA = {
     },
 }
 _BODIES = {
-    "resource": {FHIR_JSON: {"schema": _RESOURCE_SCHEMA}},
-    "Bundle": {FHIR_JSON: {"schema": _BUNDLE_SCHEMA}},
+    "resource": {FHIR_JSON: {"schema": _RESOURCE_SCHEMA}, FHIR_XML: {"schema": _XML_SCHEMA}},
+    "Bundle": {FHIR_JSON: {"schema": _BUNDLE_SCHEMA}, FHIR_XML: {"schema": _XML_SCHEMA}},
     "patch": {"application/json-patch+json": {"schema": _PATCH_SCHEMA}},
     "form": {
         "application/x-www-form-urlencoded": {
@@ -61,14 +63,14 @@ _DESCRIPTIONS = {
     400: "Bad request or invalid resource (OperationOutcome)",
     404: "Unknown resource type or resource (OperationOutcome)",
     405: "Not allowed here, e.g. a write of the read-only AuditEvent (OperationOutcome, Allow)",
-    406: "Accept or _format excludes JSON (OperationOutcome)",
+    406: "Accept or _format excludes FHIR JSON and XML (OperationOutcome)",
     401: "Missing or invalid bearer token (OperationOutcome, WWW-Authenticate)",
     403: "The token's scopes or compartment do not allow it (OperationOutcome)",
     409: "Concurrent modification, or a resident who already has a record (OperationOutcome)",
     410: "Deleted (OperationOutcome)",
     412: "If-Match does not match the current version (OperationOutcome)",
     413: "Body or bundle too large (OperationOutcome)",
-    415: "Body is not JSON (OperationOutcome)",
+    415: "Body is neither FHIR JSON nor FHIR XML (OperationOutcome)",
     422: "Unprocessable, e.g. a patch that cannot apply (OperationOutcome)",
     429: "Too many requests (OperationOutcome, Retry-After)",
     500: "Unexpected error (OperationOutcome)",
@@ -86,7 +88,16 @@ _COMMON_PARAMS: list[dict[str, Any]] = [
         "required": False,
         "schema": {
             "type": "string",
-            "enum": ["json", "application/fhir+json", "application/json", "application/json+fhir"],
+            "enum": [
+                "json",
+                "application/fhir+json",
+                "application/json",
+                "application/json+fhir",
+                "xml",
+                FHIR_XML,
+                "application/xml",
+                "text/xml",
+            ],
         },
     },
     {
@@ -313,6 +324,7 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
             response["content"] = {
                 media: {"schema": {"type": "object"}} for media in (FHIR_JSON, "application/json")
             }
+            response["content"][FHIR_XML] = {"schema": _XML_SCHEMA}
         responses[status] = response
     parameters = list(_COMMON_PARAMS)
     if summary == "search":

@@ -166,7 +166,7 @@ def _capability_statement(
         "software": {"name": "ehr-service", "version": __version__},
         "implementation": {"description": "ehr-service FHIR R4 endpoint", "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": ["json"],
+        "format": ["json", "xml"],
         "patchFormat": [JSON_PATCH_MEDIA_TYPE],
         "rest": [
             {

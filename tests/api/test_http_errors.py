@@ -14,23 +14,23 @@ from ehr_service.interactions.context import Services
 from tests.helpers import FHIR_JSON, bearer, patient, snapshot
 
 
-def test_xml_body_is_415(client: TestClient, services: Services) -> None:
+def test_a_body_neither_json_nor_xml_is_415(client: TestClient, services: Services) -> None:
     before = snapshot(services)
     response = client.post(
         "/fhir/Patient",
-        content=b"<Patient xmlns='http://hl7.org/fhir'/>",
-        headers={"Content-Type": "application/fhir+xml"},
+        content=b"resourceType: Patient",
+        headers={"Content-Type": "application/yaml"},
     )
     assert response.status_code == 415
     assert response.json()["resourceType"] == "OperationOutcome"
     assert snapshot(services) == before
 
 
-def test_accept_without_json_is_406(client: TestClient) -> None:
-    response = client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"})
+def test_accept_without_json_or_xml_is_406(client: TestClient) -> None:
+    response = client.get("/fhir/metadata", headers={"Accept": "text/html"})
     assert response.status_code == 406
     assert response.json()["issue"][0]["code"] == "not-supported"
-    assert client.get("/fhir/metadata?_format=xml").status_code == 406
+    assert client.get("/fhir/metadata?_format=html").status_code == 406
     assert (
         client.get("/fhir/metadata", headers={"Accept": "text/html, */*;q=0.8"}).status_code == 200
     )
