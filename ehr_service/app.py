@@ -48,7 +48,7 @@ from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
-from ehr_service.storage.database import Database
+from ehr_service.storage.database import Database, Timeouts
 from ehr_service.storage.identity import holds_id_numbers
 from ehr_service.storage.unit_of_work import UnitOfWork
 
@@ -61,6 +61,12 @@ def build_services(settings: Settings) -> Services:
         settings.effective_database_url,
         pool_size=settings.database_pool_size,
         statement_timeout_ms=settings.statement_timeout_ms,
+        timeouts=Timeouts(
+            connect=settings.database_connect_timeout_s,
+            checkout=settings.database_checkout_timeout_s,
+            keepalive_idle=settings.database_keepalive_s,
+            stall=settings.database_stall_s,
+        ),
     )
     unit = UnitOfWork(database)
     auditor = Auditor(unit)

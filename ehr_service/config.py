@@ -30,6 +30,28 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default: a SQLite file ehr.sqlite3 under data_dir",
     )
     database_pool_size: int = Field(default=20, ge=1, le=200)
+    # How long to wait on PostgreSQL (docs/architecture.md §10); 0: no limit.
+    database_connect_timeout_s: float = Field(
+        default=5.0, ge=0, description="connection set-up, TCP and authentication (min 2)"
+    )
+    database_checkout_timeout_s: float = Field(
+        default=5.0, ge=0, description="waiting for a free pooled connection"
+    )
+    database_keepalive_s: float = Field(
+        default=10.0, ge=0, description="TCP keepalive idle time; a lost network breaks at 2x"
+    )
+    database_stall_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="a statement with no answer this long has its connection dropped "
+        "(a stalled server); keep it above the statement timeout",
+    )
+    retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After of 503 answers (database unavailable)"
+    )
+    readiness_timeout_s: float = Field(
+        default=2.0, gt=0, description="longest /readyz waits for its checks"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     base_url: str | None = Field(

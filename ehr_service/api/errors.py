@@ -69,6 +69,9 @@ async def on_fhir_error(request: Request, exc: Exception) -> Response:
     if exc.category is Category.FAULT:
         logger.error("request %s failed: %s", request_id_of(request.scope), exc)
     await run_in_threadpool(audit_failure, request, exc.status, exc.patients)
+    if exc.status == 503:  # the database (or a dependency) is down: when to come back
+        services: Services = request.app.state.services
+        exc.headers.setdefault("Retry-After", str(services.settings.retry_after_s))
     return render_error(exc, _rendering(request))
 
 

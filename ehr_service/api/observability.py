@@ -5,6 +5,7 @@ query string or a body: they carry names and numbers)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -205,11 +206,32 @@ async def readyz(request: Request) -> JSONResponse:
     """Ready to serve: the database answers, its schema is at head, keys are loaded.
     503 with the failing checks otherwise."""
     services: Services = request.app.state.services
-    ready, checks = await run_in_threadpool(readiness, services)
+    ready, checks = await _bounded_readiness(request, services)
+    headers = {} if ready else {"Retry-After": str(services.settings.retry_after_s)}
     return JSONResponse(
         {"status": "ready" if ready else "not-ready", "checks": checks},
         status_code=200 if ready else 503,
+        headers=headers,
     )
+
+
+async def _bounded_readiness(request: Request, services: Services) -> tuple[bool, dict[str, Any]]:
+    """The checks, within ``EHR_READINESS_TIMEOUT_S`` whatever the database does. One
+    check runs at a time: probes that come while it is stuck wait on the same one
+    (a stalled database cannot pile up blocked threads)."""
+    running: asyncio.Future[tuple[bool, dict[str, Any]]] | None = getattr(
+        request.app.state, "readiness_check", None
+    )
+    if running is None or running.done():
+        running = asyncio.ensure_future(run_in_threadpool(readiness, services))
+        request.app.state.readiness_check = running
+    try:
+        return await asyncio.wait_for(
+            asyncio.shield(running), timeout=services.settings.readiness_timeout_s
+        )
+    except TimeoutError:
+        timeout = services.settings.readiness_timeout_s
+        return False, {"database": f"no answer within {timeout:g} s"}
 
 
 @router.get(

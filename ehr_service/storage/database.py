@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.errors import DeadlockDetected, QueryCanceled, SerializationFailure
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, PendingRollbackError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.storage.stall import StallWatchdog
 
 _WRITE = "ehr_write"
 
@@ -69,20 +72,23 @@ def _cancelled(exc: OperationalError) -> bool:
     return isinstance(exc.orig, QueryCanceled) or "interrupted" in str(exc.orig)
 
 
+def _lost() -> FhirError:
+    return FhirError.of(
+        Category.UNAVAILABLE, "The database connection was lost; try again", code="transient"
+    )
+
+
 @contextmanager
 def _too_costly() -> Iterator[None]:
     """Database answers that are the request's lot, not our bug: a statement stopped
-    by the statement timeout, and a deadlock or serialization failure among
-    concurrent writers (PostgreSQL picks one to fail: it may retry)."""
+    by the statement timeout, a deadlock or serialization failure among concurrent
+    writers (PostgreSQL picks one to fail: it may retry), and the database going
+    away (terminated, shut down, failed over, stalled): 503, try again."""
     try:
         yield
     except DBAPIError as exc:
         if exc.connection_invalidated:  # the server went away under this connection
-            raise FhirError.of(
-                Category.UNAVAILABLE,
-                "The database connection was lost; try again",
-                code="transient",
-            ) from None
+            raise _lost() from None
         if not isinstance(exc, OperationalError):
             raise
         if isinstance(exc.orig, DeadlockDetected | SerializationFailure):
@@ -91,12 +97,24 @@ def _too_costly() -> Iterator[None]:
                 "A concurrent request changed the same records; retry",
                 code="conflict",
             ) from None
-        if not _cancelled(exc):
-            raise
+        if _cancelled(exc):
+            raise FhirError.of(
+                Category.UNAVAILABLE,
+                "The query ran longer than this server allows (EHR_STATEMENT_TIMEOUT_MS); "
+                "narrow it",
+                code="too-costly",
+            ) from None
+        # Every other operational error (an administrator shutdown, a crash, a
+        # terminated backend, a connection cut by the stall watchdog) is the
+        # database's state, not the request's.
+        raise _lost() from None
+    except PendingRollbackError:  # the connection was invalidated under the work's cleanup
+        raise _lost() from None
+    except (PoolTimeout, DisconnectionError):
         raise FhirError.of(
             Category.UNAVAILABLE,
-            "The query ran longer than this server allows (EHR_STATEMENT_TIMEOUT_MS); narrow it",
-            code="too-costly",
+            "No database connection became free in time; try again",
+            code="transient",
         ) from None
 
 
@@ -140,26 +158,70 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError("a pooled connection was found dead")
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the service waits on PostgreSQL (docs/architecture.md §10); 0 is off.
+
+    ``connect``: the whole connection set-up (libpq ``connect_timeout``);
+    ``checkout``: waiting for a free pooled connection; ``keepalive_idle``: TCP
+    keepalives after this idle time, with ``tcp_user_timeout`` so a lost network
+    (unacknowledged data) breaks the connection; ``stall``: the watchdog of a
+    statement that gets no answer (``storage.stall``)."""
+
+    connect: float = 5.0
+    checkout: float = 5.0
+    keepalive_idle: float = 10.0
+    stall: float = 0.0
+
+
+def _postgresql_args(statement_timeout_ms: int, timeouts: Timeouts) -> dict[str, Any]:
+    # Search statements differ by their values' selectivity: a cached generic plan
+    # of a prepared statement can be 100x slower than the custom plan.
+    options = "-c plan_cache_mode=force_custom_plan"
+    if statement_timeout_ms > 0:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
+    args: dict[str, Any] = {"options": options}
+    if timeouts.connect > 0:
+        args["connect_timeout"] = max(2, round(timeouts.connect))  # libpq: whole seconds, >= 2
+    if timeouts.keepalive_idle > 0:
+        idle = max(1, round(timeouts.keepalive_idle))
+        args |= {
+            "keepalives": 1,
+            "keepalives_idle": idle,
+            "keepalives_interval": max(1, idle // 3),
+            "keepalives_count": 3,
+            "tcp_user_timeout": idle * 2000,  # ms of unacknowledged data
+        }
+    return args
+
+
 class Database:
     """Owns the engine; hands out connections inside one transaction each."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        statement_timeout_ms: int = 0,
+        timeouts: Timeouts = Timeouts(),
+    ) -> None:
         self.url = normalise_url(url)
+        self.watchdog: StallWatchdog | None = None
         if self.url.startswith("sqlite"):
             self.engine = _sqlite_engine(self.url, statement_timeout_ms, pool_size)
         else:
-            options = "-c plan_cache_mode=force_custom_plan"
-            if statement_timeout_ms > 0:
-                options += f" -c statement_timeout={int(statement_timeout_ms)}"
             self.engine = create_engine(
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                # Search statements differ by their values' selectivity: a cached generic
-                # plan of a prepared statement can be 100x slower than the custom plan.
-                connect_args={"options": options},
+                pool_timeout=timeouts.checkout if timeouts.checkout > 0 else 3600,
+                connect_args=_postgresql_args(statement_timeout_ms, timeouts),
             )
             _ping_when_idle(self.engine)
+            if timeouts.stall > 0 and statement_timeout_ms > 0:
+                self.watchdog = StallWatchdog(timeouts.stall)
+                self.watchdog.install(self.engine)
         self.dialect = self.engine.dialect.name
 
     @property
@@ -177,7 +239,7 @@ class Database:
     def _connect(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
         try:
             conn = self.engine.connect()
-        except OperationalError as exc:
+        except (OperationalError, DisconnectionError) as exc:
             raise FhirError.of(
                 Category.UNAVAILABLE,
                 "The database is not reachable; try again later",
@@ -198,9 +260,11 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except OperationalError:
+        except (OperationalError, PoolTimeout, DisconnectionError):
             return False
         return True
 
     def dispose(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.engine.dispose()
