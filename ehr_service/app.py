@@ -33,6 +33,7 @@ from ehr_service.api.middleware import (
     HeadAsGetMiddleware,
     RequestIdMiddleware,
 )
+from ehr_service.api.server import DrainMiddleware
 from ehr_service.audit.events import Auditor
 from ehr_service.audit.sealing import Sealer
 from ehr_service.config import Settings
@@ -234,6 +235,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD is routed as GET
     app.add_middleware(errors.UnexpectedErrors)  # the others see its 500
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainMiddleware, retry_after=settings.retry_after_s)
     app.add_middleware(observability.ObservabilityMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # the others see the request id
     if settings.cors_origins:  # outermost: a browser's preflight is answered first

@@ -772,6 +772,7 @@ def serve(
     """Run the HTTP server (run `ehr-service migrate` first)."""
     import uvicorn
 
+    from ehr_service.api.server import uvicorn_options
     from ehr_service.mpi import redaction
 
     settings = _settings()
@@ -787,9 +788,10 @@ def serve(
             json_lines=settings.log_format == "json", level=settings.log_level
         ),
         # Our access log (one JSON line, no query string: it may carry names) replaces
-        # uvicorn's in JSON mode; in-flight requests get 30 s to finish on shutdown.
+        # uvicorn's in JSON mode. Header, body and idle limits, and the shutdown drain
+        # (EHR_SHUTDOWN_DRAIN_S), come from api/server.py.
         access_log=settings.log_format != "json",
-        timeout_graceful_shutdown=30,
+        **uvicorn_options(settings),
     )
 
 

@@ -46,6 +46,24 @@ class Settings(BaseSettings):
         description="a statement with no answer this long has its connection dropped "
         "(a stalled server); keep it above the statement timeout",
     )
+    # HTTP limits below the application (ehr_service/api/server.py).
+    http_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="request line and headers; larger: 431"
+    )
+    http_max_headers: int = Field(default=100, ge=8, description="header lines; more: 431")
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request head must arrive within this; else 408"
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest gap between two bytes of a request body"
+    )
+    http_keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections")
+    http_max_connections: int = Field(
+        default=1000, ge=1, description="open connections per worker; more: 503"
+    )
+    shutdown_drain_s: float = Field(
+        default=30.0, ge=1, description="on shutdown, running requests get this long (then 503)"
+    )
     retry_after_s: int = Field(
         default=5, ge=1, description="Retry-After of 503 answers (database unavailable)"
     )
