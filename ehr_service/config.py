@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         description="a statement with no answer this long has its connection dropped "
         "(a stalled server); keep it above the statement timeout",
     )
+    export_retention_hours: float = Field(
+        default=24.0, ge=0, description="finished exports are deleted after this (0: kept)"
+    )
+    min_free_disk_mb: int = Field(
+        default=512, ge=0, description="/readyz is not ready with less free in the data directory"
+    )
     # HTTP limits below the application (ehr_service/api/server.py).
     http_max_header_bytes: int = Field(
         default=16 * 1024, ge=1024, description="request line and headers; larger: 431"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -198,7 +199,10 @@ def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     from ehr_service.exchange.keys import SigningKeys
 
     checks["signing_key"] = SigningKeys(services.settings.signing_keys_dir).active() is not None
-    return all(checks.values()), checks
+    free_mb = shutil.disk_usage(services.settings.data_dir).free // (1024 * 1024)
+    checks["disk"] = free_mb >= services.settings.min_free_disk_mb
+    checks["disk_free_mb"] = free_mb  # reported, not a check
+    return all(v for k, v in checks.items() if k != "disk_free_mb"), checks
 
 
 @router.get("/readyz", **docs.plain_route("readiness"))

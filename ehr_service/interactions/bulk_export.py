@@ -14,13 +14,14 @@ who refused the caller.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ class Job:
 
 def _client(caller: Caller) -> str:
     return caller.client_id or caller.subject
+
+
+def _reason(exc: Exception, directory: Path) -> str:
+    """Why a job failed, in words an operator can act on (no path, no content)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(directory).free // (1024 * 1024) if directory.exists() else 0
+        return f"the data directory's disk is full ({free} MB free); free space and ask again"
+    if isinstance(exc, OSError):
+        return f"the export files could not be written ({exc.strerror or type(exc).__name__})"
+    if isinstance(exc, FhirError):
+        return exc.issues[0].diagnostics if exc.issues else exc.category.value
+    return type(exc).__name__
 
 
 def _not_found(job_id: str) -> FhirError:
@@ -118,6 +131,7 @@ class BulkExports:
             )
             self.services.auditor.record(conn, ctx, Result(202))
         job = Job(job_id, kind, members, types, since, now, ctx.view.refused_actors)
+        self.expire()
         self.executor.submit(self._run, job)
         return job_id
 
@@ -159,7 +173,7 @@ class BulkExports:
             output = []
             for index, resource_type in enumerate(job.types):
                 if self._is_cancelled(job.job_id):
-                    return
+                    break
                 with self.services.unit.write() as conn:
                     store.set_job(
                         conn,
@@ -167,32 +181,45 @@ class BulkExports:
                         state="running",
                         progress=f"{resource_type} ({index + 1} of {len(job.types)})",
                     )
-                count = self._write_type(job, resource_type, folder / f"{resource_type}.ndjson")
+                path = folder / f"{resource_type}.ndjson"
+                count, complete = self._write_type(job, resource_type, path)
+                if not complete:
+                    break
                 if count:
                     output.append(
                         {"type": resource_type, "file": f"{resource_type}.ndjson", "count": count}
                     )
-            with self.services.unit.write() as conn:
-                store.set_job(
-                    conn,
-                    job.job_id,
-                    state="done",
-                    progress="done",
-                    finished=utc_now(),
-                    output=jsonio.dumps(output),
-                )
+            else:  # every type written to its last page: only then is the job done
+                with self.services.unit.write() as conn:
+                    store.set_job(
+                        conn,
+                        job.job_id,
+                        state="done",
+                        progress="done",
+                        finished=utc_now(),
+                        output=jsonio.dumps(output),
+                    )
+                return
+            if not self._stopping:
+                return  # cancelled: the job and its files are gone already
+            self._fail(job.job_id, "the service stopped while exporting; ask again")
         except Exception as exc:  # the job fails; the service goes on
             logger.exception("export job %s failed", job.job_id)
-            with self.services.unit.write() as conn:
-                store.set_job(
-                    conn, job.job_id, state="failed", finished=utc_now(), error=type(exc).__name__
-                )
+            self._fail(job.job_id, _reason(exc, self.directory))
 
-    def _write_type(self, job: Job, resource_type: str, path: Path) -> int:
+    def _fail(self, job_id: str, reason: str) -> None:
+        """A failed job keeps no partial file (a client could take it for the whole)."""
+        shutil.rmtree(self.directory / job_id, ignore_errors=True)
+        with self.services.unit.write() as conn:
+            store.set_job(conn, job_id, state="failed", finished=utc_now(), error=reason[:2000])
+
+    def _write_type(self, job: Job, resource_type: str, path: Path) -> tuple[int, bool]:
+        """(resources written, whether the last page was reached)."""
         count = 0
         after: str | None = None
+        complete = False
         with path.open("wb") as out:
-            while True:
+            while not self._is_cancelled(job.job_id):
                 with self.services.unit.read() as conn:
                     rows = store.page(
                         conn,
@@ -209,12 +236,13 @@ class BulkExports:
                     out.write(content)
                     out.write(b"\n")
                 count += len(rows)
-                if len(rows) < PAGE or self._is_cancelled(job.job_id):
+                if len(rows) < PAGE:
+                    complete = True
                     break
                 after = rows[-1][0]
         if count == 0:
             path.unlink(missing_ok=True)
-        return count
+        return count, complete
 
     def _is_cancelled(self, job_id: str) -> bool:
         with self._lock:
@@ -282,20 +310,33 @@ class BulkExports:
         shutil.rmtree(self.directory / job_id, ignore_errors=True)
 
     def recover(self) -> None:
-        """At start: jobs a stopped process left unfinished have failed."""
+        """At start: jobs a stopped process left unfinished have failed (their partial
+        files removed), and expired exports are deleted."""
+        with self.services.unit.read() as conn:
+            stale = store.stale_jobs(conn)
+        for job_id in stale:
+            self._fail(job_id, "the service stopped while exporting; ask again")
+        self.expire()
+
+    def expire(self) -> int:
+        """Delete jobs finished more than ``EHR_EXPORT_RETENTION_HOURS`` ago, files and
+        all (their status URL then answers 404). Run at start and at each kick-off."""
+        hours = self.services.settings.export_retention_hours
+        if hours <= 0:
+            return 0
+        before = utc_now() - timedelta(hours=hours)
         with self.services.unit.write() as conn:
-            for job_id in store.stale_jobs(conn):
-                store.set_job(
-                    conn,
-                    job_id,
-                    state="failed",
-                    finished=utc_now(),
-                    error="the service stopped while exporting",
-                )
+            expired = store.finished_before(conn, before)
+            for job_id in expired:
+                store.remove_job(conn, job_id)
+        for job_id in expired:
+            shutil.rmtree(self.directory / job_id, ignore_errors=True)
+        return len(expired)
 
     def shutdown(self) -> None:
-        """Stop: a running job ends after its current page (it is marked failed at the
-        next start, and the client asks again); queued ones are dropped."""
+        """Stop: a running job ends after its current page and is marked failed, its
+        files removed (never done with fewer resources: the client asks again);
+        queued ones are dropped and failed at the next start."""
         with self._lock:
             self._stopping = True
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -48,6 +48,15 @@ def stale_jobs(conn: Connection) -> list[str]:
     return [r.job_id for r in rows]
 
 
+def finished_before(conn: Connection, before: datetime) -> list[str]:
+    rows = conn.execute(
+        select(bulk_export_job.c.job_id).where(
+            bulk_export_job.c.state.in_(["done", "failed"]), bulk_export_job.c.finished < before
+        )
+    ).all()
+    return [r.job_id for r in rows]
+
+
 def page(
     conn: Connection,
     resource_type: str,
