@@ -42,7 +42,12 @@ from ehr_service.interactions import (
     update,
 )
 from ehr_service.interactions.context import RequestContext
-from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
+from ehr_service.interactions.patch import (
+    JSON_PATCH_MEDIA_TYPE,
+    MERGE_PATCH_MEDIA_TYPE,
+    PatchDocument,
+    patch_document,
+)
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.routing import check_id, check_type
 
@@ -56,7 +61,8 @@ IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs
 
 JSON_BODY = RESOURCE_TYPES  # FHIR JSON, or FHIR XML converted to it
 _FORM_BODY = frozenset({"application/x-www-form-urlencoded"})
-_PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE})
+# JSON Patch, merge patch, or FHIRPath Patch (a Parameters body in JSON or XML)
+_PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE}) | RESOURCE_TYPES
 T = TypeVar("T")
 
 
@@ -128,6 +134,11 @@ def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[s
 
 def _etag(value: str | None, header: str) -> int | None:
     return parse_etag(value, header) if value is not None else None
+
+
+async def _patch_body(request: Request) -> PatchDocument:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower() or None
+    return patch_document(media, await json_body(request, _PATCH_BODY))
 
 
 def _write_response(result: Result, ctx: RequestContext, rendering: RenderingDep) -> Response:
@@ -284,7 +295,7 @@ async def conditional_patch(
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
     expected = _etag(if_match, "If-Match")
-    document = await json_body(request, _PATCH_BODY)
+    document = await _patch_body(request)
     result = await run_in_threadpool(
         in_write,
         ctx,
@@ -354,7 +365,7 @@ async def patch_resource(
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
     expected = _etag(if_match, "If-Match")
-    document = await json_body(request, _PATCH_BODY)
+    document = await _patch_body(request)
     result = await run_in_threadpool(
         in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected)
     )

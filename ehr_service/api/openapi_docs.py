@@ -48,7 +48,12 @@ _PATCH_SCHEMA = {
 _BODIES = {
     "resource": {FHIR_JSON: {"schema": _RESOURCE_SCHEMA}, FHIR_XML: {"schema": _XML_SCHEMA}},
     "Bundle": {FHIR_JSON: {"schema": _BUNDLE_SCHEMA}, FHIR_XML: {"schema": _XML_SCHEMA}},
-    "patch": {"application/json-patch+json": {"schema": _PATCH_SCHEMA}},
+    "patch": {
+        "application/json-patch+json": {"schema": _PATCH_SCHEMA},
+        "application/merge-patch+json": {"schema": {"type": "object"}},
+        FHIR_JSON: {"schema": _RESOURCE_SCHEMA, "description": "FHIRPath Patch (Parameters)"},
+        FHIR_XML: {"schema": _XML_SCHEMA},
+    },
     "form": {
         "application/x-www-form-urlencoded": {
             "schema": {"type": "object", "additionalProperties": True}

@@ -375,3 +375,20 @@ def xml_to_json(raw: bytes) -> bytes:
             Category.INCORRECT, "FHIR XML may not contain a DOCTYPE", code="security"
         )
     return orjson.dumps(_read_resource(root, "", 0))
+
+
+def element_repeats(resource_type: str, names: list[str]) -> bool | None:
+    """Whether the element reached by ``names`` from the resource repeats (max > 1),
+    from the same definitions; None if the path leaves them."""
+    table = _table()
+    scope = (resource_type, "")
+    child: _Child | None = None
+    for position, name in enumerate(names):
+        child = next((c for c in table.children.get(scope, ()) if c.json_name == name), None)
+        if child is None:
+            return None
+        if position < len(names) - 1:
+            if child.type == "Resource" or child.type in table.primitives:
+                return None
+            scope = _scope(scope[0], scope[1], child)
+    return child.repeats if child is not None else None

@@ -32,7 +32,12 @@ from ehr_service.fhir.references import is_conditional_reference, rewrite_refere
 from ehr_service.interactions import conditional, dispatch
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
-from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
+from ehr_service.interactions.patch import (
+    JSON_PATCH_MEDIA_TYPE,
+    MERGE_PATCH_MEDIA_TYPE,
+    PatchDocument,
+    patch_document,
+)
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.routing import Interaction, Route, route
 from ehr_service.security.policy import require
@@ -41,6 +46,7 @@ from ehr_service.storage import resources
 from ehr_service.storage.database import transaction_cache
 
 logger = logging.getLogger(__name__)
+_BINARY_PATCHES = frozenset({JSON_PATCH_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE})
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _WRITES = {Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE}
 
@@ -173,29 +179,34 @@ def _parse_entry(ctx: RequestContext, index: int, raw: Any) -> Entry:
     )
 
 
-def _patch_document(where: str, resource: Any) -> Any:
-    """A PATCH entry carries its JSON Patch as a Binary (R4 §3.1.0.11.1)."""
+def _patch_document(where: str, resource: Any) -> PatchDocument:
+    """A PATCH entry carries its patch as a resource (R4 §3.1.0.11.1): a Parameters
+    (FHIRPath Patch), or a Binary holding a JSON Patch or a JSON merge patch."""
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return PatchDocument("fhirpath-patch", resource)
     if (
         not isinstance(resource, dict)
         or resource.get("resourceType") != "Binary"
-        or resource.get("contentType") != JSON_PATCH_MEDIA_TYPE
+        or resource.get("contentType") not in _BINARY_PATCHES
         or not isinstance(resource.get("data"), str)
     ):
         raise FhirError.of(
             Category.INCORRECT,
-            f"{where}: a PATCH entry needs a Binary with contentType {JSON_PATCH_MEDIA_TYPE}",
+            f"{where}: a PATCH entry needs a Parameters (FHIRPath Patch) or a Binary with "
+            f"contentType {' or '.join(sorted(_BINARY_PATCHES))}",
             code="structure",
             expression=[f"{where}.resource"],
         )
     try:
-        return jsonio.loads(base64.b64decode(resource["data"], validate=True))
+        body = jsonio.loads(base64.b64decode(resource["data"], validate=True))
     except (binascii.Error, ValueError):
         raise FhirError.of(
             Category.INCORRECT,
-            f"{where}: the Binary holds no JSON Patch",
+            f"{where}: the Binary holds no JSON patch",
             code="structure",
             expression=[f"{where}.resource.data"],
         ) from None
+    return patch_document(resource["contentType"], body)
 
 
 def _in_entry(entry_index: int, error: FhirError) -> FhirError:

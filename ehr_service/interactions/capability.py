@@ -13,7 +13,7 @@ from ehr_service import __version__
 from ehr_service.audit.search import PARAMETERS as AUDIT_PARAMETERS
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameterRegistry
-from ehr_service.interactions.patch import JSON_PATCH_MEDIA_TYPE
+from ehr_service.interactions.patch import PATCH_FORMATS
 
 TYPE_INTERACTIONS = (
     "read",
@@ -167,7 +167,7 @@ def _capability_statement(
         "implementation": {"description": "ehr-service FHIR R4 endpoint", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["json", "xml"],
-        "patchFormat": [JSON_PATCH_MEDIA_TYPE],
+        "patchFormat": list(PATCH_FORMATS),
         "rest": [
             {
                 "mode": "server",

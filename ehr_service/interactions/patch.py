@@ -1,12 +1,18 @@
-"""patch with JSON Patch (R4 §3.1.0.4.1, RFC 6902).
+"""patch (R4 §3.1.0.4.1) with JSON Patch (RFC 6902), JSON merge patch (RFC 7396)
+or FHIRPath Patch (a Parameters resource, R4 §2.40).
 
-The patch applies to the current version; the result is validated like any
-update and may not change the resource's type or id.
+Which one a body is comes from its media type: ``application/json-patch+json``,
+``application/merge-patch+json``, or a FHIR type (``application/fhir+json``,
+``application/json``, FHIR XML) whose body is a Parameters resource (FHIRPath
+Patch), an array (JSON Patch) or another object (merge patch). The patch applies
+to the current version; the result is validated like any update and may not
+change the resource's type or id.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import jsonpatch
 import jsonpointer
@@ -14,6 +20,8 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.patches import MERGE_PATCH_MEDIA_TYPE as MERGE_PATCH_MEDIA_TYPE
+from ehr_service.fhir.patches import apply_fhirpath_patch, merge_patch
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
@@ -21,7 +29,46 @@ from ehr_service.interactions.update import check_if_match, store_next_version
 from ehr_service.security.policy import require
 
 JSON_PATCH_MEDIA_TYPE = "application/json-patch+json"
+# What the CapabilityStatement lists as patchFormat (FHIRPath Patch in both formats).
+PATCH_FORMATS = (
+    JSON_PATCH_MEDIA_TYPE,
+    MERGE_PATCH_MEDIA_TYPE,
+    "application/fhir+json",
+    "application/fhir+xml",
+)
 _OPERATIONS = {"add", "remove", "replace", "move", "copy", "test"}
+Kind = Literal["json-patch", "merge-patch", "fhirpath-patch"]
+
+
+@dataclass(frozen=True, slots=True)
+class PatchDocument:
+    kind: Kind
+    body: Any
+
+
+def patch_document(media_type: str | None, body: Any) -> PatchDocument:
+    """The patch a body is, by its media type and then (FHIR types) its shape."""
+    if media_type == JSON_PATCH_MEDIA_TYPE:
+        return PatchDocument("json-patch", body)
+    if media_type == MERGE_PATCH_MEDIA_TYPE:
+        return PatchDocument("merge-patch", body)
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        return PatchDocument("fhirpath-patch", body)
+    if isinstance(body, list):
+        return PatchDocument("json-patch", body)
+    return PatchDocument("merge-patch", body)
+
+
+def _apply(current: dict[str, Any], document: PatchDocument) -> Any:
+    if document.kind == "json-patch":
+        return apply_json_patch(current, check_patch_document(document.body))
+    if document.kind == "fhirpath-patch":
+        return apply_fhirpath_patch(current, document.body)
+    if not isinstance(document.body, dict):
+        raise FhirError.of(
+            Category.INCORRECT, "A JSON merge patch must be a JSON object", code="structure"
+        )
+    return merge_patch(current, document.body)
 
 
 def check_patch_document(document: Any) -> list[dict[str, Any]]:
@@ -81,7 +128,10 @@ def patch(
     if_match: int | None = None,
 ) -> Result:
     require(ctx.caller, resource_type, "u")
-    operations = check_patch_document(document)
+    if not isinstance(document, PatchDocument):
+        document = patch_document(None, document)
+    if document.kind == "json-patch":
+        check_patch_document(document.body)  # a malformed patch is a 400 before any read
     stored = current_or_fail(conn, resource_type, resource_id, for_update=True, view=ctx.view)
     check_if_match(stored, if_match, f"{resource_type}/{resource_id}")
     assert stored.content is not None
@@ -91,7 +141,7 @@ def patch(
     current = protection.present_json(
         jsonio.loads(stored.content), reveal=ctx.caller.sees_id_numbers
     )
-    patched = apply_json_patch(current, operations)
+    patched = _apply(current, document)
     if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
         raise FhirError.of(
             Category.UNPROCESSABLE, "A patch may not change the resource type", code="processing"
