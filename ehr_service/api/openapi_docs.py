@@ -51,7 +51,7 @@ _BODIES = {
     "patch": {
         "application/json-patch+json": {"schema": _PATCH_SCHEMA},
         "application/merge-patch+json": {"schema": {"type": "object"}},
-        FHIR_JSON: {"schema": _RESOURCE_SCHEMA, "description": "FHIRPath Patch (Parameters)"},
+        FHIR_JSON: {"schema": _RESOURCE_SCHEMA},  # FHIRPath Patch: a Parameters
         FHIR_XML: {"schema": _XML_SCHEMA},
     },
     "form": {
