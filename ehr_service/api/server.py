@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -88,12 +89,34 @@ class Drain:
 DRAIN = Drain()
 
 
-def limited_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
-    """``base`` (uvicorn's H11Protocol or HttpToolsProtocol) with the limits above."""
+def limits_of(settings: Any) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
+        header_timeout=settings.http_header_timeout_s,
+        body_timeout=settings.http_body_timeout_s,
+        max_connections=settings.http_max_connections,
+        drain_seconds=settings.shutdown_drain_s,
+        retry_after=settings.retry_after_s,
+    )
+
+
+@cache
+def _from_environment() -> HttpLimits:
+    from ehr_service.config import Settings
+
+    return limits_of(Settings())
+
+
+def limited_protocol(base: type[Any], fixed: HttpLimits | None = None) -> type[Any]:
+    """``base`` (uvicorn's H11Protocol or HttpToolsProtocol) with the limits above:
+    ``fixed``, or the settings of the environment (each worker process reads them,
+    as it builds its app)."""
 
     class Limited(base):  # type: ignore[misc]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self.limits = limits = fixed or _from_environment()
             self._timer: asyncio.TimerHandle | None = None
             if DRAIN.active or len(self.connections) > limits.max_connections:
                 reason = "shutting down" if DRAIN.active else "at its connection limit"
@@ -110,11 +133,11 @@ def limited_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
             self._head_bytes = 0
             self._head_lines = 0
             self._head_done = False
-            self._arm(limits.header_timeout, self._head_late)
+            self._arm(self.limits.header_timeout, self._head_late)
 
         def _refuse(self, status: int, code: str, message: str) -> None:
             if not self.transport.is_closing():
-                retry = limits.retry_after if status == 503 else None
+                retry = self.limits.retry_after if status == 503 else None
                 self.transport.write(outcome_bytes(status, code, message, retry))
                 self.transport.close()
 
@@ -137,21 +160,21 @@ def limited_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
                 head = data if end < 0 else data[:end]
                 self._head_bytes += len(head)
                 self._head_lines += head.count(b"\n")
-                if self._head_bytes > limits.max_header_bytes or (
-                    self._head_lines > limits.max_headers
+                if self._head_bytes > self.limits.max_header_bytes or (
+                    self._head_lines > self.limits.max_headers
                 ):
                     self._refuse(
                         431,
                         "too-costly",
-                        f"The request head exceeds {limits.max_header_bytes} bytes or "
-                        f"{limits.max_headers} header lines",
+                        f"The request head exceeds {self.limits.max_header_bytes} bytes or "
+                        f"{self.limits.max_headers} header lines",
                     )
                     return
                 if end >= 0:
                     self._head_done = True
-                    self._arm(limits.body_timeout, self._body_late)
+                    self._arm(self.limits.body_timeout, self._body_late)
             elif self._head_done and self._timer is not None:
-                self._arm(limits.body_timeout, self._body_late)
+                self._arm(self.limits.body_timeout, self._body_late)
             super().data_received(data)
 
         def on_response_complete(self) -> None:
@@ -166,7 +189,7 @@ def limited_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
             super().connection_lost(exc)
 
         def shutdown(self) -> None:
-            DRAIN.begin(limits.drain_seconds)
+            DRAIN.begin(self.limits.drain_seconds)
             super().shutdown()
 
     Limited.__name__ = f"Limited{base.__name__}"
@@ -174,30 +197,26 @@ def limited_protocol(base: type[Any], limits: HttpLimits) -> type[Any]:
 
 
 def uvicorn_options(settings: Any) -> dict[str, Any]:
-    """The limits of ``settings`` as ``uvicorn.run`` keyword arguments."""
-    base: type[Any]
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-        base = HttpToolsProtocol
-    except ImportError:  # httptools not installed: uvicorn's own fallback
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        base = H11Protocol
-    limits = HttpLimits(
-        max_header_bytes=settings.http_max_header_bytes,
-        max_headers=settings.http_max_headers,
-        header_timeout=settings.http_header_timeout_s,
-        body_timeout=settings.http_body_timeout_s,
-        max_connections=settings.http_max_connections,
-        drain_seconds=settings.shutdown_drain_s,
-        retry_after=settings.retry_after_s,
-    )
+    """``uvicorn.run`` keyword arguments: the limited protocol by import path (worker
+    processes import it; a class object cannot be handed to them), the keep-alive
+    and the drain."""
     return {
-        "http": limited_protocol(base, limits),
+        "http": f"{__name__}:{_BASE_NAME}",
         "timeout_keep_alive": settings.http_keep_alive_s,
         "timeout_graceful_shutdown": settings.shutdown_drain_s,
     }
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    LimitedHttpToolsProtocol = limited_protocol(HttpToolsProtocol)
+    _BASE_NAME = "LimitedHttpToolsProtocol"
+except ImportError:  # httptools not installed: uvicorn's own fallback
+    _BASE_NAME = "LimitedH11Protocol"
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+
+LimitedH11Protocol = limited_protocol(H11Protocol)
 
 
 class DrainMiddleware:
