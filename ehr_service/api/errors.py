@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -124,6 +125,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
+        raise exc  # answered (not) by UnexpectedErrors
     request_id = request_id_of(request.scope)
     logger.exception("unexpected error in request %s", request_id, exc_info=exc)
     error = unexpected(request_id)
@@ -155,6 +158,8 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, no fault
+            logger.info("request %s: the client disconnected", request_id_of(scope))
         except Exception as exc:
             if started:  # a streamed body broke off: nothing more can be said on it
                 raise
