@@ -5,7 +5,8 @@ each): the official R4 definitions as the specification publishes them
 (``fhir_profiles/_build_operations.py``), Bulk Data v2, R5 ``$merge`` and IHE
 PIXm written after their specifications under their official canonical URLs, and
 the service's own (``urn:ehr-service:OperationDefinition/<id>``). They are checked
-once, at load: each must be a valid R4 OperationDefinition whose id is its file's
+once, at load: each must be a valid R4 OperationDefinition (its required bindings
+too) whose id is its file's
 and whose url no other has, and keep the rules R4 states for parameters (opd-1..3);
 a broken file stops the service from starting. They are served as stored.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_service.fhir import jsonio
+from ehr_service.fhir.profiles import RequiredBindings
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 from ehr_service.fhir.validation import validate_resource
 
@@ -68,13 +70,18 @@ def _check_parameters(parameters: list[dict[str, Any]], where: str) -> None:
         _check_parameters(parts, name)
 
 
-def parse(path: Path) -> OperationDefinition:
+def parse(path: Path, bindings: RequiredBindings) -> OperationDefinition:
     """One definition file, checked (:class:`DefinitionError` names what is wrong)."""
     content = path.read_bytes()
     try:
         resource = validate_resource(jsonio.loads(content), expected_type="OperationDefinition")
     except Exception as exc:  # FhirError, or JSON that does not parse
         raise DefinitionError(f"{path.name}: not a valid R4 OperationDefinition: {exc}") from exc
+    wrong_codes = bindings.issues(resource)
+    if wrong_codes:
+        raise DefinitionError(
+            f"{path.name}: not a valid R4 OperationDefinition: {wrong_codes[0].diagnostics}"
+        )
     definition_id = resource.get("id")
     if not isinstance(definition_id, str) or path.name != f"{PREFIX}{definition_id}.json":
         raise DefinitionError(f"{path.name}: its id is {definition_id!r}")
@@ -126,7 +133,8 @@ class OperationDefinitions:
     @classmethod
     def load(cls, profiles_dir: Path) -> OperationDefinitions:
         paths = sorted((profiles_dir / DIRECTORY).glob(f"{PREFIX}*.json"))
-        return cls([parse(path) for path in paths])
+        bindings = RequiredBindings.load(profiles_dir)
+        return cls([parse(path, bindings) for path in paths])
 
 
 @cache
