@@ -267,9 +267,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     }
     schema["security"] = [{"bearer": []}]
-    public = ("/fhir/metadata", "/fhir/OperationDefinition", "/fhir/OperationDefinition/_search",
-              "/fhir/OperationDefinition/{resource_id}")  # fmt: skip
-    for path in public:
+    for path in ("/fhir/metadata",):
         for operation in schema["paths"].get(path, {}).values():
             operation["security"] = []  # discovery: no token needed
     components = schema.get("components", {}).get("schemas", {})

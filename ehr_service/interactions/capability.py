@@ -116,7 +116,7 @@ def _read_only_entry(
         documentation = "The audit trail, read-only (ehr/audit scope); writes are 405"
         names: Any = AUDIT_PARAMETERS
     else:
-        documentation = "The definitions of this server's operations, read-only and public"
+        documentation = "The definitions of this server's operations: read-only, any valid token"
         names = [n for n in DEFINITION_SEARCH if ":" not in n]
     entry: dict[str, Any] = {
         "type": resource_type,

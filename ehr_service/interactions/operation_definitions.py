@@ -2,13 +2,13 @@
 read-only (R4 §3.1.0.2 read, §3.1.1 search), served as shipped.
 
 The canonical of every operation in the CapabilityStatement resolves here. The
-definitions are conformance data, not records: no token or scope is needed, nothing
-is audited, and every write is a 405 (``READ_ONLY_TYPES``).
+definitions are conformance data, not records: any valid token reads them (no scope
+is needed), nothing is audited, and every write is a 405 (``READ_ONLY_TYPES``).
 
 Search: ``_id`` and ``code`` (token), ``url`` (uri, with or without ``|version``)
 and ``name`` (string: starts with, case-insensitive; ``:exact``); a comma is OR, a
-repeated parameter AND. Anything else is ignored with a warning, or a 400 under
-``Prefer: handling=strict``.
+repeated parameter AND. Any other parameter is a 400 naming these (the few
+definitions are returned in one page).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ehr_service.fhir.errors import Category, FhirError, Issue, operation_outcome
+from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.fhir.operations import OperationDefinition, load_operation_definitions
 from ehr_service.fhir.primitives import format_instant, new_id, utc_now
 from ehr_service.interactions.context import RequestContext
@@ -49,7 +49,7 @@ def read(ctx: RequestContext, definition_id: str) -> Result:
     return Result(200, found.content, TYPE, found.id)
 
 
-def search(ctx: RequestContext, *, strict: bool = False) -> Result:
+def search(ctx: RequestContext) -> Result:
     tests: list[tuple[Test, list[str]]] = []
     unknown: list[str] = []
     for name, values in ctx.query.items():
@@ -61,10 +61,15 @@ def search(ctx: RequestContext, *, strict: bool = False) -> Result:
             continue
         for value in values:
             tests.append((test, [v for v in value.split(",") if v]))
-    issues = [Issue(f"Unknown or unsupported search parameter '{n[:64]}'", "not-supported")
-              for n in unknown]  # fmt: skip
-    if issues and strict:
-        raise FhirError(Category.INCORRECT, tuple(issues))
+    if unknown:  # like AuditEvent's: a handful of definitions, searched exactly
+        raise FhirError(
+            Category.INCORRECT,
+            tuple(
+                Issue(f"Unknown or unsupported search parameter '{n[:64]}' "
+                      f"(supported: {', '.join(SEARCH_PARAMETERS)})", "not-supported")
+                for n in unknown
+            ),
+        )  # fmt: skip
     found = [
         d
         for d in definitions(ctx)
@@ -78,15 +83,6 @@ def search(ctx: RequestContext, *, strict: bool = False) -> Result:
         }
         for d in found
     ]
-    if issues:
-        warnings = [Issue(f"{i.diagnostics} was ignored", i.code, severity="warning")
-                    for i in issues]  # fmt: skip
-        entries.append(
-            {
-                "resource": operation_outcome(Category.INCORRECT, warnings),
-                "search": {"mode": "outcome"},
-            }
-        )
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": new_id(),

@@ -1,4 +1,4 @@
-"""``/fhir/OperationDefinition``: public, read-only, searched by _id, url, name and
+"""``/fhir/OperationDefinition``: read-only, for any token, searched by _id, url, name and
 code, served as shipped; and the checks the shipped files must pass at load."""
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT
 from ehr_service.fhir.operations import DefinitionError, OperationDefinitions
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, snapshot
+from tests.helpers import FHIR_JSON, bearer, snapshot
 
 SHIPPED = PROJECT_ROOT / "fhir_profiles" / "operations"
 MERGE = "http://hl7.org/fhir/OperationDefinition/Patient-merge"
 
 
-def test_definitions_are_public_and_served_as_shipped(services: Services) -> None:
-    with TestClient(create_app(services=services)) as anonymous:  # no token at all
-        read = anonymous.get("/fhir/OperationDefinition/Patient-merge")
+def test_any_token_reads_the_definitions_as_shipped(services: Services) -> None:
+    app = create_app(services=services)
+    with TestClient(app) as anonymous:
+        assert anonymous.get("/fhir/OperationDefinition/Patient-merge").status_code == 401
+    with TestClient(app, headers=bearer(services.settings, "user/Observation.r")) as reader:
+        read = reader.get("/fhir/OperationDefinition/Patient-merge")  # no scope of its own
         assert read.status_code == 200
         assert read.content == (SHIPPED / "OperationDefinition-Patient-merge.json").read_bytes()
-        assert anonymous.head("/fhir/OperationDefinition/Patient-merge").status_code == 200
-        everything = anonymous.get("/fhir/OperationDefinition").json()
+        assert reader.head("/fhir/OperationDefinition/Patient-merge").status_code == 200
+        everything = reader.get("/fhir/OperationDefinition").json()
     assert everything["total"] == len(list(SHIPPED.glob("OperationDefinition-*.json")))
     assert {e["fullUrl"].rsplit("/", 1)[1] for e in everything["entry"]} >= {
         "export", "patient-export", "group-export", "Resource-validate", "inclusion-proof"
@@ -65,18 +68,12 @@ def test_search_by_url_name_code_and_id(client: TestClient) -> None:
     assert ids(client.get("/fhir/OperationDefinition?url=urn:nothing")) == set()
 
 
-def test_an_unknown_search_parameter_is_a_warning_or_under_strict_a_400(
-    client: TestClient,
-) -> None:
-    lenient = client.get("/fhir/OperationDefinition?kind=operation")
-    assert lenient.status_code == 200
-    (outcome,) = [e for e in lenient.json()["entry"] if e["search"]["mode"] == "outcome"]
-    assert "'kind'" in outcome["resource"]["issue"][0]["diagnostics"]
-    assert outcome["resource"]["issue"][0]["severity"] == "warning"
-    strict = client.get(
-        "/fhir/OperationDefinition?kind=operation", headers={"Prefer": "handling=strict"}
-    )
-    assert strict.status_code == 400 and "'kind'" in strict.text
+def test_any_other_search_parameter_is_a_400(client: TestClient) -> None:
+    for query in ("kind=operation", "_count=5", "_sort=name", "code=export&_summary=count"):
+        response = client.get(f"/fhir/OperationDefinition?{query}")
+        assert response.status_code == 400, (query, response.text)
+        assert "supported: _id, code, url, name" in response.text
+    assert client.get("/fhir/OperationDefinition?_format=json&_pretty=true").status_code == 200
 
 
 def test_an_unknown_definition_is_a_404(client: TestClient) -> None:
