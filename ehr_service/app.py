@@ -17,6 +17,7 @@ from ehr_service.api import (
     audit,
     bulk,
     citizen,
+    definitions,
     discovery,
     errors,
     exchange,
@@ -39,6 +40,7 @@ from ehr_service.audit.sealing import Sealer
 from ehr_service.config import Settings
 from ehr_service.exchange.service import Exchange
 from ehr_service.fhir.compartment import load_compartment
+from ehr_service.fhir.operations import load_operation_definitions
 from ehr_service.fhir.profiles import Conformance
 from ehr_service.fhir.search.registry import load_registry
 from ehr_service.hooks import build_pipeline
@@ -77,6 +79,7 @@ def build_services(settings: Settings) -> Services:
     identity = ResidentIdentity.from_settings(settings)
     catalogues = Catalogues(unit, settings.profiles_dir / SHIPPED)
     conformance = Conformance.load(settings.profiles_dir)
+    load_operation_definitions(settings.profiles_dir)  # checked at start: a bad file stops it
     writes = WriteListeners()
     pipeline, remarker = build_pipeline(
         settings, registry, compartment, conformance, identity, catalogues, writes
@@ -225,6 +228,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         recognition.router,  # before them too: /fhir/$recognition-stats
         bulk.router,  # and /fhir/$export, /fhir/Patient/$export
         audit.router,  # and /fhir/AuditEvent (read-only)
+        definitions.router,  # and /fhir/OperationDefinition (read-only)
         terminology_api.router,  # and /fhir/ValueSet/$expand...
         fhir.router,
         citizen.router,

@@ -174,6 +174,12 @@ _SEARCH_PARAMS: list[dict[str, Any]] = [
     },
 ]
 
+# GET /fhir/OperationDefinition (interactions/operation_definitions.py): its own few.
+_DEFINITION_PARAMS: list[dict[str, Any]] = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+    for name in ("_id", "url", "name", "name:exact", "code")
+]
+
 
 def plain_route(summary: str) -> dict[str, Any]:
     """A JSON endpoint outside FHIR (discovery): no token needed."""
@@ -334,6 +340,8 @@ def route(summary: str, statuses: set[int], body: str | None = None) -> dict[str
     parameters = list(_COMMON_PARAMS)
     if summary == "search":
         parameters.extend(_SEARCH_PARAMS)
+    if summary == "search definitions":
+        parameters.extend(_DEFINITION_PARAMS)
     if (body is not None or "delete" in summary) and all(
         p["name"] != "Prefer" for p in parameters
     ):  # one Prefer parameter (a search's already says handling=...)

@@ -77,7 +77,7 @@ class Drain:
         self.active = False
         self.expired: asyncio.Event | None = None
 
-    def begin(self, seconds: float) -> None:
+    def start(self, seconds: float) -> None:
         if self.active:
             return
         self.active = True
@@ -189,7 +189,7 @@ def limited_protocol(base: type[Any], fixed: HttpLimits | None = None) -> type[A
             super().connection_lost(exc)
 
         def shutdown(self) -> None:
-            DRAIN.begin(self.limits.drain_seconds)
+            DRAIN.start(self.limits.drain_seconds)
             super().shutdown()
 
     Limited.__name__ = f"Limited{base.__name__}"

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.fhir.operations import load_operation_definitions
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.interactions import (
     audit_events,
@@ -14,6 +15,7 @@ from ehr_service.interactions import (
     create,
     delete,
     history,
+    operation_definitions,
     patch,
     read,
     search,
@@ -26,8 +28,13 @@ from ehr_service.interactions.routing import Interaction, Route
 
 
 def capabilities(ctx: RequestContext) -> Result:
+    settings = ctx.services.settings
     statement = capability_statement(
-        ctx.base_url, format_instant(utc_now())[:10], ctx.services.registry
+        settings,
+        ctx.services.registry,
+        load_operation_definitions(settings.profiles_dir),
+        ctx.base_url,
+        format_instant(utc_now())[:10],
     )
     return Result(200, statement)
 
@@ -55,9 +62,14 @@ def run(
         return history.history(conn, scoped)
     assert rtype is not None
     if rtype in audit_events.READ_ONLY_TYPES:
+        definitions = rtype == operation_definitions.TYPE
         if kind is Interaction.SEARCH_TYPE:
+            if definitions:
+                return operation_definitions.search(scoped)
             return audit_events.search(conn, scoped)
         if kind is Interaction.READ and rid is not None:
+            if definitions:
+                return operation_definitions.read(ctx, rid)
             return audit_events.read(conn, ctx, rid)
         raise audit_events.read_only(rtype, target.method, f"/{rtype}" + (f"/{rid}" if rid else ""))
     if kind is Interaction.CREATE:

@@ -19,6 +19,7 @@ from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.interactions import update
 from ehr_service.interactions.context import RequestContext, Services
+from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
 from ehr_service.recognition import terminology
 from ehr_service.recognition.catalogue import Catalogue, parse_edition
@@ -148,18 +149,36 @@ def lookup(ctx: RequestContext, body: Any) -> Result:
     return Result(200, found)
 
 
-def validate_code(ctx: RequestContext, body: Any, resource_type: str) -> Result:
+def instance_url(conn: Connection, ctx: RequestContext, resource_type: str, rid: str) -> str:
+    """The canonical url of a stored CodeSystem, ValueSet or ConceptMap: an operation
+    invoked on the instance (``ValueSet/{id}/$validate-code``) works on it."""
+    require(ctx.caller, resource_type, "r")
+    stored = jsonio.loads(current_or_fail(conn, resource_type, rid, view=ctx.view).content or b"{}")
+    url = stored.get("url")
+    if not isinstance(url, str):
+        raise _unknown(resource_type, f"{resource_type}/{rid}")
+    return url
+
+
+def validate_code(
+    ctx: RequestContext, body: Any, resource_type: str, url: str | None = None
+) -> Result:
+    """``$validate-code`` of a CodeSystem or a ValueSet; ``url``: invoked on that one."""
     require(ctx.caller, resource_type, "r")
     inputs = Inputs(ctx.query, body, "$validate-code")
     catalogue = _catalogue(ctx)
     category = None
     coded_system, coded = inputs.coding()
     if resource_type == "ValueSet":
-        url = inputs.required("url").split("|")[0]
+        url = (url or inputs.required("url")).split("|")[0]
         known, category = terminology.category_of_valueset(url)
         if not known:
             raise _unknown("ValueSet", url)
         system = coded_system or inputs.text("system") or catalogue.url
+    elif url is not None:
+        if url != catalogue.url:
+            raise _unknown("CodeSystem", url)
+        system = coded_system or url
     else:
         system = coded_system or _system(catalogue, inputs)
     code = coded or inputs.required("code")
@@ -184,11 +203,12 @@ def expand(ctx: RequestContext, body: Any, valueset_id: str | None = None) -> Re
     return Result(200, expansion)
 
 
-def translate(ctx: RequestContext, body: Any) -> Result:
+def translate(ctx: RequestContext, body: Any, url: str | None = None) -> Result:
+    """``$translate`` with the catalogue's ConceptMap; ``url``: invoked on that one."""
     require(ctx.caller, "ConceptMap", "r")
     inputs = Inputs(ctx.query, body, "$translate")
     catalogue = _catalogue(ctx)
-    url = inputs.text("url")
+    url = url or inputs.text("url")
     if url is not None and url.split("|")[0] != terminology.MAP_URL:
         raise _unknown("ConceptMap", url)
     coded_system, coded = inputs.coding()

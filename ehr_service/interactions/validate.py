@@ -20,6 +20,7 @@ from ehr_service.fhir.validation import check_resource_type, resource_issues
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
+from ehr_service.pipeline.core import READ_ONLY_TYPES, read_only
 from ehr_service.recognition.terminology import catalogue_resolver
 from ehr_service.security.policy import require
 
@@ -54,6 +55,9 @@ def validate(
     resource_id: str | None,
     body: Any,
 ) -> Result:
+    if resource_type in READ_ONLY_TYPES:  # nothing could be written: nothing to check
+        path = f"/{resource_type}" + (f"/{resource_id}" if resource_id else "") + "/$validate"
+        raise read_only(resource_type, "$validate", path)
     resource, profile, mode = _arguments(body, ctx.query)
     if mode is not None and mode not in MODES:
         raise FhirError.of(

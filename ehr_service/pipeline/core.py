@@ -25,18 +25,24 @@ from ehr_service.pipeline.draft import Deletion, Draft, Hook, Stage, WriteReques
 from ehr_service.storage import resources
 from ehr_service.storage.resources import NewVersion, StoredVersion
 
-# Types only the service writes (its own audit events): refused on every write path.
-READ_ONLY_TYPES = frozenset({"AuditEvent"})
+# Types only the service writes, refused on every write path: its own audit events,
+# and the definitions of the operations it implements (shipped as data files).
+READ_ONLY_REASONS = {
+    "AuditEvent": "the service records its own events",
+    "OperationDefinition": "the service publishes the definitions of its own operations",
+}
+READ_ONLY_TYPES = frozenset(READ_ONLY_REASONS)
 
 
 def read_only(resource_type: str, method: str, path: str) -> FhirError:
     """405 for a write (or an unsupported read) of a type only the service writes."""
-    allowed = "GET, HEAD" if path.rstrip("/").count("/") <= 2 else ""  # [type], [type]/[id]
+    # [type], [type]/[id] are read; an operation's path ($validate) offers nothing here
+    allowed = "GET, HEAD" if path.rstrip("/").count("/") <= 2 and "$" not in path else ""
     return FhirError(
         Category.METHOD_NOT_ALLOWED,
         (
             Issue(
-                f"{resource_type} is read-only: the service records its own events; "
+                f"{resource_type} is read-only: {READ_ONLY_REASONS[resource_type]}; "
                 f"{method} {path[:120]} is not supported",
                 "not-supported",
             ),

@@ -123,7 +123,12 @@ def test_metadata_lists_what_works(client: TestClient) -> None:
     assert "Patient:organization" in patient_entry["searchInclude"]
     assert patient_entry["conditionalCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
-    assert statement["patchFormat"] == ["application/json-patch+json"]
+    assert statement["patchFormat"] == [
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/fhir+json",
+        "application/fhir+xml",
+    ]
 
 
 def test_a_405_names_the_methods_of_the_resource_at_that_path(client: TestClient) -> None:

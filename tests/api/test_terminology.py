@@ -112,6 +112,42 @@ def test_translate(client: TestClient) -> None:
     assert _parameter(missing, "result") is False
 
 
+def test_operations_on_a_stored_instance(client: TestClient) -> None:
+    """CodeSystem/{id}/$validate-code, ValueSet/{id}/$validate-code and
+    ConceptMap/{id}/$translate work on the stored resource's url."""
+
+    def stored(resource_type: str, url: str) -> str:
+        entry = client.get(f"/fhir/{resource_type}", params={"url": url}).json()["entry"]
+        return str(entry[0]["resource"]["id"])
+
+    def result(path: str, **body: Any) -> bool:
+        response = client.post(path, json=body, headers=FHIR_JSON) if body else client.get(path)
+        assert response.status_code == 200, response.text
+        return bool(_parameter(response.json(), "result"))
+
+    codesystem = stored("CodeSystem", SYSTEM)
+    assert result(f"/fhir/CodeSystem/{codesystem}/$validate-code?code=LAB-GLU")
+    assert not result(f"/fhir/CodeSystem/{codesystem}/$validate-code?code=LAB-NOPE")
+    imaging = stored("ValueSet", IMAGING_VS)
+    laboratory = stored("ValueSet", LAB_VS)
+    assert result(f"/fhir/ValueSet/{laboratory}/$validate-code?code=LAB-GLU")
+    assert not result(f"/fhir/ValueSet/{imaging}/$validate-code?code=LAB-GLU")
+    posted = {"resourceType": "Parameters", "parameter": [
+        {"name": "coding", "valueCoding": {"system": SYSTEM, "code": "LAB-GLU"}}]}  # fmt: skip
+    assert result(f"/fhir/ValueSet/{laboratory}/$validate-code", **posted)
+    conceptmap = stored("ConceptMap", "urn:ehr-service:recognition-item-map")
+    assert result(f"/fhir/ConceptMap/{conceptmap}/$translate?system=http://loinc.org&code=2345-7")
+    # An instance that is not the catalogue's, an unknown id, a deleted one
+    other = {"resourceType": "CodeSystem", "url": "urn:other", "status": "active",
+             "content": "not-present"}  # fmt: skip
+    other_id = client.post("/fhir/CodeSystem", json=other, headers=FHIR_JSON).json()["id"]
+    assert client.get(f"/fhir/CodeSystem/{other_id}/$validate-code?code=x").status_code == 404
+    assert client.get("/fhir/ValueSet/nothing/$validate-code?code=LAB-GLU").status_code == 404
+    assert client.delete(f"/fhir/CodeSystem/{other_id}").status_code in {200, 204}
+    assert client.get(f"/fhir/CodeSystem/{other_id}/$validate-code?code=x").status_code == 410
+    assert client.get("/fhir/ConceptMap/x%20y/$translate?code=1").status_code == 400
+
+
 def test_an_edition_switch_replaces_the_terminology(
     client: TestClient, services: Services, database_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
