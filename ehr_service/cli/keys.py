@@ -1,0 +1,132 @@
+"""``ehr-service keys`` (exchange signing keys and data keys) and ``ehr-service token``
+(development bearer tokens signed with the service's own key)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ehr_service.cli.common import (
+    KID_ARGUMENT,
+    audited_as,
+    settings_from_env,
+    signing_keys,
+)
+
+if TYPE_CHECKING:
+    from ehr_service.exchange.keys import KeyInfo
+
+
+keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
+token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
+
+
+def _key_action(action: Callable[[], KeyInfo]) -> None:
+    from ehr_service.exchange.keys import KeyStateError
+
+    try:
+        info = action()
+    except KeyStateError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{info.kid}  {info.alg}  {info.state}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    alg: Annotated[str, typer.Option(help="ES256 (default) or Ed25519")] = "ES256",
+) -> None:
+    """Make a new exchange signing key (active if none is, else pending)."""
+    _key_action(lambda: signing_keys().generate(alg))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the exchange signing keys: kid (RFC 7638 thumbprint), algorithm, state."""
+    for info in signing_keys().list():
+        typer.echo(f"{info.kid}  {info.alg}  {info.state}  {info.created}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    alg: Annotated[str, typer.Option(help="algorithm of a new key, if none is pending")] = "ES256",
+) -> None:
+    """Activate the pending key (or a new one); the active key retires."""
+    _key_action(lambda: signing_keys().rotate(alg))
+
+
+@keys_app.command("retire", context_settings=KID_ARGUMENT)
+def keys_retire(kid: str) -> None:
+    """Stop signing with a key; it stays published so old messages verify."""
+    _key_action(lambda: signing_keys().retire(kid))
+
+
+@keys_app.command("revoke", context_settings=KID_ARGUMENT)
+def keys_revoke(kid: str) -> None:
+    """Revoke a key (compromised): unpublished; its messages no longer verify."""
+    _key_action(lambda: signing_keys().revoke(kid))
+
+
+@keys_app.command("rotate-data-key")
+def rotate_data_key(
+    batch: Annotated[int, typer.Option(min=1, help="stored versions per transaction")] = 500,
+    wait: Annotated[
+        bool, typer.Option(help="let running servers pick up the new key before re-sealing")
+    ] = True,
+) -> None:
+    """Make a new data key active and re-seal every stored ID number with it."""
+
+    from ehr_service.audit.events import Auditor
+    from ehr_service.mpi.identity import ResidentIdentity, reseal_all
+    from ehr_service.security.fieldcrypto import REFRESH_SECONDS
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
+
+    settings = settings_from_env()
+    identity = ResidentIdentity.from_settings(settings)
+    new = identity.protection.keyring.rotate()
+    typer.echo(f"active data key: {new.kid}")
+    if wait:
+        time.sleep(REFRESH_SECONDS + 1)
+    database = Database(settings.effective_database_url)
+    unit = UnitOfWork(database)
+    audited_as(unit, Auditor(unit), "rotate-data-key")
+    try:
+        count = reseal_all(unit, identity.protection, batch)
+    finally:
+        database.dispose()
+    typer.echo(f"re-sealed {count} stored versions")
+
+
+@keys_app.command("data-keys")
+def data_keys() -> None:
+    """List the data keys (ids and dates only; never key material)."""
+    from ehr_service.mpi.identity import ResidentIdentity
+
+    identity = ResidentIdentity.from_settings(settings_from_env())
+    for kid, created, active in identity.protection.keyring.key_ids():
+        typer.echo(f"{kid}  {created}  {'active' if active else 'retired'}")
+
+
+@token_app.command("mint")
+def token_mint(
+    scope: Annotated[str, typer.Option(help="SMART scopes, e.g. 'system/*.cruds'")],
+    patient: Annotated[str | None, typer.Option(help="patient id (patient/ scopes)")] = None,
+    org: Annotated[str | None, typer.Option(help="organization of the caller")] = None,
+    sub: Annotated[str, typer.Option(help="subject")] = "developer",
+    ttl: Annotated[int, typer.Option(min=1, max=86_400, help="lifetime, seconds")] = 3600,
+) -> None:
+    """Sign a development token with the service's own key (trusted only where
+    EHR_TRUST_OWN_TOKENS or a development/test environment says so)."""
+    from ehr_service.security.tokens import TokenClaims, mint
+
+    settings = settings_from_env()
+    if not settings.trusts_own_tokens:
+        typer.echo("warning: this service does not trust its own tokens here", err=True)
+    claims = TokenClaims(
+        subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl
+    )
+    typer.echo(mint(settings, claims))
