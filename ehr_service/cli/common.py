@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -129,6 +129,37 @@ def service_context(command: str) -> Iterator[RequestContext]:
         yield operator_context(services, command)
     finally:
         services.database.dispose()
+
+
+def refuse(message: str) -> NoReturn:
+    """A refused input: one line on stderr and exit 2 (as ``main`` answers a bad value)."""
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def known_regions(unit: UnitOfWork, settings: Settings) -> set[str]:
+    """The regions this service knows: its own (EHR_REGION) and those of the
+    registered exchange partners."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ehr_service.storage import partners
+
+    try:
+        with unit.read() as conn:
+            return {settings.region, *(row["region"] for row in partners.all_partners(conn))}
+    except SQLAlchemyError as exc:  # e.g. a database not migrated yet
+        first = str(exc).splitlines()[0]
+        refuse(f"the registered partners' regions cannot be read ({first}): run migrate first")
+
+
+def check_region(unit: UnitOfWork, settings: Settings, region: str) -> None:
+    """Refuse a region this service does not know (exit 2), naming those it knows."""
+    known = known_regions(unit, settings)
+    if region not in known:
+        refuse(
+            f"unknown region {region!r}: this service knows {', '.join(sorted(known))} "
+            "(EHR_REGION and the regions of registered partners)"
+        )
 
 
 def signing_keys() -> SigningKeys:

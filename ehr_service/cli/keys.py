@@ -1,5 +1,6 @@
-"""``ehr-service keys`` (exchange signing keys and data keys) and ``ehr-service token``
-(development bearer tokens signed with the service's own key)."""
+"""``ehr-service keys`` (the exchange signing keys and the data keys) and ``ehr-service
+token`` (development bearer tokens signed with the service's own key, carrying every
+claim the token verifier reads, ``security/tokens.py``)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import typer
 from ehr_service.cli.common import (
     KID_ARGUMENT,
     audited_as,
+    check_region,
+    refuse,
     settings_from_env,
     signing_keys,
 )
+from ehr_service.config import Settings
 
 if TYPE_CHECKING:
     from ehr_service.exchange.keys import KeyInfo
 
 
 keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
-token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
 
 
 def _key_action(action: Callable[[], KeyInfo]) -> None:
@@ -111,6 +114,45 @@ def data_keys() -> None:
         typer.echo(f"{kid}  {created}  {'active' if active else 'retired'}")
 
 
+token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
+
+
+def _check_scopes(scope: str, patient: str | None) -> None:
+    from ehr_service.security.scopes import SERVICE_SCOPES, parse_scopes, ungranted
+
+    unknown = ungranted(scope)
+    if not scope.split() or unknown:
+        refuse(
+            f"scopes this service does not know (they would grant nothing): "
+            f"{' '.join(unknown) or '(none given)'}; known: patient|user|system/<Type or *>"
+            f".<c r u d s, in that order> (or v1 .read .write .*), {', '.join(SERVICE_SCOPES)}"
+        )
+    bound = any(grant.context == "patient" for grant in parse_scopes(scope))
+    if bound and not patient:
+        refuse("patient/ scopes need --patient (the verifier refuses them without it)")
+    if patient and not bound:
+        refuse("--patient binds patient/ scopes only: add one, or leave --patient out")
+
+
+def _check_claims(settings: Settings, values: dict[str, str | None], region: str | None) -> None:
+    from ehr_service.security.tokens import MAX_CLAIM_CHARS
+
+    for name, value in values.items():
+        if value is not None and not value.strip():
+            refuse(f"--{name} is empty")
+        if value is not None and len(value) > MAX_CLAIM_CHARS:
+            refuse(f"--{name} is over {MAX_CLAIM_CHARS} characters (the verifier refuses it)")
+    if region is not None:
+        from ehr_service.storage.database import Database
+        from ehr_service.storage.unit_of_work import UnitOfWork
+
+        database = Database(settings.effective_database_url)
+        try:
+            check_region(UnitOfWork(database), settings, region)
+        finally:
+            database.dispose()
+
+
 @token_app.command("mint")
 def token_mint(
     scope: Annotated[str, typer.Option(help="SMART scopes, e.g. 'system/*.cruds'")],
@@ -118,15 +160,30 @@ def token_mint(
     org: Annotated[str | None, typer.Option(help="organization of the caller")] = None,
     sub: Annotated[str, typer.Option(help="subject")] = "developer",
     ttl: Annotated[int, typer.Option(min=1, max=86_400, help="lifetime, seconds")] = 3600,
+    region: Annotated[
+        str | None,
+        typer.Option(help="the caller's region (EHR_REGION or a registered partner's)"),
+    ] = None,
+    purpose: Annotated[
+        str | None,
+        typer.Option(help="purpose of use, a v3 ActReason code (default TREAT), e.g. ETREAT"),
+    ] = None,
+    client_id: Annotated[str | None, typer.Option(help="client id (default: the subject)")] = None,
 ) -> None:
     """Sign a development token with the service's own key (trusted only where
     EHR_TRUST_OWN_TOKENS or a development/test environment says so)."""
-    from ehr_service.security.tokens import TokenClaims, mint
+    from ehr_service.security.tokens import TokenClaims, mint, purpose_code
 
     settings = settings_from_env()
+    _check_scopes(scope, patient)
+    if purpose is not None and purpose_code(purpose) is None:
+        refuse(f"--purpose {purpose!r} is not a v3 ActReason code (letters and digits, 16 at most)")
+    claims = {"sub": sub, "patient": patient, "org": org, "client-id": client_id}
+    _check_claims(settings, claims, region)
     if not settings.trusts_own_tokens:
         typer.echo("warning: this service does not trust its own tokens here", err=True)
-    claims = TokenClaims(
-        subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl
-    )
-    typer.echo(mint(settings, claims))
+    token = TokenClaims(
+        subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl,
+        region=region, purpose=purpose_code(purpose), client_id=client_id,
+    )  # fmt: skip
+    typer.echo(mint(settings, token))

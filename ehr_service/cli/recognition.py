@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 
-from ehr_service.cli.common import (
-    service_context,
-)
+from ehr_service.cli.common import check_region, refuse, service_context
 from ehr_service.fhir import jsonio
 
 if TYPE_CHECKING:
@@ -115,7 +113,9 @@ def _store_organization(ctx: RequestContext, document: dict[str, Any]) -> None:
 def institution_add(
     org_id: str,
     name: Annotated[str, typer.Option(help="the institution's name")],
-    region: Annotated[str, typer.Option(help="chongqing or sichuan")],
+    region: Annotated[
+        str, typer.Option(help="EHR_REGION or a registered partner's region, e.g. sichuan")
+    ],
     level: Annotated[str | None, typer.Option(help="e.g. 3A (三级甲等)")] = None,
 ) -> None:
     """Create or update Organization/ID with its region and level."""
@@ -124,6 +124,7 @@ def institution_add(
     document: dict[str, Any] = {"resourceType": "Organization", "id": org_id, "name": name,
                                 "active": True}  # fmt: skip
     with service_context("institution-add") as ctx:
+        check_region(ctx.services.unit, ctx.settings, region)
         document = (_find_organization(ctx, org_id) or document) | {"name": name}
         others = [
             e
@@ -153,15 +154,18 @@ def institution_qc(
 
     from ehr_service.recognition.institutions import quality_control_extension
 
+    days = []
     for value in (start, end):
         try:
-            date.fromisoformat(value)
+            days.append(date.fromisoformat(value))
         except ValueError:
-            typer.echo(f"not a date: {value}", err=True)
-            raise typer.Exit(2) from None
+            refuse(f"not a date: {value}")
+    if days[1] < days[0]:
+        refuse(f"the quality-control period ends (--to {end}) before it starts (--from {start})")
     with service_context("institution-qc") as ctx:
         document = _organization(ctx, org_id)
-        record = quality_control_extension(category, scheme, cycle, passed, start, end)
+        valid = (days[0].isoformat(), days[1].isoformat())  # 20260101 as 2026-01-01
+        record = quality_control_extension(category, scheme, cycle, passed, *valid)
         document["extension"] = [*(document.get("extension") or ()), record]
         _store_organization(ctx, document)
     typer.echo(f"Organization/{org_id}: {category} {cycle} {'passed' if passed else 'failed'}")
