@@ -138,15 +138,16 @@ def refuse(message: str) -> NoReturn:
 
 
 def known_regions(unit: UnitOfWork, settings: Settings) -> set[str]:
-    """The regions this service knows: its own (EHR_REGION) and those of the
-    registered exchange partners."""
+    """The regions this service knows: its own (EHR_REGION), those of the
+    recognition zone (EHR_REGIONS) and those of the registered exchange partners."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from ehr_service.storage import partners
 
     try:
         with unit.read() as conn:
-            return {settings.region, *(row["region"] for row in partners.all_partners(conn))}
+            registered = {row["region"] for row in partners.all_partners(conn)}
+        return {settings.region, *settings.regions, *registered}
     except SQLAlchemyError as exc:  # e.g. a database not migrated yet
         first = str(exc).splitlines()[0]
         refuse(f"the registered partners' regions cannot be read ({first}): run migrate first")
@@ -158,7 +159,7 @@ def check_region(unit: UnitOfWork, settings: Settings, region: str) -> None:
     if region not in known:
         refuse(
             f"unknown region {region!r}: this service knows {', '.join(sorted(known))} "
-            "(EHR_REGION and the regions of registered partners)"
+            "(EHR_REGION, EHR_REGIONS and the regions of registered partners)"
         )
 
 

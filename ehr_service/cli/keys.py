@@ -162,7 +162,7 @@ def token_mint(
     ttl: Annotated[int, typer.Option(min=1, max=86_400, help="lifetime, seconds")] = 3600,
     region: Annotated[
         str | None,
-        typer.Option(help="the caller's region (EHR_REGION or a registered partner's)"),
+        typer.Option(help="the caller's region (of EHR_REGIONS, or a partner's)"),
     ] = None,
     purpose: Annotated[
         str | None,

@@ -114,7 +114,7 @@ def institution_add(
     org_id: str,
     name: Annotated[str, typer.Option(help="the institution's name")],
     region: Annotated[
-        str, typer.Option(help="EHR_REGION or a registered partner's region, e.g. sichuan")
+        str, typer.Option(help="chongqing or sichuan (EHR_REGIONS), or a partner's region")
     ],
     level: Annotated[str | None, typer.Option(help="e.g. 3A (三级甲等)")] = None,
 ) -> None:

@@ -55,7 +55,7 @@ def _mint(run: Run, *args: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def _add_partner(run: Run, tmp_path: Path, region: str = "sichuan") -> None:
+def _add_partner(run: Run, tmp_path: Path, region: str) -> None:
     key = ECKey.generate_key("P-256", private=True, auto_kid=True)
     jwks = tmp_path / "partner.json"
     jwks.write_bytes(orjson.dumps({"keys": [key.as_dict(private=False)]}))
@@ -66,22 +66,27 @@ def _add_partner(run: Run, tmp_path: Path, region: str = "sichuan") -> None:
 
 
 def test_an_unknown_region_is_refused_and_stores_nothing(
-    run: Run, services: Services, tmp_path: Path
+    run: Run, services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(services)
     code, out = run("institution", "add", "h9", "--name", "火星医院", "--region", "mars")
     assert code == 2, out
-    assert "unknown region 'mars'" in out and "chongqing" in out
+    assert "unknown region 'mars'" in out and "chongqing, sichuan" in out
     assert snapshot(services) == before
     assert run("institution", "show", "h9")[0] == 1  # not created
+    for region in ("chongqing", "sichuan"):  # EHR_REGION and the zone (EHR_REGIONS)
+        code, out = run("institution", "add", f"h-{region}", "--name", "医院", "--region", region)
+        assert code == 0, out
     # a partner's region is known once the partner is registered
-    assert run("institution", "add", "h9", "--name", "华西", "--region", "sichuan")[0] == 2
-    _add_partner(run, tmp_path)
-    code, out = run("institution", "add", "h9", "--name", "华西", "--region", "sichuan")
+    assert run("institution", "add", "h9", "--name", "西藏", "--region", "xizang")[0] == 2
+    _add_partner(run, tmp_path, region="xizang")
+    code, out = run("institution", "add", "h9", "--name", "西藏", "--region", "xizang")
     assert code == 0, out
-    assert "region=sichuan" in run("institution", "show", "h9")[1]
-    code, out = run("institution", "add", "h8", "--name", "重医", "--region", "chongqing")
-    assert code == 0, out  # EHR_REGION
+    assert "region=xizang" in run("institution", "show", "h9")[1]
+    # the zone is configured
+    monkeypatch.setenv("EHR_REGIONS", '["chongqing", "guizhou"]')
+    assert run("institution", "add", "h7", "--name", "贵州", "--region", "guizhou")[0] == 0
+    assert run("institution", "add", "h7", "--name", "四川", "--region", "sichuan")[0] == 2
 
 
 def test_a_quality_control_period_must_not_end_before_it_starts(
@@ -150,9 +155,8 @@ def test_a_patient_token_sees_its_record_only(
 
 
 def test_region_and_org_claims_meet_the_residents_refusals(
-    run: Run, services: Services, client: TestClient, tmp_path: Path
+    run: Run, services: Services, client: TestClient
 ) -> None:
-    _add_partner(run, tmp_path)
     pid = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
     for consent in (refusal(pid, region="sichuan"), refusal(pid, organization="Organization/c7")):
         assert client.post("/fhir/Consent", json=consent, headers=FHIR_JSON).status_code == 201
