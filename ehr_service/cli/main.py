@@ -60,6 +60,8 @@ def serve(
         # uvicorn's in JSON mode; in-flight requests get 30 s to finish on shutdown.
         access_log=settings.log_format != "json",
         timeout_graceful_shutdown=30,
+        # httptools, taking raw UTF-8 request targets and refusing with OperationOutcomes
+        http="ehr_service.api.http_protocol:FhirHttpToolsProtocol",
     )
 
 
