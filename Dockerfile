@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: wheels in a builder, a slim non-root runtime.
+# Multi-stage build: the project's wheel in a builder, a slim non-root runtime with the
+# exact dependency versions of requirements.lock (hash-checked).
 FROM python:3.11-slim AS builder
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ehr_service ./ehr_service
 COPY fhir_profiles ./fhir_profiles
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,8 +18,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --home-dir /var/lib/ehr-service ehr \
     && mkdir -p /var/lib/ehr-service \
     && chown ehr /var/lib/ehr-service
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
 COPY --from=builder /wheels /wheels
-RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/* && rm -rf /wheels
 USER ehr
 # The data directory holds the SQLite file and the keys: keep it on a volume.
 VOLUME ["/var/lib/ehr-service"]

@@ -8,13 +8,29 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test install lint typecheck format openapi bench clean
 
-$(STAMP): pyproject.toml
+# The exact versions (and hashes) of every dependency: requirements-dev.lock for
+# development and CI, requirements.lock (the runtime part, same versions) for images.
+LOCK := requirements-dev.lock
+UV_VERSION := 0.13.8
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet $(if $(UPGRADE),--upgrade)
+
+.PHONY: lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Regenerate the lock files from pyproject.toml (kept versions stay; UPGRADE=1 takes the newest)
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
+	$(UV_COMPILE) --constraint requirements-dev.lock -o requirements.lock
 
 ## Run the service on SQLite (data/ehr.sqlite3) with demo data, at http://127.0.0.1:8080/fhir
 serve: $(STAMP)

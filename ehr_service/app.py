@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ehr_service import __version__
 from ehr_service.api import (
+    api_docs,
     audit,
     bulk,
     citizen,
@@ -211,6 +212,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version=__version__,
         description="FHIR R4 lifelong health record service",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from the packaged assets: api/api_docs.py
+        redoc_url=None,
     )
     app.state.services = services
     app.state.exchange = Exchange(services)
@@ -235,6 +238,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         exchange.router,
     ):
         app.router.routes.extend(router.routes)
+    api_docs.install(app)  # /docs, /redoc and their assets, served without a CDN
     errors.install(app)
     app.add_middleware(HeadAsGetMiddleware)  # innermost: HEAD is routed as GET
     app.add_middleware(errors.UnexpectedErrors)  # the others see its 500

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     region: str = Field(
         default="chongqing", description="this service's region (results of its institutions)"
     )
+    regions: list[str] = Field(
+        default_factory=lambda: ["chongqing", "sichuan"],
+        description="the regions of the recognition zone: an institution or a development "
+        "token names one of these, EHR_REGION or a registered partner's region",
+    )
     recognition_mark: str = Field(
         default="川渝HR", description="the tag recognisable results carry when served"
     )

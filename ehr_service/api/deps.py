@@ -10,6 +10,7 @@ then makes one hop, for its unit of work."""
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -73,9 +74,26 @@ def base_url_of(request: Request, services: Services) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
+def _check_utf8(raw: bytes) -> None:
+    """Search values are UTF-8 text (RFC 3986 §2.5): bytes that are not (a GBK name,
+    percent-encoded or sent raw) are refused, not searched for as U+FFFD."""
+    if b"%" not in raw and raw.isascii():
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FhirError.of(
+            Category.INCORRECT,
+            "The query string is not UTF-8 once percent-decoded: send search values "
+            "as UTF-8, percent-encoded (RFC 3986)",
+            code="value",
+        ) from None
+
+
 def _context(request: Request, caller: Caller) -> RequestContext:
     services: Services = request.app.state.services
     request.state.rendering = negotiate(request)  # the error handler renders with it too
+    _check_utf8(request.scope.get("query_string", b""))
     query: dict[str, list[str]] = {}
     for key, value in request.query_params.multi_items():
         query.setdefault(key, []).append(value)

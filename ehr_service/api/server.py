@@ -31,6 +31,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ehr_service.api.http_protocol import FhirHttpToolsProtocol
 from ehr_service.fhir import jsonio
 
 _REASONS = {
@@ -207,16 +208,9 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
     }
 
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    LimitedHttpToolsProtocol = limited_protocol(HttpToolsProtocol)
-    _BASE_NAME = "LimitedHttpToolsProtocol"
-except ImportError:  # httptools not installed: uvicorn's own fallback
-    _BASE_NAME = "LimitedH11Protocol"
-from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
-
-LimitedH11Protocol = limited_protocol(H11Protocol)
+# httptools taking raw UTF-8 request targets (api/http_protocol.py), with the limits.
+LimitedHttpToolsProtocol = limited_protocol(FhirHttpToolsProtocol)
+_BASE_NAME = "LimitedHttpToolsProtocol"
 
 
 class DrainMiddleware:

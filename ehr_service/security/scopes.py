@@ -15,6 +15,7 @@ from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 CONTEXTS = ("patient", "user", "system")
 ADMIN_SCOPE = "ehr/admin"  # administrative operations (merge, reindex, exports)
 AUDIT_SCOPE = "ehr/audit"  # reading the audit trail (GET /fhir/AuditEvent)
+SERVICE_SCOPES = (ADMIN_SCOPE, AUDIT_SCOPE)
 _SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ACTIONS = set("cruds")
@@ -48,3 +49,9 @@ def parse_scopes(text: str) -> tuple[Grant, ...]:
             continue  # v2 letters must be in c r u d s order, each once
         grants.append(Grant(context, resource_type, frozenset(actions)))
     return tuple(grants)
+
+
+def ungranted(text: str) -> list[str]:
+    """The scopes of ``text`` that grant nothing here: unknown (``openid``, a typo),
+    malformed (letters out of order, an unknown type) or with a query part."""
+    return [s for s in text.split() if s not in SERVICE_SCOPES and not parse_scopes(s)]

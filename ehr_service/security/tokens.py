@@ -81,6 +81,7 @@ class TokenClaims:
     client_id: str | None = None
     ttl_seconds: int = 3600
     region: str | None = None
+    purpose: str | None = None  # purpose_of_use, a v3 ActReason code
 
 
 def mint(settings: Settings, claims: TokenClaims) -> str:
@@ -102,6 +103,8 @@ def mint(settings: Settings, claims: TokenClaims) -> str:
         payload["org"] = claims.organization
     if claims.region:
         payload["region"] = claims.region
+    if claims.purpose:
+        payload["purpose_of_use"] = claims.purpose
     return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "JWT"}, payload, key)
 
 
@@ -244,11 +247,16 @@ def _numeric_date(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def purpose_code(value: Any) -> str | None:
+    """The v3 ActReason code a token's ``purpose_of_use`` names, or None if malformed."""
+    if isinstance(value, str) and value.isascii() and value.isalnum() and len(value) <= 16:
+        return value.upper()
+    return None
+
+
 def _purpose(value: Any) -> str:
     """A v3 ActReason code from the token (TREAT when absent or malformed)."""
-    if isinstance(value, str) and value.isalnum() and len(value) <= 16:
-        return value.upper()
-    return "TREAT"
+    return purpose_code(value) or "TREAT"
 
 
 def _reason(exc: Exception) -> str:

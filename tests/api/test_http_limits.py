@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import uvicorn
 from starlette.responses import JSONResponse
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ehr_service.api import server as server_module
+from ehr_service.api.http_protocol import FhirHttpToolsProtocol
 from ehr_service.api.server import Drain, limited_protocol, limits_of, uvicorn_options
 from ehr_service.app import create_app
 from ehr_service.interactions.context import Services
@@ -46,7 +46,7 @@ class Live:
         app.add_api_route("/test-slow", slow)
         options = uvicorn_options(services.settings)
         assert options["http"] == "ehr_service.api.server:LimitedHttpToolsProtocol"
-        options["http"] = limited_protocol(HttpToolsProtocol, limits_of(services.settings))
+        options["http"] = limited_protocol(FhirHttpToolsProtocol, limits_of(services.settings))
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", **options)
         )

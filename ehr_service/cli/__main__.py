@@ -1,0 +1,3 @@
+from ehr_service.cli.main import main
+
+main()

@@ -1,0 +1,189 @@
+"""``ehr-service keys`` (the exchange signing keys and the data keys) and ``ehr-service
+token`` (development bearer tokens signed with the service's own key, carrying every
+claim the token verifier reads, ``security/tokens.py``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ehr_service.cli.common import (
+    KID_ARGUMENT,
+    audited_as,
+    check_region,
+    refuse,
+    settings_from_env,
+    signing_keys,
+)
+from ehr_service.config import Settings
+
+if TYPE_CHECKING:
+    from ehr_service.exchange.keys import KeyInfo
+
+
+keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
+
+
+def _key_action(action: Callable[[], KeyInfo]) -> None:
+    from ehr_service.exchange.keys import KeyStateError
+
+    try:
+        info = action()
+    except KeyStateError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{info.kid}  {info.alg}  {info.state}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    alg: Annotated[str, typer.Option(help="ES256 (default) or Ed25519")] = "ES256",
+) -> None:
+    """Make a new exchange signing key (active if none is, else pending)."""
+    _key_action(lambda: signing_keys().generate(alg))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the exchange signing keys: kid (RFC 7638 thumbprint), algorithm, state."""
+    for info in signing_keys().list():
+        typer.echo(f"{info.kid}  {info.alg}  {info.state}  {info.created}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    alg: Annotated[str, typer.Option(help="algorithm of a new key, if none is pending")] = "ES256",
+) -> None:
+    """Activate the pending key (or a new one); the active key retires."""
+    _key_action(lambda: signing_keys().rotate(alg))
+
+
+@keys_app.command("retire", context_settings=KID_ARGUMENT)
+def keys_retire(kid: str) -> None:
+    """Stop signing with a key; it stays published so old messages verify."""
+    _key_action(lambda: signing_keys().retire(kid))
+
+
+@keys_app.command("revoke", context_settings=KID_ARGUMENT)
+def keys_revoke(kid: str) -> None:
+    """Revoke a key (compromised): unpublished; its messages no longer verify."""
+    _key_action(lambda: signing_keys().revoke(kid))
+
+
+@keys_app.command("rotate-data-key")
+def rotate_data_key(
+    batch: Annotated[int, typer.Option(min=1, help="stored versions per transaction")] = 500,
+    wait: Annotated[
+        bool, typer.Option(help="let running servers pick up the new key before re-sealing")
+    ] = True,
+) -> None:
+    """Make a new data key active and re-seal every stored ID number with it."""
+
+    from ehr_service.audit.events import Auditor
+    from ehr_service.mpi.identity import ResidentIdentity, reseal_all
+    from ehr_service.security.fieldcrypto import REFRESH_SECONDS
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
+
+    settings = settings_from_env()
+    identity = ResidentIdentity.from_settings(settings)
+    new = identity.protection.keyring.rotate()
+    typer.echo(f"active data key: {new.kid}")
+    if wait:
+        time.sleep(REFRESH_SECONDS + 1)
+    database = Database(settings.effective_database_url)
+    unit = UnitOfWork(database)
+    audited_as(unit, Auditor(unit), "rotate-data-key")
+    try:
+        count = reseal_all(unit, identity.protection, batch)
+    finally:
+        database.dispose()
+    typer.echo(f"re-sealed {count} stored versions")
+
+
+@keys_app.command("data-keys")
+def data_keys() -> None:
+    """List the data keys (ids and dates only; never key material)."""
+    from ehr_service.mpi.identity import ResidentIdentity
+
+    identity = ResidentIdentity.from_settings(settings_from_env())
+    for kid, created, active in identity.protection.keyring.key_ids():
+        typer.echo(f"{kid}  {created}  {'active' if active else 'retired'}")
+
+
+token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)
+
+
+def _check_scopes(scope: str, patient: str | None) -> None:
+    from ehr_service.security.scopes import SERVICE_SCOPES, parse_scopes, ungranted
+
+    unknown = ungranted(scope)
+    if not scope.split() or unknown:
+        refuse(
+            f"scopes this service does not know (they would grant nothing): "
+            f"{' '.join(unknown) or '(none given)'}; known: patient|user|system/<Type or *>"
+            f".<c r u d s, in that order> (or v1 .read .write .*), {', '.join(SERVICE_SCOPES)}"
+        )
+    bound = any(grant.context == "patient" for grant in parse_scopes(scope))
+    if bound and not patient:
+        refuse("patient/ scopes need --patient (the verifier refuses them without it)")
+    if patient and not bound:
+        refuse("--patient binds patient/ scopes only: add one, or leave --patient out")
+
+
+def _check_claims(settings: Settings, values: dict[str, str | None], region: str | None) -> None:
+    from ehr_service.security.tokens import MAX_CLAIM_CHARS
+
+    for name, value in values.items():
+        if value is not None and not value.strip():
+            refuse(f"--{name} is empty")
+        if value is not None and len(value) > MAX_CLAIM_CHARS:
+            refuse(f"--{name} is over {MAX_CLAIM_CHARS} characters (the verifier refuses it)")
+    if region is not None:
+        from ehr_service.storage.database import Database
+        from ehr_service.storage.unit_of_work import UnitOfWork
+
+        database = Database(settings.effective_database_url)
+        try:
+            check_region(UnitOfWork(database), settings, region)
+        finally:
+            database.dispose()
+
+
+@token_app.command("mint")
+def token_mint(
+    scope: Annotated[str, typer.Option(help="SMART scopes, e.g. 'system/*.cruds'")],
+    patient: Annotated[str | None, typer.Option(help="patient id (patient/ scopes)")] = None,
+    org: Annotated[str | None, typer.Option(help="organization of the caller")] = None,
+    sub: Annotated[str, typer.Option(help="subject")] = "developer",
+    ttl: Annotated[int, typer.Option(min=1, max=86_400, help="lifetime, seconds")] = 3600,
+    region: Annotated[
+        str | None,
+        typer.Option(help="the caller's region (of EHR_REGIONS, or a partner's)"),
+    ] = None,
+    purpose: Annotated[
+        str | None,
+        typer.Option(help="purpose of use, a v3 ActReason code (default TREAT), e.g. ETREAT"),
+    ] = None,
+    client_id: Annotated[str | None, typer.Option(help="client id (default: the subject)")] = None,
+) -> None:
+    """Sign a development token with the service's own key (trusted only where
+    EHR_TRUST_OWN_TOKENS or a development/test environment says so)."""
+    from ehr_service.security.tokens import TokenClaims, mint, purpose_code
+
+    settings = settings_from_env()
+    _check_scopes(scope, patient)
+    if purpose is not None and purpose_code(purpose) is None:
+        refuse(f"--purpose {purpose!r} is not a v3 ActReason code (letters and digits, 16 at most)")
+    claims = {"sub": sub, "patient": patient, "org": org, "client-id": client_id}
+    _check_claims(settings, claims, region)
+    if not settings.trusts_own_tokens:
+        typer.echo("warning: this service does not trust its own tokens here", err=True)
+    token = TokenClaims(
+        subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl,
+        region=region, purpose=purpose_code(purpose), client_id=client_id,
+    )  # fmt: skip
+    typer.echo(mint(settings, token))
