@@ -56,7 +56,8 @@ def test_capability_statement(smart: Any) -> None:
     """fhirclient reads ``metadata`` into its strict R4 model before anything else."""
     statement = smart.capabilityStatement
     assert statement.fhirVersion == "4.0.1"
-    assert {"json", "xml"} <= set(statement.format)
+    assert any("json" in media for media in statement.format)
+    assert "application/merge-patch+json" in statement.patchFormat
     assert statement.rest[0].mode == "server"
 
 
