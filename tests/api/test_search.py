@@ -139,6 +139,8 @@ def test_result_parameters(dataset: TestClient) -> None:
     assert "text" not in data and "gender" in data
     elements = dataset.get("/fhir/Patient?_id=p1&_elements=gender").json()["entry"][0]
     assert set(elements["resource"]) == {"resourceType", "id", "meta", "gender"}
+    named = dataset.get("/fhir/Patient?_id=p1&_elements=resourceType,id,gender").json()["entry"]
+    assert set(named[0]["resource"]) == {"resourceType", "id", "meta", "gender"}
     clamped = dataset.get("/fhir/Patient?_count=100000").json()
     assert len(clamped["entry"]) == 3
 

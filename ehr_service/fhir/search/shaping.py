@@ -68,11 +68,14 @@ def _element_map(resource_type: str) -> tuple[dict[str, frozenset[str]], frozens
 def elements_kept(resource_type: str, requested: frozenset[str]) -> frozenset[str]:
     """The JSON names ``_elements`` keeps: those asked for (choice base names
     expanded) and the mandatory ones, so the subset is still a valid resource
-    (R4 §3.1.1.5.10). An element the type does not have is a 400."""
+    (R4 §3.1.1.5.10). ``resourceType``, ``id`` and ``meta`` are always kept, so
+    naming them is allowed (clients such as fhirpy always add ``resourceType``);
+    any other element the type does not have is a 400."""
     info = _element_map(resource_type)
     if info is None:
         return requested
     names, mandatory = info
+    requested = requested - _ALWAYS
     unknown = sorted(n for n in requested if n not in names)
     if unknown:
         raise FhirError.of(
