@@ -165,18 +165,51 @@ async def batch_or_transaction(request: Request, ctx: Context, rendering: Render
     return render_result(result, ctx, rendering)
 
 
+async def with_parameters_query(request: Request, ctx: RequestContext) -> RequestContext:
+    """An operation invoked by POST (R4 §3.1.0.4): the primitive parameters of its
+    Parameters body (if any) join the URL's, as a GET would send them."""
+    if request.method != "POST" or not (await request.body()).strip():
+        return ctx
+    body = await json_body(request, JSON_BODY)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise FhirError.of(
+            Category.INCORRECT, "An operation's body must be a Parameters", code="structure"
+        )
+    query = {k: list(v) for k, v in ctx.query.items()}
+    for index, parameter in enumerate(body.get("parameter") or []):
+        values = [v for k, v in (parameter or {}).items() if k.startswith("value")]
+        name = (parameter or {}).get("name")
+        if not isinstance(name, str) or len(values) != 1 or isinstance(values[0], dict | list):
+            raise FhirError.of(
+                Category.INCORRECT,
+                "Each operation parameter needs a name and one primitive value[x]",
+                code="structure",
+                expression=[f"Parameters.parameter[{index}]"],
+            )
+        query.setdefault(name, []).append(str(values[0]).lower() if isinstance(values[0], bool)
+                                          else str(values[0]))  # fmt: skip
+    return replace(ctx, query=query)
+
+
 @router.get("/Patient/$everything", **docs.route("everything", {200, 400}))
-async def everything_all(ctx: Context, rendering: RenderingDep) -> Response:
+@router.post("/Patient/$everything", **docs.route("everything", {200, 400}, body="resource"))
+async def everything_all(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     """All patients' compartments, paged (for system callers once access control lands)."""
+    ctx = await with_parameters_query(request, ctx)
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, None))
     return render_result(result, ctx, rendering)
 
 
 @router.get("/Patient/{resource_id}/$everything", **docs.route("everything", {200, 400, 404, 410}))
+@router.post(
+    "/Patient/{resource_id}/$everything",
+    **docs.route("everything", {200, 400, 404, 410}, body="resource"),
+)
 async def everything_patient(
-    resource_id: ResourceId, ctx: Context, rendering: RenderingDep
+    request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     pid = check_id(resource_id)
+    ctx = await with_parameters_query(request, ctx)
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, pid))
     return render_result(result, ctx, rendering)
 

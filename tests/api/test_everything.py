@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import FHIR_JSON
+from tests.helpers import FHIR_JSON, observation
 
 SAMPLE = next((PROJECT_ROOT / "tests" / "data" / "synthea").glob("*.json"))
 
@@ -85,3 +85,26 @@ def test_unknown_types_are_refused_by_everything_and_export(client: TestClient) 
         assert response.status_code == 400, (url, response.text)
         issue = response.json()["issue"][0]
         assert issue["expression"] == ["_type"] and "Nope" in issue["diagnostics"]
+
+
+def test_everything_by_post_with_parameters(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+    client.post("/fhir/Observation", json=observation(f"Patient/{pid}"), headers=FHIR_JSON)
+    empty = client.post(f"/fhir/Patient/{pid}/$everything")
+    assert empty.status_code == 200, empty.text
+    assert {e["resource"]["resourceType"] for e in empty.json()["entry"]} == {
+        "Patient",
+        "Observation",
+    }
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "_type", "valueString": "Patient"}],
+    }
+    typed = client.post(f"/fhir/Patient/{pid}/$everything", json=body, headers=FHIR_JSON)
+    assert [e["resource"]["resourceType"] for e in typed.json()["entry"]] == ["Patient"]
+    bad = client.post(
+        f"/fhir/Patient/{pid}/$everything", json={"resourceType": "Patient"}, headers=FHIR_JSON
+    )
+    assert bad.status_code == 400

@@ -170,11 +170,6 @@ def test_everything(live: Server) -> None:
     assert {e["resource"]["id"] for e in direct["entry"]} == {i for _, i in found}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=exceptions.OperationOutcome,
-    reason="POST [base]/Patient/<id>/$everything (fhirpy's default execute) is a 405",
-)
 def test_everything_by_post(live: Server) -> None:
     client = _client(live)
     created = _new_patient(client)
