@@ -1,7 +1,11 @@
-"""FHIR Bulk Data export routes (``$export`` at system, Patient and Group level, the
-status URL and the files). Registered before the generic FHIR routes."""
+"""FHIR Bulk Data export routes (``$export`` at system, Patient and Group level, by
+GET or by POST of a ``Parameters`` body; the status URL and the files). Registered
+before the generic FHIR routes."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -9,8 +13,9 @@ from starlette.responses import Response, StreamingResponse
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context
-from ehr_service.api.fhir import ResourceId
+from ehr_service.api.fhir import JSON_BODY, ResourceId, json_body
 from ehr_service.fhir import jsonio
+from ehr_service.fhir.export_parameters import body_query, merged
 from ehr_service.interactions.bulk_export import NDJSON, BulkExports
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
@@ -28,9 +33,8 @@ def _bulk(request: Request) -> BulkExports:
 
 async def _kickoff(request: Request, ctx: RequestContext, kind: str, group: str | None) -> Response:
     bulk = _bulk(request)
-    job_id = await run_in_threadpool(
-        bulk.kickoff, ctx, kind, group, request.headers.get("prefer"), str(request.url)
-    )
+    prefer = ", ".join(request.headers.getlist("prefer")) or None
+    job_id = await run_in_threadpool(bulk.kickoff, ctx, kind, group, prefer, str(request.url))
     return Response(
         status_code=202, headers={"Content-Location": f"{ctx.base_url}/$export-status/{job_id}"}
     )
@@ -38,7 +42,8 @@ async def _kickoff(request: Request, ctx: RequestContext, kind: str, group: str 
 
 @router.get("/$export", **docs.export_route("export everything (async kick-off)", kickoff=True))
 async def export_system(request: Request, ctx: Context) -> Response:
-    """System-level export (``_type``, ``_since``; header ``Prefer: respond-async``)."""
+    """System-level export (``_type``, ``_since``, ``_typeFilter``, ``_elements``,
+    ``_outputFormat``; header ``Prefer: respond-async``, ``handling=lenient``)."""
     return await _kickoff(request, ctx, "system", None)
 
 
@@ -54,6 +59,39 @@ async def export_patients(request: Request, ctx: Context) -> Response:
 async def export_group(resource_id: ResourceId, request: Request, ctx: Context) -> Response:
     """The records of a Group's Patient members."""
     return await _kickoff(request, ctx, "group", check_id(resource_id))
+
+
+async def _with_body(request: Request, ctx: RequestContext) -> RequestContext:
+    """A POST kick-off: the Parameters body's parameters as if they were the URL's
+    (the audit records them so too); one given in both places is a 400."""
+    query = merged(ctx.query, body_query(await json_body(request, JSON_BODY)))
+    return replace(ctx, query=query, query_string=urlencode(query, doseq=True))
+
+
+@router.post(
+    "/$export", **docs.export_route("export everything (async kick-off)", kickoff=True, post=True)
+)
+async def export_system_post(request: Request, ctx: Context) -> Response:
+    """System-level export, the parameters in a Parameters body."""
+    return await _kickoff(request, await _with_body(request, ctx), "system", None)
+
+
+@router.post(
+    "/Patient/$export",
+    **docs.export_route("export all patients' records", kickoff=True, post=True),
+)
+async def export_patients_post(request: Request, ctx: Context) -> Response:
+    """Every resident's record, or those of ``patient``, by a Parameters body."""
+    return await _kickoff(request, await _with_body(request, ctx), "patient", None)
+
+
+@router.post(
+    "/Group/{resource_id}/$export",
+    **docs.export_route("export a group's records", kickoff=True, post=True),
+)
+async def export_group_post(resource_id: ResourceId, request: Request, ctx: Context) -> Response:
+    """The records of a Group's Patient members (or of ``patient`` among them)."""
+    return await _kickoff(request, await _with_body(request, ctx), "group", check_id(resource_id))
 
 
 @router.get("/$export-status/{job_id}", **docs.export_route("export status and manifest"))

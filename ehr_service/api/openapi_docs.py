@@ -282,15 +282,27 @@ def exchange_route(summary: str, statuses: set[int], *, feed: bool = False) -> d
 
 
 def export_route(
-    summary: str, *, kickoff: bool = False, cancel: bool = False, file: bool = False
+    summary: str,
+    *,
+    kickoff: bool = False,
+    cancel: bool = False,
+    file: bool = False,
+    post: bool = False,
 ) -> dict[str, Any]:
-    """A Bulk Data endpoint: kick-off (202 + Content-Location), status, cancel, file."""
-    outcome = {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}
+    """A Bulk Data endpoint: kick-off (202 + Content-Location) by GET or by POST of a
+    Parameters body, status, cancel, file."""
+    outcome: dict[str, Any] = {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}
+    if post:  # a FHIR XML body gets its errors in XML
+        outcome["content"][FHIR_XML] = {"schema": _XML_SCHEMA}
+    statuses = (400, 401, 403, 404, 429, 500, 503) + ((413, 415) if post else ())
     responses: dict[int | str, dict[str, Any]] = {
         status: {"description": _DESCRIPTIONS.get(status, "error"), **outcome}
-        for status in (400, 401, 403, 404, 429, 500, 503)
+        for status in statuses
     }
     parameters: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if post:
+        extra["requestBody"] = {"required": True, "content": _BODIES["resource"]}
     if kickoff:
         responses[202] = {
             "description": "Accepted: poll the status URL",
@@ -304,7 +316,17 @@ def export_route(
              "schema": {"type": "string", "format": "date-time"}},
             {"name": "_outputFormat", "in": "query", "required": False,
              "schema": {"type": "string"}},
+            {"name": "_typeFilter", "in": "query", "required": False,
+             "schema": {"type": "string"}, "description": "Type?search, ORed per type"},
+            {"name": "_elements", "in": "query", "required": False,
+             "schema": {"type": "string"}},
+            {"name": "patient", "in": "query", "required": False,
+             "schema": {"type": "string"}, "description": "Patient/id (Patient, Group level)"},
+            {"name": "includeAssociatedData", "in": "query", "required": False,
+             "schema": {"type": "string"}},
         ]  # fmt: skip
+        if post:  # the parameters are in the body (the URL may carry others)
+            parameters = parameters[:1]
     elif cancel:
         responses[202] = {"description": "Cancelled"}
     elif file:
@@ -321,7 +343,7 @@ def export_route(
     return {
         "summary": summary,
         "responses": responses,
-        "openapi_extra": {"parameters": parameters},
+        "openapi_extra": {"parameters": parameters, **extra},
         "response_class": Response,
     }
 

@@ -1,8 +1,12 @@
 """FHIR Bulk Data export (Bulk Data Access IG v2: ``$export`` at system, Patient and
 Group level).
 
-Kick-off (``Prefer: respond-async``) records a job and answers 202 with the status
-URL in ``Content-Location``; a worker thread writes one NDJSON file per type under
+Kick-off (``Prefer: respond-async``; GET with URL parameters, or POST with a
+``Parameters`` body) is checked whole (``bulk_request``: ``_type``, ``_since``,
+``_typeFilter`` as FHIR searches, ``_elements``, ``patient``; what is not offered is
+a 400, or under ``Prefer: handling=lenient`` ignored and reported in the manifest's
+``error`` file), then records a job and answers 202 with the status URL in
+``Content-Location``; a worker thread writes one NDJSON file per type under
 ``<data dir>/exports/<job>/`` (the stored form: resident ID numbers masked and
 sealed, never plaintext at rest); the status URL answers 202 with ``X-Progress``
 while it runs, then 200 with the manifest; files are served to the client that
@@ -26,31 +30,35 @@ from pathlib import Path
 from typing import Any
 
 from ehr_service.fhir import jsonio
-from ehr_service.fhir.errors import Category, FhirError
-from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_param, utc_now
-from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES, check_type_parameter
+from ehr_service.fhir.errors import Category, FhirError, operation_outcome
+from ehr_service.fhir.export_parameters import prefer_of
+from ehr_service.fhir.primitives import format_instant, new_id, utc_now
+from ehr_service.fhir.search.shaping import subset
+from ehr_service.interactions import bulk_request
+from ehr_service.interactions.bulk_request import ExportPlan
 from ehr_service.interactions.context import RequestContext, Services
-from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
 from ehr_service.security.caller import Caller
-from ehr_service.security.policy import forbidden, require
+from ehr_service.security.policy import forbidden
 from ehr_service.storage import bulk_export as store
 
 logger = logging.getLogger(__name__)
 NDJSON = "application/fhir+ndjson"
-FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 PAGE = 1000
+ERRORS = "errors.ndjson"  # what lenient handling ignored (no resource type is so named)
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     job_id: str
     kind: str
-    group_patients: tuple[str, ...] | None
-    types: tuple[str, ...]
-    since: datetime | None
+    plan: ExportPlan  # types, _since, patients, _typeFilter, _elements, what was ignored
     until: datetime
     refused_actors: tuple[str, ...]
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return self.plan.types
 
 
 def _client(caller: Caller) -> str:
@@ -91,26 +99,18 @@ class BulkExports:
         prefer: str | None,
         request_url: str,
     ) -> str:
+        """Check the whole request (``ctx.query``: the URL's parameters, or those of a
+        POST's Parameters body), record the job and start it."""
         if ctx.caller.patient is not None:
             raise forbidden("Bulk export is for staff and system clients, not patient tokens")
-        if "respond-async" not in (prefer or ""):
+        preference = prefer_of(prefer)
+        if not preference.respond_async:
             raise FhirError.of(
                 Category.INCORRECT,
                 "$export needs the header Prefer: respond-async",
                 code="required",
             )
-        query = ctx.query
-        output_format = next(iter(query.get("_outputFormat") or ()), None)
-        if output_format is not None and output_format not in FORMATS:
-            raise FhirError.of(
-                Category.INCORRECT, "_outputFormat: only NDJSON is offered", code="not-supported"
-            )
-        since_value = next(iter(query.get("_since") or ()), None)
-        since = parse_instant_param(since_value, "_since") if since_value else None
-        types = self._types(ctx, kind, query.get("_type"))
-        members: tuple[str, ...] | None = None
-        if group_id is not None:
-            members = self._members(ctx, group_id)
+        plan = bulk_request.plan(ctx, kind, group_id, preference.lenient)
         job_id = new_id()
         now = utc_now()
         with self.services.unit.write() as conn:
@@ -121,56 +121,26 @@ class BulkExports:
                     "client": _client(ctx.caller),
                     "kind": kind,
                     "group_id": group_id,
-                    "types": jsonio.dumps(types).decode(),
-                    "since": since,
+                    "types": jsonio.dumps(plan.types).decode(),
+                    "since": plan.since,
                     "request": request_url[:2048],
                     "state": "queued",
                     "created": now,
                     "transaction_time": now,
                 },
             )
-            self.services.auditor.record(conn, ctx, Result(202))
-        job = Job(job_id, kind, members, types, since, now, ctx.view.refused_actors)
+            self.services.auditor.record(conn, ctx, Result(202, patients=plan.named))
+        job = Job(job_id, kind, plan, now, ctx.view.refused_actors)
         self.expire()
         self.executor.submit(self._run, job)
         return job_id
-
-    def _types(
-        self, ctx: RequestContext, kind: str, requested: list[str] | None
-    ) -> tuple[str, ...]:
-        member_types = self.services.compartment.member_types() | {"Patient"}
-        if requested:
-            names = [t.strip() for value in requested for t in value.split(",") if t.strip()]
-            check_type_parameter(names)
-            for name in names:
-                require(ctx.caller, name, "r")
-            types = sorted(set(names))
-        else:
-            types = sorted(t for t in R4_RESOURCE_TYPES if ctx.caller.may(t, "r"))
-            if not types:
-                raise forbidden("The token's scopes allow reading no resource type")
-        if kind != "system":
-            types = [t for t in types if t in member_types]
-        return tuple(types)
-
-    def _members(self, ctx: RequestContext, group_id: str) -> tuple[str, ...]:
-        require(ctx.caller, "Group", "r")
-        with self.services.unit.read() as conn:
-            stored = current_or_fail(conn, "Group", group_id, view=ctx.view)
-        group = jsonio.loads(stored.content or b"{}")
-        members = []
-        for member in group.get("member") or ():
-            reference = str(((member or {}).get("entity") or {}).get("reference", ""))
-            if reference.startswith("Patient/"):
-                members.append(reference.removeprefix("Patient/"))
-        return tuple(members)
 
     # -- the worker -----------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         folder = self.directory / job.job_id
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            output = []
+            output = self._write_ignored(job, folder)
             for index, resource_type in enumerate(job.types):
                 if self._is_cancelled(job.job_id):
                     break
@@ -218,6 +188,8 @@ class BulkExports:
         count = 0
         after: str | None = None
         complete = False
+        matching = job.plan.filters.get(resource_type, ())
+        kept = job.plan.elements.get(resource_type)
         with path.open("wb") as out:
             while not self._is_cancelled(job.job_id):
                 with self.services.unit.read() as conn:
@@ -226,13 +198,16 @@ class BulkExports:
                         resource_type,
                         after=after,
                         limit=PAGE,
-                        since=job.since,
+                        since=job.plan.since,
                         until=job.until,
-                        patients=job.group_patients,
+                        patients=job.plan.patients,
                         compartment_only=job.kind != "system",
                         refused_actors=job.refused_actors,
+                        matching=matching,
                     )
                 for _resource_id, content in rows:
+                    if kept is not None:  # _elements: the listed and the mandatory ones
+                        content = jsonio.dumps(subset(jsonio.loads(content), None, kept))
                     out.write(content)
                     out.write(b"\n")
                 count += len(rows)
@@ -243,6 +218,16 @@ class BulkExports:
         if count == 0:
             path.unlink(missing_ok=True)
         return count, complete
+
+    def _write_ignored(self, job: Job, folder: Path) -> list[dict[str, Any]]:
+        """What lenient handling ignored, as OperationOutcomes in the error file."""
+        if not job.plan.ignored:
+            return []
+        with (folder / ERRORS).open("wb") as out:
+            for issue in job.plan.ignored:
+                out.write(jsonio.dumps(operation_outcome(Category.INCORRECT, [issue])) + b"\n")
+        return [{"type": "OperationOutcome", "file": ERRORS, "count": len(job.plan.ignored),
+                 "error": True}]  # fmt: skip
 
     def _is_cancelled(self, job_id: str) -> bool:
         with self._lock:
@@ -268,19 +253,24 @@ class BulkExports:
                 Category.FAULT, f"The export failed ({job['error']})", code="exception"
             )
         files = jsonio.loads(job["output"] or b"[]")
-        manifest = {
-            "transactionTime": format_instant(job["transaction_time"]),
-            "request": job["request"],
-            "requiresAccessToken": True,
-            "output": [
+
+        def items(errors: bool) -> list[dict[str, Any]]:
+            return [
                 {
                     "type": f["type"],
                     "url": f"{base_url}/$export-file/{job_id}/{f['file']}",
                     "count": f["count"],
                 }
                 for f in files
-            ],
-            "error": [],
+                if bool(f.get("error")) == errors
+            ]
+
+        manifest = {
+            "transactionTime": format_instant(job["transaction_time"]),
+            "request": job["request"],
+            "requiresAccessToken": True,
+            "output": items(errors=False),
+            "error": items(errors=True),
         }
         return 200, {}, manifest
 

@@ -22,9 +22,11 @@ OWN = "urn:ehr-service:OperationDefinition/"
 EVERY_TYPE = ("*",)  # every type with the generic interactions (not the read-only ones)
 
 _EXPORT = (
-    "Asynchronous (Prefer: respond-async): 202 with the status URL in Content-Location; "
-    "NDJSON files (application/fhir+ndjson) of the types the token may read; not for "
-    "patient tokens"
+    "Asynchronous (Prefer: respond-async), by GET or by POST of a Parameters body: 202 with "
+    "the status URL in Content-Location; NDJSON files (application/fhir+ndjson) of the types "
+    "the token may read; _type, _since, _typeFilter (searches, ORed per type), _elements and "
+    "patient applied; includeAssociatedData is not offered: a 400, or ignored and reported "
+    "in the manifest's error file with Prefer: handling=lenient; not for patient tokens"
 )
 _CATALOGUE = "Over the recognition catalogue (its CodeSystem, ValueSets and ConceptMap)"
 

@@ -11,6 +11,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
 
+# The conditions of one compiled search (``SearchCompiler.where``): a ``_typeFilter``.
+FilterClauses = Sequence[ColumnElement[bool]]
+
 
 def add_job(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(bulk_export_job).values(**values))
@@ -68,10 +71,12 @@ def page(
     patients: Sequence[str] | None,
     compartment_only: bool,
     refused_actors: Sequence[str],
+    matching: Sequence[FilterClauses] = (),
 ) -> list[tuple[str, bytes]]:
     """(id, stored content) of live resources of a type, in id order, changed in
     [since, until]; only patients' records (``compartment_only``), only these
-    patients (``patients``), never the records of residents who refused the caller."""
+    patients (``patients``), only those meeting one of the searches ``matching``
+    (none: all), never the records of residents who refused the caller."""
     conditions: list[ColumnElement[bool]] = [
         resource.c.res_type == resource_type,
         resource.c.deleted.is_(False),
@@ -91,6 +96,8 @@ def page(
             consent_refusal.c.actor.in_(list(refused_actors))
         )
         conditions.append(or_(owner.is_(None), and_(owner.is_not(None), owner.not_in(refused))))
+    if matching:
+        conditions.append(or_(*(and_(*clauses) for clauses in matching)))
     rows = conn.execute(
         select(resource.c.res_id, resource.c.content)
         .where(*conditions)

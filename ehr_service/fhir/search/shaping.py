@@ -87,6 +87,12 @@ def elements_kept(resource_type: str, requested: frozenset[str]) -> frozenset[st
     return frozenset(a for n in requested for a in names[n]) | mandatory
 
 
+def element_names(resource_type: str) -> frozenset[str] | None:
+    """The names ``_elements`` may give for a type (None: a type without a model)."""
+    info = _element_map(resource_type)
+    return frozenset(info[0]) if info is not None else None
+
+
 def mandatory_elements(resource_type: str) -> frozenset[str]:
     info = _element_map(resource_type)
     return info[1] if info is not None else frozenset()
