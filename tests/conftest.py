@@ -100,6 +100,16 @@ def pg_url() -> Iterator[str]:
     _drop_made(url)
 
 
+# Directories test modules make at import (tests/api/test_schemathesis.py): removed
+# when each session ends, in xdist workers too (they leave without running atexit).
+TEMP_DIRS: list[Path] = []
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    for path in TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _drop_made(url: str) -> None:
     admin = sa.create_engine(make_url(normalise_url(url)), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -15,10 +15,12 @@ from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.storage.database import Database
 from ehr_service.storage.migrate import upgrade
+from tests.conftest import TEMP_DIRS
 from tests.helpers import bearer
 
 _DATA = Path(tempfile.mkdtemp(prefix="ehr-schemathesis-"))
 atexit.register(shutil.rmtree, _DATA, ignore_errors=True)  # nothing left in /tmp
+TEMP_DIRS.append(_DATA)  # xdist workers skip atexit: removed at session end too
 _SETTINGS = Settings(
     database_url=f"sqlite:///{_DATA / 'ehr.sqlite3'}",
     data_dir=_DATA,
