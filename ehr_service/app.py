@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,9 +37,11 @@ from ehr_service.api.middleware import (
     RequestIdMiddleware,
 )
 from ehr_service.api.server import DrainMiddleware
+from ehr_service.audit.archive import Archiver
 from ehr_service.audit.events import Auditor
 from ehr_service.audit.sealing import Sealer
 from ehr_service.config import Settings
+from ehr_service.exchange.keys import SigningKeys
 from ehr_service.exchange.service import Exchange
 from ehr_service.fhir.compartment import load_compartment
 from ehr_service.fhir.operations import load_operation_definitions
@@ -50,6 +53,7 @@ from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services, WriteListeners
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
+from ehr_service.security.caller import operator
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database, Timeouts
@@ -57,6 +61,22 @@ from ehr_service.storage.identity import holds_id_numbers
 from ehr_service.storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger("ehr_service")
+
+
+def _archiver(services: Services, keys: SigningKeys) -> Archiver | None:
+    """With ``EHR_AUDIT_ONLINE_DAYS``, each server archives older signed blocks
+    once an hour (docs/architecture.md §9, "Retention"), as the service's own act."""
+    settings = services.settings
+    if not settings.audit_online_days:
+        return None
+    service = operator("ehr-service")
+    archiver = Archiver(
+        services.unit, keys, settings.effective_audit_archive_dir,
+        anchors=settings.effective_audit_anchors_file,
+        audit=lambda: services.auditor.operator_event(service, "audit-archive"),
+    )  # fmt: skip
+    archiver.start(timedelta(days=settings.audit_online_days))
+    return archiver
 
 
 def build_services(settings: Settings) -> Services:
@@ -200,7 +220,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         sealer = Sealer(services.unit, keys, interval=settings.audit_seal_seconds,
                         anchors=settings.effective_audit_anchors_file)  # fmt: skip
         sealer.start()
+        archiver = _archiver(services, keys)
         yield
+        if archiver is not None:
+            archiver.stop()
         worker.stop()  # a push under way finishes; its rows are leased, never half-sent
         app.state.bulk.shutdown()
         sealer.stop()  # and seals what is committed by then

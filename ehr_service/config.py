@@ -185,6 +185,17 @@ class Settings(BaseSettings):
         description="how often each server process seals committed audit events into a "
         "signed block (0: never in the server; use ehr-service audit seal)",
     )
+    audit_archive_dir: Path | None = Field(
+        default=None,
+        description="where archived audit segments are written (default: audit/segments in "
+        "the data directory); audit verify reads them",
+    )
+    audit_online_days: float = Field(
+        default=0,
+        ge=0,
+        description="signed audit blocks older than this are archived to segment files by "
+        "the server once an hour (0: only by ehr-service audit archive)",
+    )
 
     # Mutual recognition of results (docs/architecture.md §7).
     region: str = Field(
@@ -220,6 +231,10 @@ class Settings(BaseSettings):
     @property
     def effective_audit_anchors_file(self) -> Path:
         return self.audit_anchors_file or self.data_dir / "audit" / "anchors.jsonl"
+
+    @property
+    def effective_audit_archive_dir(self) -> Path:
+        return self.audit_archive_dir or self.data_dir / "audit" / "segments"
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -38,7 +38,7 @@ BACKENDS = [
     pytest.param("postgresql", id="pg", marks=pytest.mark.pg),
 ]
 BASE = "http://testserver/fhir"
-AUDIT_TABLES = {"audit_event", "audit_head", "audit_access", "audit_block"}
+AUDIT_TABLES = {"audit_event", "audit_head", "audit_access", "audit_block", "audit_segment"}
 # EHR_TEST_PARTITIONS=N: PostgreSQL databases hash-partitioned into N (CI runs the
 # PostgreSQL tests a second time that way).
 PARTITIONS = int(os.environ.get("EHR_TEST_PARTITIONS", "0"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -170,6 +172,19 @@ def shipped_edition() -> dict[str, Any]:
     path = PROJECT_ROOT / "fhir_profiles/recognition/catalogue-2024.json"
     document: dict[str, Any] = orjson.loads(path.read_bytes())
     return document
+
+
+@contextmanager
+def tamper(services: Services) -> Iterator[sa.Connection]:
+    """A write as an owner of the schema could make it: the database's audit guard
+    dropped for it (and put back at its end), so that what ``audit verify`` finds
+    is tested, not what the guard refuses."""
+    from ehr_service.storage import audit_guard
+
+    with services.unit.write(audited=False) as conn:
+        audit_guard.drop(conn)
+        yield conn
+        audit_guard.install(conn)
 
 
 def seal_and_verify(services: Any, signatures: bool | None = None) -> Any:

@@ -12,12 +12,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ehr_service.audit import merkle
+from ehr_service.audit import merkle, segments
 from ehr_service.audit.events import acted_on, kind_of, organization_of
 from ehr_service.audit.sealing import STATEMENT_TYPE, BlockKeys, head_disagrees, signature_holds
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
+from ehr_service.storage import audit_archive as archive_store
 from ehr_service.storage.audit import GENESIS, SealHead, StoredEvent, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
 
@@ -30,6 +31,7 @@ class Verdict:
     unsealed: int = 0  # committed, not sealed yet
     blocks: int = 0  # blocks verified
     event: int | None = None  # the id of the event at fault, where one is named
+    archived: int = 0  # events verified from archived segment files (the first ones)
 
     @property
     def intact(self) -> bool:
@@ -63,76 +65,117 @@ def _columns_disagree(event: StoredEvent, patients: set[str]) -> str | None:
     return None
 
 
-def verify(unit: UnitOfWork, keys: BlockKeys | None = None, anchors: Path | None = None) -> Verdict:
+def verify(
+    unit: UnitOfWork,
+    keys: BlockKeys | None = None,
+    anchors: Path | None = None,
+    archive: Path | None = None,
+) -> Verdict:
     """Walk the sealed chain in order, and its blocks: the first event or block
     that was altered, removed or reordered, or whose signature fails. Without
     ``keys`` signatures are not checked (the rest is); ``anchors``: the file the
     sealers appended their signed statements to, outside the database (a block
-    it names must be in the database as signed). One snapshot throughout: a
-    sealer at work meanwhile changes nothing the walk sees."""
+    it names must be in the database as signed); ``archive``: the directory of
+    the archived segment files, walked first (a segment the database records
+    must be there, whole). One snapshot throughout: a sealer or archiver at work
+    meanwhile changes nothing the walk sees."""
     with unit.read(snapshot=True) as conn:
         head = audit_store.head(conn)
-        walker = _Walk(keys, head, conn)
-        for event in audit_store.walk(conn):
-            walker.event(event, conn)
+        walker = ChainWalk(keys, head.legacy, audit_store.blocks(conn))
+        for segment in archive_store.segments(conn):
+            walker.segment(segment, archive)
             if walker.problem is not None:
                 break
         if walker.problem is None:
-            walker.end(audit_store.last_block(conn))
+            accesses = _Accesses(conn)
+            for event in audit_store.walk(conn, after=walker.count):
+                walker.event(event, accesses.of(event.seq))
+                if walker.problem is not None:
+                    break
+        if walker.problem is None:
+            walker.end(head, audit_store.last_block(conn))
         if walker.problem is None and anchors is not None:
             walker.problem = _anchors_problem(conn, anchors)
         unsealed = audit_store.count_unsealed(conn)
+        archived = archive_store.archived_through(conn)
     problem = walker.problem
     if problem is not None:
-        return Verdict(walker.count, problem[0], problem[1], unsealed, walker.blocks, problem[2])
-    return Verdict(walker.count, unsealed=unsealed, blocks=walker.blocks)
+        return Verdict(walker.count, problem[0], problem[1], unsealed, walker.blocks, problem[2],
+                       archived)  # fmt: skip
+    return Verdict(walker.count, unsealed=unsealed, blocks=walker.blocks, archived=archived)
+
+
+class _Accesses:
+    """Whose records the events touched, fetched a thousand ids at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.window = (1, 0)
+        self.touched: dict[int, set[str]] = {}
+
+    def of(self, seq: int) -> set[str]:
+        if not self.window[0] <= seq <= self.window[1]:
+            self.window = (seq, seq + 999)
+            self.touched = audit_store.accesses(self.conn, *self.window)
+        return self.touched.get(seq, set())
 
 
 def _anchors_problem(conn: Connection, anchors: Path) -> tuple[int, str, int | None] | None:
-    """A block the anchor file names that the database lost or changed (the blocks
-    are streamed, the anchors held: the file is the smaller of the two)."""
+    """A block or segment the anchor file names that the database lost or changed
+    (the database's are streamed, the anchors held: the file is the smaller)."""
     if not anchors.exists():
         return None
-    anchored: dict[int, tuple[bytes, object]] = {}
+    anchored: dict[tuple[str, int], tuple[bytes, object]] = {}
     for line in anchors.read_bytes().splitlines():
         try:
             anchor = jsonio.loads(line)
             statement = base64.b64decode(anchor["statement"], validate=True)
-            anchored[int(anchor["block"])] = (statement, anchor.get("signature"))
+            kind = "segment" if "segment" in anchor else "block"
+            anchored[(kind, int(anchor[kind]))] = (statement, anchor.get("signature"))
         except (ValueError, KeyError, TypeError, AttributeError):
             return (0, f"the anchor file {anchors.name} holds a line that is not an anchor", None)
-    for block in audit_store.blocks(conn):
-        held = anchored.pop(block["number"], None)
-        if held is not None and held != (bytes(block["statement"]), block["signature"]):
-            return _unanchored(block["number"], block["first_position"])
+    for kind, rows in (("block", audit_store.blocks(conn)),
+                       ("segment", archive_store.segments(conn))):  # fmt: skip
+        for row in rows:
+            held = anchored.pop((kind, row["number"]), None)
+            if held is not None and held != (bytes(row["statement"]), row["signature"]):
+                return _unanchored(kind, row["number"], row["first_position"])
     if anchored:  # anchored, and no longer in the database at all
-        return _unanchored(min(anchored), 0)
+        kind, number = min(anchored)
+        return _unanchored(kind, number, 0)
     return None
 
 
-def _unanchored(number: int, first: int) -> tuple[int, str, int | None]:
-    return (first, f"block {number}, signed and anchored outside the database, is gone or "
+def _unanchored(kind: str, number: int, first: int) -> tuple[int, str, int | None]:
+    return (first, f"{kind} {number}, signed and anchored outside the database, is gone or "
             "altered", None)  # fmt: skip
 
 
-class _Walk:
-    """The state of one walk: the chain so far and the block being checked."""
+class ChainWalk:
+    """The state of one walk: the chain so far and the block being checked. A walk
+    may start inside the chain (``start``: the last position already checked, its
+    hash, and the last block), as the archiver's check of a new segment does."""
 
-    def __init__(self, keys: BlockKeys | None, head: SealHead, conn: Connection) -> None:
+    def __init__(
+        self,
+        keys: BlockKeys | None,
+        legacy: int,
+        blocks: Iterator[dict[str, Any]],
+        start: tuple[int, str, int] = (0, GENESIS, 0),
+    ) -> None:
         self.keys = keys
-        self.head = head
-        self.count, self.prev = 0, GENESIS
-        self.blocks, self.last_block_end = 0, 0
-        self.pending: Iterator[dict[str, Any]] = audit_store.blocks(conn)
+        self.legacy = legacy
+        self.count, self.prev, self.blocks = start
+        self.last_block_end = self.count
+        self.pending = blocks
         self.block: dict[str, Any] | None = next(self.pending, None)
         self.leaves: list[bytes] = []
-        self.touched: dict[int, set[str]] = {}
-        self.window = (1, 0)  # the event ids ``touched`` holds
-        self.block_after = GENESIS
+        self.block_after = self.prev
         self.key_cache: dict[str, Any] = {}
         self.problem: tuple[int, str, int | None] | None = None
+        self.segments = 0
 
-    def event(self, event: StoredEvent, conn: Connection) -> None:
+    def event(self, event: StoredEvent, patients: set[str]) -> None:
         position = self.count + 1
         if event.position != position:
             self.problem = (position, f"the event at position {position} is missing or moved",
@@ -144,10 +187,7 @@ class _Walk:
         if chain_hash(self.prev, position, event.content) != event.hash:
             self.problem = (position, "its content or hash was altered", event.seq)
             return
-        if not self.window[0] <= event.seq <= self.window[1]:
-            self.window = (event.seq, event.seq + 999)
-            self.touched = audit_store.accesses(conn, *self.window)
-        reason = _columns_disagree(event, self.touched.get(event.seq, set()))
+        reason = _columns_disagree(event, patients)
         if reason:
             self.problem = (position, reason, event.seq)
             return
@@ -156,12 +196,62 @@ class _Walk:
         self.count, self.prev = position, event.hash
         self._in_block(event)
 
+    def segment(self, segment: dict[str, Any], archive: Path | None) -> None:
+        """Walk an archived segment's file as the chain's next events."""
+        number, first = segment["number"], segment["first_position"]
+        at = f"segment {number} ({segment['file']}, positions {first}-{segment['last_position']})"
+        after = self.prev
+        if (number != self.segments + 1 or segment["first_block"] != self.blocks + 1
+                or first != self.count + 1):  # fmt: skip
+            self.problem = (self.count + 1, f"{at} does not follow what comes before it", None)
+            return
+        if archive is None:
+            self.problem = (first, f"{at} is archived: name the archive directory", None)
+            return
+        path = archive / segment["file"]
+        if not path.is_file():
+            self.problem = (first, f"{at}: its file is missing", None)
+            return
+        if segments.digest_of(path) != (segment["digest"], segment["bytes"]):
+            self.problem = (first, f"{at}: its file was altered", None)
+            return
+        try:
+            for item in segments.read(path):
+                if isinstance(item, segments.ArchivedEvent):
+                    self.event(item.event, set(item.patients))
+                elif self.block is None or any(
+                    item[k] != self.block[k] for k in ("number", "statement", "signature")
+                ):
+                    self.problem = (self.count + 1, f"{at}: its copy of a block differs", None)
+                if self.problem is not None:
+                    return
+        except segments.SegmentError as exc:
+            self.problem = (first, f"{at}: {exc}", None)
+            return
+        reason = self._segment_problem(segment, after)
+        if reason:
+            self.problem = (first, f"{at}: {reason}", None)
+            return
+        self.segments = number
+
+    def _segment_problem(self, segment: dict[str, Any], after: str) -> str:
+        if (self.count, self.blocks) != (segment["last_position"], segment["last_block"]):
+            return "its file ends before the blocks it names"
+        if segment["events"] != segment["last_position"] - segment["first_position"] + 1:
+            return "its record was altered"
+        if segments.statement(segment, after, self.prev) != bytes(segment["statement"]):
+            return "its record differs from its signed statement"
+        if self.keys is not None:
+            return signature_holds(bytes(segment["statement"]), segment["signature"], self.keys,
+                                   self.key_cache, kid=segment["kid"])  # fmt: skip
+        return ""
+
     def _in_block(self, event: StoredEvent) -> None:
         block, position = self.block, self.count
         if block is None or position < block["first_position"]:
             if event.block is not None:
                 self.problem = (position, "its block was altered", event.seq)
-            elif position > self.head.legacy:  # only events from before blocks may wait
+            elif position > self.legacy:  # only events from before blocks may wait
                 self.problem = (position, "it is in no signed block", event.seq)
             return
         if event.block != block["number"]:
@@ -193,7 +283,7 @@ class _Walk:
             "root": block["root"],
             "head": block["head"],
             "sealed": format_instant(block["sealed"]),
-            "legacy": self.head.legacy,
+            "legacy": self.legacy,
         }
         if not isinstance(signed, dict) or any(signed.get(k) != v for k, v in expected.items()):
             return "its columns differ from its signed statement"
@@ -206,8 +296,7 @@ class _Walk:
                                    self.key_cache, kid=block["kid"])  # fmt: skip
         return ""
 
-    def end(self, last: dict[str, Any] | None) -> None:
-        head = self.head
+    def end(self, head: SealHead, last: dict[str, Any] | None) -> None:
         if self.block is not None:
             self.problem = (
                 self.count + 1,

@@ -87,6 +87,7 @@ OPERATOR = {
     "display": "Application Activity",
 }
 OPERATOR_COMMAND_SYSTEM = "urn:ehr-service:operator-command"
+KIND_LENGTH = 128  # the width of audit_event.kind
 OPERATOR_COMMANDS: dict[str, str] = {  # command -> action
     "institution-add": "C",
     "institution-qc": "U",
@@ -105,6 +106,7 @@ OPERATOR_COMMANDS: dict[str, str] = {  # command -> action
     "exchange-pull": "C",
     "export": "R",
     "merge": "U",
+    "audit-archive": "E",
 }
 EXCHANGE = {
     "exchange_receive": (IMPORT, "C"),
@@ -351,6 +353,7 @@ class Auditor:
         elif interaction in EXCHANGE:
             event_type, action = EXCHANGE[interaction]
             kind = interaction.replace("_", "-")
+        kind = kind[:KIND_LENGTH]
         recorded = utc_now()
 
         def content(seq: int) -> bytes:
@@ -471,6 +474,10 @@ def kind_of(content: dict[str, Any], recorded_kind: str) -> str:
     """The kind column an event must have: its subtype's code (an operator's
     command as ``cli-<command>``), ``login``, or for exchanges the direction its
     DICOM type says (the recorded kind, if it is one of that direction)."""
+    return _kind_of(content, recorded_kind)[:KIND_LENGTH]
+
+
+def _kind_of(content: dict[str, Any], recorded_kind: str) -> str:
     subtypes = content.get("subtype") or []
     if subtypes:
         subtype = subtypes[0]

@@ -13,21 +13,29 @@ the event to the statement's ``root``, as pymerkle serialises it).
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
 from sqlalchemy import Connection
 
-from ehr_service.audit import merkle
+from ehr_service.audit import merkle, segments
 from ehr_service.audit.sealing import signature_holds
 from ehr_service.fhir import jsonio
 from ehr_service.storage import audit as audit_store
+from ehr_service.storage import audit_archive as archive_store
+from ehr_service.storage.audit import StoredEvent
 
 
-def inclusion_proof(conn: Connection, seq: int) -> dict[str, Any] | None:
-    """The proof of event ``seq``; None until it is sealed (or if unknown)."""
+def inclusion_proof(
+    conn: Connection, seq: int, archive: Path | None = None
+) -> dict[str, Any] | None:
+    """The proof of event ``seq``; None until it is sealed (or if unknown). An
+    archived event's comes from its segment file in ``archive``."""
     found = audit_store.block_of(conn, seq)
+    if found is None and archive is not None:
+        found = _archived_block_of(conn, seq, archive)
     if found is None:
         return None
     block, events = found
@@ -44,6 +52,33 @@ def inclusion_proof(conn: Connection, seq: int) -> dict[str, Any] | None:
             {"name": "path", "valueString": jsonio.dumps(path).decode()},
         ],
     }
+
+
+def _archived_block_of(
+    conn: Connection, seq: int, archive: Path
+) -> tuple[dict[str, Any], list[StoredEvent]] | None:
+    """The block an archived event was sealed in, and its events, from the segment
+    file (its digest checked first: a proof is never made from an altered file)."""
+    for segment in archive_store.segments_holding(conn, seq):
+        path = archive / segment["file"]
+        if not path.is_file() or segments.digest_of(path) != (segment["digest"],
+                                                               segment["bytes"]):  # fmt: skip
+            continue
+        block: dict[str, Any] | None = None
+        events: list[StoredEvent] = []
+        try:
+            for item in segments.read(path):
+                if not isinstance(item, segments.ArchivedEvent):
+                    if any(e.seq == seq for e in events):
+                        break
+                    block, events = item, []
+                else:
+                    events.append(item.event)
+        except segments.SegmentError:
+            continue
+        if block is not None and any(e.seq == seq for e in events):
+            return block, events
+    return None
 
 
 def _b64(raw: bytes) -> str:

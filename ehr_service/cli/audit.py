@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ehr_service.cli.common import (
+    audited_as,
+    batch,
     settings_from_env,
     signing_keys,
 )
@@ -64,14 +66,16 @@ def audit_verify(
         sealer = _sealer(database, sealing=seal)
         if seal:
             sealer.seal()
-        verdict = verify(sealer.unit, sealer.keys, anchors or sealer.anchors)
+        archive = settings_from_env().effective_audit_archive_dir
+        verdict = verify(sealer.unit, sealer.keys, anchors or sealer.anchors, archive)
     finally:
         database.dispose()
     waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
     if verdict.intact:
+        archived = f" ({verdict.archived} of them in archived segments)" if verdict.archived else ""
         typer.echo(
             f"audit chain intact: {verdict.events} events in {verdict.blocks} signed blocks"
-            f"{waiting}"
+            f"{archived}{waiting}"
         )
         return
     named = f", event {verdict.event}" if verdict.event is not None else ""
@@ -81,6 +85,48 @@ def audit_verify(
         err=True,
     )
     raise typer.Exit(1)
+
+
+@audit_app.command("archive")
+def audit_archive(
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            help="archive signed blocks sealed more than this many days ago "
+            "(default: EHR_AUDIT_ONLINE_DAYS)",
+            min=0,
+        ),
+    ] = None,
+) -> None:
+    """Move signed audit blocks older than the online window out of the database
+    into segment files that audit verify walks (nothing is deleted)."""
+    from datetime import timedelta
+
+    from ehr_service.app import build_services
+    from ehr_service.audit.archive import ArchiveError, Archiver
+
+    settings = settings_from_env()
+    days = settings.audit_online_days if older_than_days is None else older_than_days
+    if older_than_days is None and not days:
+        typer.echo("say how old blocks must be (--older-than-days, or EHR_AUDIT_ONLINE_DAYS)",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
+    services = build_services(batch(settings))
+    try:
+        sealer = _sealer(services.database)
+        sealer.seal()
+        audited_as(services.unit, services.auditor, "audit-archive")  # the act is on the chain
+        archiver = Archiver(services.unit, sealer.keys, settings.effective_audit_archive_dir,
+                            anchors=sealer.anchors)  # fmt: skip
+        written = archiver.archive(timedelta(days=days))
+    except ArchiveError as exc:
+        typer.echo(f"audit events not archived: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        services.database.dispose()
+    events = sum(s["events"] for s in written)
+    size = sum(s["bytes"] for s in written)
+    typer.echo(f"archived {events} events in {len(written)} segments ({size} bytes)")
 
 
 @audit_app.command("proof")
@@ -93,7 +139,7 @@ def audit_proof(event_id: int) -> None:
     database = Database(settings_from_env().effective_database_url)
     try:
         with _sealer(database, sealing=False).unit.read() as conn:
-            proof = inclusion_proof(conn, event_id)
+            proof = inclusion_proof(conn, event_id, settings_from_env().effective_audit_archive_dir)
     finally:
         database.dispose()
     if proof is None:

@@ -58,7 +58,8 @@ def inclusion_proof(conn: Connection, ctx: RequestContext, event_id: str) -> Res
     statement and its Merkle path (``audit.proofs``); 404 until it is sealed."""
     require_audit_reader(ctx.caller)
     seq = _seq(event_id)
-    proof = proofs.inclusion_proof(conn, seq) if seq else None
+    archive = ctx.services.settings.effective_audit_archive_dir
+    proof = proofs.inclusion_proof(conn, seq, archive) if seq else None
     if proof is None:
         raise FhirError.of(
             Category.NOT_FOUND,

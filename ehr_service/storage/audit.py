@@ -277,16 +277,15 @@ def head(conn: Connection) -> SealHead:
     return SealHead(0, GENESIS, 0) if row is None else _head(row)
 
 
-def walk(conn: Connection, batch: int = 1000) -> Iterator[StoredEvent]:
-    """Every sealed event in chain order."""
-    after = 0
+def walk(
+    conn: Connection, batch: int = 1000, *, after: int = 0, through: int | None = None
+) -> Iterator[StoredEvent]:
+    """Every sealed event in chain order (positions after ``after``, up to ``through``)."""
     while True:
-        rows = conn.execute(
-            select(audit_event)
-            .where(audit_event.c.position > after)
-            .order_by(audit_event.c.position)
-            .limit(batch)
-        ).all()
+        query = select(audit_event).where(audit_event.c.position > after)
+        if through is not None:
+            query = query.where(audit_event.c.position <= through)
+        rows = conn.execute(query.order_by(audit_event.c.position).limit(batch)).all()
         for row in rows:
             yield _stored(row)
         if len(rows) < batch:

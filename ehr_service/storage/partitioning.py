@@ -24,6 +24,8 @@ import weakref
 
 from sqlalchemy import Connection, Engine, text
 
+from ehr_service.storage import audit_guard
+
 CLAIM = "resource_id_claim"
 # table -> its compartment patient column
 PARTITIONED: dict[str, str] = {
@@ -86,6 +88,8 @@ def partition(conn: Connection, partitions: int) -> list[str]:
         _rebuild(conn, table, PARTITIONED[table], partitions)
     if "resource" in changed:
         _claims(conn, partitions)
+    if "audit_access" in changed:  # its guard went with the table it re-created
+        audit_guard.install(conn)
     if conn.engine in _known:
         del _known[conn.engine]
     return changed

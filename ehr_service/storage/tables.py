@@ -308,7 +308,7 @@ audit_event = Table(
     metadata,
     Column("seq", SEQUENCE, primary_key=True, autoincrement=False),
     Column("recorded", UTCDateTime, nullable=False),
-    Column("kind", String(32), nullable=False),
+    Column("kind", String(128), nullable=False),
     Column("outcome", String(4), nullable=False),
     Column("subject", String(255), nullable=False),
     Column("organization", String(255), nullable=True),
@@ -355,6 +355,30 @@ audit_access = Table(
     metadata,
     Column("patient_id", RESOURCE_ID, primary_key=True),
     Column("seq", SEQUENCE, primary_key=True),
+)
+# Archived segments (docs/architecture.md §9, "Retention"): runs of whole signed blocks
+# moved out of ``audit_event`` into a file whose digest and signed statement stay
+# here. ``first_seq``/``last_seq`` bound the ids in it, to find an event's file.
+audit_segment = Table(
+    "audit_segment",
+    metadata,
+    Column("number", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("first_block", SEQUENCE, nullable=False),
+    Column("last_block", SEQUENCE, nullable=False),
+    Column("first_position", SEQUENCE, nullable=False),
+    Column("last_position", SEQUENCE, nullable=False),
+    Column("first_seq", SEQUENCE, nullable=False),
+    Column("last_seq", SEQUENCE, nullable=False),
+    Column("events", SEQUENCE, nullable=False),
+    Column("last_recorded", UTCDateTime, nullable=False),
+    Column("file", String(255), nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the file's bytes
+    Column("bytes", SEQUENCE, nullable=False),
+    Column("archived", UTCDateTime, nullable=False),
+    Column("kid", String(128), nullable=False),
+    Column("statement", LargeBinary, nullable=False),  # the signed JSON
+    Column("signature", TEXT, nullable=False),  # compact JWS over it
+    UniqueConstraint("first_block", name="uq_audit_segment_first_block"),
 )
 
 # Consent refusals (docs/architecture.md §9), derived from active Consent resources when they

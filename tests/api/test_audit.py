@@ -19,7 +19,7 @@ from ehr_service.config import Settings
 from ehr_service.interactions.context import Services
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.tables import audit_event, audit_head
-from tests.helpers import FHIR_JSON, bearer, make_id_number, observation, patient, snapshot
+from tests.helpers import FHIR_JSON, bearer, make_id_number, observation, patient, snapshot, tamper
 
 
 def _events(services: Services, subject: str) -> list[dict[str, Any]]:
@@ -119,7 +119,7 @@ def _cli_verify(services: Services, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_verify_names_the_altered_event(chain: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     intact = _cli_verify(chain, monkeypatch)
     assert intact.exit_code == 0 and "intact: 5 events" in intact.output
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         row = conn.execute(sa.select(audit_event.c.content).where(audit_event.c.seq == 3)).one()
         forged = bytes(row[0]).replace(b'"outcome":"0"', b'"outcome":"4"')
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 3).values(content=forged))
@@ -128,14 +128,14 @@ def test_verify_names_the_altered_event(chain: Services, monkeypatch: pytest.Mon
 
 
 def test_verify_names_a_removed_event(chain: Services) -> None:
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 2))
     verdict = verify(chain.unit)
     assert verdict.first_bad == 2 and "missing" in verdict.reason
 
 
 def test_verify_names_reordered_events(chain: Services) -> None:
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         rows = {
             r.seq: r
             for r in conn.execute(sa.select(audit_event).where(audit_event.c.seq.in_([2, 3])))
@@ -152,11 +152,11 @@ def test_verify_names_reordered_events(chain: Services) -> None:
 
 
 def test_verify_notices_a_cut_tail(chain: Services) -> None:
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 5))
     verdict = verify(chain.unit)
     assert verdict.first_bad == 5 and "head" in verdict.reason
-    with chain.unit.write() as conn:  # even with the head moved back too
+    with tamper(chain) as conn:  # even with the head moved back too
         conn.execute(sa.update(audit_head).values(seq=3))
     assert not verify(chain.unit).intact
 
@@ -164,11 +164,11 @@ def test_verify_notices_a_cut_tail(chain: Services) -> None:
 def test_verify_notices_altered_columns_and_access_rows(chain: Services) -> None:
     from ehr_service.storage.tables import audit_access
 
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="nobody"))
     verdict = verify(chain.unit)
     assert verdict.first_bad == 2 and "columns" in verdict.reason
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == 2).values(subject="clerk"))
         conn.execute(sa.insert(audit_access).values(patient_id="someone", seq=4))
     verdict = verify(chain.unit)
@@ -193,7 +193,7 @@ def test_verify_names_altered_search_columns(chain: Services, change: dict[str, 
             .limit(1)
         ).first()
     assert row is not None
-    with chain.unit.write() as conn:
+    with tamper(chain) as conn:
         conn.execute(sa.update(audit_event).where(audit_event.c.seq == row.seq).values(**change))
     verdict = verify(chain.unit)
     assert verdict.first_bad == row.seq and "altered" in verdict.reason

@@ -27,7 +27,7 @@ from ehr_service.interactions.context import Services
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage.tables import audit_block, audit_event
 from tests.api.test_write_path import fresh_services, race  # noqa: F401 - a fixture
-from tests.helpers import FHIR_JSON, bearer, patient, seal_all, seal_and_verify
+from tests.helpers import FHIR_JSON, bearer, patient, seal_all, seal_and_verify, tamper
 
 
 def _keys(services: Services) -> SigningKeys:
@@ -143,7 +143,7 @@ def chain_services(services: Services) -> Services:
 
 
 def _tamper(services: Services, statement: Any) -> None:
-    with services.unit.write(audited=False) as conn:
+    with tamper(services) as conn:
         conn.execute(statement)
 
 
@@ -186,7 +186,7 @@ def test_verify_names_events_rewritten_with_their_hashes(sealed: Services) -> No
     every chain hash after it; the signed root still names the block."""
     from ehr_service.storage.audit import GENESIS, chain_hash
 
-    with sealed.unit.write(audited=False) as conn:
+    with tamper(sealed) as conn:
         rows = conn.execute(sa.select(audit_event).order_by(audit_event.c.position)).all()
         prev = GENESIS
         for row in rows:
@@ -275,7 +275,7 @@ def test_forged_events_outside_any_block_are_named(sealed: Services) -> None:
     from ehr_service.storage.tables import audit_head
 
     keys = _keys(sealed)
-    with sealed.unit.write(audited=False) as conn:
+    with tamper(sealed) as conn:
         last = conn.execute(sa.select(audit_event).order_by(audit_event.c.position.desc())).first()
         assert last is not None
         content = bytes(last.content).replace(f'"id":"{last.seq}"'.encode(), b'"id":"999"')
@@ -288,7 +288,7 @@ def test_forged_events_outside_any_block_are_named(sealed: Services) -> None:
         conn.execute(sa.update(audit_head).values(seq=last.position + 1, hash=digest))
     verdict = verify(sealed.unit, keys)
     assert not verdict.intact and verdict.event == 999, verdict
-    with sealed.unit.write(audited=False) as conn:
+    with tamper(sealed) as conn:
         conn.execute(sa.delete(audit_event).where(audit_event.c.seq == 999))
         conn.execute(sa.update(audit_head).values(seq=last.position, hash=last.hash, block=0))
         conn.execute(sa.update(audit_event).values(block=None))
@@ -311,10 +311,10 @@ def test_a_tail_rolled_back_and_resealed_is_named_by_the_anchors(
     assert last is not None
     from ehr_service.storage.tables import audit_head
 
-    with chain_services.unit.write(audited=False) as conn:  # the head moved back alone
+    with tamper(chain_services) as conn:  # the head moved back alone
         conn.execute(sa.update(audit_head).values(seq=last.first_position - 1))
     assert Sealer(chain_services.unit, keys, interval=0).seal() == 0  # refused, logged
-    with chain_services.unit.write(audited=False) as conn:  # now the whole tail undone
+    with tamper(chain_services) as conn:  # now the whole tail undone
         before = conn.execute(
             sa.select(audit_event.c.prev_hash).where(audit_event.c.position == last.first_position)
         ).scalar_one()
