@@ -54,6 +54,7 @@ from ehr_service.interactions.context import Services, WriteListeners
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.caller import operator
+from ehr_service.security.ciphers import suite
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database, Timeouts
@@ -218,7 +219,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         worker.start()
         keys = app.state.exchange.keys
         sealer = Sealer(services.unit, keys, interval=settings.audit_seal_seconds,
-                        anchors=settings.effective_audit_anchors_file)  # fmt: skip
+                        anchors=settings.effective_audit_anchors_file,
+                        chain=suite(settings.crypto_suite).chain_hash)  # fmt: skip
         sealer.start()
         archiver = _archiver(services, keys)
         yield

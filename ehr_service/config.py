@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     own_token_issuer: str = "ehr-service-dev"  # noqa: S105 - an issuer name, not a secret
     token_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
 
+    # The cryptographic suite (GB/T 39786-2021): international = AES-256-GCM, HMAC-SHA-256
+    # and SHA-256; national = SM4-GCM, HMAC-SM3 and SM3 for new data; both = national for
+    # new data. Every suite reads what the others wrote (docs/architecture.md §9).
+    crypto_suite: Literal["international", "national", "both"] = "international"
+
     # Resident identity (docs/architecture.md §6).
     field_keys_file: Path | None = Field(
         default=None,

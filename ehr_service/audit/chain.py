@@ -14,12 +14,18 @@ from sqlalchemy import Connection
 
 from ehr_service.audit import merkle, segments
 from ehr_service.audit.events import acted_on, kind_of, organization_of
-from ehr_service.audit.sealing import STATEMENT_TYPE, BlockKeys, head_disagrees, signature_holds
+from ehr_service.audit.sealing import (
+    STATEMENT_TYPE,
+    BlockKeys,
+    chain_of,
+    head_disagrees,
+    signature_holds,
+)
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage import audit_archive as archive_store
-from ehr_service.storage.audit import GENESIS, SealHead, StoredEvent, chain_hash
+from ehr_service.storage.audit import CHAIN_HASHES, GENESIS, SealHead, StoredEvent, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
 
 
@@ -172,6 +178,7 @@ class ChainWalk:
         self.leaves: list[bytes] = []
         self.block_after = self.prev
         self.key_cache: dict[str, Any] = {}
+        self.chain_of_block: tuple[int, str] = (0, "sha256")  # (block number, its chain hash)
         self.problem: tuple[int, str, int | None] | None = None
         self.segments = 0
 
@@ -184,7 +191,7 @@ class ChainWalk:
         if event.prev_hash != self.prev:
             self.problem = (position, "it does not follow the event before it", event.seq)
             return
-        if chain_hash(self.prev, position, event.content) != event.hash:
+        if chain_hash(self.prev, position, event.content, self._chain(position)) != event.hash:
             self.problem = (position, "its content or hash was altered", event.seq)
             return
         reason = _columns_disagree(event, patients)
@@ -246,6 +253,20 @@ class ChainWalk:
                                    self.key_cache, kid=segment["kid"])  # fmt: skip
         return ""
 
+    def _chain(self, position: int) -> str:
+        """The hash linking the event at ``position``: its block's (its statement
+        says, under its signature), SHA-256 before blocks existed."""
+        block = self.block
+        if block is None or position < block["first_position"]:
+            return "sha256"
+        if self.chain_of_block[0] != block["number"]:
+            try:
+                named = chain_of(jsonio.loads(block["statement"]))
+            except ValueError:
+                named = "sha256"  # the block's own check names the altered statement
+            self.chain_of_block = (block["number"], named if named in CHAIN_HASHES else "sha256")
+        return self.chain_of_block[1]
+
     def _in_block(self, event: StoredEvent) -> None:
         block, position = self.block, self.count
         if block is None or position < block["first_position"]:
@@ -287,6 +308,8 @@ class ChainWalk:
         }
         if not isinstance(signed, dict) or any(signed.get(k) != v for k, v in expected.items()):
             return "its columns differ from its signed statement"
+        if signed.get("chain", "sha256") not in CHAIN_HASHES:
+            return "its statement names a chain hash this service does not know"
         if merkle.root(self.leaves) != block["root"]:
             return "its events differ from the ones it sealed (Merkle root)"
         if last.hash != block["head"] or signed.get("after") != self.block_after:

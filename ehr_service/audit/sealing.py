@@ -28,7 +28,7 @@ from ehr_service.audit import merkle
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.storage import audit as audit_store
-from ehr_service.storage.audit import GENESIS, Link, SealHead, chain_hash
+from ehr_service.storage.audit import CHAIN_HASHES, GENESIS, Link, SealHead, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ def statement(
     after: str,
     sealed: datetime,
     legacy: int,
+    chain: str = "sha256",
 ) -> bytes:
-    """What a block's signature covers: its place, its events' root, the chain."""
+    """What a block's signature covers: its place, its events' root, the chain (and
+    the chain's hash function, when it is not SHA-256)."""
+    named = {} if chain == "sha256" else {"chain": chain}
     return jsonio.dumps(
         {
             "type": STATEMENT_TYPE,
@@ -69,8 +72,14 @@ def statement(
             "after": after,  # the chain hash before ``first``
             "sealed": format_instant(sealed),
             "legacy": legacy,  # events up to here were chained before blocks existed
+            **named,  # the hash of its events' links: sm3 (GB/T 32905), else sha256
         }
     )
+
+
+def chain_of(signed: object) -> str:
+    """The chain hash function a block's statement names (sha256 when none)."""
+    return str(signed.get("chain", "sha256")) if isinstance(signed, dict) else "sha256"
 
 
 def head_disagrees(head: SealHead, last: dict[str, Any] | None) -> str:
@@ -156,7 +165,11 @@ class Sealer:
         *,
         interval: float = 1.0,
         anchors: Path | None = None,
+        chain: str = "sha256",
     ) -> None:
+        if chain not in CHAIN_HASHES:
+            raise ValueError(f"unknown chain hash {chain!r}")
+        self.chain = chain  # the hash of new links (EHR_CRYPTO_SUITE)
         self.unit = unit
         self.keys = keys
         self.interval = interval
@@ -191,7 +204,9 @@ class Sealer:
                 logger.error("audit events not sealed: %s (run ehr-service audit verify)", problem)
                 return 0
             end = last["last_position"] if last else 0
-            if end < head.position:  # chained before blocks existed: closed first
+            chain = self.chain
+            if end < head.position:
+                chain = "sha256"  # chained before blocks existed: closed first
                 chained = audit_store.chained_unblocked(conn, end, limit)
                 links = [Link(e.seq, e.position or 0, e.prev_hash or "", e.hash or "", new=False)
                          for e in chained]  # fmt: skip
@@ -205,7 +220,7 @@ class Sealer:
                 rows = audit_store.unsealed(conn, limit)
                 links, contents, prev = [], [], head.hash
                 for n, (seq, content) in enumerate(rows, start=head.position + 1):
-                    digest = chain_hash(prev, n, content)
+                    digest = chain_hash(prev, n, content, chain)
                     links.append(Link(seq, n, prev, digest))
                     contents.append(content)
                     prev = digest
@@ -220,7 +235,7 @@ class Sealer:
             root = merkle.root(contents)
             first, final = links[0], links[-1]
             body = statement(number, first.position, final.position, root, final.hash,
-                             first.prev_hash, now, head.legacy)  # fmt: skip
+                             first.prev_hash, now, head.legacy, chain)  # fmt: skip
             block = {
                 "number": number,
                 "first_position": first.position,

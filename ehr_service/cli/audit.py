@@ -30,8 +30,12 @@ def _sealer(database: Database, *, sealing: bool = True) -> Sealer:
     keys = signing_keys()
     if sealing:
         keys.ensure_active()  # first run: the region's signing key
-    anchors = settings_from_env().effective_audit_anchors_file
-    return Sealer(UnitOfWork(database), keys, interval=0, anchors=anchors)
+    from ehr_service.security.ciphers import suite
+
+    settings = settings_from_env()
+    chain = suite(settings.crypto_suite).chain_hash
+    anchors = settings.effective_audit_anchors_file
+    return Sealer(UnitOfWork(database), keys, interval=0, anchors=anchors, chain=chain)
 
 
 @audit_app.command("seal")

@@ -80,28 +80,45 @@ def rotate_data_key(
         bool, typer.Option(help="let running servers pick up the new key before re-sealing")
     ] = True,
 ) -> None:
-    """Make a new data key active and re-seal every stored ID number with it."""
+    """Make a new data key of the suite's cipher (EHR_CRYPTO_SUITE) active and re-seal
+    every stored ID number and archived message with it; blind tokens and uniqueness
+    claims follow the suite's scheme."""
 
     from ehr_service.audit.events import Auditor
-    from ehr_service.mpi.identity import ResidentIdentity, reseal_all
+    from ehr_service.exchange.archive import reseal_archive
+    from ehr_service.mpi.identity import ResidentIdentity
+    from ehr_service.mpi.rotation import rotate_stored
     from ehr_service.security.fieldcrypto import REFRESH_SECONDS
     from ehr_service.storage.database import Database
     from ehr_service.storage.unit_of_work import UnitOfWork
 
     settings = settings_from_env()
     identity = ResidentIdentity.from_settings(settings)
-    new = identity.protection.keyring.rotate()
-    typer.echo(f"active data key: {new.kid}")
+    protection = identity.protection
+    new = protection.keyring.rotate(protection.suite.cipher)
+    typer.echo(f"active data key: {new.kid} ({new.cipher})")
     if wait:
         time.sleep(REFRESH_SECONDS + 1)
     database = Database(settings.effective_database_url)
     unit = UnitOfWork(database)
     audited_as(unit, Auditor(unit), "rotate-data-key")
     try:
-        count = reseal_all(unit, identity.protection, batch)
+        done = rotate_stored(unit, protection, batch)
+        messages, unopenable = reseal_archive(unit, protection.keyring)
     finally:
         database.dispose()
-    typer.echo(f"re-sealed {count} stored versions")
+    typer.echo(f"re-sealed {done.resealed} stored versions")
+    typer.echo(f"re-sealed {messages} archived messages")
+    typer.echo(
+        f"blind index ({protection.suite.blind_scheme}): {done.retokened} index rows re-tokenised, "
+        f"{done.claimed} residents' claims in step, {done.dropped} claims of other schemes dropped"
+    )
+    problems = [f"{unopenable} archived messages could not be opened"] if unopenable else []
+    problems += [f"Patient/{p}: another record claims its ID number" for p in done.conflicts]
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 @keys_app.command("data-keys")
@@ -110,8 +127,8 @@ def data_keys() -> None:
     from ehr_service.mpi.identity import ResidentIdentity
 
     identity = ResidentIdentity.from_settings(settings_from_env())
-    for kid, created, active in identity.protection.keyring.key_ids():
-        typer.echo(f"{kid}  {created}  {'active' if active else 'retired'}")
+    for kid, created, active, cipher in identity.protection.keyring.key_ids():
+        typer.echo(f"{kid}  {cipher}  {created}  {'active' if active else 'retired'}")
 
 
 token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=True)

@@ -1,7 +1,8 @@
 """Every exchanged message, kept for proof (docs/architecture.md §8): the exact bytes (sealed
-at rest with the data key: they carry resident ID numbers), the detached JWS, and
-what the receiver answered. ``ehr-service exchange verify`` checks them again,
-years later, against the key history of the partner or of this region."""
+at rest with the data key, AES-256-GCM or SM4-GCM by the suite: they carry resident
+ID numbers), the detached JWS, and what the receiver answered. ``ehr-service exchange
+verify`` checks them again, years later, against the key history of the partner or
+of this region; ``reseal_archive`` seals them again after a data key rotation."""
 
 from __future__ import annotations
 
@@ -218,3 +219,31 @@ class Archive:
             if on_result:
                 on_result(result)
         return verdicts
+
+
+def reseal_archive(unit: UnitOfWork, keyring: Keyring, batch: int = 200) -> tuple[int, int]:
+    """Seal again, with the active data key, every stored message an older key (or
+    another suite's cipher) sealed: (re-sealed, unopenable). The bytes within are
+    the same bytes, so their digest and signature still verify."""
+    resealed = unopenable = 0
+    after: tuple[str, str] | None = None
+    while True:
+        with unit.write() as conn:
+            page = store.messages(conn, after=after, limit=batch)
+            for row in page:
+                sealed = bytes(row["body"])
+                if keyring.key_id_of_bytes(sealed) == keyring.active.kid:
+                    continue
+                associated = Archive._associated(row["issuer"], row["jti"])
+                try:
+                    body = keyring.open_bytes(sealed, associated)
+                except SealError:
+                    unopenable += 1  # left as it is: exchange verify names it
+                    continue
+                store.replace_body(
+                    conn, row["issuer"], row["jti"], keyring.seal_bytes(body, associated)
+                )
+                resealed += 1
+        if len(page) < batch:
+            return resealed, unopenable
+        after = (page[-1]["issuer"], page[-1]["jti"])

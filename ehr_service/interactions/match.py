@@ -56,7 +56,7 @@ def _candidates(conn: Connection, ctx: RequestContext, query: dict[str, Any]) ->
     person = person_of(query)
     found: list[str] = []
     for number in person.id_numbers:
-        holder = identity_store.id_number_holder(conn, protection.blind_token(number))
+        holder = identity_store.id_number_holder(conn, protection.blind_tokens(number))
         if holder is not None:
             found.append(holder)
     birth = date_range(person.birth_date) if person.birth_date else None

@@ -39,6 +39,7 @@ def sealing(identity: ResidentIdentity) -> Hook:
             content, index = sealed(draft, prepared)
         draft.content, draft.index = content, index
         draft.id_number = prepared.unique_key
+        draft.id_number_claims = prepared.claims
         draft.warnings.extend(prepared.warnings)
 
     return Hook("resident-identity", Stage.SEAL, seal)

@@ -15,10 +15,10 @@ from sqlalchemy import Connection
 from ehr_service.config import Settings
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.mpi.idnumber import check_character
-from ehr_service.mpi.protection import SEALED_URL, IdNumberProtection, Prepared
+from ehr_service.mpi.protection import IdNumberProtection, Prepared
+from ehr_service.security.ciphers import suite
 from ehr_service.security.fieldcrypto import Keyring
 from ehr_service.storage import identity as identity_store
-from ehr_service.storage.unit_of_work import UnitOfWork
 
 RECORD_NUMBER_TYPE = {
     "coding": [
@@ -36,13 +36,14 @@ class ResidentIdentity:
     """What every Patient write goes through; one per process."""
 
     def __init__(self, settings: Settings, keyring: Keyring) -> None:
-        self.protection = IdNumberProtection(keyring)
+        self.protection = IdNumberProtection(keyring, suite(settings.crypto_suite))
         self.record_system = settings.record_number_system
         self.record_prefix = settings.record_number_prefix
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResidentIdentity:
-        return cls(settings, Keyring.load_or_create(settings.effective_field_keys_file))
+        cipher = suite(settings.crypto_suite).cipher
+        return cls(settings, Keyring.load_or_create(settings.effective_field_keys_file, cipher))
 
     def format_record_number(self, number: int) -> str:
         digits = f"{number:012d}"
@@ -95,24 +96,3 @@ class ResidentIdentity:
             "value": own,
         }
         resource["identifier"] = [*others, record]  # the client's identifiers keep their places
-
-
-def reseal_all(unit: UnitOfWork, protection: IdNumberProtection, batch: int = 500) -> int:
-    """Seal again, with the active data key, every stored value an older key sealed
-    (current rows and history). Batched, one transaction per batch; safe to re-run."""
-    marker = SEALED_URL.encode()
-    resealed = 0
-    for versions in (False, True):
-        after: tuple[str, ...] | None = None
-        while True:
-            with unit.write() as conn:
-                rows = identity_store.sealed_batch(conn, marker, after, batch, versions=versions)
-                for key, content in rows:
-                    new_content = protection.reseal(content)
-                    if new_content is not None:
-                        identity_store.replace_sealed(conn, key, new_content, versions=versions)
-                        resealed += 1
-            if len(rows) < batch:
-                break
-            after = rows[-1][0]
-    return resealed

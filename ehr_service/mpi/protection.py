@@ -4,11 +4,13 @@ On every write, each Identifier whose system is the resident ID number system, o
 whose value is a valid 18-character resident ID number under any system, is
 
 - validated (GB 11643; an invalid number under the ID system is a 422),
-- indexed as a **blind token** (keyed HMAC of the normalised number), so
-  ``identifier=<system>|<number>`` still finds it and a unique constraint can
-  hold one resident per number,
-- stored **masked** (``5001**********123X``) with the number **sealed** (AES-GCM)
-  in an extension beside it.
+- indexed as a **blind token** (keyed HMAC of the normalised number: HMAC-SHA-256,
+  or HMAC-SM3 in the national suite, ``blind:sm3:...``), so
+  ``identifier=<system>|<number>`` still finds it (under either scheme, the
+  current one first) and a unique constraint can hold one resident per number
+  (claimed under every scheme a writer may use: ``storage.identity``),
+- stored **masked** (``5001**********123X``) with the number **sealed** (AES-GCM,
+  or SM4-GCM in the national suite) in an extension beside it.
 
 Any other ID number found in free text (narrative, notes) is masked, with a
 warning. On the way out, :meth:`IdNumberProtection.present` opens the seals for
@@ -35,11 +37,16 @@ from ehr_service.mpi.idnumber import (
     mask,
     parse_id_number,
 )
+from ehr_service.security.ciphers import HMAC_SHA256, SUITES, CryptoSuite
 from ehr_service.security.fieldcrypto import Keyring, SealError
+from ehr_service.storage.identity import IdNumberClaim
 
 SEALED_URL = "urn:ehr-service:extension:sealed-id-number"
 _SEALED_MARKER = SEALED_URL.encode()
 BLIND_PREFIX = "blind:"
+# The tokens of a scheme (HMAC-SHA-256 ones keep the form of every earlier release).
+_TOKEN_PREFIX = {HMAC_SHA256: BLIND_PREFIX}
+_DIGEST_PREFIX = {HMAC_SHA256: "hmac:"}
 _PURPOSE = "resident-id-number"
 
 logger = logging.getLogger(__name__)
@@ -111,6 +118,7 @@ class Prepared:
     values: list[ProtectedValue]
     warnings: list[Issue] = field(default_factory=list)
     unique_key: str | None = None  # the blind token of a Patient's own ID number
+    claims: tuple[IdNumberClaim, ...] = ()  # and its uniqueness claims, per scheme
 
     def index_form(self) -> None:
         for value in self.values:
@@ -159,31 +167,54 @@ def _valid_candidate(match: str) -> bool:
 class IdNumberProtection:
     """Blind tokens, seals and masks of resident ID numbers, with one keyring."""
 
-    def __init__(self, keyring: Keyring) -> None:
+    def __init__(self, keyring: Keyring, suite: CryptoSuite = SUITES["international"]) -> None:
         self.keyring = keyring
+        self.suite = suite
 
     # -- tokens -------------------------------------------------------------------------
-    def blind_token(self, normalised: str) -> str:
-        return BLIND_PREFIX + self.keyring.blind(_PURPOSE, normalised)
+    def blind_token(self, normalised: str, scheme: str | None = None) -> str:
+        """The token of a number under ``scheme`` (default: the suite's)."""
+        scheme = scheme or self.suite.blind_scheme
+        prefix = _TOKEN_PREFIX.get(scheme, f"{BLIND_PREFIX}{scheme.removeprefix('hmac-')}:")
+        return prefix + self.keyring.blind(_PURPOSE, normalised, scheme)
 
-    def search_code(self, system: str | None, code: str) -> str | None:
-        """The blind token a token search must look for instead of ``code``; None
-        when ``code`` is not an ID number (and so is stored as written)."""
+    def blind_tokens(self, normalised: str) -> tuple[str, ...]:
+        """The number's tokens under every scheme, the suite's first (lookups while a
+        deployment moves between suites find either)."""
+        schemes = (self.suite.blind_scheme, *self.suite.other_schemes())
+        return tuple(self.blind_token(normalised, s) for s in schemes)
+
+    def claims_of(self, normalised: str) -> tuple[IdNumberClaim, ...]:
+        """The uniqueness claims a Patient with this number holds: under the suite's
+        scheme, and under the others always (international, both) or while claims of
+        them remain (national)."""
+        own = IdNumberClaim(self.suite.blind_scheme, self.blind_token(normalised))
+        others = tuple(
+            IdNumberClaim(s, self.blind_token(normalised, s), self.suite.claims_every_scheme)
+            for s in self.suite.other_schemes()
+        )
+        return (own, *others)
+
+    def search_code(self, system: str | None, code: str) -> tuple[str, ...] | None:
+        """The blind tokens a token search must look for instead of ``code`` (one per
+        scheme); None when ``code`` is not an ID number (so is stored as written)."""
         if not code:
             return None  # system| : any value of the system
         try:
             number = parse_id_number(code)
         except InvalidIdNumberError:
             if system == ID_NUMBER_SYSTEM:  # matches nothing, and says nothing
-                return self.blind_token(code.upper())
+                return (self.blind_token(code.upper()),)
             return None
         if number.legacy and system != ID_NUMBER_SYSTEM:
             return None  # 15 digits under another system: not protected on write either
-        return self.blind_token(number.normalised)
+        return self.blind_tokens(number.normalised)
 
     def keyed_digest(self, text: str) -> str:
         """A keyed digest of text that may hold an ID number (e.g. conditional criteria)."""
-        return "hmac:" + self.keyring.blind("criteria", text)
+        scheme = self.suite.blind_scheme
+        prefix = _DIGEST_PREFIX.get(scheme, f"{scheme}:")
+        return prefix + self.keyring.blind("criteria", text, scheme)
 
     # -- writes -------------------------------------------------------------------------
     def prepare(self, resource: dict[str, Any], previous: dict[str, Any] | None) -> Prepared:
@@ -266,6 +297,7 @@ class IdNumberProtection:
             return
         number = own[0].number
         prepared.unique_key = own[0].blind
+        prepared.claims = self.claims_of(number.normalised)
         if number.legacy:
             prepared.warnings.append(
                 Issue(
@@ -372,6 +404,37 @@ class IdNumberProtection:
             if not number.legacy or node.get("system") == ID_NUMBER_SYSTEM:
                 node["value"] = self.blind_token(number.normalised)
         return resource
+
+    def numbers_in(self, content: bytes) -> tuple[set[str], str | None]:
+        """(normalised ID numbers sealed in stored content, a Patient's own one)."""
+        document = self.reveal(jsonio.loads(content))
+        numbers: set[str] = set()
+        for node, _ in _walk_identifiers(document, "", []):
+            try:
+                number = parse_id_number(node["value"])
+            except InvalidIdNumberError:
+                continue
+            if not number.legacy or node.get("system") == ID_NUMBER_SYSTEM:
+                numbers.add(number.normalised)
+        own = None
+        if document.get("resourceType") == "Patient":
+            for identifier in document.get("identifier") or ():
+                if isinstance(identifier, dict) and identifier.get("system") == ID_NUMBER_SYSTEM:
+                    try:
+                        own = parse_id_number(str(identifier.get("value"))).normalised
+                    except InvalidIdNumberError:
+                        continue
+                    break
+        return numbers, own
+
+    def retokens(self, numbers: set[str]) -> dict[str, str]:
+        """Old blind token -> the suite's, for these numbers (a scheme change)."""
+        out: dict[str, str] = {}
+        for number in numbers:
+            current = self.blind_token(number)
+            for scheme in self.suite.other_schemes():
+                out[self.blind_token(number, scheme)] = current
+        return out
 
     def reveal(self, resource: dict[str, Any]) -> dict[str, Any]:
         """The resource as its writer sent it: seals opened and removed, in place."""

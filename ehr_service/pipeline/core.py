@@ -200,6 +200,7 @@ class WritePipeline:
             content=draft.content,
             index=draft.index,
             id_number=draft.id_number,
+            id_number_claims=draft.id_number_claims,
             warnings=tuple(draft.warnings),
             consent=draft.consent,
             outbox=draft.outbox,

@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage.identity import IdNumberClaim
 
 
 class Stage(IntEnum):
@@ -66,6 +67,7 @@ class Draft:
     content: bytes | None = None  # set at SEAL
     index: IndexRows | None = None
     id_number: str | None = None  # a Patient's own ID number, as its blind token
+    id_number_claims: tuple[IdNumberClaim, ...] = ()  # and its claims, a token per scheme
     warnings: list[Issue] = field(default_factory=list)
     owner: str | None = None  # set before OWNER: the compartment patient id
     patients: tuple[str, ...] = ()  # every Patient compartment the version is in

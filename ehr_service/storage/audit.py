@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -30,11 +31,22 @@ from ehr_service.storage.tables import audit_access, audit_block, audit_event, a
 GENESIS = "0" * 64
 
 
-def chain_hash(prev_hash: str, position: int, content: bytes) -> str:
+CHAIN_HASHES = ("sha256", "sm3")  # a block's statement names its own (sha256 if not)
+
+
+def chain_hash(prev_hash: str, position: int, content: bytes, algorithm: str = "sha256") -> str:
     """The hash of the event at ``position``: over the previous hash, the position
-    and the content (which names the event's id)."""
+    and the content (which names the event's id); SHA-256, or SM3 (GB/T 32905)."""
+    head = f"{prev_hash}|{position}|".encode()
+    if algorithm == "sm3":
+        sm3 = hashes.Hash(hashes.SM3())
+        sm3.update(head)
+        sm3.update(content)
+        return sm3.finalize().hex()
+    if algorithm != "sha256":
+        raise ValueError(f"unknown chain hash {algorithm!r}")
     digest = hashlib.sha256()
-    digest.update(f"{prev_hash}|{position}|".encode())
+    digest.update(head)
     digest.update(content)
     return digest.hexdigest()
 

@@ -62,6 +62,15 @@ def messages(
     return [dict(r._mapping) for r in conn.execute(query.limit(limit)).all()]
 
 
+def replace_body(conn: Connection, issuer: str, jti: str, body: bytes) -> None:
+    """The message's sealed bytes, sealed again (a data key rotation)."""
+    conn.execute(
+        update(exchange_message)
+        .where(exchange_message.c.issuer == issuer, exchange_message.c.jti == jti)
+        .values(body=body)
+    )
+
+
 # -- outbox -------------------------------------------------------------------------
 _TXID = "pg_current_xact_id()::text::bigint"
 _XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"

@@ -3,7 +3,8 @@ and the lookups of matching and merging."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,42 +44,77 @@ def _insert(conn: Connection) -> type[postgresql.Insert] | type[sqlite.Insert]:
     return postgresql.Insert if conn.dialect.name == "postgresql" else sqlite.Insert
 
 
-def hold_id_number(
-    conn: Connection, patient_id: str, blind: str | None, *, new: bool = False
-) -> None:
-    """Make ``blind`` the one ID number of ``patient_id`` (None: it has none).
+@dataclass(frozen=True, slots=True)
+class IdNumberClaim:
+    """One uniqueness claim of a Patient's ID number: its blind token under a scheme.
+    ``always``: claimed in any case; else only while claims of that scheme remain
+    (a deployment that has left the scheme behind)."""
 
-    The primary key on the blind token decides races: a concurrent holder makes
-    this a 409, on PostgreSQL after that transaction commits.
+    scheme: str
+    token: str
+    always: bool = True
+
+
+def _scheme_in_use(conn: Connection, scheme: str) -> bool:
+    table = resident_id_number
+    row = conn.execute(select(table.c.patient_id).where(table.c.scheme == scheme).limit(1))
+    return row.first() is not None
+
+
+def hold_id_number(
+    conn: Connection,
+    patient_id: str,
+    claims: Sequence[IdNumberClaim],
+    *,
+    new: bool = False,
+) -> None:
+    """Make ``claims`` (the blind tokens of one number, a token per scheme) the ID
+    number of ``patient_id``; none: it has none.
+
+    The primary key on the blind token decides races: a concurrent holder of any
+    token claimed makes this a 409, on PostgreSQL after that transaction commits.
     """
     table = resident_id_number
+    wanted = [c for c in claims if c.always or _scheme_in_use(conn, c.scheme)]
     stale = table.c.patient_id == patient_id
-    if blind is not None:
-        stale = and_(stale, table.c.blind_index != blind)
+    if wanted:
+        stale = and_(stale, table.c.blind_index.not_in([c.token for c in wanted]))
     if not new:
         conn.execute(delete(table).where(stale))
-    if blind is None:
-        return
-    inserted = conn.execute(
-        _insert(conn)(table)
-        .values(blind_index=blind, patient_id=patient_id)
-        .on_conflict_do_nothing()
-        .returning(table.c.patient_id)
-    ).first()
-    if inserted is not None:
-        return
-    holder = conn.execute(
-        select(table.c.patient_id).where(table.c.blind_index == blind)
-    ).scalar_one_or_none()
-    if holder == patient_id:
-        return
-    raise FhirError.of(
-        Category.CONFLICT,
-        "Another Patient already holds this resident ID number: one record per resident "
-        "(find it with identifier=<system>|<number>, then update or merge)",
-        code="duplicate",
-        expression=["Patient.identifier"],
+    for claim in wanted:
+        inserted = conn.execute(
+            _insert(conn)(table)
+            .values(blind_index=claim.token, patient_id=patient_id, scheme=claim.scheme)
+            .on_conflict_do_nothing()
+            .returning(table.c.patient_id)
+        ).first()
+        if inserted is not None:
+            continue
+        holder = conn.execute(
+            select(table.c.patient_id).where(table.c.blind_index == claim.token)
+        ).scalar_one_or_none()
+        if holder == patient_id:
+            continue
+        raise FhirError.of(
+            Category.CONFLICT,
+            "Another Patient already holds this resident ID number: one record per resident "
+            "(find it with identifier=<system>|<number>, then update or merge)",
+            code="duplicate",
+            expression=["Patient.identifier"],
+        )
+
+
+def drop_claims_of_scheme(conn: Connection, scheme: str, replaced_by: str) -> int:
+    """Drop the ``scheme`` claims of Patients that also claim under ``replaced_by``
+    (a deployment that left ``scheme``); how many."""
+    table, other = resident_id_number, resident_id_number.alias("other")
+    covered = (
+        select(other.c.patient_id)
+        .where(other.c.scheme == replaced_by, other.c.patient_id == table.c.patient_id)
+        .exists()
     )
+    result = conn.execute(delete(table).where(table.c.scheme == scheme, covered))
+    return int(result.rowcount or 0)
 
 
 def holds_id_numbers(unit: UnitOfWork) -> bool:
@@ -91,9 +127,12 @@ def holds_id_numbers(unit: UnitOfWork) -> bool:
     return row is not None
 
 
-def id_number_holder(conn: Connection, blind: str) -> str | None:
+def id_number_holder(conn: Connection, tokens: Sequence[str]) -> str | None:
+    """The Patient holding any of these blind tokens (of one number, several schemes)."""
     return conn.execute(
-        select(resident_id_number.c.patient_id).where(resident_id_number.c.blind_index == blind)
+        select(resident_id_number.c.patient_id)
+        .where(resident_id_number.c.blind_index.in_(list(tokens)))
+        .limit(1)
     ).scalar_one_or_none()
 
 
@@ -257,3 +296,21 @@ def replace_sealed(
             .where(resource.c.res_type == key[0], resource.c.res_id == key[1])
             .values(content=content)
         )
+
+
+def retoken(conn: Connection, resource_type: str, resource_id: str, tokens: dict[str, str]) -> int:
+    """Index rows of one resource holding an old blind token (key) given the new one
+    (value): a blind-index scheme change. How many rows changed."""
+    changed = 0
+    for old, new in tokens.items():
+        result = conn.execute(
+            update(search_token)
+            .where(
+                search_token.c.res_type == resource_type,
+                search_token.c.res_id == resource_id,
+                search_token.c.code == old,
+            )
+            .values(code=new)
+        )
+        changed += int(result.rowcount or 0)
+    return changed

@@ -36,7 +36,7 @@ from ehr_service.fhir.search.values import IndexRows
 from ehr_service.storage import exchange as exchange_store
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.consent import replace_refusals
-from ehr_service.storage.identity import hold_id_number
+from ehr_service.storage.identity import IdNumberClaim, hold_id_number
 from ehr_service.storage.partitioning import is_partitioned
 from ehr_service.storage.search_index import delete_index, insert_index
 from ehr_service.storage.search_sql import text_equals, visible
@@ -73,6 +73,7 @@ class NewVersion:
     content: bytes | None  # None for a deletion
     index: IndexRows | None = None  # search index rows of this version (None: none)
     id_number: str | None = None  # a Patient's own resident ID number, as its blind token
+    id_number_claims: tuple[IdNumberClaim, ...] = ()  # its uniqueness claims, per scheme
     # A Consent's (patient, refused actors), kept in step in consent_refusal.
     consent: tuple[str | None, tuple[str, ...]] | None = None
     warnings: tuple[Issue, ...] = ()  # accepted, but worth telling the client
@@ -198,7 +199,10 @@ def _hold_identity(conn: Connection, version: NewVersion, *, new: bool = False) 
     version (a deleted Patient frees its number for a corrected record)."""
     if version.resource_type != "Patient" or (new and version.id_number is None):
         return
-    hold_id_number(conn, version.resource_id, version.id_number, new=new)
+    claims = version.id_number_claims if version.id_number is not None else ()
+    if version.id_number is not None and not claims:  # a number must never go unclaimed
+        raise ValueError("an ID number without its uniqueness claims")
+    hold_id_number(conn, version.resource_id, claims, new=new)
 
 
 def live_contents(conn: Connection, resource_type: str, ids: Sequence[str]) -> dict[str, bytes]:

@@ -276,12 +276,15 @@ conditional_create_key = Table(
 # Resident identity (docs/architecture.md §6). One row per resident ID number, keyed by its
 # blind token (never the number): the primary key is what makes a resident unique,
 # whatever the concurrency. A global lookup table (not distributed by patient).
+# A resident's uniqueness claim, one row per blind-index scheme (hmac-sha256, hmac-sm3):
+# two Patients with one number collide on the token of a scheme both claim under.
 resident_id_number = Table(
     "resident_id_number",
     metadata,
     Column("blind_index", String(64), primary_key=True),
     Column("patient_id", RESOURCE_ID, nullable=False),
-    UniqueConstraint("patient_id", name="uq_resident_id_number_patient_id"),
+    Column("scheme", String(16), nullable=False, server_default="hmac-sha256"),
+    UniqueConstraint("scheme", "patient_id", name="uq_resident_id_number_scheme_patient"),
 )
 
 # Lifelong record numbers: allocated once per Patient, never reused (SQLite

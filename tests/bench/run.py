@@ -510,6 +510,19 @@ def main() -> None:
             ("sign ms", "sign_ms_per_message", ".3f"),
         ])  # fmt: skip
 
+    crypto_rows: list[dict[str, Any]] = []
+    if _wanted("crypto"):
+        print("\ncryptographic suites (in-process): international (AES-256-GCM, HMAC-SHA-256,"
+              " SHA-256) beside national (SM4-GCM, HMAC-SM3, SM3):", flush=True)  # fmt: skip
+        from tests.bench import crypto_bench
+
+        crypto_rows = crypto_bench.run()
+        _table(crypto_rows, [
+            ("operation", "operation", ""), ("international /s", "international_per_s", ",.0f"),
+            ("national /s", "national_per_s", ",.0f"),
+            ("national/international", "national_over_international", ".2f"),
+        ])  # fmt: skip
+
     if _wanted("import"):
         print("\nbulk import of generated records (ehr-service import):", flush=True)
         from tests.bench import import_bench
@@ -551,6 +564,7 @@ def main() -> None:
         "exchange": exchange_rows,
         "recognition": recognition_rows,
         "import": import_rows,
+        "crypto": crypto_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -116,8 +116,9 @@ def _bad(message: str, name: str) -> FhirError:
     return FhirError.of(Category.INCORRECT, message, code="invalid", expression=[name])
 
 
-# (system or None, code) -> the code stored in the index instead, or None: as is.
-TokenCodeMap = Callable[[str | None, str], str | None]
+# (system or None, code) -> the codes the index may hold instead (any of them
+# matches, e.g. a blind token per scheme), or None: as is.
+TokenCodeMap = Callable[[str | None, str], tuple[str, ...] | None]
 
 
 class SearchParser:
@@ -204,23 +205,30 @@ class SearchParser:
             (parameter.type == "token" and modifier in {"", "not", "of-type"})
             or (parameter.type == "reference" and modifier == "identifier")
         ):
-            values = tuple(self._stored_token(v, of_type=modifier == "of-type") for v in values)
+            values = tuple(
+                stored
+                for v in values
+                for stored in self._stored_token(v, of_type=modifier == "of-type")
+            )
         return Criterion(parameter, modifier or None, values)
 
-    def _stored_token(self, value: str, *, of_type: bool) -> str:
-        """``system|code`` (or ``type-system|type-code|value``) as the index keeps it."""
+    def _stored_token(self, value: str, *, of_type: bool) -> tuple[str, ...]:
+        """``system|code`` (or ``type-system|type-code|value``) as the index may keep
+        it (several forms: any matches)."""
         assert self.stored_code is not None
         if of_type:
             head, bar, last = value.rpartition("|")
             if not bar:
-                return value
+                return (value,)
             stored = self.stored_code(None, _unescape(last))
-            return value if stored is None else f"{head}|{stored}"
+            return (value,) if stored is None else tuple(f"{head}|{s}" for s in stored)
         system, code = split_token(value)
         stored = self.stored_code(system or None, code)
         if stored is None:
-            return value
-        return stored if system is None else f"{value[: len(value) - len(code) - 1]}|{stored}"
+            return (value,)
+        if system is None:
+            return stored
+        return tuple(f"{value[: len(value) - len(code) - 1]}|{s}" for s in stored)
 
     def _chained(self, target_type: str, rest: str, raw: str) -> Criterion | None:
         try:
