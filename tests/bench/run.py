@@ -363,7 +363,7 @@ def _sizes(variable: str, default: str) -> list[int]:
     return [int(v) for v in os.environ.get(variable, default).split(",") if v]
 
 
-SECTIONS = ("http", "search", "identity", "recognition", "exchange", "import")
+SECTIONS = ("http", "search", "identity", "recognition", "exchange", "crypto", "audit", "import")
 
 
 def _wanted(section: str) -> bool:
@@ -523,6 +523,28 @@ def main() -> None:
             ("national/international", "national_over_international", ".2f"),
         ])  # fmt: skip
 
+    audit_rows: list[dict[str, Any]] = []
+    if _wanted("audit"):
+        print("\naudit size and retention (in-process, a mix of creates, reads and searches):",
+              flush=True)  # fmt: skip
+        from tests.bench import audit_bench
+
+        audited = int(os.environ.get("EHR_BENCH_AUDIT_REQUESTS", "3000"))
+        audit_rows = [
+            audit_bench.run("sqlite", f"sqlite:///{tempfile.mkdtemp()}/audit.sqlite3", audited)
+        ]
+        pg_audit = _fresh_pg("ehr_bench_audit")
+        if pg_audit:
+            audit_rows.append(audit_bench.run("postgresql", pg_audit, audited))
+        _table(audit_rows, [
+            ("backend", "backend", ""), ("events", "events", ","),
+            ("JSON B/event", "json_bytes_per_event", ","),
+            ("online B/event", "online_bytes_per_event", ","),
+            ("archived B/event", "archived_bytes_per_event", ","),
+            ("seal ev/s", "seal_events_per_s", ","), ("archive ev/s", "archive_events_per_s", ","),
+            ("verify ev/s", "verify_events_per_s", ","),
+        ])  # fmt: skip
+
     if _wanted("import"):
         print("\nbulk import of generated records (ehr-service import):", flush=True)
         from tests.bench import import_bench
@@ -565,6 +587,7 @@ def main() -> None:
         "recognition": recognition_rows,
         "import": import_rows,
         "crypto": crypto_rows,
+        "audit": audit_rows,
     }
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
