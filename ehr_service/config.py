@@ -173,6 +173,19 @@ class Settings(BaseSettings):
     exchange_push_interval_seconds: float = Field(
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
     )
+    # The cryptographic suite (GB/T 39786-2021): international (ES256, Ed25519), national
+    # (SM2 with SM3, GB/T 32918) or both.
+    crypto_suite: Literal["international", "national", "both"] = Field(
+        default="international",
+        description="exchange signatures: international (ES256/Ed25519), national "
+        "(SM2SM3) or both; partners are each registered for theirs",
+    )
+    sm2_distinguishing_id: str = Field(
+        default="1234567812345678",
+        min_length=1,
+        max_length=1024,
+        description="the SM2 signer identifier (GB/T 35276 default); partners must agree",
+    )
     audit_anchors_file: Path | None = Field(
         default=None,
         description="where sealers append each signed block statement, outside the database "
