@@ -83,7 +83,9 @@ def load_jwks(source: str) -> dict[str, dict[str, Any]]:
         for key in listed:  # well-formed keys only (SM2 ones are not joserfc's)
             if key.get("crv") == sm2.CRV:
                 SM2Key.from_jwk({k: v for k, v in key.items() if k != "d"})
-        KeySet.import_key_set({"keys": [k for k in listed if k.get("crv") != sm2.CRV]})
+        others = [k for k in listed if k.get("crv") != sm2.CRV]
+        if others or not listed:
+            KeySet.import_key_set({"keys": others})
     except (httpx.HTTPError, OSError, ValueError, JoseError) as exc:
         raise PartnerError(f"the JWKS could not be read: {exc}") from None
     keys: dict[str, dict[str, Any]] = {}
