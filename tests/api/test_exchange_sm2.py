@@ -58,8 +58,12 @@ def make_region(name: str, url: str, tmp_path: Path, suite: str) -> Region:
             exchange_max_attempts=3, exchange_feed_settle_seconds=0, crypto_suite=suite,
         )
     )  # fmt: skip
-    client = TestClient(create_app(services=services), base_url=f"http://{name}.test",
-                        raise_server_exceptions=False, headers=bearer(services.settings))  # fmt: skip
+    client = TestClient(
+        create_app(services=services),
+        base_url=f"http://{name}.test",
+        raise_server_exceptions=False,
+        headers=bearer(services.settings),
+    )
     client.__enter__()  # the lifespan makes the first key of each suite
     return Region(name, services, client)
 
@@ -76,8 +80,9 @@ def register(home: Region, partner: Region, tmp_path: Path, suite: str) -> None:
         jwks=jwks_file(partner, tmp_path), endpoint=f"{partner.url}/exchange/v1/bundles",
         allowed_types=TYPES, suite=suite,
     )  # fmt: skip
-    token = bearer(partner.services.settings, " ".join(f"system/{t}.cu" for t in TYPES),
-                   subject=home.name, client_id=home.name)["Authorization"].split(" ", 1)[1]  # fmt: skip
+    scopes = " ".join(f"system/{t}.cu" for t in TYPES)
+    header = bearer(partner.services.settings, scopes, subject=home.name, client_id=home.name)
+    token = header["Authorization"].split(" ", 1)[1]
     target = home.services.settings.data_dir / "keys" / "partner-tokens" / f"{partner.name}.jwt"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(token)
@@ -273,7 +278,7 @@ def test_sm2_key_rotation_and_verification_later(
 
 
 def test_a_partner_suite_needs_keys_of_that_suite(regions: tuple[Region, Region]) -> None:
-    chongqing, sichuan = regions
+    _, sichuan = regions
     registry = PartnerRegistry(sichuan.services.unit)
     with pytest.raises(PartnerError, match="ES256 or Ed25519"):
         registry.update("chongqing", suite="both")  # Chongqing publishes SM2 keys only
