@@ -26,9 +26,10 @@ def _sealer(database: Database, *, sealing: bool = True) -> Sealer:
     from ehr_service.storage.unit_of_work import UnitOfWork
 
     keys = signing_keys()
+    settings = settings_from_env()
     if sealing:
-        keys.ensure_active()  # first run: the region's signing key
-    anchors = settings_from_env().effective_audit_anchors_file
+        keys.ensure_active(settings.crypto_suite)  # first run: the region's signing keys
+    anchors = settings.effective_audit_anchors_file
     return Sealer(UnitOfWork(database), keys, interval=0, anchors=anchors)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from joserfc.jwk import ECKey, OKPKey
 
-from ehr_service.exchange.suites import DEFAULT_ALG, INTERNATIONAL, members, suite_of
+from ehr_service.exchange.suites import DEFAULT_ALG, INTERNATIONAL, NATIONAL, members, suite_of
 from ehr_service.fhir import jsonio
 from ehr_service.security import sm2
 from ehr_service.security.fieldcrypto import write_private
@@ -156,8 +156,11 @@ class SigningKeys:
     def private_key(self, kid: str) -> SigningKey:
         return import_jwk(jsonio.loads((self.directory / f"{kid}.jwk.json").read_bytes()))
 
-    def active(self, suite: str = INTERNATIONAL) -> tuple[KeyInfo, SigningKey] | None:
-        """The key that signs new messages of ``suite``."""
+    def active(self, suite: str | None = None) -> tuple[KeyInfo, SigningKey] | None:
+        """The key that signs new messages of ``suite``; without one (audit blocks), the
+        international suite's, else the national one's."""
+        if suite is None:
+            return self.active(INTERNATIONAL) or self.active(NATIONAL)
         for info in self.list():
             if info.state == "active" and suite_of(info.alg) == suite:
                 return info, self.private_key(info.kid)
