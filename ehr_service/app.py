@@ -205,7 +205,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         check_field_keys(services)
-        app.state.exchange.keys.ensure_active()  # first run: the region's signing key
+        app.state.exchange.keys.ensure_active(settings.crypto_suite)  # first run: its keys
         if services.catalogues is not None:
             services.catalogues.ensure_loaded()  # first run: the shipped catalogue edition
             terminology.publish_if_absent(services)  # and its CodeSystem, ValueSets, map

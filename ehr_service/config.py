@@ -135,11 +135,6 @@ class Settings(BaseSettings):
     own_token_issuer: str = "ehr-service-dev"  # noqa: S105 - an issuer name, not a secret
     token_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
 
-    # The cryptographic suite (GB/T 39786-2021): international = AES-256-GCM, HMAC-SHA-256
-    # and SHA-256; national = SM4-GCM, HMAC-SM3 and SM3 for new data; both = national for
-    # new data. Every suite reads what the others wrote (docs/architecture.md §9).
-    crypto_suite: Literal["international", "national", "both"] = "international"
-
     # Resident identity (docs/architecture.md §6).
     field_keys_file: Path | None = Field(
         default=None,
@@ -177,6 +172,22 @@ class Settings(BaseSettings):
     )
     exchange_push_interval_seconds: float = Field(
         default=0.0, ge=0, description="in-process push worker period (0: off; use exchange push)"
+    )
+    # The cryptographic suite (GB/T 39786-2021, docs/architecture.md §6, §8, §9):
+    # international = ES256/Ed25519 signatures, AES-256-GCM, HMAC-SHA-256 and SHA-256;
+    # national = SM2 with SM3 signatures, SM4-GCM, HMAC-SM3 and SM3; both = signatures of
+    # both suites, the national ciphers and hashes for new data. Every suite reads what
+    # the others wrote.
+    crypto_suite: Literal["international", "national", "both"] = Field(
+        default="international",
+        description="international (ES256, AES-256-GCM, SHA-256), national (SM2SM3, SM4-GCM, "
+        "SM3) or both; partners are each registered for their signatures' suite",
+    )
+    sm2_distinguishing_id: str = Field(
+        default="1234567812345678",
+        min_length=1,
+        max_length=1024,
+        description="the SM2 signer identifier (GB/T 35276 default); partners must agree",
     )
     audit_anchors_file: Path | None = Field(
         default=None,

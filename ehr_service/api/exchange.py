@@ -14,7 +14,7 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context
 from ehr_service.api.negotiation import check_content_type
-from ehr_service.exchange.envelope import HEADER
+from ehr_service.exchange import suites
 from ehr_service.exchange.outbound import BUNDLES_PATH, FEED_PATH
 from ehr_service.exchange.service import Exchange
 from ehr_service.fhir.primitives import parse_instant_param
@@ -47,10 +47,11 @@ async def exchange_receive(request: Request, ctx: Context) -> Response:
     check_content_type(request, _BODY_TYPES)
     body = await request.body()
     htu = service_root(request) + BUNDLES_PATH
+    signatures = suites.from_headers(request.headers.get)
     reply = await run_in_threadpool(
-        exchange_of(request).inbound.receive, ctx, body, request.headers.get(HEADER), htu
+        exchange_of(request).inbound.receive, ctx, body, signatures, htu
     )
-    headers = {HEADER: reply.signature} if reply.signature else {}
+    headers = suites.headers(reply.signature)
     return Response(reply.body, status_code=reply.status, media_type=FHIR_JSON, headers=headers)
 
 
@@ -83,4 +84,4 @@ async def exchange_feed(
         return body, signature
 
     body, signature = await run_in_threadpool(run)
-    return Response(body, media_type=FHIR_JSON, headers={HEADER: signature})
+    return Response(body, media_type=FHIR_JSON, headers=suites.headers(signature))

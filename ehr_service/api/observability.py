@@ -197,8 +197,12 @@ def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     except Exception:
         checks["field_keys"] = False
     from ehr_service.exchange.keys import SigningKeys
+    from ehr_service.exchange.suites import members
 
-    checks["signing_key"] = SigningKeys(services.settings.signing_keys_dir).active() is not None
+    keys = SigningKeys(services.settings.signing_keys_dir)
+    checks["signing_key"] = all(  # an active key for each suite the region signs with
+        keys.active(suite) is not None for suite in members(services.settings.crypto_suite)
+    )
     free_mb = shutil.disk_usage(services.settings.data_dir).free // (1024 * 1024)
     checks["disk"] = free_mb >= services.settings.min_free_disk_mb
     checks["disk_free_mb"] = free_mb  # reported, not a check

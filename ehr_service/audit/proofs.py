@@ -23,6 +23,8 @@ from sqlalchemy import Connection
 from ehr_service.audit import merkle, segments
 from ehr_service.audit.sealing import signature_holds
 from ehr_service.fhir import jsonio
+from ehr_service.security.sm2 import CRV as SM2_CRV
+from ehr_service.security.sm2 import SM2Key
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage import audit_archive as archive_store
 from ehr_service.storage.audit import StoredEvent
@@ -94,12 +96,14 @@ class _PublishedKeys:
     def active(self) -> None:
         return None
 
-    def verification_key(self, kid: str) -> ECKey | OKPKey | None:
+    def verification_key(self, kid: str) -> ECKey | OKPKey | SM2Key | None:
         key = self._keys.get(kid)
         if key is None:
             return None
         public = {k: v for k, v in key.items() if k not in ("d", "status")}
         try:
+            if public.get("crv") == SM2_CRV:
+                return SM2Key.from_jwk(public)
             if public.get("kty") == "EC":
                 return ECKey.import_key(public)
             if public.get("kty") == "OKP":

@@ -27,6 +27,7 @@ from joserfc.jws import JWSRegistry
 from ehr_service.audit import merkle
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant, utc_now
+from ehr_service.security import sm2
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage.audit import CHAIN_HASHES, GENESIS, Link, SealHead, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
@@ -101,12 +102,18 @@ def head_disagrees(head: SealHead, last: dict[str, Any] | None) -> str:
 def sign(body: bytes, kid: str, alg: str, key: Any) -> str:
     """A detached compact JWS over ``body``."""
     header = {"alg": alg, "kid": kid, "typ": TYP}
+    if alg == sm2.ALG:  # a national-suite region seals with its SM2 key
+        return sm2.sign_detached(header, body, key)
     full = jws.serialize_compact(header, body, key, registry=JWSRegistry(algorithms=[alg]))
     return str(jws.detach_content(full))
 
 
 # The algorithm a block's key signs with, by the key's type: never the header's word.
-_ALGORITHM_OF_KEY = {("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "Ed25519"}
+_ALGORITHM_OF_KEY = {
+    ("EC", "P-256"): "ES256",
+    ("OKP", "Ed25519"): "Ed25519",
+    ("EC", sm2.CRV): sm2.ALG,
+}
 
 
 def signature_holds(
@@ -118,7 +125,7 @@ def signature_holds(
 ) -> str:
     """'' when ``signature`` is a valid JWS over ``body`` by one of the region's keys
     that is not revoked (``kid``: the key the block names), else why not. The
-    algorithm is the key's own (ES256 or Ed25519); a header that says otherwise
+    algorithm is the key's own (ES256, Ed25519 or SM2SM3); a header that says otherwise
     (``none``, HMAC...) is refused before anything is verified."""
     try:
         encoded = signature.split(".")[0]
@@ -137,6 +144,8 @@ def signature_holds(
     expected = _ALGORITHM_OF_KEY.get((public.get("kty"), public.get("crv")))
     if expected is None or alg != expected:
         return f"its signature's algorithm is not its key's ({expected})"
+    if isinstance(key, sm2.SM2Key):
+        return "" if sm2.verify_detached(signature, body, key) else "its signature does not verify"
     try:
         jws.deserialize_compact(
             signature, key, payload=body, registry=JWSRegistry(algorithms=[expected])

@@ -28,11 +28,11 @@ def _sealer(database: Database, *, sealing: bool = True) -> Sealer:
     from ehr_service.storage.unit_of_work import UnitOfWork
 
     keys = signing_keys()
+    settings = settings_from_env()
     if sealing:
-        keys.ensure_active()  # first run: the region's signing key
+        keys.ensure_active(settings.crypto_suite)  # first run: the region's signing keys
     from ehr_service.security.ciphers import suite
 
-    settings = settings_from_env()
     chain = suite(settings.crypto_suite).chain_hash
     anchors = settings.effective_audit_anchors_file
     return Sealer(UnitOfWork(database), keys, interval=0, anchors=anchors, chain=chain)

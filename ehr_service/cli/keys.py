@@ -40,9 +40,11 @@ def _key_action(action: Callable[[], KeyInfo]) -> None:
 
 @keys_app.command("generate")
 def keys_generate(
-    alg: Annotated[str, typer.Option(help="ES256 (default) or Ed25519")] = "ES256",
+    alg: Annotated[
+        str, typer.Option(help="ES256 (default), Ed25519 or SM2SM3 (the national suite)")
+    ] = "ES256",
 ) -> None:
-    """Make a new exchange signing key (active if none is, else pending)."""
+    """Make a new exchange signing key (active if its suite has none, else pending)."""
     _key_action(lambda: signing_keys().generate(alg))
 
 
@@ -55,9 +57,15 @@ def keys_list() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate(
-    alg: Annotated[str, typer.Option(help="algorithm of a new key, if none is pending")] = "ES256",
+    alg: Annotated[
+        str,
+        typer.Option(
+            help="the suite to rotate, by an algorithm of it (SM2SM3: the national one), "
+            "and the algorithm of a new key if that suite has none pending"
+        ),
+    ] = "ES256",
 ) -> None:
-    """Activate the pending key (or a new one); the active key retires."""
+    """Activate the suite's pending key (or a new one); its active key retires."""
     _key_action(lambda: signing_keys().rotate(alg))
 
 

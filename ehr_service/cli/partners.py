@@ -49,7 +49,7 @@ def _show(partner: object) -> None:
     )
     typer.echo(
         f"{partner.partner_id}  {partner.name}  region={partner.region}  aud={partner.audience}  "
-        f"keys={keys}  types={','.join(partner.allowed_types)}  "
+        f"keys={keys}  suite={partner.suite}  types={','.join(partner.allowed_types)}  "
         f"endpoint={partner.endpoint or '-'}"
     )
 
@@ -63,6 +63,9 @@ def partner_add(
     jwks: Annotated[str, typer.Option(help="their JWKS: a file or an https URL")],
     allow: Annotated[list[str], typer.Option(help="a resource type they may send")],
     endpoint: Annotated[str | None, typer.Option(help="where we push to them")] = None,
+    suite: Annotated[
+        str, typer.Option(help="their cryptographic suite: international, national or both")
+    ] = "international",
 ) -> None:
     """Register a partner; its keys are fetched now and pinned."""
     _show(
@@ -75,6 +78,7 @@ def partner_add(
                 jwks=jwks,
                 endpoint=endpoint,
                 allowed_types=allow,
+                suite=suite,
             ),
             "partner-add",
         )
@@ -97,6 +101,9 @@ def partner_update(
     jwks: Annotated[str | None, typer.Option(help="refresh keys from here (pinned)")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="replace the allowed types")] = None,
     endpoint: Annotated[str | None, typer.Option()] = None,
+    suite: Annotated[
+        str | None, typer.Option(help="their cryptographic suite: international, national, both")
+    ] = None,
 ) -> None:
     """Change a partner; keys are refreshed (new ones added, known ones pinned)."""
     _show(
@@ -109,6 +116,7 @@ def partner_update(
                 audience=audience,
                 endpoint=endpoint,
                 allowed_types=allow,
+                suite=suite,
             ),
             "partner-update",
         )

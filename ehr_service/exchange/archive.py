@@ -2,11 +2,14 @@
 at rest with the data key, AES-256-GCM or SM4-GCM by the suite: they carry resident
 ID numbers), the detached JWS, and what the receiver answered. ``ehr-service exchange
 verify`` checks them again, years later, against the key history of the partner or
-of this region; ``reseal_archive`` seals them again after a data key rotation."""
+of this region; ``reseal_archive`` seals them again after a data key rotation. A
+message of several suites is kept with its signature set (``exchange/suites.py``):
+each of its signatures must verify again."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,12 +19,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ehr_service.exchange import envelope as jws
+from ehr_service.exchange import suites
 from ehr_service.exchange.envelope import Envelope, EnvelopeError, VerifyKey
 from ehr_service.exchange.keys import SigningKeys
-from ehr_service.exchange.partners import PartnerRegistry
+from ehr_service.exchange.partners import PartnerError, PartnerRegistry
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.security.fieldcrypto import Keyring, SealError
+from ehr_service.security.sm2 import DEFAULT_ID
 from ehr_service.storage import exchange as store
 from ehr_service.storage.unit_of_work import UnitOfWork
 
@@ -52,34 +57,61 @@ class Archive:
         keys: SigningKeys,
         partners: PartnerRegistry,
         exchange_id: str,
+        *,
+        crypto_suite: str = suites.INTERNATIONAL,
+        sm2_id: bytes = DEFAULT_ID,
     ) -> None:
         self.unit = unit
         self.keyring = keyring
         self.keys = keys
         self.partners = partners
         self.exchange_id = exchange_id
+        self.crypto_suite = crypto_suite
+        self.sm2_id = sm2_id
 
     @staticmethod
     def _associated(issuer: str, jti: str) -> str:
         return f"exchange-message:{issuer}/{jti}"
 
     # -- signing ---------------------------------------------------------------------
-    def sign(self, body: bytes, *, aud: str, htm: str, htu: str) -> tuple[str, str]:
-        """(JWS, jti) over ``body`` with this region's active key."""
-        active = self.keys.active()
-        if active is None:
+    def suites_for(self, partner_id: str) -> tuple[str, ...]:
+        """The suites of messages between this region and the partner."""
+        try:
+            theirs = self.partners.get(partner_id).suite
+        except PartnerError:
+            theirs = self.crypto_suite  # an unknown sender is refused by its key
+        shared = suites.common(self.crypto_suite, theirs)
+        if not shared:
             raise FhirError.of(
-                Category.UNAVAILABLE,
-                "This region has no active signing key (ehr-service keys generate)",
-                code="exception",
+                Category.FORBIDDEN,
+                f"This region signs with the {self.crypto_suite} cryptographic suite and "
+                f"{partner_id} is registered for the {theirs} one: they share none [suite]",
+                code="security",
             )
-        info, key = active
-        jti = str(uuid.uuid4())
-        signature = jws.sign(
-            body, key, kid=info.kid, alg=info.alg, iss=self.exchange_id, aud=aud, htm=htm,
-            htu=htu, jti=jti,
-        )  # fmt: skip
-        return signature, jti
+        return shared
+
+    def sign(
+        self, body: bytes, *, aud: str, htm: str, htu: str, suites_used: tuple[str, ...]
+    ) -> tuple[str, str]:
+        """(signature set, jti) over ``body``: one JWS per suite, each with this region's
+        active key of that suite, all with the same claims."""
+        jti, now = str(uuid.uuid4()), time.time()
+        signatures = {}
+        for suite in suites_used:
+            active = self.keys.active(suite)
+            if active is None:
+                raise FhirError.of(
+                    Category.UNAVAILABLE,
+                    f"This region has no active signing key of the {suite} suite "
+                    f"(ehr-service keys generate --alg {suites.DEFAULT_ALG[suite]})",
+                    code="exception",
+                )
+            info, key = active
+            signatures[suite] = jws.sign(
+                body, key, kid=info.kid, alg=info.alg, iss=self.exchange_id, aud=aud, htm=htm,
+                htu=htu, jti=jti, now=now, sm2_id=self.sm2_id,
+            )  # fmt: skip
+        return suites.join(signatures), jti
 
     # -- storing ---------------------------------------------------------------------
     def claim(
@@ -118,7 +150,10 @@ class Archive:
         """Record (and sign) the answer to a received message."""
         signed = None
         if signature:
-            signed, _ = self.sign(body, aud=envelope.iss, htm=envelope.htm, htu=envelope.htu)
+            signed, _ = self.sign(
+                body, aud=envelope.iss, htm=envelope.htm, htu=envelope.htu,
+                suites_used=self.suites_for(envelope.iss),
+            )  # fmt: skip
         store.set_response(conn, envelope.iss, envelope.jti, status, body, signed)
         return Reply(status, body, signed)
 
@@ -141,7 +176,10 @@ class Archive:
                 code="duplicate",
             )
         body = bytes(row["response"] or b"")
-        signed, _ = self.sign(body, aud=envelope.iss, htm=envelope.htm, htu=envelope.htu)
+        signed, _ = self.sign(
+            body, aud=envelope.iss, htm=envelope.htm, htu=envelope.htu,
+            suites_used=self.suites_for(envelope.iss),
+        )  # fmt: skip
         return Reply(int(row["status"]), body, signed)
 
     def body_of(self, row: dict[str, Any]) -> bytes:
@@ -169,22 +207,27 @@ class Archive:
         if hashlib.sha256(body).hexdigest() != row["body_sha256"]:
             return verdict(False, "stored bytes differ from their digest")
         try:
-            header = jws.protected_header(row["signature"])
-            jws.verify(
-                body,
-                row["signature"],
-                key_for=self._key,
-                audience=str(header.get("aud")),
-                htm=str(header.get("htm")),
-                htu=str(header.get("htu")),
-                now=float(header.get("iat", 0)) if isinstance(header.get("iat"), int) else 0.0,
-            )
+            signatures = list(suites.split(row["signature"]).values())
+            if not signatures:
+                raise EnvelopeError("malformed", "no signature is stored")
+            for signature in signatures:  # each suite's signature verifies alone
+                header = jws.protected_header(signature)
+                jws.verify(
+                    body,
+                    signature,
+                    key_for=self._key,
+                    audience=str(header.get("aud")),
+                    htm=str(header.get("htm")),
+                    htu=str(header.get("htu")),
+                    now=float(header["iat"]) if isinstance(header.get("iat"), int) else 0.0,
+                    sm2_id=self.sm2_id,
+                )
+                if header.get("iss") != issuer or header.get("jti") != jti:
+                    return verdict(False, "the signature names another message")
         except EnvelopeError as error:
             if error.reason == "unknown-key":
                 return verdict(False, "the signing key is unknown or has been revoked")
             return verdict(False, f"{error.reason}: {error}")
-        if header.get("iss") != issuer or header.get("jti") != jti:
-            return verdict(False, "the signature names another message")
         return verdict(True, "verified")
 
     def walk(

@@ -1,6 +1,8 @@
 """The exchange envelope (docs/architecture.md §8): the exact bytes of a FHIR Bundle and a
 detached JWS over those bytes (RFC 7515 compact, RFC 7797 ``b64: false``,
-``crit: ["b64"]``), carried in the ``X-Exchange-Signature`` header.
+``crit: ["b64"]``), carried in the ``X-Exchange-Signature`` header (the international
+suite: ES256, Ed25519) or ``X-Exchange-Signature-SM2`` (the national suite: SM2SM3,
+``security/sm2.py``); :mod:`ehr_service.exchange.suites` carries both at once.
 
 The protected header holds ``alg kid typ iss aud iat exp jti htm htu``; ``exp`` is
 at most five minutes after ``iat``. Verification runs on the bytes received:
@@ -24,11 +26,13 @@ from joserfc.jws import JWSRegistry
 from joserfc.registry import HeaderParameter
 
 from ehr_service.fhir import jsonio
+from ehr_service.security import sm2
+from ehr_service.security.sm2 import SM2Key
 
 HEADER = "X-Exchange-Signature"
 TYP = "ehr-exchange+jws"
 MAX_LIFETIME = 300
-ALGORITHMS = ("ES256", "Ed25519", "EdDSA")
+ALGORITHMS = ("ES256", "Ed25519", "EdDSA", sm2.ALG)
 _REQUIRED = {
     "alg": str,
     "kid": str,
@@ -41,7 +45,7 @@ _REQUIRED = {
     "htm": str,
     "htu": str,
 }
-VerifyKey = ECKey | OKPKey
+VerifyKey = ECKey | OKPKey | SM2Key
 
 # The envelope's own protected header members, declared to the JOSE library (which
 # otherwise refuses members it does not know); jku/jwk/x5u are never honoured.
@@ -104,8 +108,10 @@ def sign(
     now: float | None = None,
     lifetime: int = MAX_LIFETIME,
     jti: str | None = None,
+    sm2_id: bytes = sm2.DEFAULT_ID,
 ) -> str:
-    """The detached compact JWS (``header..signature``) over ``body`` as it is."""
+    """The detached compact JWS (``header..signature``) over ``body`` as it is (SM2SM3
+    through :mod:`ehr_service.security.sm2`, the others through joserfc)."""
     issued = int(now if now is not None else time.time())
     header: dict[str, Any] = {
         "alg": alg,
@@ -121,6 +127,10 @@ def sign(
         "htm": htm.upper(),
         "htu": htu,
     }
+    if isinstance(key, SM2Key) or alg == sm2.ALG:
+        if not isinstance(key, SM2Key) or alg != sm2.ALG:
+            raise ValueError("SM2 keys sign SM2SM3 only, and SM2SM3 needs an SM2 key")
+        return sm2.sign_detached(header, body, key, sm2_id)
     full = jws.serialize_compact(header, body, key, registry=_registry(alg))
     return jws.detach_content(full)
 
@@ -149,9 +159,12 @@ def verify(
     htu: str,
     now: float | None = None,
     skew: int = 60,
+    algorithms: tuple[str, ...] = ALGORITHMS,
+    sm2_id: bytes = sm2.DEFAULT_ID,
 ) -> Envelope:
     """Check the signature over ``body`` and the protected header; raise
-    :class:`EnvelopeError` naming the first reason to refuse."""
+    :class:`EnvelopeError` naming the first reason to refuse. ``algorithms`` are
+    the ones accepted here (one suite's, when each suite has its own header)."""
     header = protected_header(signature)
     for name, kind in _REQUIRED.items():
         value = header.get(name)
@@ -163,19 +176,25 @@ def verify(
         raise EnvelopeError("malformed", 'The JWS must be unencoded (b64: false, crit: ["b64"])')
     if header["typ"] != TYP:
         raise EnvelopeError("malformed", f"typ must be {TYP}")
-    if header["alg"] not in ALGORITHMS:
+    if header["alg"] not in ALGORITHMS or header["alg"] not in algorithms:
         raise EnvelopeError("algorithm", "The algorithm is not accepted")
     key = key_for(header["iss"], header["kid"])
     if key is None:
         raise EnvelopeError(
             "unknown-key", "The signing key is unknown, retired for signing or revoked"
         )
+    if isinstance(key, SM2Key) != (header["alg"] == sm2.ALG):
+        raise EnvelopeError("algorithm", "The signing key does not sign with this algorithm")
     try:
-        jws.deserialize_compact(signature, key, payload=body, registry=_registry(header["alg"]))
+        if isinstance(key, SM2Key):
+            valid = sm2.verify_detached(signature, body, key, sm2_id)
+        else:
+            jws.deserialize_compact(signature, key, payload=body, registry=_registry(header["alg"]))
+            valid = True
     except (JoseError, ValueError):
-        raise EnvelopeError(
-            "bad-signature", "The signature does not match the bytes received"
-        ) from None
+        valid = False
+    if not valid:
+        raise EnvelopeError("bad-signature", "The signature does not match the bytes received")
     moment = now if now is not None else time.time()
     if header["aud"] != audience:
         raise EnvelopeError("audience", "The message is addressed to another receiver")

@@ -30,8 +30,9 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from ehr_service.exchange import suites
 from ehr_service.exchange.archive import Archive, Reply
-from ehr_service.exchange.envelope import Envelope, EnvelopeError, verify
+from ehr_service.exchange.envelope import Envelope, EnvelopeError
 from ehr_service.exchange.partners import Partner, PartnerRegistry
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, error_outcome
@@ -70,6 +71,7 @@ _STATUS = {
     "future": 403,
     "expired": 403,
     "lifetime": 403,
+    "suite": 403,
 }
 
 
@@ -111,19 +113,29 @@ class Inbound:
         self.archive = archive
 
     # -- the steps ---------------------------------------------------------------------
-    def verify(self, body: bytes, signature: str | None, htu: str) -> Envelope:
-        if not signature:
-            raise refused(400, "malformed", "The message needs an X-Exchange-Signature header")
+    def verify(
+        self, body: bytes, signatures: dict[str, str], htu: str, *, htm: str = "POST"
+    ) -> tuple[Envelope, str]:
+        """The verified envelope and signature set of a message: every suite this
+        region and the sending partner share must have signed it."""
+        if not signatures:
+            raise refused(
+                400,
+                "malformed",
+                f"The message needs an {suites.HEADER} or {suites.HEADER_SM2} header",
+            )
         settings = self.services.settings
         try:
-            return verify(
+            return suites.verify_set(
                 body,
-                signature,
+                signatures,
+                self.archive.suites_for(suites.issuer(signatures)),
                 key_for=lambda iss, kid: self.partners.key(iss, kid, signing=True),
                 audience=settings.exchange_id,
-                htm="POST",
+                htm=htm,
                 htu=htu,
                 skew=settings.exchange_clock_skew_seconds,
+                sm2_id=self.archive.sm2_id,
             )
         except EnvelopeError as error:
             raise refused(_STATUS[error.reason], error.reason, str(error)) from None
@@ -136,10 +148,12 @@ class Inbound:
                 403, "caller", "The bearer token does not belong to the partner that signed"
             )
 
-    def receive(self, ctx: RequestContext, body: bytes, signature: str | None, htu: str) -> Reply:
-        envelope = self.verify(body, signature, htu)
+    def receive(
+        self, ctx: RequestContext, body: bytes, signatures: dict[str, str], htu: str
+    ) -> Reply:
+        envelope, signature = self.verify(body, signatures, htu)
         self.authorise(ctx.caller, envelope)
-        return self.ingest(ctx, envelope, body, signature or "", direction="in")
+        return self.ingest(ctx, envelope, body, signature, direction="in")
 
     def ingest(
         self,
@@ -640,15 +654,16 @@ def _provenance(
             },
             *sources,
         ],
-        "signature": [
+        "signature": [  # one per suite: each JWS verifies alone
             {
                 "type": [SOURCE_SIGNATURE],
                 "when": format_instant(datetime.fromtimestamp(envelope.iat, UTC)),
                 "who": who,
                 "targetFormat": "application/fhir+json",
                 "sigFormat": "application/jose",
-                "data": base64.b64encode(signature.encode()).decode(),
+                "data": base64.b64encode(jws.encode()).decode(),
             }
+            for jws in signature.split(" ")
         ],
     }
 

@@ -24,8 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import orjson
 
+from ehr_service.exchange import suites
 from ehr_service.exchange.archive import Archive
-from ehr_service.exchange.envelope import HEADER, Envelope, EnvelopeError, protected_header, verify
+from ehr_service.exchange.envelope import Envelope, EnvelopeError
 from ehr_service.exchange.inbound import Inbound, refused
 from ehr_service.exchange.partners import Partner, PartnerError, PartnerRegistry
 from ehr_service.exchange.sharing import shared_with
@@ -187,8 +188,9 @@ class Outbound:
 
     def _deliver(self, partner: Partner, body: bytes) -> tuple[int, str]:
         assert partner.endpoint is not None
+        shared = self.archive.suites_for(partner.partner_id)
         signature, jti = self.archive.sign(
-            body, aud=partner.audience, htm="POST", htu=partner.endpoint
+            body, aud=partner.audience, htm="POST", htu=partner.endpoint, suites_used=shared
         )
         response = self.client.post(
             partner.endpoint,
@@ -196,37 +198,29 @@ class Outbound:
             headers={
                 "Content-Type": "application/fhir+json",
                 "Authorization": f"Bearer {self._token(partner)}",
-                HEADER: signature,
+                **suites.headers(signature),
             },
         )
         if response.status_code != 200:
             raise _UndeliveredError(f"HTTP {response.status_code}: {response.text[:300]}")
-        receipt = response.headers.get(HEADER)
-        if not receipt:
+        signed = suites.from_headers(response.headers.get)
+        if not signed:
             raise _UndeliveredError("the partner's answer is not signed")
-        # The receipt: signed by the partner, to us, for the same method and URL.
-        verify(
-            response.content,
-            receipt,
-            key_for=lambda iss, kid: (
-                self.partners.key(iss, kid, signing=True) if iss == partner.partner_id else None
-            ),
-            audience=self.settings.exchange_id,
-            htm="POST",
-            htu=partner.endpoint,
-            skew=self.settings.exchange_clock_skew_seconds,
-        )
+        # The receipt: signed by the partner, to us, for the same method and URL, in
+        # every suite we share.
+        _, receipt = self._verified(partner, response.content, signed, shared, "POST",
+                                    partner.endpoint)  # fmt: skip
         try:
             answered = jsonio.loads(response.content).get("identifier", {}).get("value")
         except (orjson.JSONDecodeError, AttributeError):
             answered = None
         if answered != f"{self.settings.exchange_id}/{jti}":
             raise _UndeliveredError("the receipt is for another message")
+        alg, kid, iat = suites.summary(signature)
         envelope = Envelope(
-            "", "", self.settings.exchange_id, partner.audience, 0, 0, jti, "POST", partner.endpoint
-        )
-        header = protected_header(signature)
-        envelope = replace(envelope, alg=header["alg"], kid=header["kid"], iat=header["iat"])
+            alg, kid, self.settings.exchange_id, partner.audience, iat, 0, jti, "POST",
+            partner.endpoint,
+        )  # fmt: skip
         with self.services.unit.write() as conn:
             self.archive.claim(
                 conn, envelope, body, signature, hashlib.sha256(body).hexdigest(), "out",
@@ -236,6 +230,25 @@ class Outbound:
                 conn, envelope.iss, jti, response.status_code, response.content, receipt
             )
         return response.status_code, jti
+
+    def _verified(
+        self, partner: Partner, body: bytes, signatures: dict[str, str],
+        shared: tuple[str, ...], htm: str, htu: str,
+    ) -> tuple[Envelope, str]:  # fmt: skip
+        """A signed answer of the partner (a receipt, a feed page), in every suite."""
+        return suites.verify_set(
+            body,
+            signatures,
+            shared,
+            key_for=lambda iss, kid: (
+                self.partners.key(iss, kid, signing=True) if iss == partner.partner_id else None
+            ),
+            audience=self.settings.exchange_id,
+            htm=htm,
+            htu=htu,
+            skew=self.settings.exchange_clock_skew_seconds,
+            sm2_id=self.archive.sm2_id,
+        )
 
     def _token(self, partner: Partner) -> str:
         path = self.settings.data_dir / "keys" / "partner-tokens" / f"{partner.partner_id}.jwt"
@@ -304,7 +317,10 @@ class Outbound:
             {"relation": "next", "url": next_url.format(cursor=cursor)},
         ]
         body = jsonio.dumps(document)
-        signature, _ = self.archive.sign(body, aud=partner.audience, htm="GET", htu=url)
+        signature, _ = self.archive.sign(
+            body, aud=partner.audience, htm="GET", htu=url,
+            suites_used=self.archive.suites_for(partner.partner_id),
+        )  # fmt: skip
         patients = frozenset(r["patient_id"] for r in rows)
         return body, signature, Result(200, body, patients=patients)
 
@@ -344,18 +360,10 @@ class Outbound:
             )
             if response.status_code != 200:
                 raise PartnerError(f"the feed answered HTTP {response.status_code}")
-            signature = response.headers.get(HEADER) or ""
-            envelope = verify(
-                response.content,
-                signature,
-                key_for=lambda iss, kid: (
-                    self.partners.key(iss, kid, signing=True) if iss == partner.partner_id else None
-                ),
-                audience=self.settings.exchange_id,
-                htm="GET",
-                htu=url,
-                skew=self.settings.exchange_clock_skew_seconds,
-            )
+            envelope, signature = self._verified(
+                partner, response.content, suites.from_headers(response.headers.get),
+                self.archive.suites_for(partner.partner_id), "GET", url,
+            )  # fmt: skip
             document = jsonio.loads(response.content)
             entries = document.get("entry") or []
             if entries:

@@ -1,7 +1,9 @@
 """The partner registry (docs/architecture.md §8): who may exchange with this region, how to
 reach them, what they may send, and the public keys their messages must verify
 with. Keys are pinned: a refresh may add keys, but a known ``kid`` may never change
-its key material (that would be a substitution, not a rotation)."""
+its key material (that would be a substitution, not a rotation). Each partner is
+registered for the cryptographic suite it signs with and accepts
+(``exchange/suites.py``): its JWKS must hold a key of each."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 
 from ehr_service.exchange.envelope import VerifyKey
+from ehr_service.exchange.suites import INTERNATIONAL, NATIONAL, SUITES, members
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
+from ehr_service.security import sm2
+from ehr_service.security.sm2 import SM2Key
 from ehr_service.storage import partners as store
 from ehr_service.storage.unit_of_work import UnitOfWork
 
@@ -46,6 +51,7 @@ class Partner:
     jwks_url: str | None
     keys: dict[str, dict[str, Any]]  # kid -> public JWK
     allowed_types: tuple[str, ...]
+    suite: str = INTERNATIONAL
 
 
 def _partner(row: dict[str, Any]) -> Partner:
@@ -58,6 +64,7 @@ def _partner(row: dict[str, Any]) -> Partner:
         row["jwks_url"],
         {k["kid"]: k for k in jsonio.loads(row["jwks"])["keys"]},
         tuple(jsonio.loads(row["allowed_types"])),
+        row.get("suite") or INTERNATIONAL,
     )
 
 
@@ -70,7 +77,15 @@ def load_jwks(source: str) -> dict[str, dict[str, Any]]:
             document = response.json()
         else:
             document = jsonio.loads(Path(source).read_bytes())
-        KeySet.import_key_set(document)  # well-formed keys only
+        listed = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(k, dict) for k in listed):
+            raise ValueError("a JWKS is an object with a list of keys")
+        for key in listed:  # well-formed keys only (SM2 ones are not joserfc's)
+            if key.get("crv") == sm2.CRV:
+                SM2Key.from_jwk({k: v for k, v in key.items() if k != "d"})
+        others = [k for k in listed if k.get("crv") != sm2.CRV]
+        if others or not listed:
+            KeySet.import_key_set({"keys": others})
     except (httpx.HTTPError, OSError, ValueError, JoseError) as exc:
         raise PartnerError(f"the JWKS could not be read: {exc}") from None
     keys: dict[str, dict[str, Any]] = {}
@@ -110,7 +125,22 @@ def _types(allowed: list[str]) -> list[str]:
 
 def public_key(jwk: dict[str, Any]) -> VerifyKey:
     material = _material(jwk)
+    if material.get("crv") == sm2.CRV:
+        return SM2Key.from_jwk(material)
     return ECKey.import_key(material) if material["kty"] == "EC" else OKPKey.import_key(material)
+
+
+def _suite(suite: str, keys: dict[str, dict[str, Any]]) -> str:
+    """The partner's suite, refused when its JWKS holds no key to verify it with."""
+    if suite not in SUITES:
+        raise PartnerError(f"the suite is one of {', '.join(SUITES)}")
+    usable = [k for k in keys.values() if k.get("status") != "revoked"]
+    national = any(k.get("crv") == sm2.CRV for k in usable)
+    if NATIONAL in members(suite) and not national:
+        raise PartnerError(f"a partner of the {suite} suite needs an SM2 key in its JWKS")
+    if INTERNATIONAL in members(suite) and all(k.get("crv") == sm2.CRV for k in usable):
+        raise PartnerError(f"a partner of the {suite} suite needs an ES256 or Ed25519 key")
+    return suite
 
 
 class PartnerRegistry:
@@ -195,10 +225,12 @@ class PartnerRegistry:
         jwks: str,
         endpoint: str | None = None,
         allowed_types: list[str],
+        suite: str = INTERNATIONAL,
     ) -> Partner:
         if not _ID.fullmatch(partner_id):
             raise PartnerError("a partner id is 1-64 lower-case letters, digits and hyphens")
         keys = load_jwks(jwks)
+        _suite(suite, keys)
         with self.unit.write() as conn:
             if store.get(conn, partner_id) is not None:
                 raise PartnerError(f"partner {partner_id} exists: use update")
@@ -213,6 +245,7 @@ class PartnerRegistry:
                     "jwks_url": jwks if jwks.startswith(("http://", "https://")) else None,
                     "jwks": jsonio.dumps({"keys": list(keys.values())}),
                     "allowed_types": jsonio.dumps(_types(allowed_types)).decode(),
+                    "suite": suite,
                     "updated": utc_now(),
                 },
             )
@@ -224,9 +257,12 @@ class PartnerRegistry:
         if "allowed_types" in values:
             values["allowed_types"] = jsonio.dumps(_types(values["allowed_types"])).decode()
         source = jwks or current.jwks_url
+        keys = current.keys
         if source is not None:
             keys = pinned(current.keys, load_jwks(source))
             values["jwks"] = jsonio.dumps({"keys": list(keys.values())})
+        if "suite" in values:
+            _suite(values["suite"], keys)
         values["updated"] = utc_now()
         with self.unit.write() as conn:
             store.change(conn, partner_id, values)

@@ -25,6 +25,8 @@ class Exchange:
             self.keys,
             self.partners,
             settings.exchange_id,
+            crypto_suite=settings.crypto_suite,
+            sm2_id=settings.sm2_distinguishing_id.encode(),
         )
         self.inbound = Inbound(services, self.partners, self.archive)
         self.outbound = Outbound(services, self.partners, self.archive, self.inbound, client)

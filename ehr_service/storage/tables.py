@@ -409,6 +409,8 @@ exchange_partner = Table(
     Column("allowed_types", String(2048), nullable=False),  # JSON list of resource types
     Column("updated", UTCDateTime, nullable=False),
     Column("feed_cursor", SEQUENCE, nullable=False, server_default="0"),  # pulled up to here
+    # the cryptographic suite it signs with and accepts: international | national | both
+    Column("suite", String(16), nullable=False, server_default="international"),
 )
 
 # Signed exchanges (docs/architecture.md §8). Every message received (and every one sent) is

@@ -5,7 +5,8 @@ alone is timed over the same messages, so the share of ingest time spent on
 verification is a ratio measured in one run.
 
 Half the residents already have a record here (matched by the blind index of
-their ID number), half are new."""
+their ID number), half are new. ``suite`` picks the partner's signatures: ES256
+(international) or SM2SM3 (national, both regions on that suite)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from typing import Any
 import orjson
 from joserfc.jwk import ECKey
 
-from ehr_service.exchange import envelope
+from ehr_service.exchange import envelope, suites
 from ehr_service.exchange.partners import PartnerRegistry
 from ehr_service.exchange.service import Exchange
 from ehr_service.interactions.context import RequestContext
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM, check_character
 from ehr_service.security.caller import SERVICE, Caller
 from ehr_service.security.scopes import parse_scopes
+from ehr_service.security.sm2 import SM2Key
 
 HTU = "http://bench.test/exchange/v1/bundles"
 LAB = [
@@ -82,7 +84,9 @@ def _message(rng: random.Random, index: int, results: int) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
 
 
-def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str, Any]:
+def run(
+    name: str, url: str, messages: int = 200, results: int = 20, suite: str = "international"
+) -> dict[str, Any]:
     from ehr_service.app import build_services
     from ehr_service.config import Settings
     from ehr_service.storage.migrate import upgrade
@@ -91,21 +95,26 @@ def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         services = build_services(
             Settings(database_url=url, data_dir=Path(tmp), exchange_id="chongqing",
-                     environment="test")
+                     environment="test", crypto_suite=suite)
         )  # fmt: skip
         upgrade(services.database, services.settings.migrations_dir)
         try:
-            key = ECKey.generate_key("P-256", private=True)
+            key: Any = (
+                SM2Key.generate()
+                if suite == "national"
+                else ECKey.generate_key("P-256", private=True)
+            )
+            alg = suites.DEFAULT_ALG[suite]
             jwks = Path(tmp) / "jwks.json"
             jwks.write_bytes(
                 orjson.dumps({"keys": [key.as_dict(private=False) | {"kid": key.thumbprint()}]})
             )
             PartnerRegistry(services.unit).add(
                 "sichuan", name="Sichuan", region="sichuan", audience="sichuan", jwks=str(jwks),
-                allowed_types=["Observation"],
+                allowed_types=["Observation"], suite=suite,
             )  # fmt: skip
             exchange = Exchange(services)
-            exchange.keys.ensure_active()
+            exchange.keys.ensure_active(suite)
             base = RequestContext(services, "http://bench.test/fhir", "bench", caller=SERVICE)
             # half the residents already have a record here
             from ehr_service.interactions import create
@@ -122,8 +131,9 @@ def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str
             ctx = replace(base, caller=partner, interaction="exchange_receive")
             bodies = [_message(rng, index, results) for index in range(messages)]
             signed = [
-                (body, envelope.sign(body, key, kid=key.thumbprint(), alg="ES256", iss="sichuan",
-                                     aud="chongqing", htm="POST", htu=HTU))
+                (body, {suite: envelope.sign(body, key, kid=key.thumbprint(), alg=alg,
+                                             iss="sichuan", aud="chongqing", htm="POST",
+                                             htu=HTU)})
                 for body in bodies
             ]  # fmt: skip
             started = time.perf_counter()
@@ -137,13 +147,15 @@ def run(name: str, url: str, messages: int = 200, results: int = 20) -> dict[str
             ingest_seconds = time.perf_counter() - started
             started = time.perf_counter()
             for body in bodies[:100]:
-                exchange.archive.sign(body, aud="sichuan", htm="POST", htu=HTU)
+                exchange.archive.sign(body, aud="sichuan", htm="POST", htu=HTU,
+                                      suites_used=(suite,))  # fmt: skip
             sign_ms = (time.perf_counter() - started) / min(100, len(bodies)) * 1000
         finally:
             services.database.dispose()
     stored = messages * (results + 1) + messages // 2  # results, a Provenance each, new residents
     return {
         "backend": name,
+        "suite": suite,
         "messages": messages,
         "results_per_message": results,
         "message_kib": round(sum(len(b) for b in bodies) / len(bodies) / 1024, 1),

@@ -363,7 +363,17 @@ def _sizes(variable: str, default: str) -> list[int]:
     return [int(v) for v in os.environ.get(variable, default).split(",") if v]
 
 
-SECTIONS = ("http", "search", "identity", "recognition", "exchange", "crypto", "audit", "import")
+SECTIONS = (
+    "http",
+    "search",
+    "identity",
+    "recognition",
+    "signatures",
+    "exchange",
+    "crypto",
+    "audit",
+    "import",
+)
 
 
 def _wanted(section: str) -> bool:
@@ -488,21 +498,35 @@ def main() -> None:
             ("growth", "$recognizable-results_p95_growth", ".2f"),
         ])  # fmt: skip
 
+    signature_rows: list[dict[str, Any]] = []
+    if _wanted("signatures"):
+        print("\nexchange signatures, one message of 20 KiB (in-process):", flush=True)
+        from tests.bench import signature_bench
+
+        signature_rows = signature_bench.run()
+        _table(signature_rows, [
+            ("alg", "alg", ""), ("sign/s", "sign_per_s", ","), ("verify/s", "verify_per_s", ","),
+            ("sign vs ES256", "sign_vs_es256", ".2f"),
+            ("verify vs ES256", "verify_vs_es256", ".2f"),
+        ])  # fmt: skip
+
     if _wanted("exchange"):
         print("\nsigned exchange ingest (in-process, no HTTP):", flush=True)
         from tests.bench import exchange_bench
 
         messages = int(os.environ.get("EHR_BENCH_EXCHANGE_MESSAGES", "200"))
-        exchange_rows = [
-            exchange_bench.run(
-                "sqlite", f"sqlite:///{tempfile.mkdtemp()}/exchange.sqlite3", messages
-            )
-        ]
-        pg_exchange = _fresh_pg("ehr_bench_exchange")
-        if pg_exchange:
-            exchange_rows.append(exchange_bench.run("postgresql", pg_exchange, messages))
+        for suite in ("international", "national"):
+            exchange_rows.append(exchange_bench.run(
+                "sqlite", f"sqlite:///{tempfile.mkdtemp()}/exchange.sqlite3", messages,
+                suite=suite,
+            ))  # fmt: skip
+            pg_exchange = _fresh_pg(f"ehr_bench_exchange_{suite}")
+            if pg_exchange:
+                exchange_rows.append(
+                    exchange_bench.run("postgresql", pg_exchange, messages, suite=suite)
+                )
         _table(exchange_rows, [
-            ("backend", "backend", ""), ("messages", "messages", "d"),
+            ("backend", "backend", ""), ("suite", "suite", ""), ("messages", "messages", "d"),
             ("KiB/msg", "message_kib", ".1f"), ("msg/s", "messages_per_s", ".1f"),
             ("results/s", "results_per_s", ","), ("written res/s", "stored_resources_per_s", ","),
             ("verify ms", "verify_ms_per_message", ".3f"),
@@ -583,6 +607,7 @@ def main() -> None:
         "results": results,
         "search": search_rows,
         "identity": mpi_rows,
+        "signatures": signature_rows,
         "exchange": exchange_rows,
         "recognition": recognition_rows,
         "import": import_rows,
