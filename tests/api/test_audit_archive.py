@@ -274,3 +274,26 @@ def test_anchored_segments_are_checked_against_the_database(archived: Services) 
                      .values(statement=b"{}"))  # fmt: skip
     verdict = _verify(archived)
     assert not verdict.intact and "segment 2" in verdict.reason
+
+
+def test_an_event_of_a_long_named_interaction_is_stored_and_verifies(
+    fresh_services: Services,  # noqa: F811
+) -> None:
+    """The kind column once held 32 characters: a longer operation name failed the
+    insert on PostgreSQL (and with it the request)."""
+    from ehr_service.security.caller import Caller
+    from ehr_service.storage import audit as audit_store
+
+    caller = Caller(subject="clerk", authenticated=True)
+    names = ["cli:" + "keys-rotate-data-key-" * 3, "operation-" + "x" * 300]
+    with fresh_services.unit.write(audited=False) as conn:
+        audit_store.append(conn, [
+            fresh_services.auditor.new_event(interaction=name, status=200, caller=caller,
+                                             patients=frozenset())
+            for name in names
+        ])  # fmt: skip
+    with fresh_services.unit.read() as conn:
+        kinds = [r.kind for r in conn.execute(sa.select(audit_event.c.kind))]
+    assert sorted(len(k) for k in kinds) == [67, 128]
+    seal_all(Sealer(fresh_services.unit, _keys(fresh_services), interval=0))
+    assert _verify(fresh_services).intact
