@@ -25,6 +25,7 @@ from ehr_service.fhir import jsonio
 from ehr_service.fhir.primitives import format_instant
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage import audit_archive as archive_store
+from ehr_service.storage import audit_guard
 from ehr_service.storage.audit import CHAIN_HASHES, GENESIS, SealHead, StoredEvent, chain_hash
 from ehr_service.storage.unit_of_work import UnitOfWork
 
@@ -38,6 +39,7 @@ class Verdict:
     blocks: int = 0  # blocks verified
     event: int | None = None  # the id of the event at fault, where one is named
     archived: int = 0  # events verified from archived segment files (the first ones)
+    guarded: bool = True  # the database's triggers over the trail are in place
 
     @property
     def intact(self) -> bool:
@@ -104,11 +106,13 @@ def verify(
             walker.problem = _anchors_problem(conn, anchors)
         unsealed = audit_store.count_unsealed(conn)
         archived = archive_store.archived_through(conn)
+        guarded = audit_guard.installed(conn)
     problem = walker.problem
     if problem is not None:
         return Verdict(walker.count, problem[0], problem[1], unsealed, walker.blocks, problem[2],
-                       archived)  # fmt: skip
-    return Verdict(walker.count, unsealed=unsealed, blocks=walker.blocks, archived=archived)
+                       archived, guarded)  # fmt: skip
+    return Verdict(walker.count, unsealed=unsealed, blocks=walker.blocks, archived=archived,
+                   guarded=guarded)  # fmt: skip
 
 
 class _Accesses:

@@ -75,6 +75,10 @@ def audit_verify(
     finally:
         database.dispose()
     waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
+    if not verdict.guarded:
+        typer.echo("warning: the database's audit guard (triggers refusing changes to the "
+                   "trail) is not installed; as the schema's owner: ehr-service audit guard",
+                   err=True)  # fmt: skip
     if verdict.intact:
         archived = f" ({verdict.archived} of them in archived segments)" if verdict.archived else ""
         typer.echo(
@@ -89,6 +93,21 @@ def audit_verify(
         err=True,
     )
     raise typer.Exit(1)
+
+
+@audit_app.command("guard")
+def audit_guard_install() -> None:
+    """Re-create the database's guard over the audit trail (triggers that refuse to
+    change or delete it; migration 0013 installs them). Needs the schema's owner."""
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.migrate import install_audit_guard
+
+    database = Database(settings_from_env().effective_database_url)
+    try:
+        install_audit_guard(database)
+    finally:
+        database.dispose()
+    typer.echo("audit guard installed")
 
 
 @audit_app.command("archive")

@@ -43,6 +43,14 @@ def partition_database(database: Database, partitions: int) -> list[str]:
         return partition(conn, partitions)
 
 
+def install_audit_guard(database: Database) -> None:
+    """``audit guard``: re-create the triggers over the audit trail (a schema change)."""
+    from ehr_service.storage import audit_guard
+
+    with database.engine.begin() as conn:
+        audit_guard.install(conn)
+
+
 def is_at_head(database: Database, migrations_dir: Path) -> bool:
     """True when the database schema is at the newest migration."""
     script = ScriptDirectory.from_config(alembic_config(migrations_dir, database.url))

@@ -154,7 +154,17 @@ def test_the_database_refuses_to_delete_or_change_the_trail(archived: Services) 
             conn.execute(statement)
     with archived.unit.read() as conn:
         assert _snapshot(conn) == before
-    assert _verify(archived).intact
+    assert _verify(archived).intact and _verify(archived).guarded
+    with archived.unit.write(audited=False) as conn:  # a schema owner drops it: verify says so
+        audit_guard.drop(conn)
+    assert not _verify(archived).guarded
+    settings = archived.settings
+    env = {"EHR_DATABASE_URL": settings.effective_database_url,
+           "EHR_DATA_DIR": str(settings.data_dir)}  # fmt: skip
+    warned = CliRunner().invoke(cli, ["audit", "verify"], env=env)
+    assert warned.exit_code == 0 and "audit guard" in warned.output, warned.output
+    assert CliRunner().invoke(cli, ["audit", "guard"], env=env).exit_code == 0
+    assert _verify(archived).guarded
 
 
 def _snapshot(conn: sa.Connection) -> dict[str, list[Any]]:
