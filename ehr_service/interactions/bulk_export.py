@@ -7,8 +7,9 @@ Kick-off (``Prefer: respond-async``; GET with URL parameters, or POST with a
 a 400, or under ``Prefer: handling=lenient`` ignored and reported in the manifest's
 ``error`` file), then records a job and answers 202 with the status URL in
 ``Content-Location``; a worker thread writes one NDJSON file per type under
-``<data dir>/exports/<job>/`` (the stored form: resident ID numbers masked and
-sealed, never plaintext at rest); the status URL answers 202 with ``X-Progress``
+``<data dir>/exports/<job>/``, each file sealed at rest in chunks with the data key
+(``security/sealed_files.py``; inside, the stored form: resident ID numbers sealed
+again on their own); the status URL answers 202 with ``X-Progress``
 while it runs, then 200 with the manifest; files are served to the client that
 asked, with ID numbers opened only for callers allowed to see them; ``DELETE`` on
 the status URL cancels the job and removes its files. Only resources changed up
@@ -38,8 +39,11 @@ from ehr_service.interactions import bulk_request
 from ehr_service.interactions.bulk_request import ExportPlan
 from ehr_service.interactions.context import RequestContext, Services
 from ehr_service.interactions.results import Result
+from ehr_service.security import sealed_files
 from ehr_service.security.caller import Caller
+from ehr_service.security.fieldcrypto import Keyring
 from ehr_service.security.policy import forbidden
+from ehr_service.security.sealed_files import SealedWriter
 from ehr_service.storage import bulk_export as store
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,11 @@ def _reason(exc: Exception, directory: Path) -> str:
     return type(exc).__name__
 
 
+def _sealed_name(job_id: str, name: str) -> str:
+    """What a bulk file's chunks are sealed for: this job's file of this name."""
+    return f"bulk-export/{job_id}/{name}"
+
+
 def _not_found(job_id: str) -> FhirError:
     return FhirError.of(Category.NOT_FOUND, f"No export job {job_id[:64]} for this client")
 
@@ -89,6 +98,10 @@ class BulkExports:
         self._cancelled: set[str] = set()
         self._stopping = False  # the service is shutting down: jobs stop between pages
         self._lock = threading.Lock()
+
+    @property
+    def _keyring(self) -> Keyring:
+        return self.services.identity.protection.keyring
 
     # -- kick-off ---------------------------------------------------------------------
     def kickoff(
@@ -190,7 +203,8 @@ class BulkExports:
         complete = False
         matching = job.plan.filters.get(resource_type, ())
         kept = job.plan.elements.get(resource_type)
-        with path.open("wb") as out:
+        with path.open("wb") as raw:
+            out = SealedWriter(raw, self._keyring, _sealed_name(job.job_id, path.name))
             while not self._is_cancelled(job.job_id):
                 with self.services.unit.read() as conn:
                     rows = store.page(
@@ -215,6 +229,7 @@ class BulkExports:
                     complete = True
                     break
                 after = rows[-1][0]
+            out.close()
         if count == 0:
             path.unlink(missing_ok=True)
         return count, complete
@@ -223,9 +238,11 @@ class BulkExports:
         """What lenient handling ignored, as OperationOutcomes in the error file."""
         if not job.plan.ignored:
             return []
-        with (folder / ERRORS).open("wb") as out:
+        with (folder / ERRORS).open("wb") as raw:
+            out = SealedWriter(raw, self._keyring, _sealed_name(job.job_id, ERRORS))
             for issue in job.plan.ignored:
                 out.write(jsonio.dumps(operation_outcome(Category.INCORRECT, [issue])) + b"\n")
+            out.close()
         return [{"type": "OperationOutcome", "file": ERRORS, "count": len(job.plan.ignored),
                  "error": True}]  # fmt: skip
 
@@ -285,8 +302,9 @@ class BulkExports:
 
         def lines() -> Iterator[bytes]:
             with path.open("rb") as handle:
-                for line in handle:
-                    yield protection.present(line.rstrip(b"\n"), reveal=reveal) + b"\n"
+                for line in sealed_files.lines(handle, protection.keyring,
+                                               _sealed_name(job_id, name)):  # fmt: skip
+                    yield protection.present(line, reveal=reveal) + b"\n"
 
         return lines()
 

@@ -83,7 +83,10 @@ def test_system_export_with_manifest_and_files(client: TestClient, services: Ser
         in next(p for p in patients if p["id"] == ids["p1"])["identifier"]
     )
     export_dir = services.settings.data_dir / "exports"
-    assert all(ids["number"] not in f.read_text() for f in export_dir.rglob("*.ndjson"))
+    at_rest = [f.read_bytes() for f in export_dir.rglob("*.ndjson")]
+    assert at_rest and all(ids["number"].encode() not in raw for raw in at_rest)
+    # the files are sealed whole: no record is readable on disk
+    assert all(b"resourceType" not in raw and ids["p1"].encode() not in raw for raw in at_rest)
     # _type and _since
     only = _export(client, "/fhir/$export", _type="Observation")
     assert [o["type"] for o in only["output"]] == ["Observation"]
