@@ -41,10 +41,14 @@ class ExportPlan:
     types: tuple[str, ...]
     since: datetime | None
     patients: tuple[str, ...] | None  # only these patients' records (None: no limit)
-    filters: dict[str, tuple[FilterClauses, ...]]  # ORed per type; a type not here: whole
+    # ``_typeFilter``s, ORed per type (a type not here: whole), compiled twice: driven
+    # by the most selective criterion's id set, and checked per resource (``scans``);
+    # the export takes one or the other by how many resources match (bulk_export.py).
+    filters: dict[str, tuple[FilterClauses, ...]]
     elements: dict[str, frozenset[str]]  # JSON names kept per type; not here: whole
     ignored: tuple[Issue, ...]  # not offered, ignored under Prefer: handling=lenient
     named: frozenset[str] = field(default_factory=frozenset)  # ``patient`` ids (the audit)
+    scans: dict[str, tuple[FilterClauses, ...]] = field(default_factory=dict)
 
 
 def plan(ctx: RequestContext, kind: str, group_id: str | None, lenient: bool) -> ExportPlan:
@@ -63,7 +67,9 @@ def plan(ctx: RequestContext, kind: str, group_id: str | None, lenient: bool) ->
     since_value = single(query, "_since")
     since = parse_instant_param(since_value, "_since") if since_value else None
     types = _types(ctx, kind, query.get("_type"), unsupported)
-    filters = _filters(ctx, kind, types, "_type" in query, query.get("_typeFilter"), unsupported)
+    filters, scans = _filters(
+        ctx, kind, types, "_type" in query, query.get("_typeFilter"), unsupported
+    )
     elements = element_plan(types, query.get("_elements"))
     for value in listed(query.get("includeAssociatedData")):
         unsupported.refuse(
@@ -84,6 +90,7 @@ def plan(ctx: RequestContext, kind: str, group_id: str | None, lenient: bool) ->
         elements,
         tuple(unsupported.issues),
         frozenset(named or ()),
+        scans,
     )
 
 
@@ -120,8 +127,9 @@ def _filters(
     typed: bool,
     values: list[str] | None,
     unsupported: Unsupported,
-) -> dict[str, tuple[FilterClauses, ...]]:
+) -> tuple[dict[str, tuple[FilterClauses, ...]], dict[str, tuple[FilterClauses, ...]]]:
     filters: dict[str, list[FilterClauses]] = {}
+    scans: dict[str, list[FilterClauses]] = {}
     for wanted in type_filters(values):
         resource_type = wanted.resource_type
         if resource_type not in types:
@@ -136,13 +144,20 @@ def _filters(
         request = _parse(ctx, wanted, unsupported)
         require_search(ctx.caller, request.touched_types())
         try:
-            where = SearchCompiler(ctx.base_url).where(
+            compiler = SearchCompiler(ctx.base_url)
+            where = compiler.where(
                 resource_type, request.criteria, request.reverse_chains, view=ctx.view
             )
+            scan = compiler.where(resource_type, request.criteria, request.reverse_chains,
+                                  view=ctx.view, drive=False)  # fmt: skip
         except FhirError as error:
             raise _in_filter(error, wanted) from None
         filters.setdefault(resource_type, []).append(where)
-    return {t: tuple(clauses) for t, clauses in filters.items()}
+        scans.setdefault(resource_type, []).append(scan)
+    return (
+        {t: tuple(clauses) for t, clauses in filters.items()},
+        {t: tuple(clauses) for t, clauses in scans.items()},
+    )
 
 
 def _parse(ctx: RequestContext, wanted: TypeFilter, unsupported: Unsupported) -> SearchRequest:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
@@ -58,6 +58,20 @@ def finished_before(conn: Connection, before: datetime) -> list[str]:
         )
     ).all()
     return [r.job_id for r in rows]
+
+
+def matches_at_least(
+    conn: Connection, resource_type: str, matching: Sequence[FilterClauses], count: int
+) -> bool:
+    """Do at least ``count`` live resources of the type meet one of the searches?
+    (It stops counting there.)"""
+    found = select(resource.c.res_id).where(
+        resource.c.res_type == resource_type,
+        resource.c.deleted.is_(False),
+        or_(*(and_(*clauses) for clauses in matching)),
+    )
+    counted = select(func.count()).select_from(found.limit(count).subquery())
+    return int(conn.execute(counted).scalar_one()) >= count
 
 
 def page(

@@ -535,7 +535,13 @@ class SearchCompiler:
         criteria: Sequence[Criterion],
         reverse_chains: Sequence[ReverseChain] = (),
         view: Visibility = EVERYTHING,
+        *,
+        drive: bool = True,
     ) -> list[ColumnElement[bool]]:
+        """The conditions on ``resource``. With ``drive`` the most selective
+        criterion is an id set the query starts from; without, every criterion
+        is checked per resource (a bulk export walking resources in id order a
+        page at a time: an id set would be built again for every page)."""
         self.view = view
         clauses: list[ColumnElement[bool]] = [
             resource.c.res_type == resource_type,
@@ -543,7 +549,7 @@ class SearchCompiler:
         ]
         if view.restricts:  # a patient-bound caller, or consent refusals
             clauses.append(visible(resource, view, resource_type))
-        driver = min(criteria, key=_selectivity_rank, default=None)
+        driver = min(criteria, key=_selectivity_rank, default=None) if drive else None
         clauses.extend(
             self.criterion_clause(resource_type, c, drives=c is driver) for c in criteria
         )

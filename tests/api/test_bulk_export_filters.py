@@ -39,9 +39,16 @@ def _jobs(services: Services) -> int:
         )
 
 
+# How a filtered type's pages apply the filter: by the match set (few matches) or
+# per resource (many): both must export exactly what the search finds.
+WALKS = pytest.mark.parametrize("driven_at_most", [10_000, 1], ids=["driven", "per-resource"])
+
+
+@WALKS
 def test_a_type_filter_by_code_exports_exactly_what_the_search_finds(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, driven_at_most: int
 ) -> None:
+    monkeypatch.setattr(bulk_export, "DRIVEN_AT_MOST", driven_at_most)
     ids = records(client)
     limits: list[int] = []
     real = store.page
@@ -67,7 +74,11 @@ def test_a_type_filter_by_code_exports_exactly_what_the_search_finds(
     assert set(limits) == {2} and len(limits) >= 5 + 2
 
 
-def test_several_filters_of_a_type_are_ored_and_other_types_whole(client: TestClient) -> None:
+@WALKS
+def test_several_filters_of_a_type_are_ored_and_other_types_whole(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, driven_at_most: int
+) -> None:
+    monkeypatch.setattr(bulk_export, "DRIVEN_AT_MOST", driven_at_most)
     ids = records(client)
     male = ids["patients"][1]
     first = f"code={LOINC}|{HAEMOGLOBIN}"
