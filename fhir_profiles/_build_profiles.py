@@ -1,8 +1,8 @@
 """Build profiles/*.json: the service's StructureDefinitions (differentials) and the
 ValueSets they bind to:
 
-- resident-patient: a resident's Patient (one ID number slice, one lifelong record
-  number slice, name, gender and birth date required);
+- resident-patient: a resident's Patient (one ID number slice, one national
+  health-record number slice, one health card slice, name, gender and birth date required);
 - recognized-lab-observation: a laboratory result fit for mutual recognition;
 - recognized-imaging-report / recognized-imaging-study: an imaging report or study
   fit for mutual recognition.
@@ -18,7 +18,8 @@ from typing import Any
 
 BASE = "urn:ehr-service"
 ID_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.3"
-RECORD_NUMBER_SYSTEM = "urn:ehr-service:lifelong-record-number"
+RECORD_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.2"  # WS 365 health-record number
+HEALTH_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"  # resident health card number
 ITEMS = "urn:ehr-service:recognition-item"
 FHIR_SD = "http://hl7.org/fhir/StructureDefinition"
 
@@ -113,6 +114,9 @@ def build() -> list[dict[str, Any]]:
         {"id": "Patient.identifier:recordNumber", "path": "Patient.identifier",
          "sliceName": "recordNumber", "min": 0, "max": "1",
          "patternIdentifier": {"system": RECORD_NUMBER_SYSTEM}},
+        {"id": "Patient.identifier:healthCard", "path": "Patient.identifier",
+         "sliceName": "healthCard", "min": 0, "max": "1",
+         "patternIdentifier": {"system": HEALTH_CARD_SYSTEM}},
         {"path": "Patient.name", "min": 1},
         {"path": "Patient.gender", "min": 1},
         {"path": "Patient.birthDate", "min": 1},
