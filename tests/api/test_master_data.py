@@ -22,6 +22,7 @@ from tests.helpers import FHIR_JSON, snapshot
 IG = "http://fhir.cq.hc"
 TYPES = f"{IG}/CodeSystem/identifierType-code-system"
 PROFILE = "urn:ehr-service:StructureDefinition/recognition-institution"
+DOCTOR = "urn:ehr-service:StructureDefinition/recognition-practitioner"
 CERTIFICATE = "urn:ehr-service:physician-practising-certificate"
 # The Chongqing health commission's code, as the IG's example gives it; computed by
 # hand from GB 32100-2015 (weights 3^(i-1) mod 31, 31 - sum mod 31) it ends in W.
@@ -173,7 +174,7 @@ def test_a_partners_region_is_known(
 def test_practitioner_certificate_numbers(client: TestClient, services: Services) -> None:
     def doctor(number: str) -> dict[str, Any]:
         return {"resourceType": "Practitioner", "name": [{"text": "张医生"}],
-                "meta": {"profile": ["urn:ehr-service:StructureDefinition/recognition-practitioner"]},
+                "meta": {"profile": [DOCTOR]},
                 "identifier": [{"system": CERTIFICATE, "value": number}]}  # fmt: skip
 
     assert _post(client, doctor("110500000012345")).status_code == 201
