@@ -143,10 +143,16 @@ class Settings(BaseSettings):
     )
     record_number_system: str = Field(
         default="urn:ehr-service:lifelong-record-number",
-        description="identifier system of the lifelong record numbers this service assigns",
+        description="identifier system of the private record numbers assigned before the "
+        "national health-record numbers; records keep theirs as an identifier of use old",
     )
-    record_number_prefix: str = Field(
-        default="EHR", pattern=r"^[A-Z]{0,8}$", description="prefix of every record number"
+    record_division_code: str = Field(
+        default="500000",
+        pattern=r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$",
+        description="administrative division of new health-record numbers (WS 365): the "
+        "6-digit county-level code (GB/T 2260), optionally with the 3-digit township and "
+        "3-digit village codes (000 when not given); a Patient address's division code "
+        "in that county gives its own township and village",
     )
 
     # Signed cross-region exchange (docs/architecture.md §8).

@@ -4,7 +4,8 @@ every domain; the domains do not know one another.
 
 | stage | hook | domain |
 |---|---|---|
-| RESOURCE | institution-cache, institution-remark, recognition-mark | recognition |
+| RESOURCE | institution-master-data, institution-cache, institution-remark, | recognition |
+|  | recognition-mark | |
 | SEAL | resident-identity | mpi |
 | OWNER | own-record-only | security |
 | VERSION | consent-refusals | security |
@@ -51,7 +52,12 @@ def build_pipeline(
         writes.written(draft.resource_type)
 
     pipeline.register(
-        *recognition_hooks.hooks(catalogues, settings.recognition_mark, remarker),
+        *recognition_hooks.hooks(
+            catalogues,
+            settings.recognition_mark,
+            remarker,
+            regions=(settings.region, *settings.regions),
+        ),
         identity_hooks.sealing(identity),
         *security_hooks.hooks(),
         outbox_hook(),

@@ -1,11 +1,17 @@
 """Build profiles/*.json: the service's StructureDefinitions (differentials) and the
 ValueSets they bind to:
 
-- resident-patient: a resident's Patient (one ID number slice, one lifelong record
-  number slice, name, gender and birth date required);
+- resident-patient: a resident's Patient (one ID number slice, one national
+  health-record number slice, one health card slice, name, gender and birth date required);
 - recognized-lab-observation: a laboratory result fit for mutual recognition;
 - recognized-imaging-report / recognized-imaging-study: an imaging report or study
-  fit for mutual recognition.
+  fit for mutual recognition;
+- recognition-institution: an institution's master data, aligned with the
+  Chongqing core IG draft's hc-healthcare-organization (http://fhir.cq.hc): unified
+  social credit code and practising-licence identifiers sliced by type, WS 218
+  type, hospital grade and district extensions, beside our region, level and
+  quality-control extensions;
+- recognition-practitioner: a practitioner with the practising-certificate number.
 
 Usage: python fhir_profiles/_build_profiles.py
 """
@@ -18,9 +24,58 @@ from typing import Any
 
 BASE = "urn:ehr-service"
 ID_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.3"
-RECORD_NUMBER_SYSTEM = "urn:ehr-service:lifelong-record-number"
+RECORD_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.2"  # WS 365 health-record number
+HEALTH_CARD_SYSTEM = "urn:oid:2.16.156.10011.1.19"  # resident health card number
 ITEMS = "urn:ehr-service:recognition-item"
 FHIR_SD = "http://hl7.org/fhir/StructureDefinition"
+IG = "http://fhir.cq.hc"
+IG_TYPES = f"{IG}/CodeSystem/identifierType-code-system"
+CERTIFICATE_SYSTEM = "urn:ehr-service:physician-practising-certificate"
+
+
+def _identifier_slice(
+    resource_type: str, name: str, low: int, pattern: dict[str, Any]
+) -> dict[str, Any]:
+    return {"id": f"{resource_type}.identifier:{name}", "path": f"{resource_type}.identifier",
+            "sliceName": name, "min": low, "max": "1", "patternIdentifier": pattern}  # fmt: skip
+
+
+def _extension_slice(name: str, url: str, low: int) -> dict[str, Any]:
+    return {"id": f"Organization.extension:{name}", "path": "Organization.extension",
+            "sliceName": name, "min": low, "max": "1",
+            "type": [{"code": "Extension", "profile": [url]}],
+            "patternExtension": {"url": url}}  # fmt: skip
+
+
+def master_data() -> list[dict[str, Any]]:
+    def typed(code: str) -> dict[str, Any]:
+        return {"use": "official", "type": {"coding": [{"system": IG_TYPES, "code": code}]}}
+
+    institution = [
+        _identifier_slice("Organization", "uscc", 0, typed("USCC")),
+        _identifier_slice("Organization", "miplrn", 1, typed("MIPLRN")),
+        {"path": "Organization.name", "min": 1},
+        _extension_slice(
+            "institutionType", f"{IG}/StructureDefinition/hc-mdm-healthcareinstitutionstype", 1
+        ),
+        _extension_slice("hospitalGrade", f"{IG}/StructureDefinition/hc-mdm-hospitallevel", 0),
+        _extension_slice("district", f"{IG}/StructureDefinition/hc-mdm-administrativedivision", 1),
+        _extension_slice("region", f"{BASE}:extension:region", 1),
+        _extension_slice("level", f"{BASE}:extension:institution-level", 0),
+    ]
+    practitioner = [
+        _identifier_slice(
+            "Practitioner", "practisingCertificate", 0, {"system": CERTIFICATE_SYSTEM}
+        ),
+        {"path": "Practitioner.name", "min": 1},
+    ]
+    return [
+        _structure("recognition-institution", "Organization",
+                   "An institution's master data (Chongqing core IG hc-healthcare-organization)",
+                   institution),
+        _structure("recognition-practitioner", "Practitioner",
+                   "A practitioner with the practising-certificate number", practitioner),
+    ]  # fmt: skip
 
 
 def _structure(
@@ -113,6 +168,9 @@ def build() -> list[dict[str, Any]]:
         {"id": "Patient.identifier:recordNumber", "path": "Patient.identifier",
          "sliceName": "recordNumber", "min": 0, "max": "1",
          "patternIdentifier": {"system": RECORD_NUMBER_SYSTEM}},
+        {"id": "Patient.identifier:healthCard", "path": "Patient.identifier",
+         "sliceName": "healthCard", "min": 0, "max": "1",
+         "patternIdentifier": {"system": HEALTH_CARD_SYSTEM}},
         {"path": "Patient.name", "min": 1},
         {"path": "Patient.gender", "min": 1},
         {"path": "Patient.birthDate", "min": 1},
@@ -125,6 +183,7 @@ def build() -> list[dict[str, Any]]:
                    "An imaging report fit for mutual recognition", report),
         _structure("recognized-imaging-study", "ImagingStudy",
                    "An imaging study fit for mutual recognition", study),
+        *master_data(),
         _value_set("final-result-status", "Final result statuses", [
             {"system": "http://hl7.org/fhir/observation-status",
              "concept": [{"code": "final"}, {"code": "amended"}, {"code": "corrected"}]},

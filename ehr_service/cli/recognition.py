@@ -117,8 +117,24 @@ def institution_add(
         str, typer.Option(help="chongqing or sichuan (EHR_REGIONS), or a partner's region")
     ],
     level: Annotated[str | None, typer.Option(help="e.g. 3A (三级甲等)")] = None,
+    uscc: Annotated[
+        str | None, typer.Option(help="unified social credit code (GB 32100-2015, 18 characters)")
+    ] = None,
+    licence: Annotated[
+        str | None, typer.Option(help="practising-licence registration number (执业许可证登记号)")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--type", help="WS 218-2002 institution type, e.g. A100")
+    ] = None,
+    grade: Annotated[
+        str | None, typer.Option(help="hospital grade code of the Chongqing IG, 1-14 (2: 三级甲等)")
+    ] = None,
+    district: Annotated[
+        str | None, typer.Option(help="6-digit county-level division code, e.g. 500103")
+    ] = None,
 ) -> None:
-    """Create or update Organization/ID with its region and level."""
+    """Create or update Organization/ID with its region, level and master data (the
+    recognition-institution profile is claimed once licence, type and district are known)."""
     from ehr_service.recognition.institutions import LEVEL_URL, REGION_URL
 
     document: dict[str, Any] = {"resourceType": "Organization", "id": org_id, "name": name,
@@ -126,17 +142,50 @@ def institution_add(
     with service_context("institution-add") as ctx:
         check_region(ctx.services.unit, ctx.settings, region)
         document = (_find_organization(ctx, org_id) or document) | {"name": name}
-        others = [
-            e
-            for e in document.get("extension") or ()
-            if e.get("url") not in {REGION_URL, LEVEL_URL}
-        ]
-        extensions = [{"url": REGION_URL, "valueCode": region}]
+        ours = {REGION_URL: {"valueCode": region}}
         if level:
-            extensions.append({"url": LEVEL_URL, "valueCode": level})
+            ours[LEVEL_URL] = {"valueCode": level}
+        master = _master_data(document, uscc, licence, kind, grade, district)
+        extensions = [{"url": url, **value} for url, value in (ours | master).items()]
+        replaced = set(ours) | set(master) | {LEVEL_URL}
+        others = [e for e in document.get("extension") or () if e.get("url") not in replaced]
         document["extension"] = extensions + others
         _store_organization(ctx, document)
     typer.echo(f"Organization/{org_id}  {name}  region={region}  level={level or '-'}")
+
+
+def _master_data(
+    document: dict[str, Any],
+    uscc: str | None,
+    licence: str | None,
+    kind: str | None,
+    grade: str | None,
+    district: str | None,
+) -> dict[str, dict[str, Any]]:
+    """Set the identifiers the options give on ``document``; returns the IG's extensions."""
+    from ehr_service.recognition import master_data as md
+
+    identifiers = list(document.get("identifier") or ())
+    for code, display, value in (("USCC", "统一社会信用代码", uscc),
+                                 ("MIPLRN", "医疗机构执业许可证登记号", licence)):  # fmt: skip
+        if value is None:
+            continue
+        identifiers = [i for i in identifiers if not md.typed_as(i, code)]
+        identifiers.append({"use": "official", "type": md.typed(code, display), "value": value})
+    if identifiers:
+        document["identifier"] = identifiers
+    extensions: dict[str, dict[str, Any]] = {}
+    for url, system, given in ((md.INSTITUTION_TYPE_URL, md.INSTITUTION_TYPES, kind),
+                               (md.HOSPITAL_GRADE_URL, md.HOSPITAL_GRADES, grade),
+                               (md.DISTRICT_URL, md.DISTRICTS, district)):  # fmt: skip
+        if given is not None:
+            extensions[url] = {"valueCoding": {"system": system, "code": given}}
+    if md.complete(document, extensions):
+        meta = dict(document.get("meta") or {})
+        profiles = [p for p in meta.get("profile") or () if p != md.INSTITUTION_PROFILE]
+        meta["profile"] = [*profiles, md.INSTITUTION_PROFILE]
+        document["meta"] = meta
+    return extensions
 
 
 @institution_app.command("qc")
@@ -173,15 +222,19 @@ def institution_qc(
 
 @institution_app.command("show")
 def institution_show(org_id: str) -> None:
-    """An institution's region, level and quality-control records."""
+    """An institution's region, level, master data and quality-control records."""
+    from ehr_service.recognition import master_data as md
     from ehr_service.recognition.institutions import institution_of
 
     with service_context("institution-show") as ctx:
-        institution = institution_of(f"Organization/{org_id}", _organization(ctx, org_id))
+        document = _organization(ctx, org_id)
+        institution = institution_of(f"Organization/{org_id}", document)
     typer.echo(
         f"{institution.reference}  {institution.name or '-'}  region={institution.region or '-'}"
         f"  level={institution.level or '-'}"
     )
+    for label, value in md.summary(document):
+        typer.echo(f"  {label}: {value}")
     for qc in institution.quality_control:
         typer.echo(
             f"  {qc.category}  {qc.scheme or '-'}  {qc.cycle or '-'}  "

@@ -52,6 +52,8 @@ PROFILED = {
     "Observation": ["urn:ehr-service:StructureDefinition/recognized-lab-observation"],
     "DiagnosticReport": ["urn:ehr-service:StructureDefinition/recognized-imaging-report"],
     "ImagingStudy": ["urn:ehr-service:StructureDefinition/recognized-imaging-study"],
+    "Organization": ["urn:ehr-service:StructureDefinition/recognition-institution"],
+    "Practitioner": ["urn:ehr-service:StructureDefinition/recognition-practitioner"],
 }
 READ_ONLY = {
     "versioning": "no-version",

@@ -279,7 +279,7 @@ def _target_document(
     result_patient: dict[str, Any] | None,
     number_identifiers: list[Any],
 ) -> dict[str, Any]:
-    record_system = ctx.services.identity.record_system
+    server_systems = ctx.services.identity.server_systems
     if result_patient is not None:
         target_new = dict(result_patient)
     else:
@@ -291,7 +291,7 @@ def _target_document(
         }
         for identifier in source_doc.get("identifier") or ():
             key = (identifier.get("system"), identifier.get("value"))
-            if identifier.get("system") != record_system and key not in present:
+            if identifier.get("system") not in server_systems and key not in present:
                 target_new.setdefault("identifier", []).append({**identifier, "use": "old"})
     identifiers = list(target_new.get("identifier") or ())
     if number_identifiers and not any(_is_id_number(i) for i in identifiers):

@@ -28,7 +28,6 @@ from sqlalchemy.exc import DBAPIError
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.storage.search_sql import text_equals
 from ehr_service.storage.tables import (
-    record_number,
     resident_id_number,
     resource,
     resource_version,
@@ -144,31 +143,6 @@ def holds_number(conn: Connection, patient_id: str) -> bool:
         .limit(1)
     ).first()
     return row is not None
-
-
-def record_number_of(conn: Connection, patient_id: str) -> int | None:
-    return conn.execute(
-        select(record_number.c.number).where(record_number.c.patient_id == patient_id)
-    ).scalar_one_or_none()
-
-
-def allocate_record_number(conn: Connection, patient_id: str) -> int:
-    """The Patient's record number, allocated on first use and never reused."""
-    existing = record_number_of(conn, patient_id)
-    if existing is not None:
-        return existing
-    # A concurrent update-as-create of the same id may allocate first: then use its number.
-    number = conn.execute(
-        _insert(conn)(record_number)
-        .values(patient_id=patient_id)
-        .on_conflict_do_nothing(index_elements=["patient_id"])
-        .returning(record_number.c.number)
-    ).scalar_one_or_none()
-    if number is None:
-        number = record_number_of(conn, patient_id)
-    if number is None:  # pragma: no cover - the conflicting row is visible once it waited
-        raise FhirError.of(Category.CONFLICT, "A concurrent write allocated this record; retry")
-    return int(number)
 
 
 def match_candidates(

@@ -298,6 +298,24 @@ record_number = Table(
     sqlite_autoincrement=True,
 )
 
+# National health-record numbers (WS 365, docs/architecture.md §6): one per Patient, unique
+# by their primary key; ``health_record_sequence`` holds the last sequence handed out
+# per 12-digit division, taken by an upsert (concurrent writers of the same division
+# queue on its row, writers of other divisions do not).
+health_record_number = Table(
+    "health_record_number",
+    metadata,
+    Column("number", String(17), primary_key=True),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    UniqueConstraint("patient_id", name="uq_health_record_number_patient_id"),
+)
+health_record_sequence = Table(
+    "health_record_sequence",
+    metadata,
+    Column("area", String(12), primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+
 # Audit (docs/architecture.md §9): append-only, hash-chained, sealed in signed blocks. An event
 # is inserted by its own transaction with an id (``seq``: the AuditEvent's id) from
 # a sequence and no hash, so no row is locked by every request; the sealer chains

@@ -268,7 +268,7 @@ def test_unknown_resident_gets_one_record_across_messages(
     patient = patients["entry"][0]["resource"]
     systems = {i["system"] for i in patient["identifier"]}
     assert "urn:sichuan:record-number" in systems  # the cross-reference kept (PIXm)
-    assert services.settings.record_number_system in systems  # and a record number of ours
+    assert services.identity.record_system in systems  # and a record number of ours
     assert client.get("/fhir/Observation").json()["total"] == 2
     # the same source result sent again in a new message: a new version, not a copy
     body = message(number, obs_id="glu-1", value=6.1)

@@ -62,7 +62,7 @@ def _masked_client(services: Services) -> TestClient:
 
 
 def _record_numbers(resource: dict[str, Any]) -> list[str]:
-    system = "urn:ehr-service:lifelong-record-number"
+    system = "urn:oid:2.16.156.10011.1.2"
     return [i["value"] for i in resource["identifier"] if i["system"] == system]
 
 
@@ -253,18 +253,18 @@ def test_twenty_concurrent_conditional_creates_return_the_one_record(services: S
 
 
 def test_record_number_is_assigned_once_and_kept(client: TestClient, services: Services) -> None:
-    system = services.settings.record_number_system
-    body = patient(identifier=[{"system": system, "value": "EHR-forged"}])
+    system = services.identity.record_system
+    body = patient(identifier=[{"system": system, "value": "50000000000099999"}])
     created = _create(client, body)
     numbers = [i["value"] for i in created["identifier"] if i["system"] == system]
-    assert len(numbers) == 1 and numbers[0].startswith("EHR") and numbers[0] != "EHR-forged"
+    assert len(numbers) == 1 and len(numbers[0]) == 17 and numbers[0] != "50000000000099999"
     other = _create(client, patient())
     assert [i["value"] for i in other["identifier"] if i["system"] == system] != numbers
     # an update that leaves it out keeps it; one that changes it is refused
     update = {k: v for k, v in created.items() if k != "identifier"}
     kept = client.put(f"/fhir/Patient/{created['id']}", json=update, headers=FHIR_JSON).json()
     assert [i["value"] for i in kept["identifier"] if i["system"] == system] == numbers
-    forged = {**created, "identifier": [{"system": system, "value": "EHR9999999999990"}]}
+    forged = {**created, "identifier": [{"system": system, "value": "50000000000099998"}]}
     changed = client.put(f"/fhir/Patient/{created['id']}", json=forged, headers=FHIR_JSON)
     assert changed.status_code == 422
 

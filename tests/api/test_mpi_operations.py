@@ -187,7 +187,7 @@ def test_merge_repoints_the_record_in_one_transaction(client: TestClient) -> Non
     assert provenance["total"] == 1
     assert provenance["entry"][0]["resource"]["activity"]["coding"][0]["code"] == "merge"
     # the record numbers stay with their records
-    system = "urn:ehr-service:lifelong-record-number"
+    system = "urn:oid:2.16.156.10011.1.2"
     numbers = {
         pid: [i["value"] for i in client.get(f"/fhir/Patient/{pid}").json()["identifier"]
               if i["system"] == system]
@@ -243,7 +243,7 @@ def test_merge_by_identifier_and_refusals(client: TestClient, services: Services
     assert missing.status_code == 404
     assert snapshot(services) == before
     third = _post(client, _person("陈静", "1988-08-08", "female"))
-    system = "urn:ehr-service:lifelong-record-number"
+    system = "urn:oid:2.16.156.10011.1.2"
     third_number = next(i["value"] for i in third["identifier"] if i["system"] == system)
     by_identifier = {
         "resourceType": "Parameters",

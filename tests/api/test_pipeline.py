@@ -16,6 +16,7 @@ from ehr_service.security.caller import SERVICE
 from tests.helpers import FHIR_JSON, lab, organization, patient
 
 EXPECTED_ORDER = [
+    ("RESOURCE", "institution-master-data"),
     ("RESOURCE", "institution-cache"),
     ("RESOURCE", "institution-remark"),
     ("RESOURCE", "recognition-mark"),

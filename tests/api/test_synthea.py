@@ -9,12 +9,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from ehr_service.config import Settings
 from ehr_service.fhir.references import rewrite_references
 from tests.conftest import sample_bundles
 from tests.helpers import FHIR_JSON
 
-RECORD_NUMBER_SYSTEM = Settings().record_number_system
+RECORD_NUMBER_SYSTEM = "urn:oid:2.16.156.10011.1.2"
 
 
 def _strip(resource: dict[str, Any]) -> dict[str, Any]:
