@@ -105,7 +105,33 @@ OPERATOR_COMMANDS: dict[str, str] = {  # command -> action
     "exchange-pull": "C",
     "export": "R",
     "merge": "U",
+    "keys-generate": "C",
+    "keys-rotate": "U",
+    "keys-retire": "U",
+    "keys-revoke": "U",
+    "partner-token": "U",
+    "token-mint": "C",
+    "audit-seal": "U",
+    "audit-verify": "E",
+    "audit-proof": "R",
 }
+# Which of the three administrators (GB/T 22239-2019 level 3) an operator command is
+# the act of; on the event as the requestor's second role, code of ADMIN_ROLE_SYSTEM.
+ADMIN_ROLE_SYSTEM = "urn:ehr-service:admin-role"
+SECURITY_COMMANDS = frozenset({
+    "rotate-data-key", "partner-add", "partner-update", "partner-key", "partner-remove",
+    "partner-token", "keys-generate", "keys-rotate", "keys-retire", "keys-revoke", "token-mint",
+})  # fmt: skip
+AUDIT_COMMANDS = frozenset({"audit-seal", "audit-verify", "audit-proof"})
+
+
+def command_role(command: str) -> str:
+    """sysadmin | secadmin | auditadmin: the administrator an operator command is for."""
+    if command in SECURITY_COMMANDS:
+        return "secadmin"
+    return "auditadmin" if command in AUDIT_COMMANDS else "sysadmin"
+
+
 EXCHANGE = {
     "exchange_receive": (IMPORT, "C"),
     "exchange_pull": (IMPORT, "C"),
@@ -174,7 +200,7 @@ def outcome_code(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-def _agents(caller: Caller) -> list[dict[str, Any]]:
+def _agents(caller: Caller, admin_role: str | None = None) -> list[dict[str, Any]]:
     agent: dict[str, Any] = {
         "type": {
             "coding": [
@@ -184,7 +210,7 @@ def _agents(caller: Caller) -> list[dict[str, Any]]:
                 }
             ]
         },
-        "role": [{"text": caller.kind}],  # patient | user | system | anonymous
+        "role": [{"text": caller.kind}],  # patient | user | system | operator | anonymous
         "who": {"identifier": {"system": "urn:ehr-service:token-subject", "value": caller.subject}},
         "requestor": True,
         "purposeOfUse": [
@@ -198,6 +224,10 @@ def _agents(caller: Caller) -> list[dict[str, Any]]:
             }
         ],
     }
+    if admin_role is not None:  # the administrator's duty the act belongs to
+        agent["role"].append(
+            {"coding": [{"system": ADMIN_ROLE_SYSTEM, "code": admin_role}], "text": admin_role}
+        )
     if caller.client_id:
         agent["altId"] = caller.client_id
     agents = [agent]
@@ -229,6 +259,8 @@ def event_json(
     data_type: str | None = None,
     event_type: dict[str, str] | None = None,
     subtype: dict[str, str] | None = None,
+    admin_role: str | None = None,
+    legal_basis: dict[str, str] | None = None,
 ) -> bytes:
     entities: list[dict[str, Any]] = [
         {
@@ -265,9 +297,11 @@ def event_json(
         "recorded": format_instant(recorded),
         "outcome": outcome_code(status),
         "outcomeDesc": str(status),
-        "agent": _agents(caller),
+        "agent": _agents(caller, admin_role),
         "source": {"observer": {"display": "ehr-service"}},
     }
+    if legal_basis is not None:  # the lawful basis of a disclosure to another region
+        event["purposeOfUse"] = [{"coding": [legal_basis]}]
     if subtype is not None:
         event["subtype"] = [subtype]
     elif not login and event_type is None:
@@ -339,13 +373,16 @@ class Auditor:
         query: str | None = None,
         login: bool = False,
         data_type: str | None = None,
+        legal_basis: dict[str, str] | None = None,
     ) -> NewEvent:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
         event_type = subtype = None
+        admin_role = caller.admin_role
         command = interaction.removeprefix("cli:")
         if command != interaction:
             event_type, action = OPERATOR, OPERATOR_COMMANDS.get(command, "E")
             kind, subtype = f"cli-{command}", {"system": OPERATOR_COMMAND_SYSTEM, "code": command}
+            admin_role = command_role(command)
         elif login:
             kind, action = "login", "E"
         elif interaction in EXCHANGE:
@@ -368,6 +405,8 @@ class Auditor:
                 data_type=data_type,
                 event_type=event_type,
                 subtype=subtype,
+                admin_role=admin_role,
+                legal_basis=legal_basis,
             )
 
         return NewEvent(

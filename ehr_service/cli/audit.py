@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ehr_service.cli.common import (
+    record_act,
     settings_from_env,
     signing_keys,
 )
@@ -43,6 +44,7 @@ def audit_seal() -> None:
         sealed = _sealer(database).seal()
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-seal", query=f"sealed={sealed}")
     typer.echo(f"sealed {sealed} events")
 
 
@@ -67,6 +69,8 @@ def audit_verify(
         verdict = verify(sealer.unit, sealer.keys, anchors or sealer.anchors)
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-verify",
+               query=f"intact={str(verdict.intact).lower()}&events={verdict.events}")  # fmt: skip
     waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
     if verdict.intact:
         typer.echo(
@@ -96,6 +100,7 @@ def audit_proof(event_id: int) -> None:
             proof = inclusion_proof(conn, event_id)
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-proof", query=f"event={event_id}")
     if proof is None:
         typer.echo(f"event {event_id} is not known or not sealed yet", err=True)
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from ehr_service.recognition.rules import RETEST_REASONS
-from tests.helpers import FHIR_JSON, lab, organization, parameters, patient
+from tests.helpers import FHIR_JSON, audit_get, lab, organization, parameters, patient
 from tests.minimal_resources import minimal
 
 ASYNC = {"Prefer": "respond-async"}
@@ -102,7 +102,7 @@ def _call(client: TestClient, name: str, level: str, t: str, ids: dict[str, str]
             query["url" if t == "ValueSet" else "system"] = _catalogue_url(t)
         return client.get(f"/fhir/{t}{on}/${name}", params=query)
     if name == "inclusion-proof":
-        return client.get(f"/fhir/AuditEvent/{_sealed_event(client)}/$inclusion-proof")
+        return audit_get(client, f"/fhir/AuditEvent/{_sealed_event(client)}/$inclusion-proof")
     if name == "validate" and level == "type":  # a Parameters is the operation's own input
         body = (
             minimal(t)
@@ -125,7 +125,7 @@ def _catalogue_url(resource_type: str | None) -> str:
 
 def _sealed_event(client: TestClient) -> str:
     """The oldest event of the newest page: sealed before the search was made."""
-    page = client.get("/fhir/AuditEvent?_count=20").json()
+    page = audit_get(client, "/fhir/AuditEvent?_count=20").json()
     event_id: str = page["entry"][-1]["resource"]["id"]
     return event_id
 
