@@ -50,6 +50,7 @@ from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services, WriteListeners
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
+from ehr_service.security.consent import legal_basis
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database, Timeouts
@@ -73,7 +74,7 @@ def build_services(settings: Settings) -> Services:
         ),
     )
     unit = UnitOfWork(database)
-    auditor = Auditor(unit)
+    auditor = Auditor(unit, legal_basis(settings.sharing_policy), settings.region)
     unit.events_after_read = auditor.append_all_now  # reads' events: the group commit
     compartment = load_compartment(settings.profiles_dir)
     registry = load_registry(settings.profiles_dir)

@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         description="the regions of the recognition zone: an institution or a development "
         "token names one of these, EHR_REGION or a registered partner's region",
     )
+    sharing_policy: Literal["opt-out", "consent-required"] = Field(
+        default="opt-out",
+        description="cross-region sharing: opt-out (every resident's results cross unless "
+        "they refused the region) or consent-required (only residents with an active "
+        "permit Consent for the other region: outbox, feed, inbound and its callers' "
+        "queries alike; PIPL separate consent)",
+    )
     recognition_mark: str = Field(
         default="川渝HR", description="the tag recognisable results carry when served"
     )

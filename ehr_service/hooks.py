@@ -54,7 +54,7 @@ def build_pipeline(
         *recognition_hooks.hooks(catalogues, settings.recognition_mark, remarker),
         identity_hooks.sealing(identity),
         *security_hooks.hooks(),
-        outbox_hook(),
+        outbox_hook(settings.sharing_policy),
         Hook("metrics", Stage.VERSION, count),
     )
     return pipeline, remarker

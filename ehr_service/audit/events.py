@@ -358,9 +358,29 @@ class _Queued:
 class Auditor:
     """Records events on the chain; one per process."""
 
-    def __init__(self, unit: UnitOfWork) -> None:
+    def __init__(
+        self,
+        unit: UnitOfWork,
+        legal_basis: dict[str, str] | None = None,
+        home_region: str | None = None,
+    ) -> None:
         self.unit = unit
         self._group = GroupCommit(self._append_group)
+        # The lawful basis this deployment discloses to other regions on (its sharing
+        # policy), recorded on every exchange and every other region's caller's access.
+        self.legal_basis = legal_basis
+        self.home_region = home_region
+
+    def _basis(self, interaction: str, caller: Caller) -> dict[str, str] | None:
+        if self.legal_basis is None:
+            return None
+        other_region = (
+            caller.region is not None
+            and caller.region != self.home_region
+            and caller.patient is None
+            and not caller.internal
+        )
+        return self.legal_basis if interaction in EXCHANGE or other_region else None
 
     def new_event(
         self,
@@ -378,6 +398,8 @@ class Auditor:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
         event_type = subtype = None
         admin_role = caller.admin_role
+        if legal_basis is None:
+            legal_basis = self._basis(interaction, caller)
         command = interaction.removeprefix("cli:")
         if command != interaction:
             event_type, action = OPERATOR, OPERATOR_COMMANDS.get(command, "E")

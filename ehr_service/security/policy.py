@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
-from ehr_service.security.consent import actors_of
+from ehr_service.security.consent import actors_of, permit_actors
 from ehr_service.security.tokens import missing_token
 
 ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -92,11 +92,17 @@ def require_search(caller: Caller, types: Iterable[str]) -> None:
         require(caller, resource_type, "s")
 
 
-def visibility(caller: Caller, member_types: frozenset[str]) -> Visibility:
+def visibility(
+    caller: Caller,
+    member_types: frozenset[str],
+    sharing_policy: str = "opt-out",
+    home_region: str | None = None,
+) -> Visibility:
     return Visibility(
         caller.patient,
         member_types if caller.patient is not None else frozenset(),
         actors_of(caller),
+        permit_actors(caller, sharing_policy, home_region or ""),
     )
 
 
