@@ -78,9 +78,10 @@ def _setup(make_client: Callable[..., TestClient], tmp_path: Path, policy: str) 
         granted = me.post("/citizen/v1/me/sharing-permits", json={"region": "sichuan"})
         assert granted.status_code == 201, granted.text
         assert granted.json()["regions"] == ["sichuan"]
-        assert me.post("/citizen/v1/me/sharing-permits", json={"region": "sichuan"}).json()[
-            "id"
-        ] == granted.json()["id"]  # granted already: the same permit
+        assert (
+            me.post("/citizen/v1/me/sharing-permits", json={"region": "sichuan"}).json()["id"]
+            == granted.json()["id"]
+        )  # granted already: the same permit
     return client, services, consenting, other
 
 
