@@ -48,6 +48,7 @@ from ehr_service.hooks import build_pipeline
 from ehr_service.interactions import terminology
 from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services, WriteListeners
+from ehr_service.mpi.health_card import verifier_from
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.consent import legal_basis
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     app.state.exchange = Exchange(services)
+    app.state.health_cards = verifier_from(services.settings)  # one per process (replays)
     app.state.bulk = BulkExports(services)
     app.state.metrics = observability.Metrics(services)
     # The routers' routes join the application's one table, in this order (specific

@@ -202,6 +202,15 @@ class Settings(BaseSettings):
         "permit Consent for the other region: outbox, feed, inbound and its callers' "
         "queries alike; PIPL separate consent)",
     )
+    health_card_verifier: Literal["none", "local-test"] = Field(
+        default="none",
+        description="who verifies scanned e-health card QR codes: none (resolution not "
+        "offered) or local-test, a TEST DOUBLE of the national platform (refused in "
+        "production)",
+    )
+    health_card_test_secret: str | None = Field(
+        default=None, description="the local-test verifier's HMAC key (tests only)"
+    )
     recognition_mark: str = Field(
         default="川渝HR", description="the tag recognisable results carry when served"
     )
@@ -222,6 +231,12 @@ class Settings(BaseSettings):
     def _page_sizes_consistent(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def _no_test_double_in_production(self) -> Settings:
+        if self.health_card_verifier == "local-test" and self.environment == "production":
+            raise ValueError("the local-test e-health card verifier is a test double")
         return self
 
     @property

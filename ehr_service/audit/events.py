@@ -162,6 +162,8 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "patient_merge": ("operation", "U"),
     "patient_pix": ("operation", "E"),
     "patient_pix_post": ("operation", "E"),
+    "resolve_health_card": ("health-card-use", "E"),  # its own subtype, see new_event
+    "bind_health_card": ("operation", "U"),
     "recognizable_results": ("operation", "E"),
     "recognition_decision": ("operation", "C"),
     "recognition_stats": ("operation", "E"),
@@ -191,6 +193,11 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "audit_read": ("read", "R"),
     "audit_inclusion_proof": ("operation", "R"),
 }
+
+
+# A use of a resident's e-health card (``Patient/$resolve-health-card``): its own
+# subtype, the scene code in the event's query entity (``scene=<code>``).
+HEALTH_CARD_USE = {"system": "urn:ehr-service:health-card", "code": "health-card-use"}
 
 
 def outcome_code(status: int) -> str:
@@ -405,6 +412,8 @@ class Auditor:
             event_type, action = OPERATOR, OPERATOR_COMMANDS.get(command, "E")
             kind, subtype = f"cli-{command}", {"system": OPERATOR_COMMAND_SYSTEM, "code": command}
             admin_role = command_role(command)
+        elif interaction == "resolve_health_card":
+            kind, subtype = HEALTH_CARD_USE["code"], HEALTH_CARD_USE
         elif login:
             kind, action = "login", "E"
         elif interaction in EXCHANGE:

@@ -4,9 +4,11 @@ rules as FHIR requests (the token's compartment, masked ID numbers)."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from sqlalchemy import Connection
 
@@ -18,6 +20,7 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
+from ehr_service.mpi.health_card import SCENES
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.recognition.marks import MARK_SYSTEM
 from ehr_service.security.caller import SERVICE
@@ -221,12 +224,27 @@ def access_log(conn: Connection, ctx: RequestContext) -> Result:
                 "legalBasis": _legal_basis(content),  # a disclosure to another region
             }
         )
+        scene = _card_scene(content)
+        if scene is not None:  # my e-health card was presented, and what for
+            items[-1]["healthCard"] = {"scene": scene, "text": SCENES.get(scene, scene)}
         if len(items) == limit:
             break
     body: dict[str, Any] = {"items": items}
     if len(items) == limit:
         body["next"] = {"before": items[-1]["id"]}
     return Result(200, body)
+
+
+def _card_scene(content: dict[str, Any]) -> str | None:
+    """The scene code of an e-health card use (its event's query entity), or None."""
+    if ((content.get("subtype") or [{}])[0]).get("code") != "health-card-use":
+        return None
+    for entity in content.get("entity") or ():
+        if isinstance(entity, dict) and isinstance(entity.get("query"), str):
+            query = parse_qs(base64.b64decode(entity["query"]).decode("utf-8", "replace"))
+            scenes = query.get("scene") or []
+            return scenes[0] if scenes else None
+    return None
 
 
 def _legal_basis(content: dict[str, Any]) -> dict[str, str] | None:

@@ -10,6 +10,7 @@ routes of the application are exactly the operations the statement lists.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from ehr_service.audit.sealing import Sealer
 from ehr_service.exchange.keys import SigningKeys
 from ehr_service.fhir.validation import validate_resource
 from ehr_service.interactions.context import Services
-from tests.api.capability_calls import call_operation
+from tests.api.capability_calls import CARD_SECRET, call_operation
 from tests.helpers import AUDITOR_SCOPES, FHIR_JSON, audit_get, bearer, seal_all
 from tests.minimal_resources import minimal
 
@@ -31,6 +32,13 @@ ROUTE_MISS = "No FHIR endpoint"
 STRICT = {"Prefer": "handling=strict"}
 # Not operations: the status and file URLs the Bulk Data kick-off hands out.
 NOT_OPERATIONS = {"export-status", "export-file"}
+
+
+@pytest.fixture
+def services(make_services: Callable[..., Services]) -> Services:
+    """Every advertised operation answers here: e-health cards need a verifier (the
+    local test double)."""
+    return make_services(health_card_verifier="local-test", health_card_test_secret=CARD_SECRET)
 
 
 def answered(response: Any, what: str) -> None:
