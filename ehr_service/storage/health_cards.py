@@ -35,4 +35,3 @@ def holder_of(conn: Connection, blind: str) -> str | None:
         select(health_card.c.patient_id).where(health_card.c.card_blind == blind)
     ).first()
     return None if row is None else str(row.patient_id)
-
