@@ -51,10 +51,12 @@ from ehr_service.hooks import build_pipeline
 from ehr_service.interactions import terminology
 from ehr_service.interactions.bulk_export import BulkExports
 from ehr_service.interactions.context import Services, WriteListeners
+from ehr_service.mpi.health_card import verifier_from
 from ehr_service.mpi.identity import ResidentIdentity
 from ehr_service.recognition.catalogue import SHIPPED, Catalogues
 from ehr_service.security.caller import operator
 from ehr_service.security.ciphers import suite
+from ehr_service.security.consent import legal_basis
 from ehr_service.security.ratelimit import RateLimiter
 from ehr_service.security.tokens import TokenVerifier
 from ehr_service.storage.database import Database, Timeouts
@@ -94,7 +96,7 @@ def build_services(settings: Settings) -> Services:
         ),
     )
     unit = UnitOfWork(database)
-    auditor = Auditor(unit)
+    auditor = Auditor(unit, legal_basis(settings.sharing_policy), settings.region)
     unit.events_after_read = auditor.append_all_now  # reads' events: the group commit
     compartment = load_compartment(settings.profiles_dir)
     registry = load_registry(settings.profiles_dir)
@@ -242,6 +244,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     app.state.exchange = Exchange(services)
+    app.state.health_cards = verifier_from(services.settings)  # one per process (replays)
     app.state.bulk = BulkExports(services)
     app.state.metrics = observability.Metrics(services)
     # The routers' routes join the application's one table, in this order (specific

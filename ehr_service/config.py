@@ -228,6 +228,22 @@ class Settings(BaseSettings):
         description="the regions of the recognition zone: an institution or a development "
         "token names one of these, EHR_REGION or a registered partner's region",
     )
+    sharing_policy: Literal["opt-out", "consent-required"] = Field(
+        default="opt-out",
+        description="cross-region sharing: opt-out (every resident's results cross unless "
+        "they refused the region) or consent-required (only residents with an active "
+        "permit Consent for the other region: outbox, feed, inbound and its callers' "
+        "queries alike; PIPL separate consent)",
+    )
+    health_card_verifier: Literal["none", "local-test"] = Field(
+        default="none",
+        description="who verifies scanned e-health card QR codes: none (resolution not "
+        "offered) or local-test, a TEST DOUBLE of the national platform (refused in "
+        "production)",
+    )
+    health_card_test_secret: str | None = Field(
+        default=None, description="the local-test verifier's HMAC key (tests only)"
+    )
     recognition_mark: str = Field(
         default="川渝HR", description="the tag recognisable results carry when served"
     )
@@ -248,6 +264,12 @@ class Settings(BaseSettings):
     def _page_sizes_consistent(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def _no_test_double_in_production(self) -> Settings:
+        if self.health_card_verifier == "local-test" and self.environment == "production":
+            raise ValueError("the local-test e-health card verifier is a test double")
         return self
 
     @property

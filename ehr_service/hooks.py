@@ -60,7 +60,7 @@ def build_pipeline(
         ),
         identity_hooks.sealing(identity),
         *security_hooks.hooks(),
-        outbox_hook(),
+        outbox_hook(settings.sharing_policy),
         Hook("metrics", Stage.VERSION, count),
     )
     return pipeline, remarker

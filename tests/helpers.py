@@ -67,7 +67,7 @@ def id_identifier(number: str) -> dict[str, Any]:
     return {"system": ID_SYSTEM, "value": number}
 
 
-STAFF_SCOPES = "system/*.cruds ehr/admin"
+STAFF_SCOPES = "system/*.cruds ehr/admin"  # the deprecated name: system administration
 
 
 def bearer(settings: Any, scopes: str = STAFF_SCOPES, **claims: Any) -> dict[str, str]:
@@ -218,3 +218,13 @@ def seal_all(sealer: Any, seconds: float = 30.0) -> None:
             if audit_store.count_unsealed(conn) == 0 or time.monotonic() > deadline:
                 return
         time.sleep(0.05)
+
+
+AUDITOR_SCOPES = "ehr/auditadmin"  # the audit administrator: the trail and nothing else
+
+
+def audit_get(client: Any, path: str) -> Any:
+    """GET on the audit trail as the audit administrator (the system administrator
+    of ``STAFF_SCOPES`` may not read it)."""
+    settings = client.app.state.services.settings
+    return client.get(path, headers=bearer(settings, AUDITOR_SCOPES))

@@ -14,12 +14,13 @@ from ehr_service.api.deps import Context
 from ehr_service.api.fhir import in_read, in_write
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.validation import parse_json
-from ehr_service.interactions import citizen
+from ehr_service.interactions import citizen, citizen_sharing
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.results import Result
 
 router = APIRouter(prefix="/citizen/v1", tags=["Citizen mini-program"])
 ConsentId = Path(description="Consent id", pattern=r"^[A-Za-z0-9\-\.]{1,64}$")
+Region = Path(description="region code", pattern=r"^[A-Za-z0-9]{1,64}$")
 
 
 def _json(result: Result, ctx: RequestContext) -> Response:
@@ -72,4 +73,39 @@ async def citizen_refuse(request: Request, ctx: Context) -> Response:
 @router.delete("/me/consents/{consent_id}", **docs.citizen_route("revoke a refusal", {200, 404}))
 async def citizen_revoke(ctx: Context, consent_id: str = ConsentId) -> Response:
     result = await run_in_threadpool(in_write, ctx, lambda c: citizen.revoke(c, ctx, consent_id))
+    return _json(result, ctx)
+
+
+@router.get(
+    "/me/sharing-permits", **docs.citizen_route("my consents to cross-region sharing", {200})
+)
+async def citizen_permits(ctx: Context) -> Response:
+    result = await run_in_threadpool(in_read, ctx, lambda c: citizen_sharing.list_permits(c, ctx))
+    return _json(result, ctx)
+
+
+@router.post(
+    "/me/sharing-permits",
+    **docs.citizen_route(
+        "consent to sharing my results with a region (PIPL separate consent)",
+        {200, 201, 415},
+        body=True,
+    ),
+)
+async def citizen_permit(request: Request, ctx: Context) -> Response:
+    body = parse_json(await request.body())
+    result = await run_in_threadpool(
+        in_write, ctx, lambda c: citizen_sharing.grant_permit(c, ctx, body)
+    )
+    return _json(result, ctx)
+
+
+@router.delete(
+    "/me/sharing-permits/{region}",
+    **docs.citizen_route("withdraw my consent to sharing with a region", {200, 404}),
+)
+async def citizen_withdraw_permit(ctx: Context, region: str = Region) -> Response:
+    result = await run_in_threadpool(
+        in_write, ctx, lambda c: citizen_sharing.withdraw_permit(c, ctx, region)
+    )
     return _json(result, ctx)

@@ -4,17 +4,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.fhir import JSON_BODY, in_read, in_write, json_body
+from ehr_service.api.fhir import JSON_BODY, ResourceId, in_read, in_write, json_body
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
-from ehr_service.interactions import match, merge, pix
+from ehr_service.interactions import health_card, match, merge, pix
+from ehr_service.interactions.routing import check_id
 
 router = APIRouter(prefix="/fhir", tags=["Resident identity"])
 
@@ -83,4 +86,34 @@ async def patient_pix_post(request: Request, ctx: Context, rendering: RenderingD
         raise FhirError.of(Category.INCORRECT, "targetSystem must be a valueUri")
     targets = [str(t) for t in raw_targets]
     result = await run_in_threadpool(in_read, ctx, lambda c: pix.ihe_pix(c, ctx, source, targets))
+    return render_result(result, ctx, rendering)
+
+
+@router.post(
+    "/Patient/$resolve-health-card",
+    **docs.route("resolve-health-card", {200, 400, 403, 404, 415, 501}, body="resource"),
+)
+async def resolve_health_card(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+    """The Patient of a scanned e-health card (Parameters: qrCode, verificationCode for a
+    static code, scene); each use is audited with its scene code."""
+    body = await json_body(request, JSON_BODY)
+    used = replace(ctx, query_string=f"scene={health_card.scene_of(body)}")  # on the event
+    verifier = request.app.state.health_cards
+    result = await run_in_threadpool(
+        in_read, used, lambda c: health_card.resolve(c, used, body, verifier)
+    )
+    return render_result(result, used, rendering)
+
+
+@router.post(
+    "/Patient/{resource_id}/$bind-health-card",
+    **docs.route("bind-health-card", {200, 400, 404, 409, 415}, body="resource"),
+)
+async def bind_health_card(
+    resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
+) -> Response:
+    """Bind an e-health card (Parameters: cardId, 64 hexadecimal characters) to the resident."""
+    pid = check_id(resource_id)
+    body = await json_body(request, JSON_BODY)
+    result = await run_in_threadpool(in_write, ctx, lambda c: health_card.bind(c, ctx, pid, body))
     return render_result(result, ctx, rendering)

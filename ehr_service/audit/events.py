@@ -107,7 +107,35 @@ OPERATOR_COMMANDS: dict[str, str] = {  # command -> action
     "export": "R",
     "merge": "U",
     "audit-archive": "E",
+    "audit-guard": "U",
+    "keys-generate": "C",
+    "keys-rotate": "U",
+    "keys-retire": "U",
+    "keys-revoke": "U",
+    "partner-token": "U",
+    "token-mint": "C",
+    "audit-seal": "U",
+    "audit-verify": "E",
+    "audit-proof": "R",
 }
+# Which of the three administrators (GB/T 22239-2019 level 3) an operator command is
+# the act of; on the event as the requestor's second role, code of ADMIN_ROLE_SYSTEM.
+ADMIN_ROLE_SYSTEM = "urn:ehr-service:admin-role"
+SECURITY_COMMANDS = frozenset({
+    "rotate-data-key", "partner-add", "partner-update", "partner-key", "partner-remove",
+    "partner-token", "keys-generate", "keys-rotate", "keys-retire", "keys-revoke", "token-mint",
+})  # fmt: skip
+AUDIT_COMMANDS = frozenset({"audit-seal", "audit-verify", "audit-proof", "audit-archive",
+                            "audit-guard"})  # fmt: skip
+
+
+def command_role(command: str) -> str:
+    """sysadmin | secadmin | auditadmin: the administrator an operator command is for."""
+    if command in SECURITY_COMMANDS:
+        return "secadmin"
+    return "auditadmin" if command in AUDIT_COMMANDS else "sysadmin"
+
+
 EXCHANGE = {
     "exchange_receive": (IMPORT, "C"),
     "exchange_pull": (IMPORT, "C"),
@@ -138,6 +166,8 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "patient_merge": ("operation", "U"),
     "patient_pix": ("operation", "E"),
     "patient_pix_post": ("operation", "E"),
+    "resolve_health_card": ("health-card-use", "E"),  # its own subtype, see new_event
+    "bind_health_card": ("operation", "U"),
     "recognizable_results": ("operation", "E"),
     "recognition_decision": ("operation", "C"),
     "recognition_stats": ("operation", "E"),
@@ -169,6 +199,11 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+# A use of a resident's e-health card (``Patient/$resolve-health-card``): its own
+# subtype, the scene code in the event's query entity (``scene=<code>``).
+HEALTH_CARD_USE = {"system": "urn:ehr-service:health-card", "code": "health-card-use"}
+
+
 def outcome_code(status: int) -> str:
     """AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure."""
     if status < 400:
@@ -176,7 +211,7 @@ def outcome_code(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-def _agents(caller: Caller) -> list[dict[str, Any]]:
+def _agents(caller: Caller, admin_role: str | None = None) -> list[dict[str, Any]]:
     agent: dict[str, Any] = {
         "type": {
             "coding": [
@@ -186,7 +221,7 @@ def _agents(caller: Caller) -> list[dict[str, Any]]:
                 }
             ]
         },
-        "role": [{"text": caller.kind}],  # patient | user | system | anonymous
+        "role": [{"text": caller.kind}],  # patient | user | system | operator | anonymous
         "who": {"identifier": {"system": "urn:ehr-service:token-subject", "value": caller.subject}},
         "requestor": True,
         "purposeOfUse": [
@@ -200,6 +235,10 @@ def _agents(caller: Caller) -> list[dict[str, Any]]:
             }
         ],
     }
+    if admin_role is not None:  # the administrator's duty the act belongs to
+        agent["role"].append(
+            {"coding": [{"system": ADMIN_ROLE_SYSTEM, "code": admin_role}], "text": admin_role}
+        )
     if caller.client_id:
         agent["altId"] = caller.client_id
     agents = [agent]
@@ -231,6 +270,8 @@ def event_json(
     data_type: str | None = None,
     event_type: dict[str, str] | None = None,
     subtype: dict[str, str] | None = None,
+    admin_role: str | None = None,
+    legal_basis: dict[str, str] | None = None,
 ) -> bytes:
     entities: list[dict[str, Any]] = [
         {
@@ -267,9 +308,11 @@ def event_json(
         "recorded": format_instant(recorded),
         "outcome": outcome_code(status),
         "outcomeDesc": str(status),
-        "agent": _agents(caller),
+        "agent": _agents(caller, admin_role),
         "source": {"observer": {"display": "ehr-service"}},
     }
+    if legal_basis is not None:  # the lawful basis of a disclosure to another region
+        event["purposeOfUse"] = [{"coding": [legal_basis]}]
     if subtype is not None:
         event["subtype"] = [subtype]
     elif not login and event_type is None:
@@ -326,9 +369,29 @@ class _Queued:
 class Auditor:
     """Records events on the chain; one per process."""
 
-    def __init__(self, unit: UnitOfWork) -> None:
+    def __init__(
+        self,
+        unit: UnitOfWork,
+        legal_basis: dict[str, str] | None = None,
+        home_region: str | None = None,
+    ) -> None:
         self.unit = unit
         self._group = GroupCommit(self._append_group)
+        # The lawful basis this deployment discloses to other regions on (its sharing
+        # policy), recorded on every exchange and every other region's caller's access.
+        self.legal_basis = legal_basis
+        self.home_region = home_region
+
+    def _basis(self, interaction: str, caller: Caller) -> dict[str, str] | None:
+        if self.legal_basis is None:
+            return None
+        other_region = (
+            caller.region is not None
+            and caller.region != self.home_region
+            and caller.patient is None
+            and not caller.internal
+        )
+        return self.legal_basis if interaction in EXCHANGE or other_region else None
 
     def new_event(
         self,
@@ -341,13 +404,20 @@ class Auditor:
         query: str | None = None,
         login: bool = False,
         data_type: str | None = None,
+        legal_basis: dict[str, str] | None = None,
     ) -> NewEvent:
         kind, action = INTERACTIONS.get(interaction, (interaction or "operation", "E"))
         event_type = subtype = None
+        admin_role = caller.admin_role
+        if legal_basis is None:
+            legal_basis = self._basis(interaction, caller)
         command = interaction.removeprefix("cli:")
         if command != interaction:
             event_type, action = OPERATOR, OPERATOR_COMMANDS.get(command, "E")
             kind, subtype = f"cli-{command}", {"system": OPERATOR_COMMAND_SYSTEM, "code": command}
+            admin_role = command_role(command)
+        elif interaction == "resolve_health_card":
+            kind, subtype = HEALTH_CARD_USE["code"], HEALTH_CARD_USE
         elif login:
             kind, action = "login", "E"
         elif interaction in EXCHANGE:
@@ -371,6 +441,8 @@ class Auditor:
                 data_type=data_type,
                 event_type=event_type,
                 subtype=subtype,
+                admin_role=admin_role,
+                legal_basis=legal_basis,
             )
 
         return NewEvent(

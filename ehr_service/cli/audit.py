@@ -10,6 +10,7 @@ import typer
 from ehr_service.cli.common import (
     audited_as,
     batch,
+    record_act,
     settings_from_env,
     signing_keys,
 )
@@ -49,6 +50,7 @@ def audit_seal() -> None:
         sealed = _sealer(database).seal()
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-seal", query=f"sealed={sealed}")
     typer.echo(f"sealed {sealed} events")
 
 
@@ -74,6 +76,8 @@ def audit_verify(
         verdict = verify(sealer.unit, sealer.keys, anchors or sealer.anchors, archive)
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-verify",
+               query=f"intact={str(verdict.intact).lower()}&events={verdict.events}")  # fmt: skip
     waiting = f", {verdict.unsealed} not sealed yet" if verdict.unsealed else ""
     if not verdict.guarded:
         typer.echo("warning: the database's audit guard (triggers refusing changes to the "
@@ -107,6 +111,7 @@ def audit_guard_install() -> None:
         install_audit_guard(database)
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-guard")
     typer.echo("audit guard installed")
 
 
@@ -165,6 +170,7 @@ def audit_proof(event_id: int) -> None:
             proof = inclusion_proof(conn, event_id, settings_from_env().effective_audit_archive_dir)
     finally:
         database.dispose()
+    record_act(settings_from_env(), "audit-proof", query=f"event={event_id}")
     if proof is None:
         typer.echo(f"event {event_id} is not known or not sealed yet", err=True)
         raise typer.Exit(1)

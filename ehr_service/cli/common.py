@@ -103,6 +103,32 @@ def audited_as(unit: UnitOfWork, auditor: Auditor, command: str) -> Caller:
     return caller
 
 
+def record_act(settings: Settings, command: str, what: str | None = None,
+               query: str | None = None) -> None:  # fmt: skip
+    """Put an operator's act that writes no row of the database (a key file, a token,
+    a verification) on the audit chain, committed before the command reports
+    success; a database that cannot take it (not migrated, unreachable) is exit 2,
+    never an unaudited act done silently."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ehr_service.audit.events import Auditor
+    from ehr_service.fhir.errors import FhirError
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.unit_of_work import UnitOfWork
+
+    database = Database(settings.effective_database_url)
+    try:
+        unit = UnitOfWork(database)
+        auditor = Auditor(unit)
+        auditor.append_now(auditor.operator_event(operator_caller(), command, what, query=query))
+    except (SQLAlchemyError, FhirError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        refuse(f"{command}: the act could not be put on the audit trail ({first}); "
+               "run ehr-service migrate first")  # fmt: skip
+    finally:
+        database.dispose()
+
+
 def operator_context(services: Services, command: str) -> RequestContext:
     """The context of an operator's command: its writes are audited as that command."""
     from ehr_service.interactions.context import RequestContext

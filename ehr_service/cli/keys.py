@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlencode
 
 import typer
 
@@ -14,6 +15,7 @@ from ehr_service.cli.common import (
     KID_ARGUMENT,
     audited_as,
     check_region,
+    record_act,
     refuse,
     settings_from_env,
     signing_keys,
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 keys_app = typer.Typer(help="keys of the data directory", no_args_is_help=True)
 
 
-def _key_action(action: Callable[[], KeyInfo]) -> None:
+def _key_action(action: Callable[[], KeyInfo], command: str) -> None:
+    """A change of the exchange signing keys (security administration), audited."""
     from ehr_service.exchange.keys import KeyStateError
 
     try:
@@ -35,6 +38,8 @@ def _key_action(action: Callable[[], KeyInfo]) -> None:
     except KeyStateError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    what = f"kid={info.kid}&alg={info.alg}&state={info.state}"
+    record_act(settings_from_env(), command, query=what)
     typer.echo(f"{info.kid}  {info.alg}  {info.state}")
 
 
@@ -45,7 +50,7 @@ def keys_generate(
     ] = "ES256",
 ) -> None:
     """Make a new exchange signing key (active if its suite has none, else pending)."""
-    _key_action(lambda: signing_keys().generate(alg))
+    _key_action(lambda: signing_keys().generate(alg), "keys-generate")
 
 
 @keys_app.command("list")
@@ -66,19 +71,19 @@ def keys_rotate(
     ] = "ES256",
 ) -> None:
     """Activate the suite's pending key (or a new one); its active key retires."""
-    _key_action(lambda: signing_keys().rotate(alg))
+    _key_action(lambda: signing_keys().rotate(alg), "keys-rotate")
 
 
 @keys_app.command("retire", context_settings=KID_ARGUMENT)
 def keys_retire(kid: str) -> None:
     """Stop signing with a key; it stays published so old messages verify."""
-    _key_action(lambda: signing_keys().retire(kid))
+    _key_action(lambda: signing_keys().retire(kid), "keys-retire")
 
 
 @keys_app.command("revoke", context_settings=KID_ARGUMENT)
 def keys_revoke(kid: str) -> None:
     """Revoke a key (compromised): unpublished; its messages no longer verify."""
-    _key_action(lambda: signing_keys().revoke(kid))
+    _key_action(lambda: signing_keys().revoke(kid), "keys-revoke")
 
 
 @keys_app.command("rotate-data-key")
@@ -143,7 +148,14 @@ token_app = typer.Typer(help="bearer tokens for development", no_args_is_help=Tr
 
 
 def _check_scopes(scope: str, patient: str | None) -> None:
-    from ehr_service.security.scopes import SERVICE_SCOPES, parse_scopes, ungranted
+    from ehr_service.security.scopes import (
+        DEPRECATED_SCOPES,
+        SERVICE_SCOPES,
+        admin_roles,
+        parse_scopes,
+        role_conflict,
+        ungranted,
+    )
 
     unknown = ungranted(scope)
     if not scope.split() or unknown:
@@ -157,6 +169,14 @@ def _check_scopes(scope: str, patient: str | None) -> None:
         refuse("patient/ scopes need --patient (the verifier refuses them without it)")
     if patient and not bound:
         refuse("--patient binds patient/ scopes only: add one, or leave --patient out")
+    conflict = role_conflict(scope)
+    if conflict is not None:
+        refuse(f"refused: {conflict} (mint one token per administrator)")
+    if bound and admin_roles(scope.split()):
+        refuse("refused: administrator roles are not for patient-bound tokens")
+    for old, new in DEPRECATED_SCOPES.items():
+        if old in scope.split():
+            typer.echo(f"warning: {old} is deprecated; it now means {new} only", err=True)
 
 
 def _check_claims(settings: Settings, values: dict[str, str | None], region: str | None) -> None:
@@ -211,4 +231,9 @@ def token_mint(
         subject=sub, scopes=scope, patient=patient, organization=org, ttl_seconds=ttl,
         region=region, purpose=purpose_code(purpose), client_id=client_id,
     )  # fmt: skip
-    typer.echo(mint(settings, token))
+    signed = mint(settings, token)
+    # who was given which rights, on the audit chain before the token is handed out
+    named = {"sub": sub, "scope": scope, "patient": patient, "org": org, "region": region,
+             "client_id": client_id, "ttl": str(ttl)}  # fmt: skip
+    record_act(settings, "token-mint", query=urlencode({k: v for k, v in named.items() if v}))
+    typer.echo(signed)

@@ -11,6 +11,7 @@ import typer
 from ehr_service.cli.common import (
     KID_ARGUMENT,
     audited_as,
+    record_act,
     settings_from_env,
 )
 
@@ -136,8 +137,10 @@ def partner_token(
     if token.count(".") != 2:
         typer.echo("the file does not hold a JWT", err=True)
         raise typer.Exit(1)
-    target = settings_from_env().data_dir / "keys" / "partner-tokens" / f"{partner_id}.jwt"
+    settings = settings_from_env()
+    target = settings.data_dir / "keys" / "partner-tokens" / f"{partner_id}.jwt"
     write_private(target, token.encode())
+    record_act(settings, "partner-token", query=f"partner={partner_id}")
     typer.echo(f"token stored for {partner_id}")
 
 

@@ -41,12 +41,13 @@ from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions import conditional, update
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
-from ehr_service.interactions.read import check_consent
+from ehr_service.interactions.read import check_consent, no_permit
 from ehr_service.interactions.results import Result, status_line
 from ehr_service.interactions.writing import prepare_version
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.recognition.catalogue import RESULT_TYPES
 from ehr_service.security.caller import SERVICE, Caller
+from ehr_service.security.consent import legal_basis
 from ehr_service.security.policy import require
 from ehr_service.storage import identity as identity_store
 from ehr_service.storage import resources
@@ -240,6 +241,11 @@ class Inbound:
                 )
             found = self._match(conn, sctx, item, identifiers)
             patient_id = found or local_id(partner.partner_id, "Patient", item.source)
+            if found is None and pctx.view.permit_actors:
+                # consent-required: a resident unknown here cannot have consented here
+                item.local, item.refusal = f"Patient/{patient_id}", no_permit(patient_id)
+                item.refusal.patients = frozenset()  # no record here to show it in
+                continue
             if found is None:
                 body = _demographics(item.resource, identifiers) | {"id": patient_id}
                 version = prepare_create(conn, sctx, "Patient", body, patient_id)
@@ -337,7 +343,13 @@ class Inbound:
         self._create(conn, pctx, [i for i in fresh if i.resource_type in RESULT_TYPES], bodies)
         provenances = [
             prepare_create(conn, sctx, "Provenance", provenance, new_id())
-            for provenance in _provenances(items, partner, envelope, signature)
+            for provenance in _provenances(
+                items,
+                partner,
+                envelope,
+                signature,
+                legal_basis(self.services.settings.sharing_policy),
+            )
         ]
         resources.insert_new(conn, provenances)
 
@@ -573,7 +585,7 @@ def _key(item: _Item) -> tuple[str, str]:
 
 
 def _provenances(
-    items: list[_Item], partner: Partner, envelope: Envelope, signature: str
+    items: list[_Item], partner: Partner, envelope: Envelope, signature: str, basis: dict[str, str]
 ) -> list[dict[str, Any]]:
     """One Provenance per resident and message, naming every resource the message
     created or changed in that resident's record (Provenance.target is 1..*)."""
@@ -584,12 +596,18 @@ def _provenances(
         owner = next(iter(sorted(item.result.patients)), "")
         groups.setdefault(owner, []).append(item)
     return [
-        _provenance(group, owner, partner, envelope, signature) for owner, group in groups.items()
+        _provenance(group, owner, partner, envelope, signature, basis)
+        for owner, group in groups.items()
     ]
 
 
 def _provenance(
-    group: list[_Item], owner: str, partner: Partner, envelope: Envelope, signature: str
+    group: list[_Item],
+    owner: str,
+    partner: Partner,
+    envelope: Envelope,
+    signature: str,
+    basis: dict[str, str],
 ) -> dict[str, Any]:
     who = {
         "identifier": {"system": PARTNER_SYSTEM, "value": partner.partner_id},
@@ -619,6 +637,7 @@ def _provenance(
         "resourceType": "Provenance",
         "target": targets,
         "recorded": format_instant(utc_now()),
+        "reason": [{"coding": [basis]}],  # the lawful basis it was received on
         "activity": {
             "coding": [
                 {

@@ -94,7 +94,13 @@ class Outbound:
                     found is not None
                     and found[1] is not None
                     and partner_id
-                    in shared_with(conn, row["res_type"], jsonio.loads(found[1]), row["patient_id"])
+                    in shared_with(
+                        conn,
+                        row["res_type"],
+                        jsonio.loads(found[1]),
+                        row["patient_id"],
+                        self.settings.sharing_policy,
+                    )
                 )
                 (keep if ok else withdrawn).append(row)
         return keep, withdrawn
@@ -321,7 +327,7 @@ class Outbound:
             body, aud=partner.audience, htm="GET", htu=url,
             suites_used=self.archive.suites_for(partner.partner_id),
         )  # fmt: skip
-        patients = frozenset(r["patient_id"] for r in rows)
+        patients = frozenset(r["patient_id"] for r in shared)  # what was disclosed
         return body, signature, Result(200, body, patients=patients)
 
     def partner_of(self, caller: Caller) -> Partner:

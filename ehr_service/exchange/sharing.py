@@ -1,6 +1,8 @@
 """Which stored results go to which partners (docs/architecture.md §8): final laboratory and
-imaging results of residents who have not refused the partner's region. Decided in
-the transaction that stores the result, so the outbox row commits with it."""
+imaging results of residents who have not refused the partner's region and, where
+the deployment's sharing policy is ``consent-required``, who hold an active permit
+Consent for it. Decided in the transaction that stores the result, so the outbox row
+commits with it, and again when it is sent or served in the feed."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from sqlalchemy import Connection
 
 from ehr_service.fhir import jsonio
 from ehr_service.pipeline import Draft, Hook, Stage
+from ehr_service.security.consent import PERMIT
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import partners as partner_store
 from ehr_service.storage.database import transaction_cache
@@ -51,7 +54,11 @@ def result_kind(resource_type: str, resource: dict[str, Any]) -> str | None:
 
 
 def shared_with(
-    conn: Connection, resource_type: str, resource: dict[str, Any], owner: str | None
+    conn: Connection,
+    resource_type: str,
+    resource: dict[str, Any],
+    owner: str | None,
+    policy: str = "opt-out",
 ) -> tuple[str, ...]:
     """The partners a version of a resident's result is queued for."""
     if owner is None or resource_type not in {"Observation", "DiagnosticReport", "ImagingStudy"}:
@@ -68,16 +75,21 @@ def shared_with(
         actors = [f"region:{row['region']}", f"Organization/{row['partner_id']}", "*"]
         if consent_store.refused(conn, owner, actors):
             continue
+        permits = [f"{PERMIT}{a}" for a in actors[:2]]  # a permit names a region or partner
+        if policy == "consent-required" and not consent_store.permitted(conn, owner, permits):
+            continue
         partners.append(row["partner_id"])
     return tuple(partners)
 
 
-def outbox_hook() -> Hook:
+def outbox_hook(policy: str = "opt-out") -> Hook:
     """Results are queued for partners in the transaction that stores them; what a
     partner sent is not sent on (it is theirs to share)."""
 
     def queue(draft: Draft) -> None:
         if draft.request.from_partner is None:
-            draft.outbox = shared_with(draft.conn, draft.resource_type, draft.resource, draft.owner)
+            draft.outbox = shared_with(
+                draft.conn, draft.resource_type, draft.resource, draft.owner, policy
+            )
 
     return Hook("exchange-outbox", Stage.VERSION, queue)

@@ -34,10 +34,13 @@ class Visibility:
     member_types: frozenset[str] = frozenset()
     # Consent: records whose resident refused any of these actors are not shown.
     refused_actors: tuple[str, ...] = ()
+    # EHR_SHARING_POLICY=consent-required: nor those whose resident has no active
+    # permit naming one of these (``permit:region:<code>``); empty, no permit needed.
+    permit_actors: tuple[str, ...] = ()
 
     @property
     def restricts(self) -> bool:
-        return self.patient is not None or bool(self.refused_actors)
+        return self.patient is not None or bool(self.refused_actors) or bool(self.permit_actors)
 
     def can_see(self, resource_type: str, owner: str | None) -> bool:
         """The compartment part of visibility (consent needs the database)."""

@@ -117,6 +117,11 @@ class BulkExports:
         POST's Parameters body), record the job and start it."""
         if ctx.caller.patient is not None:
             raise forbidden("Bulk export is for staff and system clients, not patient tokens")
+        if ctx.view.permit_actors:  # consent-required: another region asks per resident
+            raise forbidden(
+                "Bulk export is not offered to another region's callers: this service "
+                "shares across regions only the records of residents who consented"
+            )
         preference = prefer_of(prefer)
         if not preference.respond_async:
             raise FhirError.of(

@@ -69,6 +69,19 @@ OPERATIONS = (
     ),
     Offered("ihe-pix", PIXM, ("Patient",), "IHE PIXm [ITI-83], GET or POST"),
     Offered(
+        "resolve-health-card",
+        f"{OWN}resolve-health-card",
+        ("Patient",),
+        "The Patient of a scanned e-health card, each use audited with its scene code; "
+        "501 unless a card verifier is configured (EHR_HEALTH_CARD_VERIFIER)",
+    ),
+    Offered(
+        "bind-health-card",
+        f"{OWN}bind-health-card",
+        ("Patient",),
+        "Bind an e-health card to one resident (stored blind-indexed and sealed)",
+    ),
+    Offered(
         "recognizable-results",
         f"{OWN}recognizable-results",
         ("Patient",),

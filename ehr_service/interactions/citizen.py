@@ -4,9 +4,11 @@ rules as FHIR requests (the token's compartment, masked ID numbers)."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from sqlalchemy import Connection
 
@@ -18,10 +20,11 @@ from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.paging import first_value
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
+from ehr_service.mpi.health_card import SCENES
 from ehr_service.mpi.idnumber import ID_NUMBER_SYSTEM
 from ehr_service.recognition.marks import MARK_SYSTEM
 from ehr_service.security.caller import SERVICE
-from ehr_service.security.consent import REGION_SYSTEM, refusals
+from ehr_service.security.consent import LEGAL_BASIS_SYSTEM, REGION_SYSTEM, refusals
 from ehr_service.security.policy import require
 from ehr_service.storage import audit as audit_store
 from ehr_service.storage import search_queries
@@ -38,7 +41,7 @@ PURPOSES = {
 MAX_LIMIT = 100
 
 
-def _patient_of(ctx: RequestContext, resource_type: str = "Patient", action: str = "r") -> str:
+def patient_of(ctx: RequestContext, resource_type: str = "Patient", action: str = "r") -> str:
     """The token's patient; its scopes must allow ``action`` on ``resource_type``."""
     require(ctx.caller, resource_type, action)
     if ctx.caller.patient is None:
@@ -67,7 +70,7 @@ def _text(concept: Any) -> str | None:
 
 
 def me(conn: Connection, ctx: RequestContext) -> Result:
-    patient_id = _patient_of(ctx)
+    patient_id = patient_of(ctx)
     stored = current_or_fail(conn, "Patient", patient_id, view=ctx.view)
     resource = jsonio.loads(stored.content or b"{}")  # stored form: ID numbers masked
     identifiers = resource.get("identifier") or []
@@ -160,7 +163,7 @@ def _moment(item: dict[str, Any]) -> str:
 
 def results(conn: Connection, ctx: RequestContext) -> Result:
     """Laboratory and imaging results, newest first (``limit``, ``before`` a date)."""
-    patient_id = _patient_of(ctx, "Observation")
+    patient_id = patient_of(ctx, "Observation")
     current_or_fail(conn, "Patient", patient_id, view=ctx.view)
     limit = _limit(ctx)
     before = first_value(ctx.query, "before")
@@ -190,7 +193,7 @@ def results(conn: Connection, ctx: RequestContext) -> Result:
 def access_log(conn: Connection, ctx: RequestContext) -> Result:
     """Who accessed my record: when, which organisation, what kind of data, why.
     Never staff ids, addresses or queries; the resident's own accesses are left out."""
-    patient_id = _patient_of(ctx)
+    patient_id = patient_of(ctx)
     limit = _limit(ctx)
     raw_before = first_value(ctx.query, "before")
     before = None
@@ -218,14 +221,39 @@ def access_log(conn: Connection, ctx: RequestContext) -> Result:
                 "data": kinds or ["Patient"],
                 "purpose": PURPOSES.get(str(purpose), "other"),
                 "allowed": event.outcome == "0",
+                "legalBasis": _legal_basis(content),  # a disclosure to another region
             }
         )
+        scene = _card_scene(content)
+        if scene is not None:  # my e-health card was presented, and what for
+            items[-1]["healthCard"] = {"scene": scene, "text": SCENES.get(scene, scene)}
         if len(items) == limit:
             break
     body: dict[str, Any] = {"items": items}
     if len(items) == limit:
         body["next"] = {"before": items[-1]["id"]}
     return Result(200, body)
+
+
+def _card_scene(content: dict[str, Any]) -> str | None:
+    """The scene code of an e-health card use (its event's query entity), or None."""
+    if ((content.get("subtype") or [{}])[0]).get("code") != "health-card-use":
+        return None
+    for entity in content.get("entity") or ():
+        if isinstance(entity, dict) and isinstance(entity.get("query"), str):
+            query = parse_qs(base64.b64decode(entity["query"]).decode("utf-8", "replace"))
+            scenes = query.get("scene") or []
+            return scenes[0] if scenes else None
+    return None
+
+
+def _legal_basis(content: dict[str, Any]) -> dict[str, str] | None:
+    """The lawful basis an event records for a disclosure (PIPL), or None."""
+    for concept in content.get("purposeOfUse") or ():
+        for coding in (concept or {}).get("coding") or ():
+            if isinstance(coding, dict) and coding.get("system") == LEGAL_BASIS_SYSTEM:
+                return {"code": str(coding.get("code")), "text": str(coding.get("display"))}
+    return None
 
 
 def _data_kinds(entities: Any) -> set[str]:
@@ -255,7 +283,7 @@ def _organization_names(conn: Connection, events: list[audit_store.StoredEvent])
 
 
 def consents(conn: Connection, ctx: RequestContext) -> Result:
-    patient_id = _patient_of(ctx, "Consent")
+    patient_id = patient_of(ctx, "Consent")
     page = search_queries.compartment_page(
         conn, patient_id, types=["Consent"], since=None, after=None, limit=1000
     )
@@ -274,7 +302,7 @@ def consents(conn: Connection, ctx: RequestContext) -> Result:
     return Result(200, {"items": items}, patients=frozenset({patient_id}))
 
 
-def _as_service(ctx: RequestContext) -> RequestContext:
+def as_service(ctx: RequestContext) -> RequestContext:
     """The resident asks; the service writes the Consent for them (the audit keeps
     the resident as the one who acted)."""
     return replace(ctx, caller=SERVICE)
@@ -283,7 +311,7 @@ def _as_service(ctx: RequestContext) -> RequestContext:
 def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     """Body ``{"refuse": {"region": "sichuan"}}`` or
     ``{"refuse": {"organization": "Organization/x"}}``."""
-    patient_id = _patient_of(ctx, "Consent", "c")
+    patient_id = patient_of(ctx, "Consent", "c")
     refuse = body.get("refuse") if isinstance(body, dict) else None
     if not isinstance(refuse, dict) or len(refuse) != 1:
         raise FhirError.of(
@@ -335,17 +363,17 @@ def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
             ],
         },
     }
-    created = create.create(conn, _as_service(ctx), "Consent", consent)
+    created = create.create(conn, as_service(ctx), "Consent", consent)
     _, actors = refusals(consent)
     body_out = {"id": created.resource_id, "status": "active", "refuses": list(actors)}
     return Result(201, body_out, "Consent", created.resource_id, patients=frozenset({patient_id}))
 
 
 def revoke(conn: Connection, ctx: RequestContext, consent_id: str) -> Result:
-    patient_id = _patient_of(ctx, "Consent", "u")
+    patient_id = patient_of(ctx, "Consent", "u")
     stored = current_or_fail(conn, "Consent", consent_id, view=ctx.view)
     consent = jsonio.loads(stored.content or b"{}")
     consent["status"] = "inactive"
-    update.store_next_version(conn, _as_service(ctx), stored, consent, method="PUT")
+    update.store_next_version(conn, as_service(ctx), stored, consent, method="PUT")
     body = {"id": consent_id, "status": "inactive", "refuses": []}
     return Result(200, body, "Consent", consent_id, patients=frozenset({patient_id}))

@@ -88,7 +88,13 @@ class RequestContext:
     @property
     def view(self) -> Visibility:
         """What this caller may see (one patient's compartment for patient tokens)."""
-        return visibility(self.caller, self.services.compartment.member_types())
+        settings = self.services.settings
+        return visibility(
+            self.caller,
+            self.services.compartment.member_types(),
+            settings.sharing_policy,
+            settings.region,
+        )
 
 
 def search_parser(ctx: RequestContext) -> SearchParser:

@@ -93,6 +93,9 @@ def match(conn: Connection, ctx: RequestContext, body: Any) -> Result:
     wanted: Person = person_of(query)
     candidates = _candidates(conn, ctx, query)
     refused = consent_store.refused_patients(conn, candidates, ctx.view.refused_actors)
+    if ctx.view.permit_actors:  # consent-required: only residents who consented
+        permitted = consent_store.permitted_patients(conn, candidates, ctx.view.permit_actors)
+        refused |= set(candidates) - permitted
     contents = resources.live_contents(conn, "Patient", [c for c in candidates if c not in refused])
     scored: list[tuple[float, str, str, bytes]] = []
     for patient_id, content in contents.items():

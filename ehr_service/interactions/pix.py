@@ -71,6 +71,11 @@ def ihe_pix(
     refused = consent_store.refused_patients(
         conn, [str(p.get("id")) for p in patients], ctx.view.refused_actors
     )
+    if ctx.view.permit_actors:  # consent-required: only residents who consented
+        named = [str(p.get("id")) for p in patients]
+        refused |= set(named) - consent_store.permitted_patients(
+            conn, named, ctx.view.permit_actors
+        )
     patients = [p for p in patients if p.get("id") not in refused]
     if not patients:
         if not identity_store.known_identifier_system(conn, system):

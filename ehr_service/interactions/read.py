@@ -45,9 +45,31 @@ def visible_to(
 
 
 def check_consent(conn: Connection, view: Visibility, owner: str | None) -> None:
-    """403 when the resident refused sharing with this caller (docs/architecture.md §9)."""
+    """403 when the resident refused sharing with this caller (docs/architecture.md §9),
+    or, under EHR_SHARING_POLICY=consent-required, gave this caller's region no permit."""
     if owner and view.refused_actors and consent_store.refused(conn, owner, view.refused_actors):
         raise refusal_of(owner)
+    check_permit(conn, view, owner)
+
+
+def check_permit(conn: Connection, view: Visibility, owner: str | None) -> None:
+    if (
+        owner
+        and view.permit_actors
+        and not consent_store.permitted(conn, owner, view.permit_actors)
+    ):
+        raise no_permit(owner)
+
+
+def no_permit(owner: str) -> FhirError:
+    refusal = FhirError.of(
+        Category.FORBIDDEN,
+        "The resident has not consented to sharing this record with your region "
+        "(this service shares across regions only with the resident's separate consent)",
+        code="suppressed",
+    )
+    refusal.patients = frozenset({owner})
+    return refusal
 
 
 def refusal_of(owner: str) -> FhirError:
@@ -90,6 +112,8 @@ def current_or_fail(
         raise refusal_of(stored.compartment_patient_id)
     if view is not None and not folded:
         check_consent(conn, view, stored.compartment_patient_id)
+    elif view is not None:
+        check_permit(conn, view, stored.compartment_patient_id)
     if stored.deleted:
         raise gone(stored)
     return stored

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ehr_service.security.scopes import ADMIN_SCOPE, Grant
+from ehr_service.security.scopes import Grant, admin_roles
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,20 @@ class Caller:
     operator: bool = False
 
     @property
+    def admin_role(self) -> str | None:
+        """sysadmin | secadmin | auditadmin: the one administrator role of the token
+        (the verifier refuses a token naming two), None for every other caller."""
+        roles = admin_roles(self.scopes)
+        return next(iter(roles)) if len(roles) == 1 else None
+
+    @property
     def is_admin(self) -> bool:
-        return self.internal or ADMIN_SCOPE in self.scopes
+        """System administration (the legacy ``ehr/admin`` means this and only this)."""
+        return self.internal or self.admin_role == "sysadmin"
+
+    @property
+    def is_audit_admin(self) -> bool:
+        return self.internal or self.admin_role == "auditadmin"
 
     def may(self, resource_type: str, action: str) -> bool:
         """Does a scope grant ``action`` (one of c r u d s) on ``resource_type``?"""

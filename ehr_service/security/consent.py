@@ -20,9 +20,63 @@ from ehr_service.security.caller import Caller
 
 REGION_SYSTEM = "urn:ehr-service:region"
 EVERYONE = "*"
-
-
 MAX_REGION_CHARS = 64
+# An active permit is kept beside the refusals (consent_refusal) as ``permit:<actor>``:
+# no caller's actors ever start so, so a permit never reads as a refusal.
+PERMIT = "permit:"
+# The lawful basis of each disclosure to another region (PIPL, 个人信息保护法), on the
+# AuditEvent (purposeOfUse) and on the Provenance of what was received (reason).
+LEGAL_BASIS_SYSTEM = "urn:ehr-service:legal-basis"
+SEPARATE_CONSENT = {
+    "system": LEGAL_BASIS_SYSTEM,
+    "code": "pipl-separate-consent",
+    "display": "The resident's separate consent (PIPL art. 23 and 29)",
+}
+OTHER_BASIS = {
+    "system": LEGAL_BASIS_SYSTEM,
+    "code": "pipl-other-basis",
+    "display": "Another lawful basis (PIPL art. 13: treatment and public health; "
+    "the resident may refuse)",
+}
+
+
+def legal_basis(policy: str) -> dict[str, str]:
+    """The basis a deployment's sharing policy discloses on (EHR_SHARING_POLICY)."""
+    return dict(SEPARATE_CONSENT if policy == "consent-required" else OTHER_BASIS)
+
+
+def permit_actors(caller: Caller, policy: str, home_region: str) -> tuple[str, ...]:
+    """Under ``consent-required``, what a resident's permit must name for a caller of
+    another region to see their record (empty: no permit needed)."""
+    if policy != "consent-required" or caller.internal or caller.patient is not None:
+        return ()
+    if caller.region is None or caller.region == home_region:
+        return ()
+    return (f"{PERMIT}region:{caller.region}",)
+
+
+def permits(consent: dict[str, Any]) -> tuple[str, ...]:
+    """The ``permit:`` actors of an active Consent whose top-level provision permits
+    named regions or organisations (nothing for any other Consent)."""
+    provision = consent.get("provision")
+    if consent.get("status") != "active" or not isinstance(provision, dict):
+        return ()
+    if provision.get("type") != "permit":
+        return ()
+    actors: list[str] = []
+    for actor in provision.get("actor") or ():
+        reference = actor.get("reference") if isinstance(actor, dict) else None
+        if not isinstance(reference, dict):
+            continue  # a permit we cannot read permits nothing (fail closed)
+        literal = parse_reference(str(reference.get("reference", "")))
+        identifier = reference.get("identifier")
+        if literal is not None and literal.resource_type == "Organization":
+            actors.append(f"{PERMIT}Organization/{literal.resource_id}")
+        elif isinstance(identifier, dict) and identifier.get("system") == REGION_SYSTEM:
+            region = str(identifier.get("value"))
+            if 0 < len(region) <= MAX_REGION_CHARS:
+                actors.append(f"{PERMIT}region:{region}")
+    return tuple(dict.fromkeys(actors))
 
 
 def refusals(consent: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ehr_service.pipeline import Draft, Hook, Stage
-from ehr_service.security.consent import refusals
+from ehr_service.security.consent import permits, refusals
 from ehr_service.security.policy import check_write
 from ehr_service.security.references import PENDING_IDENTITIES, check_patient_references
 from ehr_service.storage.database import transaction_cache
@@ -22,13 +22,14 @@ def _own_record_only(draft: Draft) -> None:
 
 
 def _consent_refusals(draft: Draft) -> None:
-    draft.consent = refusals(draft.resource)
+    patient, refused = refusals(draft.resource)
+    draft.consent = (patient, refused + permits(draft.resource))
 
 
 def hooks() -> list[Hook]:
     return [
         # A patient-bound token writes its own record only, pointing nowhere else.
         Hook("own-record-only", Stage.OWNER, _own_record_only),
-        # A Consent's refusals are kept beside it, for every read to consult.
+        # A Consent's refusals (and permits) are kept beside it, for every read to consult.
         Hook("consent-refusals", Stage.VERSION, _consent_refusals, frozenset({"Consent"})),
     ]

@@ -17,8 +17,7 @@ from collections.abc import Iterable
 from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
-from ehr_service.security.consent import actors_of
-from ehr_service.security.scopes import AUDIT_SCOPE
+from ehr_service.security.consent import actors_of, permit_actors
 from ehr_service.security.tokens import missing_token
 
 ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -47,22 +46,31 @@ def require_staff(caller: Caller, resource_type: str, action: str) -> None:
 
 
 def require_admin(caller: Caller) -> None:
-    """Administrative operations: a system/ token with write access to every type, or
-    the admin scope; never a patient-bound token (consent still applies inside)."""
+    """System administration (merge, every resident's record): the ehr/sysadmin scope
+    (or the deprecated ehr/admin), or a system/ token with write access to every type
+    that names no other administrator role; never a patient-bound token (consent
+    still applies inside)."""
     if caller.internal:
         return
     if not caller.authenticated:
         raise missing_token()
     if caller.patient is not None:
         raise forbidden("Administrative operations are not for patient-bound tokens")
-    if caller.is_admin or (caller.kind == "system" and caller.may("*", "u")):
+    if caller.is_admin:
         return
-    raise forbidden("This operation needs a system/ token or the ehr/admin scope")
+    if caller.admin_role is None and caller.kind == "system" and caller.may("*", "u"):
+        return
+    raise forbidden(
+        "This operation is system administration: it needs the ehr/sysadmin scope "
+        "(or a system/ token with write access to every type)"
+    )
 
 
 def require_audit_reader(caller: Caller) -> None:
-    """The audit trail (``GET /fhir/AuditEvent``): the ehr/audit or ehr/admin scope.
-    A citizen sees the curated access log of the citizen API instead."""
+    """The audit trail (``GET /fhir/AuditEvent``): the audit administrator only
+    (ehr/auditadmin, or the deprecated ehr/audit); the system and security
+    administrators, whose acts it records, may not read it. A citizen sees the
+    curated access log of the citizen API instead."""
     if caller.internal:
         return
     if not caller.authenticated:
@@ -71,8 +79,11 @@ def require_audit_reader(caller: Caller) -> None:
         raise forbidden(
             "Patient-bound tokens see who accessed the record at /citizen/v1/me/access-log"
         )
-    if AUDIT_SCOPE not in caller.scopes and not caller.is_admin:
-        raise forbidden("Reading the audit trail needs the ehr/audit scope")
+    if not caller.is_audit_admin:
+        raise forbidden(
+            "Reading the audit trail is audit administration: it needs the ehr/auditadmin "
+            "scope (the system and security administrators may not read it)"
+        )
 
 
 def require_search(caller: Caller, types: Iterable[str]) -> None:
@@ -81,11 +92,17 @@ def require_search(caller: Caller, types: Iterable[str]) -> None:
         require(caller, resource_type, "s")
 
 
-def visibility(caller: Caller, member_types: frozenset[str]) -> Visibility:
+def visibility(
+    caller: Caller,
+    member_types: frozenset[str],
+    sharing_policy: str = "opt-out",
+    home_region: str | None = None,
+) -> Visibility:
     return Visibility(
         caller.patient,
         member_types if caller.patient is not None else frozenset(),
         actors_of(caller),
+        permit_actors(caller, sharing_policy, home_region or ""),
     )
 
 

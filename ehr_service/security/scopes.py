@@ -8,14 +8,30 @@ closed). Unknown scopes (``openid``, ``launch/patient``...) grant nothing either
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 
 CONTEXTS = ("patient", "user", "system")
-ADMIN_SCOPE = "ehr/admin"  # administrative operations (merge, reindex, exports)
-AUDIT_SCOPE = "ehr/audit"  # reading the audit trail (GET /fhir/AuditEvent)
-SERVICE_SCOPES = (ADMIN_SCOPE, AUDIT_SCOPE)
+# The three administrators of GB/T 22239-2019 level 3 (docs/architecture.md §9): one
+# token holds at most one of these roles, and the audit administrator nothing else.
+SYSADMIN_SCOPE = "ehr/sysadmin"  # operations: merge, every resident's record, import/export
+SECADMIN_SCOPE = "ehr/secadmin"  # security: keys, partners, tokens, the sharing policy
+AUDITADMIN_SCOPE = "ehr/auditadmin"  # reading and verifying the audit trail, nothing else
+# Deprecated names, accepted with the role they now mean: ``ehr/admin`` was every
+# administrative right including reading the trail; it is the system administrator only.
+ADMIN_SCOPE = "ehr/admin"
+AUDIT_SCOPE = "ehr/audit"
+ROLE_OF_SCOPE = {
+    SYSADMIN_SCOPE: "sysadmin",
+    SECADMIN_SCOPE: "secadmin",
+    AUDITADMIN_SCOPE: "auditadmin",
+    ADMIN_SCOPE: "sysadmin",
+    AUDIT_SCOPE: "auditadmin",
+}
+DEPRECATED_SCOPES = {ADMIN_SCOPE: SYSADMIN_SCOPE, AUDIT_SCOPE: AUDITADMIN_SCOPE}
+SERVICE_SCOPES = (SYSADMIN_SCOPE, SECADMIN_SCOPE, AUDITADMIN_SCOPE, ADMIN_SCOPE, AUDIT_SCOPE)
 _SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ACTIONS = set("cruds")
@@ -55,3 +71,28 @@ def ungranted(text: str) -> list[str]:
     """The scopes of ``text`` that grant nothing here: unknown (``openid``, a typo),
     malformed (letters out of order, an unknown type) or with a query part."""
     return [s for s in text.split() if s not in SERVICE_SCOPES and not parse_scopes(s)]
+
+
+def admin_roles(scopes: Iterable[str]) -> frozenset[str]:
+    """The administrator roles (sysadmin, secadmin, auditadmin) these scopes name."""
+    return frozenset(ROLE_OF_SCOPE[s] for s in scopes if s in ROLE_OF_SCOPE)
+
+
+def role_conflict(text: str) -> str | None:
+    """Why one token may not carry these scopes (None: it may): two administrator
+    roles, or the audit administrator with any other right (separation of duties,
+    GB/T 22239-2019 level 3)."""
+    scopes = text.split()
+    roles = admin_roles(scopes)
+    if len(roles) > 1:
+        named = ", ".join(sorted(s for s in scopes if s in ROLE_OF_SCOPE))
+        return (
+            f"One token may hold one administrator role only, not {' and '.join(sorted(roles))} "
+            f"({named}): system, security and audit administration are separate duties"
+        )
+    if "auditadmin" in roles and parse_scopes(text):
+        return (
+            "The audit administrator's token reads and verifies the audit trail only: "
+            "it may not also carry patient/, user/ or system/ scopes"
+        )
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ehr_service.config import Settings
-from ehr_service.security.scopes import ADMIN_SCOPE, AUDIT_SCOPE
+from ehr_service.security.scopes import AUDITADMIN_SCOPE, SECADMIN_SCOPE, SYSADMIN_SCOPE
 
 SCOPES_SUPPORTED = [
     "system/*.cruds",
@@ -20,8 +20,9 @@ SCOPES_SUPPORTED = [
     "patient/*.read",
     "user/*.read",
     "system/*.read",
-    ADMIN_SCOPE,
-    AUDIT_SCOPE,
+    SYSADMIN_SCOPE,
+    SECADMIN_SCOPE,
+    AUDITADMIN_SCOPE,
 ]
 
 # The SMART oauth-uris extension (deprecated in SMART v2 in favour of the
@@ -41,9 +42,11 @@ SCOPES_DESCRIPTION = (
     "Bearer tokens (SMART App Launch v2 scopes; v1 .read/.write are accepted): system/ and "
     "user/ scopes grant actions (c r u d s) per resource type; a patient/ token sees its own "
     "record only, another resident's resources answering as unknown ids, and none of the "
-    "staff operations. $merge and Patient/$everything over every resident need ehr/admin "
-    "(or a system/ token that may update every type); the audit trail (AuditEvent) needs "
-    "ehr/audit or ehr/admin. Scopes with a query part grant nothing. Discovery: "
+    "staff operations. Three administrator roles, one per token: ehr/sysadmin ($merge and "
+    "Patient/$everything over every resident; a system/ token that may update every type "
+    "may too), ehr/secadmin and ehr/auditadmin (the audit trail, AuditEvent, and nothing "
+    "else). The deprecated ehr/admin is ehr/sysadmin, ehr/audit is ehr/auditadmin. "
+    "Scopes with a query part grant nothing. Discovery: "
     ".well-known/smart-configuration."
 )
 

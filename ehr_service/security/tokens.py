@@ -30,7 +30,7 @@ from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.security.caller import Caller
 from ehr_service.security.fieldcrypto import write_private
-from ehr_service.security.scopes import parse_scopes
+from ehr_service.security.scopes import admin_roles, parse_scopes, role_conflict
 
 ALLOWED_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256"]
 OWN_KEY_FILE = "token-signing.jwk.json"
@@ -85,7 +85,14 @@ class TokenClaims:
 
 
 def mint(settings: Settings, claims: TokenClaims) -> str:
-    """A development token signed with the service's own key."""
+    """A development token signed with the service's own key. Scopes no one may hold
+    together (two administrator roles, the audit administrator with other rights)
+    are refused: ``ValueError``."""
+    conflict = role_conflict(claims.scopes)
+    if conflict is not None:
+        raise ValueError(conflict)
+    if admin_roles(claims.scopes.split()) and claims.patient:
+        raise ValueError("administrator roles are not for patient-bound tokens")
     key = own_key(settings)
     now = int(time.time())
     payload: dict[str, Any] = {
@@ -229,6 +236,15 @@ class TokenVerifier:
             )
         if any(s.context == "patient" for s in scopes) and not patient:
             raise InvalidToken.because("patient/ scopes need a patient claim")
+        conflict = role_conflict(scope)
+        if conflict is not None:  # a valid token, but one no one may hold: 403, not 401
+            raise FhirError.of(Category.FORBIDDEN, f"Token refused: {conflict}", code="forbidden")
+        if admin_roles(scope.split()) and any(s.context == "patient" for s in scopes):
+            raise FhirError.of(
+                Category.FORBIDDEN,
+                "Token refused: administrator roles are not for patient-bound tokens",
+                code="forbidden",
+            )
         return Caller(
             subject=subject,
             client_id=str(client_id) if client_id else None,

@@ -43,3 +43,17 @@ def refused_patients(
         )
     ).all()
     return {r.patient_id for r in rows}
+
+
+def permitted(conn: Connection, patient_id: str, permits: Sequence[str]) -> bool:
+    """Has the resident an active permit naming any of these (``permit:...``) actors?"""
+    if not permits:
+        return True
+    return refused(conn, patient_id, permits)  # the same rows, read as permits
+
+
+def permitted_patients(
+    conn: Connection, patient_ids: Sequence[str], permits: Sequence[str]
+) -> set[str]:
+    """Which of these residents hold a permit naming any of these actors."""
+    return refused_patients(conn, patient_ids, permits)

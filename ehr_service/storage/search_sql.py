@@ -87,6 +87,17 @@ def visible(table: Any, view: Visibility, resource_type: str | None = None) -> C
                 refusal.c.actor.in_(view.refused_actors),
             )
         )
+    if view.permit_actors:  # consent-required: a resident's record needs their permit
+        permit = consent_refusal.alias("permit")
+        clauses.append(
+            or_(
+                table.c.compartment_patient_id.is_(None),
+                exists().where(
+                    permit.c.patient_id == table.c.compartment_patient_id,
+                    permit.c.actor.in_(view.permit_actors),
+                ),
+            )
+        )
     combined: ColumnElement[bool] = and_(true(), *clauses)
     return combined
 

@@ -402,6 +402,18 @@ audit_segment = Table(
     UniqueConstraint("first_block", name="uq_audit_segment_first_block"),
 )
 
+# E-health cards (migration 0017): the card's blind index binds it to one resident;
+# the card ID itself is kept sealed, never in plaintext.
+health_card = Table(
+    "health_card",
+    metadata,
+    Column("card_blind", String(64), primary_key=True),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    Column("card_sealed", TEXT, nullable=False),
+    Column("bound_at", UTCDateTime, nullable=False),
+)
+Index("ix_health_card_patient", health_card.c.patient_id)
+
 # Consent refusals (docs/architecture.md §9), derived from active Consent resources when they
 # are written: whose record may not be shown to which organisation or region.
 consent_refusal = Table(

@@ -4,17 +4,20 @@ statement, ``test_capability.py``, makes them)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from ehr_service.mpi.health_card import LocalTestCardVerifier
 from ehr_service.recognition.rules import RETEST_REASONS
-from tests.helpers import FHIR_JSON, lab, organization, parameters, patient
+from tests.helpers import FHIR_JSON, audit_get, lab, organization, parameters, patient
 from tests.minimal_resources import minimal
 
 ASYNC = {"Prefer": "respond-async"}
 MRN = {"system": "urn:oid:1.2.156.112604.1", "value": "MRN-0001"}
 CATALOGUE = "urn:ehr-service:recognition-item"
+CARD_SECRET = "capability-card-secret"  # EHR_HEALTH_CARD_TEST_SECRET of test_capability
 
 
 def _resident(client: TestClient, ids: dict[str, str]) -> str:
@@ -83,6 +86,18 @@ def _call(client: TestClient, name: str, level: str, t: str, ids: dict[str, str]
         _resident(client, ids)
         source = f"{MRN['system']}|{MRN['value']}"
         return client.get("/fhir/Patient/$ihe-pix", params={"sourceIdentifier": source})
+    if name == "bind-health-card":
+        card = parameters({"name": "cardId", "valueString": "AB" * 32})
+        path = f"/fhir/Patient/{_resident(client, ids)}/$bind-health-card"
+        return client.post(path, json=card, headers=FHIR_JSON)
+    if name == "resolve-health-card":  # test_capability configures the local test double
+        card = parameters({"name": "cardId", "valueString": "CD" * 32})
+        path = f"/fhir/Patient/{_resident(client, ids)}/$bind-health-card"
+        assert client.post(path, json=card, headers=FHIR_JSON).status_code == 200
+        qr = LocalTestCardVerifier(CARD_SECRET).dynamic("CD" * 32, int(time.time()) + 60)
+        scan = parameters({"name": "qrCode", "valueString": qr},
+                          {"name": "scene", "valueCode": "lab-report"})  # fmt: skip
+        return client.post("/fhir/Patient/$resolve-health-card", json=scan, headers=FHIR_JSON)
     if name in {"recognizable-results", "recognition-decision"}:
         given = [LAB_ITEM, {"name": "asOf", "valueDate": "2026-03-15"}]
         if name == "recognition-decision":
@@ -102,7 +117,7 @@ def _call(client: TestClient, name: str, level: str, t: str, ids: dict[str, str]
             query["url" if t == "ValueSet" else "system"] = _catalogue_url(t)
         return client.get(f"/fhir/{t}{on}/${name}", params=query)
     if name == "inclusion-proof":
-        return client.get(f"/fhir/AuditEvent/{_sealed_event(client)}/$inclusion-proof")
+        return audit_get(client, f"/fhir/AuditEvent/{_sealed_event(client)}/$inclusion-proof")
     if name == "validate" and level == "type":  # a Parameters is the operation's own input
         body = (
             minimal(t)
@@ -125,7 +140,7 @@ def _catalogue_url(resource_type: str | None) -> str:
 
 def _sealed_event(client: TestClient) -> str:
     """The oldest event of the newest page: sealed before the search was made."""
-    page = client.get("/fhir/AuditEvent?_count=20").json()
+    page = audit_get(client, "/fhir/AuditEvent?_count=20").json()
     event_id: str = page["entry"][-1]["resource"]["id"]
     return event_id
 
@@ -136,4 +151,5 @@ def call_operation(
     """(the response, the status it should have) of ``$name`` at ``level``."""
     response = _call(client, name, level, resource_type or "", ids)
     assert response is not None, f"no call of ${name} at the {level} level"
-    return response, 201 if name == "recognition-decision" else 202 if name == "export" else 200
+    expected = {"recognition-decision": 201, "export": 202}
+    return response, expected.get(name, 200)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, bearer, patient, seal_and_verify, snapshot
+from tests.helpers import FHIR_JSON, audit_get, bearer, patient, seal_and_verify, snapshot
 
 MADE_UP = {
     "resourceType": "AuditEvent",
@@ -54,12 +54,12 @@ def test_searching_the_real_events(client: TestClient, services: Services) -> No
     client.get(f"/fhir/Patient/{pid}")
     unknown = f"never-{uuid.uuid4().hex[:12]}"
     client.get(f"/fhir/Patient/{unknown}")  # a failure is an event too
-    everything = client.get("/fhir/AuditEvent?_count=100").json()
+    everything = audit_get(client, "/fhir/AuditEvent?_count=100").json()
     assert everything["type"] == "searchset"
     seqs = [int(i) for i in _ids(everything)]
     assert seqs == sorted(seqs, reverse=True)  # newest first
     assert all(e["resource"]["resourceType"] == "AuditEvent" for e in everything["entry"])
-    mine = client.get(f"/fhir/AuditEvent?patient=Patient/{pid}").json()
+    mine = audit_get(client, f"/fhir/AuditEvent?patient=Patient/{pid}").json()
     subtypes = [e["resource"]["subtype"][0]["code"] for e in mine["entry"]]
     assert subtypes == ["read", "create"]
     assert all(
@@ -67,23 +67,21 @@ def test_searching_the_real_events(client: TestClient, services: Services) -> No
         for e in mine["entry"]
     )
     both = f"Patient/{pid},Patient/{other}"
-    created = client.get(f"/fhir/AuditEvent?patient={both}&subtype=create&outcome=0").json()
+    created = audit_get(client, f"/fhir/AuditEvent?patient={both}&subtype=create&outcome=0").json()
     assert len(created["entry"]) == 2
-    failed = client.get(f"/fhir/AuditEvent?outcome=4&entity=Patient/{unknown}").json()
+    failed = audit_get(client, f"/fhir/AuditEvent?outcome=4&entity=Patient/{unknown}").json()
     assert [e["resource"]["outcomeDesc"] for e in failed["entry"]] == ["404"]
-    by_entity = client.get(f"/fhir/AuditEvent?entity=Patient/{other}").json()
+    by_entity = audit_get(client, f"/fhir/AuditEvent?entity=Patient/{other}").json()
     assert len(by_entity["entry"]) == 1
-    assert client.get("/fhir/AuditEvent?agent=someone-else").json().get("entry", []) == []
-    by_agent = client.get("/fhir/AuditEvent?agent=test-system&type=rest&_count=100").json()
+    assert audit_get(client, "/fhir/AuditEvent?agent=someone-else").json().get("entry", []) == []
+    by_agent = audit_get(client, "/fhir/AuditEvent?agent=test-system&type=rest&_count=100").json()
     assert len(by_agent["entry"]) >= 4
-    assert (
-        client.get("/fhir/AuditEvent?date=ge2000-01-01&date=lt2000-01-02").json().get("entry", [])
-        == []
-    )
+    long_ago = audit_get(client, "/fhir/AuditEvent?date=ge2000-01-01&date=lt2000-01-02")
+    assert long_ago.json().get("entry", []) == []
     today = everything["entry"][0]["resource"]["recorded"][:10]
-    assert len(client.get(f"/fhir/AuditEvent?date={today}&_count=100").json()["entry"]) >= 5
+    assert len(audit_get(client, f"/fhir/AuditEvent?date={today}&_count=100").json()["entry"]) >= 5
     one = everything["entry"][-1]["resource"]
-    read = client.get(f"/fhir/AuditEvent/{one['id']}")
+    read = audit_get(client, f"/fhir/AuditEvent/{one['id']}")
     assert read.status_code == 200 and read.json() == one
 
 
@@ -92,7 +90,7 @@ def test_paging_stays_put_while_events_are_added(client: TestClient) -> None:
         client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
         for _ in range(5)
     ]
-    first = client.get(f"/fhir/AuditEvent?patient={','.join(made)}&_count=2").json()
+    first = audit_get(client, f"/fhir/AuditEvent?patient={','.join(made)}&_count=2").json()
     seen = _ids(first)
     client.get(f"/fhir/Patient/{made[0]}")  # a newer event of the same search
     page = first
@@ -100,7 +98,7 @@ def test_paging_stays_put_while_events_are_added(client: TestClient) -> None:
         following = [link["url"] for link in page["link"] if link["relation"] == "next"]
         if not following:
             break
-        page = client.get(following[0].removeprefix("http://testserver")).json()
+        page = audit_get(client, following[0].removeprefix("http://testserver")).json()
         seen += _ids(page)
     assert len(seen) == len(set(seen)) == 5
 
@@ -119,7 +117,7 @@ def test_who_may_read_the_audit_trail(client: TestClient, services: Services) ->
 def test_a_bad_audit_search_is_a_400_whatever_is_stored(client: TestClient) -> None:
     for query in ("nonsense=1", "date=yesterday", "entity=x", "_count=x", "_cursor=zz",
                   f"_cursor=b{'9' * 30}", "_cursor=b١٢"):  # fmt: skip
-        response = client.get(f"/fhir/AuditEvent?{query}")
+        response = audit_get(client, f"/fhir/AuditEvent?{query}")
         assert response.status_code == 400, (query, response.text)
 
 
@@ -130,7 +128,7 @@ def test_the_capability_statement_tells_the_truth_about_audit_events(client: Tes
     names = {p["name"] for p in audit["searchParam"]}
     assert {"patient", "date", "agent", "entity", "type", "subtype", "outcome"} <= names
     for name in names:  # each advertised parameter answers
-        response = client.get(f"/fhir/AuditEvent?{name}=x" if name != "date" else
+        response = audit_get(client, f"/fhir/AuditEvent?{name}=x" if name != "date" else
                               "/fhir/AuditEvent?date=ge2026-01-01")  # fmt: skip
         assert response.status_code in {200, 400}, (name, response.text)
         assert response.status_code == 200 or name == "entity", name
@@ -140,6 +138,6 @@ def test_audit_dates_at_the_end_of_the_calendar(client: TestClient) -> None:
     client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
     for query, some in (("date=9999", False), ("date=le9999-12-31T23:59:59Z", True),
                         ("date=gt9999-12-31", False), ("date=ne9999", True)):  # fmt: skip
-        response = client.get(f"/fhir/AuditEvent?{query}")
+        response = audit_get(client, f"/fhir/AuditEvent?{query}")
         assert response.status_code == 200, (query, response.text)
         assert bool(response.json().get("entry")) is some, query

@@ -26,7 +26,7 @@ from tests.api.bulk_helpers import (
     records,
     wait,
 )
-from tests.helpers import FHIR_JSON, bearer, refusal
+from tests.helpers import FHIR_JSON, audit_get, bearer, refusal
 
 POST = {**ASYNC, **FHIR_JSON}
 
@@ -214,7 +214,7 @@ def test_post_jobs_keep_the_owner_cancel_and_audit_rules(
     assert client.get(error_url).status_code == 200
     assert len(lines(client, manifest["output"][0]["url"])) >= 1
     # the kick-off's audit event names the patient and records the body's parameters
-    events = client.get(f"/fhir/AuditEvent?patient=Patient/{first}&_count=100").json()
+    events = audit_get(client, f"/fhir/AuditEvent?patient=Patient/{first}&_count=100").json()
     queries = [
         base64.b64decode(entity["query"]).decode()
         for entry in events.get("entry", [])

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from ehr_service.app import create_app
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, organization, patient, refusal, snapshot
+from tests.helpers import FHIR_JSON, audit_get, organization, patient, refusal, snapshot
 
 Run = Callable[..., tuple[int, str]]
 
@@ -139,7 +139,10 @@ def test_claims_the_verifier_would_refuse_or_ignore_are_refused(run: Run) -> Non
     for message, args in cases.items():
         code, out = run("token", "mint", *args)
         assert code == 2 and message in out, (message, out)
-    assert run("token", "mint", "--scope", "user/*.rs ehr/audit", "--purpose", "etreat")[0] == 0
+    assert run("token", "mint", "--scope", "user/*.rs", "--purpose", "etreat")[0] == 0
+    # the audit administrator reads the trail and nothing else (ehr/audit is its old name)
+    code, out = run("token", "mint", "--scope", "user/*.rs ehr/audit", "--purpose", "etreat")
+    assert code == 2 and "audit administrator" in out, out
 
 
 def test_a_patient_token_sees_its_record_only(
@@ -176,7 +179,7 @@ def test_purpose_client_and_subject_reach_the_audit_trail(
                   "--sub", "dr-li", "--org", "Organization/h1")  # fmt: skip
     with _as(services, token) as doctor:
         assert doctor.get(f"/fhir/Patient/{pid}").status_code == 200
-    events = client.get(f"/fhir/AuditEvent?entity=Patient/{pid}&subtype=read").json()
+    events = audit_get(client, f"/fhir/AuditEvent?entity=Patient/{pid}&subtype=read").json()
     agents: list[dict[str, Any]] = [
         agent
         for entry in events.get("entry", [])

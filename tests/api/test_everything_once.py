@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from ehr_service.config import PROJECT_ROOT
 from tests.conftest import sample_bundles
-from tests.helpers import FHIR_JSON
+from tests.helpers import FHIR_JSON, audit_get
 
 LARGEST = sorted(sample_bundles(), key=lambda p: p.stat().st_size, reverse=True)[:2]
 COMPARTMENT = orjson.loads((PROJECT_ROOT / "fhir_profiles/compartmentdefinition-patient.json")
@@ -119,5 +119,5 @@ def test_an_included_resource_of_another_record_is_on_its_access_log(client: Tes
         if e["search"]["mode"] == "include"
     }
     assert ("Observation", theirs) in included
-    log = client.get(f"/fhir/AuditEvent?patient={b}&subtype=operation").json()
+    log = audit_get(client, f"/fhir/AuditEvent?patient={b}&subtype=operation").json()
     assert log.get("entry"), "B's resource was disclosed: B's access log must say so"

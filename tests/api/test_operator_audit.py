@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from ehr_service.cli import app as cli
 from ehr_service.interactions.context import Services
-from tests.helpers import FHIR_JSON, lab, patient, seal_and_verify, shipped_edition
+from tests.helpers import FHIR_JSON, audit_get, lab, patient, seal_and_verify, shipped_edition
 
 
 def _operator_events(client: TestClient, command: str) -> list[dict[str, Any]]:
-    bundle = client.get(f"/fhir/AuditEvent?subtype={command}&_count=100").json()
+    bundle = audit_get(client, f"/fhir/AuditEvent?subtype={command}&_count=100").json()
     return [e["resource"] for e in bundle.get("entry", [])]
 
 
@@ -45,7 +45,11 @@ def test_institution_commands_are_audited(client: TestClient, services: Services
     event = added[0]
     assert event["type"]["code"] == "110100"
     assert event["action"] == "C"
-    assert event["agent"][0]["role"] == [{"text": "operator"}]
+    assert event["agent"][0]["role"] == [  # an operator, acting as the system administrator
+        {"text": "operator"},
+        {"coding": [{"system": "urn:ehr-service:admin-role", "code": "sysadmin"}],
+         "text": "sysadmin"},
+    ]  # fmt: skip
     assert event["agent"][0]["who"]["identifier"]["value"].startswith("operator:")
     assert len(_operator_events(client, "institution-qc")) >= 1
     history = client.get("/fhir/Organization/op-h1/_history").json()
@@ -109,12 +113,12 @@ def test_operator_events_name_what_they_changed(
     (latest, *_) = _operator_events(client, "institution-qc")
     assert {"reference": "Organization/op-h2"} in [e.get("what") for e in latest["entity"]]
     assert {"reference": f"Patient/{pid}"} in [e.get("what") for e in latest["entity"]]
-    mine = client.get(f"/fhir/AuditEvent?patient={pid}&subtype=institution-qc").json()
+    mine = audit_get(client, f"/fhir/AuditEvent?patient={pid}&subtype=institution-qc").json()
     assert len(mine["entry"]) == 1  # the resident sees who changed their result
     # an import names the records it wrote; an export is on the chain too
     (tmp_path / "p.ndjson").write_bytes(orjson.dumps({**patient(), "id": "op-imported"}))
     run("import", str(tmp_path / "p.ndjson"), "--errors", str(tmp_path / "errors.txt"))
-    assert client.get("/fhir/AuditEvent?patient=op-imported&subtype=import").json()["entry"]
+    assert audit_get(client, "/fhir/AuditEvent?patient=op-imported&subtype=import").json()["entry"]
     exports = len(_operator_events(client, "export"))
     run("export", "--out", str(tmp_path / "out"), "--type", "Patient")
     (export, *_) = _operator_events(client, "export")

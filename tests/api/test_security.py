@@ -463,11 +463,16 @@ def test_security_review_regressions(
         absolute = observation(f"http://testserver/fhir/Patient/{theirs}")
         absolute["performer"] = [{"reference": f"Patient/{mine}"}]
         assert me.post("/fhir/Observation", json=absolute, headers=FHIR_JSON).status_code == 403
-    admin_patient = bearer(services.settings, "patient/*.rs ehr/admin", patient=mine)
+    # an administrator role on a patient-bound token: minting refuses it, the verifier too
+    admin_patient = _signed(services, scope="patient/*.rs ehr/admin", patient=mine)
     with TestClient(
-        create_app(services=services), raise_server_exceptions=False, headers=admin_patient
+        create_app(services=services),
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {admin_patient}"},
     ) as c:
-        assert c.get("/fhir/Patient/$everything").status_code == 403
+        refused = c.get("/fhir/Patient/$everything")
+        assert refused.status_code == 403
+        assert "patient-bound" in refused.json()["issue"][0]["diagnostics"]
     only_orgs = bearer(services.settings, "user/Organization.rs")
     with TestClient(
         create_app(services=services), raise_server_exceptions=False, headers=only_orgs

@@ -113,7 +113,7 @@ class Server:
                 time.sleep(0.2)
         else:
             raise AssertionError((self.data_dir / "server.log").read_text())
-        self.staff = self.cli("token", "mint", "--scope", "system/*.cruds ehr/admin").strip()
+        self.staff = self.cli("token", "mint", "--scope", "system/*.cruds ehr/sysadmin").strip()
 
     def stop(self) -> None:
         if self.process is not None:
