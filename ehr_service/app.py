@@ -17,6 +17,7 @@ from ehr_service.api import (
     api_docs,
     audit,
     bulk,
+    cds_hooks,
     citizen,
     definitions,
     discovery,
@@ -236,6 +237,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         fhir.router,
         citizen.router,
         exchange.router,
+        cds_hooks.router,  # /cds-services (CDS Hooks 2.0)
     ):
         app.router.routes.extend(router.routes)
     api_docs.install(app)  # /docs, /redoc and their assets, served without a CDN
