@@ -98,9 +98,7 @@ def hook_request(
         "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": o} for o in orders]},
     }
     if hook == "order-select":
-        context["selections"] = selections or [
-            f"{o['resourceType']}/{o['id']}" for o in orders
-        ]
+        context["selections"] = selections or [f"{o['resourceType']}/{o['id']}" for o in orders]
     body: dict[str, Any] = {"hookInstance": str(uuid.uuid4()), "hook": hook, "context": context}
     if fhir_server is not None:
         body["fhirServer"] = fhir_server

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -163,9 +163,9 @@ def test_a_hospital_server_with_prefetch(client: TestClient) -> None:
 
 
 class _Hospital(BaseHTTPRequestHandler):
-    patient: dict[str, Any] = {}
+    patient: ClassVar[dict[str, Any]] = {}
     token = "hospital-token"
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen.append(self.headers.get("Authorization", ""))
@@ -200,7 +200,8 @@ def test_fetched_from_a_trusted_hospital_server(
 ) -> None:
     client = make_client(cds_fhir_servers=[hospital])
     ids = resident(client)
-    _Hospital.patient = foreign_patient(ids)
+    _Hospital.patient.clear()
+    _Hospital.patient.update(foreign_patient(ids))
     orders = [draft("glu", GLUCOSE, "1288992")]
     body = hook_request("order-select", "1288992", orders, fhir_server=hospital,
                         token=_Hospital.token)  # fmt: skip
