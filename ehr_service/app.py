@@ -19,6 +19,7 @@ from ehr_service.api import (
     bulk,
     cds_hooks,
     citizen,
+    dashboard,
     definitions,
     discovery,
     errors,
@@ -238,6 +239,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         citizen.router,
         exchange.router,
         cds_hooks.router,  # /cds-services (CDS Hooks 2.0)
+        dashboard.router,  # /dashboard (operations)
     ):
         app.router.routes.extend(router.routes)
     api_docs.install(app)  # /docs, /redoc and their assets, served without a CDN

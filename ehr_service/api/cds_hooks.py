@@ -37,7 +37,7 @@ def _json(result: Result) -> Response:
 
 
 @router.get("", **docs.plain_route("CDS Hooks discovery"))
-async def discovery() -> Response:
+async def cds_discovery() -> Response:
     """The CDS services of this service (CDS Hooks 2.0 §Discovery)."""
     return Response(jsonio.dumps(cds_hooks.discovery()), media_type="application/json")
 
@@ -46,7 +46,7 @@ async def discovery() -> Response:
     "/{service_id}",
     **docs.cds_route("call a CDS service", {200, 404, 412, 422}, body="a CDS Hooks request"),
 )
-async def call_service(service_id: ServiceId, request: Request, ctx: Context) -> Response:
+async def cds_service_call(service_id: ServiceId, request: Request, ctx: Context) -> Response:
     """Cards for the draft orders of ``context.draftOrders`` that have a recognisable
     prior result (prefetch ``patient``, or fhirServer + fhirAuthorization)."""
     body = await json_body(request, JSON)
@@ -65,7 +65,7 @@ async def call_service(service_id: ServiceId, request: Request, ctx: Context) ->
     "/{service_id}/feedback",
     **docs.cds_route("feedback on a card", {200, 404, 409, 422}, body="CDS Hooks feedback"),
 )
-async def feedback(service_id: ServiceId, request: Request, ctx: Context) -> Response:
+async def cds_service_feedback(service_id: ServiceId, request: Request, ctx: Context) -> Response:
     """What the doctor did with a card: accepted (a suggestion) or overridden (with an
     override reason); recorded as a recognition decision."""
     body = await json_body(request, JSON)

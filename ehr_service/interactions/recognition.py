@@ -540,6 +540,11 @@ def decision_task(
 
 def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) -> Result:
     require_staff(ctx.caller, "Task", "s")
+    return Result(200, stats_parameters(conn, query))
+
+
+def stats_parameters(conn: Connection, query: dict[str, list[str]]) -> dict[str, Any]:
+    """The Parameters of ``$recognition-stats`` (from, to, groupBy), the caller checked."""
     group_by = (query.get("groupBy") or ["item"])[0]
     if group_by not in store.GROUPS:
         raise _bad("groupBy must be item, institution or region", "groupBy")
@@ -571,7 +576,7 @@ def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) ->
         money = {"value": round(figures["cost"], 2), "currency": "CNY"}
         parts.append({"name": "costAvoided", "valueMoney": money})
         parameters.append({"name": "group", "part": parts})
-    return Result(200, {"resourceType": "Parameters", "parameter": parameters})
+    return {"resourceType": "Parameters", "parameter": parameters}
 
 
 def _instant(query: dict[str, list[str]], name: str) -> datetime | None:

@@ -15,7 +15,8 @@ from ehr_service.fhir.resource_types import R4_RESOURCE_TYPES
 CONTEXTS = ("patient", "user", "system")
 ADMIN_SCOPE = "ehr/admin"  # administrative operations (merge, reindex, exports)
 AUDIT_SCOPE = "ehr/audit"  # reading the audit trail (GET /fhir/AuditEvent)
-SERVICE_SCOPES = (ADMIN_SCOPE, AUDIT_SCOPE)
+OPERATIONS_SCOPE = "ehr/operations"  # the operations dashboard (/dashboard), read-only
+SERVICE_SCOPES = (ADMIN_SCOPE, AUDIT_SCOPE, OPERATIONS_SCOPE)
 _SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ACTIONS = set("cruds")
