@@ -57,7 +57,13 @@ def _json(result: Result) -> Response:
     return Response(jsonio.dumps(result.body), result.status, headers, "application/json")
 
 
-@router.get("", **docs.plain_route("the operations dashboard (HTML)"), response_class=Response)
+@router.get(
+    "",
+    summary="the operations dashboard (HTML; its data needs an operator token)",
+    responses={200: {"description": "the page", "content": {"text/html": {}}}},
+    openapi_extra={"security": []},
+    response_class=Response,
+)
 async def dashboard_page() -> Response:
     return FileResponse(ASSETS / "index.html", media_type="text/html; charset=utf-8",
                         headers=PAGE_HEADERS)  # fmt: skip
