@@ -18,7 +18,9 @@ from ehr_service.api import (
     api_docs,
     audit,
     bulk,
+    cds_hooks,
     citizen,
+    dashboard,
     definitions,
     discovery,
     errors,
@@ -264,6 +266,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         fhir.router,
         citizen.router,
         exchange.router,
+        cds_hooks.router,  # /cds-services (CDS Hooks 2.0)
+        dashboard.router,  # /dashboard (operations)
     ):
         app.router.routes.extend(router.routes)
     api_docs.install(app)  # /docs, /redoc and their assets, served without a CDN

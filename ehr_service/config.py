@@ -247,6 +247,19 @@ class Settings(BaseSettings):
     recognition_mark: str = Field(
         default="川渝HR", description="the tag recognisable results carry when served"
     )
+    cds_fhir_servers: list[str] = Field(
+        default_factory=list,
+        description="FHIR servers of CDS clients this service may fetch from with the "
+        "fhirAuthorization token a CDS Hooks request carries (base URLs, JSON list); "
+        "any other fhirServer is refused (this service's own base is always read locally)",
+    )
+    cds_fetch_timeout_s: float = Field(
+        default=3.0, gt=0, le=30, description="longest a CDS Hooks fetch from fhirServer may take"
+    )
+    dashboard_session_seconds: int = Field(
+        default=900, ge=60, le=86_400,
+        description="how long a dashboard session cookie stays valid",
+    )  # fmt: skip
 
     gc_threshold: int = Field(
         default=50_000,

@@ -190,6 +190,32 @@ def plain_route(summary: str) -> dict[str, Any]:
     }
 
 
+def cds_route(summary: str, statuses: set[int], *, body: str | None = None) -> dict[str, Any]:
+    """A CDS Hooks 2.0 endpoint: JSON in and out, OperationOutcome errors."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses | {400, 401, 403, 415, 429, 500, 503}):
+        media = "application/json" if status < 400 else FHIR_JSON
+        description = "CDS Hooks: the data the service needs could not be obtained" if (
+            status == 412) else _DESCRIPTIONS.get(status, "OK")  # fmt: skip
+        responses[status] = {
+            "description": description,
+            "content": {media: {"schema": {"type": "object"}}},
+        }
+    extra: dict[str, Any] = {}
+    if body is not None:
+        extra["requestBody"] = {
+            "required": True,
+            "description": body,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    return {
+        "summary": summary,
+        "responses": responses,
+        "openapi_extra": extra,
+        "response_class": Response,
+    }
+
+
 def citizen_route(
     summary: str, statuses: set[int], *, paged: bool = False, body: bool = False
 ) -> dict[str, Any]:

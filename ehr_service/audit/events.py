@@ -196,6 +196,10 @@ INTERACTIONS: dict[str, tuple[str, str]] = {
     "audit_search_post": ("search-type", "E"),
     "audit_read": ("read", "R"),
     "audit_inclusion_proof": ("operation", "R"),
+    "cds_service_call": ("operation", "E"),
+    "cds_service_feedback": ("operation", "C"),
+    "dashboard_recognition": ("operation", "E"),
+    "dashboard_operations": ("operation", "E"),
 }
 
 

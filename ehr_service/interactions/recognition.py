@@ -49,6 +49,7 @@ from ehr_service.security.policy import require, require_staff
 from ehr_service.storage import consent as consent_store
 from ehr_service.storage import recognition as store
 from ehr_service.storage import resources
+from ehr_service.storage.resources import NewVersion
 
 DECISION_SYSTEM = "urn:ehr-service:recognition-decision"
 EXCHANGE_SOURCE = "urn:ehr-service:exchange:"
@@ -336,16 +337,9 @@ def recognizable_results(
         if assessment.recognizable and candidate.item and candidate.item.code not in offered:
             offered[candidate.item.code] = candidate
     if ctx.caller.patient is None:  # the statistics count offers to doctors, once a day
-        today = local_day(utc_now()).isoformat()
         store.add_facts(  # the route runs this in a write transaction
-            conn,
-            [
-                _fact("offered", patient_id, c.item, c, None,
-                      key=f"offered|{patient_id}|{c.item.code}|{c.reference}|{today}")
-                for c in offered.values()
-                if c.item
-            ],
-        )  # fmt: skip
+            conn, [offer_fact(patient_id, c.item, c) for c in offered.values() if c.item]
+        )
     return Result(
         200,
         {"resourceType": "Parameters", "parameter": parameters},
@@ -466,11 +460,14 @@ def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) 
             raise _bad("reasonText must be a valueString", "reasonText")
         if reason == "other" and not (isinstance(reason_text, str) and reason_text.strip()):
             raise _bad("reason 'other' needs reasonText", "reasonText", Category.UNPROCESSABLE)
-    task = _task(catalogue, item, kind, patient_id, order, requester, reused, reason, reason_text)
-    version = prepare_create(conn, ctx, "Task", task, new_id())
-    resources.insert_new(conn, [version])
+    task = decision_task(
+        catalogue, item, kind, patient_id, order, requester,
+        reused.reference if reused else None, reason, reason_text,
+    )  # fmt: skip
     key = f"decision|{order}|{item.code}" if order else None
-    if not store.add_facts(conn, [_fact(kind, patient_id, item, reused, reason, key=key)]):
+    fact = _fact(kind, patient_id, item, reused, reason, key=key)
+    stored, version = record_decision(conn, ctx, task, fact)
+    if not stored or version is None:
         raise FhirError.of(
             Category.CONFLICT,
             f"A decision for {order} and item {item.code} is already recorded",
@@ -479,10 +476,41 @@ def decision(conn: Connection, ctx: RequestContext, patient_id: str, body: Any) 
     return created(version)
 
 
-def _task(
-    catalogue: Catalogue, item: Item, kind: str, patient_id: str, order: str | None,
-    requester: str | None, reused: Candidate | None, reason: str | None, text: Any,
+def record_decision(
+    conn: Connection, ctx: RequestContext, task: dict[str, Any] | None, fact: dict[str, Any]
+) -> tuple[bool, NewVersion | None]:
+    """Store a decision: its Task (when given) in the resident's record and its fact in
+    the statistics. (False, None), and nothing stored, when the fact's key is taken."""
+    version = prepare_create(conn, ctx, "Task", task, new_id()) if task is not None else None
+    if not store.add_facts(conn, [fact]):
+        return False, None
+    if version is not None:
+        resources.insert_new(conn, [version])
+    return True, version
+
+
+def offer_fact(patient_id: str, item: Item, candidate: Candidate) -> dict[str, Any]:
+    """An offer of a recognisable result to a doctor: counted once a day per result."""
+    today = local_day(utc_now()).isoformat()
+    key = f"offered|{patient_id}|{item.code}|{candidate.reference}|{today}"
+    return _fact("offered", patient_id, item, candidate, None, key=key)
+
+
+def decision_fact(
+    kind: str, patient_id: str, item: Item, institution: str | None, region: str | None,
+    reason: str | None, key: str,
 ) -> dict[str, Any]:  # fmt: skip
+    """The statistics fact of a decision taken elsewhere than ``$recognition-decision``
+    (the feedback on a CDS Hooks card), of the result reused when accepted."""
+    fact = _fact(kind, patient_id, item, None, reason, key=key)
+    return {**fact, "institution": institution, "region": region}
+
+
+def decision_task(
+    catalogue: Catalogue, item: Item, kind: str, patient_id: str, order: str | None,
+    requester: str | None, reused: str | None, reason: str | None, text: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The Task that records a decision (``kind`` accepted or retest) for an order."""
     task: dict[str, Any] = {
         "resourceType": "Task",
         "status": "completed",
@@ -499,9 +527,7 @@ def _task(
     if requester:
         task["requester"] = {"reference": requester}
     if reused is not None:
-        task["input"].append(
-            {"type": {"text": "result"}, "valueReference": {"reference": reused.reference}}
-        )
+        task["input"].append({"type": {"text": "result"}, "valueReference": {"reference": reused}})
     if reason is not None:
         concept: dict[str, Any] = {
             "coding": [{"system": RETEST_SYSTEM, "code": reason, "display": RETEST_REASONS[reason]}]
@@ -514,6 +540,11 @@ def _task(
 
 def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) -> Result:
     require_staff(ctx.caller, "Task", "s")
+    return Result(200, stats_parameters(conn, query))
+
+
+def stats_parameters(conn: Connection, query: dict[str, list[str]]) -> dict[str, Any]:
+    """The Parameters of ``$recognition-stats`` (from, to, groupBy), the caller checked."""
     group_by = (query.get("groupBy") or ["item"])[0]
     if group_by not in store.GROUPS:
         raise _bad("groupBy must be item, institution or region", "groupBy")
@@ -545,7 +576,7 @@ def stats(conn: Connection, ctx: RequestContext, query: dict[str, list[str]]) ->
         money = {"value": round(figures["cost"], 2), "currency": "CNY"}
         parts.append({"name": "costAvoided", "valueMoney": money})
         parameters.append({"name": "group", "part": parts})
-    return Result(200, {"resourceType": "Parameters", "parameter": parameters})
+    return {"resourceType": "Parameters", "parameter": parameters}
 
 
 def _instant(query: dict[str, list[str]], name: str) -> datetime | None:

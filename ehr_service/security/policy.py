@@ -18,6 +18,7 @@ from ehr_service.fhir.compartment import Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.security.caller import Caller
 from ehr_service.security.consent import actors_of, permit_actors
+from ehr_service.security.scopes import OPERATIONS_SCOPE
 from ehr_service.security.tokens import missing_token
 
 ACTION_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -84,6 +85,19 @@ def require_audit_reader(caller: Caller) -> None:
             "Reading the audit trail is audit administration: it needs the ehr/auditadmin "
             "scope (the system and security administrators may not read it)"
         )
+
+
+def require_operator(caller: Caller) -> None:
+    """The operations dashboard's figures: the ehr/operations (or ehr/sysadmin) scope;
+    they are aggregates, never a resident's data, but not for patient-bound tokens."""
+    if caller.internal:
+        return
+    if not caller.authenticated:
+        raise missing_token()
+    if caller.patient is not None:
+        raise forbidden("The operations dashboard is not for patient-bound tokens")
+    if OPERATIONS_SCOPE not in caller.scopes and not caller.is_admin:
+        raise forbidden("The operations dashboard needs the ehr/operations or ehr/sysadmin scope")
 
 
 def require_search(caller: Caller, types: Iterable[str]) -> None:

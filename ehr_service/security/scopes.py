@@ -31,7 +31,10 @@ ROLE_OF_SCOPE = {
     AUDIT_SCOPE: "auditadmin",
 }
 DEPRECATED_SCOPES = {ADMIN_SCOPE: SYSADMIN_SCOPE, AUDIT_SCOPE: AUDITADMIN_SCOPE}
-SERVICE_SCOPES = (SYSADMIN_SCOPE, SECADMIN_SCOPE, AUDITADMIN_SCOPE, ADMIN_SCOPE, AUDIT_SCOPE)
+# The operations dashboard (/dashboard), read-only aggregates: not an administrator role.
+OPERATIONS_SCOPE = "ehr/operations"
+SERVICE_SCOPES = (SYSADMIN_SCOPE, SECADMIN_SCOPE, AUDITADMIN_SCOPE, ADMIN_SCOPE, AUDIT_SCOPE,
+                  OPERATIONS_SCOPE)  # fmt: skip
 _SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _ACTIONS = set("cruds")

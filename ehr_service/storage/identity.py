@@ -126,7 +126,7 @@ def holds_id_numbers(unit: UnitOfWork) -> bool:
     return row is not None
 
 
-def id_number_holder(conn: Connection, tokens: Sequence[str]) -> str | None:
+def id_number_holder(conn: Connection, tokens: tuple[str, ...]) -> str | None:
     """The Patient holding any of these blind tokens (of one number, several schemes)."""
     return conn.execute(
         select(resident_id_number.c.patient_id)

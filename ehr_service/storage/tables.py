@@ -561,3 +561,26 @@ bulk_export_job = Table(
     Column("output", LargeBinary, nullable=True),  # JSON list of {type, file, count}
     Column("error", String(2048), nullable=True),
 )
+
+# CDS Hooks cards issued at ordering (docs/architecture.md §7): what each card offered,
+# so the feedback on it records the doctor's decision once.
+cds_card = Table(
+    "cds_card",
+    metadata,
+    Column("card_id", String(36), primary_key=True),  # the card's uuid
+    Column("service", String(64), nullable=False),  # the CDS service that issued it
+    Column("hook_instance", String(64), nullable=False),
+    Column("client", String(255), nullable=False),  # who was given it: only they answer
+    Column("issued", UTCDateTime, nullable=False),
+    Column("patient_id", RESOURCE_ID, nullable=False),
+    Column("item", String(64), nullable=False),
+    Column("result_ref", String(255), nullable=False),  # the recognisable prior result
+    Column("order_ref", String(255), nullable=True),  # the draft order, as the client names it
+    Column("institution", String(255), nullable=True),
+    Column("region", String(64), nullable=True),
+    Column("suggestions", String(4096), nullable=False),  # JSON {suggestion uuid: decision}
+    Column("outcome", String(16), nullable=True),  # accepted | overridden, once fed back
+    Column("decision", String(128), nullable=True),  # accepted | retest[:reason]
+    Column("answered", UTCDateTime, nullable=True),
+    Index("ix_cds_card_issued", "issued"),
+)
