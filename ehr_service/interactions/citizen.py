@@ -332,7 +332,22 @@ def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
         reference = {"reference": value}
     else:
         raise FhirError.of(Category.INCORRECT, "refuse: a region code or an Organization reference")
-    consent = {
+    consent = privacy_consent(patient_id, "deny", reference)
+    created = create.create(conn, as_service(ctx), "Consent", consent)
+    _, actors = refusals(consent)
+    body_out = {"id": created.resource_id, "status": "active", "refuses": list(actors)}
+    return Result(201, body_out, "Consent", created.resource_id, patients=frozenset({patient_id}))
+
+
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+def privacy_consent(
+    patient_id: str, provision: str, actor: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A resident's privacy Consent made through the citizen API: a ``deny`` (a
+    refusal) or a ``permit`` (a sharing permit) of one recipient (``actor``)."""
+    return {
         "resourceType": "Consent",
         "status": "active",
         "scope": {
@@ -346,27 +361,17 @@ def grant_refusal(conn: Connection, ctx: RequestContext, body: Any) -> Result:
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{patient_id}"},
         "dateTime": datetime.now().astimezone().isoformat(timespec="seconds"),
+        **extra,
         "provision": {
-            "type": "deny",
+            "type": provision,
             "actor": [
                 {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                "code": "IRCP",
-                            }
-                        ]
-                    },
-                    "reference": reference,
+                    "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
+                    "reference": actor,
                 }
             ],
         },
     }
-    created = create.create(conn, as_service(ctx), "Consent", consent)
-    _, actors = refusals(consent)
-    body_out = {"id": created.resource_id, "status": "active", "refuses": list(actors)}
-    return Result(201, body_out, "Consent", created.resource_id, patients=frozenset({patient_id}))
 
 
 def revoke(conn: Connection, ctx: RequestContext, consent_id: str) -> Result:

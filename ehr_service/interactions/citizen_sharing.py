@@ -10,7 +10,6 @@ Under ``opt-out`` the permits are kept but nothing depends on them.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -18,7 +17,7 @@ from sqlalchemy import Connection
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions import create, update
-from ehr_service.interactions.citizen import as_service, patient_of
+from ehr_service.interactions.citizen import as_service, patient_of, privacy_consent
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.results import Result
@@ -31,7 +30,6 @@ from ehr_service.security.consent import (
 )
 from ehr_service.storage import search_queries
 
-PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 
 
@@ -99,31 +97,10 @@ def grant_permit(conn: Connection, ctx: RequestContext, body: Any) -> Result:
         if f"{PERMIT}region:{region}" in permits(consent):
             return Result(200, _item(consent_id, consent), "Consent", consent_id,
                           patients=frozenset({patient_id}))  # fmt: skip
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "policyRule": {"coding": [SEPARATE_CONSENT]},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-                    "reference": {"identifier": {"system": REGION_SYSTEM, "value": region}},
-                }
-            ],
-        },
-    }
+    consent = privacy_consent(
+        patient_id, "permit", {"identifier": {"system": REGION_SYSTEM, "value": region}},
+        policyRule={"coding": [SEPARATE_CONSENT]},
+    )  # fmt: skip
     created = create.create(conn, as_service(ctx), "Consent", consent)
     assert created.resource_id is not None
     return Result(201, _item(created.resource_id, consent), "Consent", created.resource_id,
