@@ -141,18 +141,17 @@ def _requested_items(
         else:
             raise _bad("item must be a valueCoding or a valueCode", "item")
     order_ref, order_codings = _order(conn, ctx, params, patient_id)
-    if order_codings and any(catalogue.item_of_coding(*c) for c in order_codings):
-        order_codings = [c for c in order_codings if catalogue.item_of_coding(*c)]
+    if order_codings and any(catalogue.items_of_coding(*c) for c in order_codings):
+        order_codings = [c for c in order_codings if catalogue.items_of_coding(*c)]
     codings += order_codings
     if not codings:
         raise _bad("give the items asked for: item codes and/or a serviceRequest", "item")
     items: dict[str, Item] = {}
     unknown = []
-    for system, code in codings:
-        item = catalogue.item_of_coding(system, code)
-        if item is not None:
-            items[item.code] = item
-        else:
+    for system, code in codings:  # a national service item code: each item it covers
+        found = catalogue.items_of_coding(system, code)
+        items.update((item.code, item) for item in found)
+        if not found:
             unknown.append((system, code))
     return list(items.values()), unknown, order_ref
 
