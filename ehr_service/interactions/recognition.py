@@ -25,6 +25,7 @@ from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.read import check_consent, current_or_fail, not_found
+from ehr_service.interactions.recognition_images import image_parts
 from ehr_service.interactions.results import Result
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
 from ehr_service.recognition.institutions import Institution, institution_of
@@ -323,10 +324,12 @@ def recognizable_results(
         {"name": "edition", "valueString": catalogue.edition},
         {"name": "asOf", "valueDate": as_of.isoformat()},
     ]
+    images = image_parts(conn, ctx, found)
     for candidate, assessment in results:
-        parameters.append(
-            {"name": "result", "part": _result_parts(catalogue, candidate, assessment)}
-        )
+        parts = _result_parts(catalogue, candidate, assessment)
+        if "consent-refused" not in assessment.reasons:  # withheld like the resource
+            parts += images.get(candidate.reference, [])
+        parameters.append({"name": "result", "part": parts})
     for system, code in dict.fromkeys(unknown):
         parameters.append(
             {"name": "notInCatalogue", "valueCoding": {"system": system, "code": code}}
