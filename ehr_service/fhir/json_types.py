@@ -63,6 +63,8 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
         args = typing.get_args(annotation)
         if origin is typing.Union or origin is types.UnionType:
             kinds = [a for a in args if a is not type(None)]
+            if len(kinds) > 1 and all(map(_string_like, kinds)):  # url: AnyUrl or str
+                return str, many
             if len(kinds) > 1:  # e.g. fhir_comments: str or a list of them
                 return _ANY, many
             annotation = kinds[0]
@@ -72,6 +74,12 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
             annotation = args[0]
         else:
             return annotation, many
+
+
+def _string_like(kind: Any) -> bool:
+    return isinstance(kind, type) and (
+        issubclass(kind, _STRINGS) or kind.__name__ in ("AnyUrl", "Url")
+    )
 
 
 class _ANY:

@@ -220,7 +220,7 @@ def _resource_issues(resource: dict[str, Any], resource_type: str) -> list[Issue
                     expression=(where,),
                 )
             )
-    except (ValueError, TypeError) as exc:  # defensive: a model raising outside pydantic
+    except (ValueError, TypeError, AttributeError) as exc:  # defensive: a model raising
         issues.append(Issue(f"Invalid resource: {exc}", "structure", expression=(resource_type,)))
     return issues
 

@@ -25,6 +25,7 @@ from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
 from ehr_service.interactions.read import check_consent, current_or_fail, not_found
+from ehr_service.interactions.recognition_images import image_parts
 from ehr_service.interactions.results import Result
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
 from ehr_service.recognition.institutions import Institution, institution_of
@@ -141,18 +142,17 @@ def _requested_items(
         else:
             raise _bad("item must be a valueCoding or a valueCode", "item")
     order_ref, order_codings = _order(conn, ctx, params, patient_id)
-    if order_codings and any(catalogue.item_of_coding(*c) for c in order_codings):
-        order_codings = [c for c in order_codings if catalogue.item_of_coding(*c)]
+    if order_codings and any(catalogue.items_of_coding(*c) for c in order_codings):
+        order_codings = [c for c in order_codings if catalogue.items_of_coding(*c)]
     codings += order_codings
     if not codings:
         raise _bad("give the items asked for: item codes and/or a serviceRequest", "item")
     items: dict[str, Item] = {}
     unknown = []
-    for system, code in codings:
-        item = catalogue.item_of_coding(system, code)
-        if item is not None:
-            items[item.code] = item
-        else:
+    for system, code in codings:  # a national service item code: each item it covers
+        found = catalogue.items_of_coding(system, code)
+        items.update((item.code, item) for item in found)
+        if not found:
             unknown.append((system, code))
     return list(items.values()), unknown, order_ref
 
@@ -324,10 +324,12 @@ def recognizable_results(
         {"name": "edition", "valueString": catalogue.edition},
         {"name": "asOf", "valueDate": as_of.isoformat()},
     ]
+    images = image_parts(conn, ctx, found)
     for candidate, assessment in results:
-        parameters.append(
-            {"name": "result", "part": _result_parts(catalogue, candidate, assessment)}
-        )
+        parts = _result_parts(catalogue, candidate, assessment)
+        if "consent-refused" not in assessment.reasons:  # withheld like the resource
+            parts += images.get(candidate.reference, [])
+        parameters.append({"name": "result", "part": parts})
     for system, code in dict.fromkeys(unknown):
         parameters.append(
             {"name": "notInCatalogue", "valueCoding": {"system": system, "code": code}}

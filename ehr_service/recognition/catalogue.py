@@ -2,7 +2,9 @@
 
 An edition is a FHIR CodeSystem (its concepts are the items, with properties
 ``category``, ``loinc``, ``modality``, ``bodySite``, ``validityDays``,
-``qcCategory``, ``price`` and zh/en designations) and optionally a ConceptMap
+``qcCategory``, ``price``, ``serviceItem`` (repeatable: the national medical-service
+price item codes, 全国医疗服务价格项目规范; one code may cover several items) and
+zh/en designations) and optionally a ConceptMap
 from LOINC and local codes to items, usually together in a collection Bundle
 (``fhir_profiles/recognition/catalogue-2024.json``). ``ehr-service catalogue load
 FILE`` stores an edition and makes it the active one: no code changes.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +30,8 @@ from ehr_service.storage.unit_of_work import UnitOfWork
 
 SHIPPED = "recognition/catalogue-2024.json"
 CATALOGUE_URL = "urn:ehr-service:recognition-item"
+SERVICE_ITEM_SYSTEM = "urn:ehr-service:national-service-item"
+SERVICE_ITEM_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-.")
 MAX_VALIDITY_DAYS = 36_500
 RESULT_TYPES = ("Observation", "DiagnosticReport", "ImagingStudy")
 REFRESH_SECONDS = 2.0
@@ -48,6 +53,7 @@ class Item:
     validity_days: int
     qc_category: str
     price: float
+    service_items: tuple[str, ...] = ()  # national medical-service price item codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +63,31 @@ class Catalogue:
     items: dict[str, Item]
     codes: dict[tuple[str, str], str] = field(default_factory=dict)  # (system, code) -> item
     imaging: dict[tuple[str, str], str] = field(default_factory=dict)  # (modality, site) -> item
+    services: dict[str, tuple[str, ...]] = field(default_factory=dict)  # national code -> items
 
     @classmethod
     def of(
-        cls, edition: dict[str, Any], items: list[dict[str, Any]], codes: list[dict[str, Any]]
+        cls,
+        edition: dict[str, Any],
+        items: list[dict[str, Any]],
+        codes: list[dict[str, Any]],
+        services: Sequence[tuple[str, str]] = (),
     ) -> Catalogue:
+        """``services``: (national code, item) pairs as stored; an item row read from
+        a file carries its own as ``service_items``."""
+        pairs = [*services, *((c, r["code"]) for r in items for c in r.get("service_items", ()))]
+        national: dict[str, list[str]] = {}
+        for code, item_code in sorted(set(pairs)):
+            national.setdefault(code, []).append(item_code)
+        own: dict[str, list[str]] = {}
+        for code, item_codes in national.items():
+            for item_code in item_codes:
+                own.setdefault(item_code, []).append(code)
         by_code = {
             row["code"]: Item(
                 row["code"], row["category"], row["name_zh"], row["name_en"], row["loinc"],
                 row["modality"], row["body_site"], int(row["validity_days"]),
-                row["qc_category"], float(row["price"]),
+                row["qc_category"], float(row["price"]), tuple(own.get(row["code"], ())),
             )
             for row in items
         }  # fmt: skip
@@ -81,11 +102,25 @@ class Catalogue:
             for i in by_code.values()
             if i.modality and i.body_site
         }
-        return cls(edition["edition"], url, by_code, mapping, imaging)
+        covered = {
+            code: tuple(i for i in item_codes if i in by_code)
+            for code, item_codes in national.items()
+        }
+        return cls(edition["edition"], url, by_code, mapping, imaging, covered)
 
     def item_of_coding(self, system: Any, code: Any) -> Item | None:
+        """The one item a coding names (a national service item code names a set of
+        items: ``items_of_coding``)."""
         found = self.codes.get((str(system), str(code)))
         return self.items.get(found) if found else None
+
+    def items_of_coding(self, system: Any, code: Any) -> list[Item]:
+        """Every item a coding names: for a national service item code each item it
+        covers, otherwise the one item (or none)."""
+        if str(system) == SERVICE_ITEM_SYSTEM:
+            return [self.items[i] for i in self.services.get(str(code), ())]
+        item = self.item_of_coding(system, code)
+        return [item] if item is not None else []
 
     def item_for(self, resource_type: str, resource: dict[str, Any]) -> Item | None:
         """The catalogue item a result is of (by its codes, or for imaging studies
@@ -129,6 +164,25 @@ def _property(concept: dict[str, Any], name: str) -> Any:
                 if key.startswith("value"):
                     return value
     return None
+
+
+def _service_items(concept: dict[str, Any], code: str) -> list[str]:
+    """The item's ``serviceItem`` properties (valueCode or valueString, repeatable)."""
+    found = []
+    for prop in concept.get("property") or ():
+        if not isinstance(prop, dict) or prop.get("code") != "serviceItem":
+            continue
+        value = prop.get("valueCode", prop.get("valueString"))
+        if (
+            not isinstance(value, str)
+            or not 0 < len(value) <= 32
+            or not set(value) <= SERVICE_ITEM_CHARS
+        ):
+            raise CatalogueError(
+                f"item {code}: serviceItem must be a valueCode of up to 32 letters, digits, - or ."
+            )
+        found.append(value)
+    return list(dict.fromkeys(found))
 
 
 def _designation(concept: dict[str, Any], language: str) -> str | None:
@@ -196,6 +250,7 @@ def parse_edition(
                 "validity_days": days,
                 "qc_category": qc,
                 "price": float(price or 0),
+                "service_items": _service_items(concept, code),
             }
         )
     if len({i["code"] for i in items}) != len(items) or not items:
@@ -237,7 +292,9 @@ class Catalogues:
     def store(self, conn: Connection, document: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The same inside the caller's transaction."""
         row, items, codes, resources = parse_edition(document)
-        store.replace_edition(conn, row, items, codes)
+        services = [{"code": c, "item": i["code"]} for i in items for c in i["service_items"]]
+        rows = [{k: v for k, v in i.items() if k != "service_items"} for i in items]
+        store.replace_edition(conn, row, rows, codes, services)
         self._checked = 0.0
         self._key = None
         return row, resources
@@ -270,6 +327,7 @@ class Catalogues:
                             edition,
                             store.edition_items(conn, edition["edition"]),
                             store.edition_codes(conn, edition["edition"]),
+                            store.edition_service_items(conn, edition["edition"]),
                         )
                         if edition
                         else None

@@ -15,7 +15,7 @@ from typing import Any
 
 from ehr_service.fhir.primitives import format_instant, utc_now
 from ehr_service.fhir.profiles import Resolver
-from ehr_service.recognition.catalogue import Catalogue, Catalogues, Item
+from ehr_service.recognition.catalogue import SERVICE_ITEM_SYSTEM, Catalogue, Catalogues, Item
 
 CATEGORIES = ("laboratory", "imaging")
 VALUESET_URL = "urn:ehr-service:ValueSet/recognition-items"
@@ -95,6 +95,7 @@ def _properties(item: Item) -> list[tuple[str, str, Any]]:
                         ("bodySite", item.body_site)):  # fmt: skip
         if value:
             found.append((name, "valueCode", value))
+    found += [("serviceItem", "valueCode", code) for code in item.service_items]
     return found
 
 
@@ -192,15 +193,17 @@ def expand(
 
 
 def translate(catalogue: Catalogue, system: str, code: str) -> dict[str, Any]:
-    """``ConceptMap/$translate``: a LOINC or local code to its catalogue item."""
-    item = catalogue.item_of_coding(system, code)
-    parts: list[dict[str, Any]] = [{"name": "result", "valueBoolean": item is not None}]
-    if item is None:
+    """``ConceptMap/$translate``: a LOINC or local code to its catalogue item; a
+    national service item code to each item it covers (each narrower than it)."""
+    found = catalogue.items_of_coding(system, code)
+    equivalence = "narrower" if system == SERVICE_ITEM_SYSTEM else "equivalent"
+    parts: list[dict[str, Any]] = [{"name": "result", "valueBoolean": bool(found)}]
+    if not found:
         parts.append({"name": "message", "valueString": f"No item maps from {system}|{code}"})
-    else:
+    for item in found:
         parts.append(
             {"name": "match", "part": [
-                {"name": "equivalence", "valueCode": "equivalent"},
+                {"name": "equivalence", "valueCode": equivalence},
                 {"name": "concept", "valueCoding": {"system": catalogue.url, "code": item.code,
                                                     "display": _display(item)}},
             ]}

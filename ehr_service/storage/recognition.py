@@ -14,6 +14,7 @@ from ehr_service.storage.tables import (
     recognition_edition,
     recognition_fact,
     recognition_item,
+    recognition_service_item,
     resource,
     search_reference,
 )
@@ -24,10 +25,12 @@ def replace_edition(
     edition: dict[str, Any],
     items: Sequence[dict[str, Any]],
     codes: Sequence[dict[str, Any]],
+    services: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Store an edition and make it the active one (the others stay, inactive)."""
     name = edition["edition"]
-    for table in (recognition_code_map, recognition_item, recognition_edition):
+    tables = (recognition_service_item, recognition_code_map, recognition_item)
+    for table in (*tables, recognition_edition):
         conn.execute(delete(table).where(table.c.edition == name))
     conn.execute(update(recognition_edition).values(active=False))
     conn.execute(insert(recognition_edition).values(**edition, active=True))
@@ -35,6 +38,8 @@ def replace_edition(
         conn.execute(insert(recognition_item), [{**i, "edition": name} for i in items])
     if codes:
         conn.execute(insert(recognition_code_map), [{**c, "edition": name} for c in codes])
+    if services:
+        conn.execute(insert(recognition_service_item), [{**c, "edition": name} for c in services])
 
 
 def active_edition(conn: Connection) -> dict[str, Any] | None:
@@ -59,6 +64,17 @@ def edition_codes(conn: Connection, edition: str) -> list[dict[str, Any]]:
         select(recognition_code_map).where(recognition_code_map.c.edition == edition)
     ).all()
     return [dict(r._mapping) for r in rows]
+
+
+def edition_service_items(conn: Connection, edition: str) -> list[tuple[str, str]]:
+    """(national service item code, catalogue item) pairs of an edition."""
+    table = recognition_service_item
+    rows = conn.execute(
+        select(table.c.code, table.c.item)
+        .where(table.c.edition == edition)
+        .order_by(table.c.code, table.c.item)
+    ).all()
+    return [(r.code, r.item) for r in rows]
 
 
 def patient_results(

@@ -525,6 +525,13 @@ recognition_code_map = Table(
     Column("code", String(128), primary_key=True),
     Column("item", String(64), nullable=False),
 )
+recognition_service_item = Table(  # national medical-service price item -> items (1:n)
+    "recognition_service_item",
+    metadata,
+    Column("edition", String(32), primary_key=True),
+    Column("code", String(32), primary_key=True),
+    Column("item", String(64), primary_key=True),
+)
 recognition_fact = Table(
     "recognition_fact",
     metadata,
