@@ -264,8 +264,9 @@ def _order_items(catalogue: Catalogue, order: dict[str, Any]) -> list[Item]:
     items: dict[str, Item] = {}
     for coding in (order.get("code") or {}).get("coding") or ():
         if isinstance(coding, dict):
-            item = catalogue.item_of_coding(str(coding.get("system")), str(coding.get("code")))
-            if item is not None:
+            # a national service item code stands for every item it covers
+            for item in catalogue.items_of_coding(str(coding.get("system")),
+                                                  str(coding.get("code"))):  # fmt: skip
                 items[item.code] = item
     return list(items.values())
 

@@ -196,3 +196,20 @@ def test_a_bad_national_code_refuses_the_edition(
     path.write_bytes(orjson.dumps(document))
     assert CliRunner().invoke(cli, ["catalogue", "load", str(path)]).exit_code == 1
     assert "2026" not in CliRunner().invoke(cli, ["catalogue", "list"]).output
+
+
+def test_a_draft_order_by_the_national_code_is_advised_on_every_item_it_covers(
+    client: TestClient, services: Services
+) -> None:
+    """CDS Hooks reads a draft order's codes as the catalogue does: a national code
+    stands for each item it covers."""
+    from ehr_service.interactions.cds_hooks import _order_items
+
+    assert client.get("/fhir/metadata").status_code == 200  # the app has loaded its edition
+    catalogue = services.catalogues.active()
+    assert catalogue is not None
+    coding = {"system": SERVICE_ITEM_SYSTEM, "code": SUPERFICIAL}
+    order = {"resourceType": "ServiceRequest", "code": {"coding": [coding]}}
+    assert {item.code for item in _order_items(catalogue, order)} == COVERED
+    unknown = {"code": {"coding": [{"system": SERVICE_ITEM_SYSTEM, "code": "999999999"}]}}
+    assert _order_items(catalogue, unknown) == []
