@@ -17,7 +17,7 @@ from ehr_service.audit.sealing import Sealer
 from ehr_service.exchange.keys import SigningKeys
 from ehr_service.interactions.context import Services
 from ehr_service.storage.tables import audit_block, audit_event
-from tests.helpers import FHIR_JSON, bearer, patient, seal_all
+from tests.helpers import FHIR_JSON, bearer, patient, seal_all, tamper
 
 
 def test_national_blocks_are_signed_with_sm2(make_services: Callable[..., Services]) -> None:
@@ -37,13 +37,13 @@ def test_national_blocks_are_signed_with_sm2(make_services: Callable[..., Servic
         block = conn.execute(sa.select(audit_block).order_by(audit_block.c.number)).first()
         seq = conn.execute(sa.select(sa.func.max(audit_event.c.seq))).scalar_one()
     assert block is not None and block.signature.count(".") == 2
-    with TestClient(app, headers=bearer(services.settings, "ehr/audit")) as auditor:
+    with TestClient(app, headers=bearer(services.settings, "ehr/auditadmin")) as auditor:
         proof = auditor.get(f"/fhir/AuditEvent/{seq}/$inclusion-proof").json()
         jwks = auditor.get("/.well-known/jwks.json").json()
     assert proofs.check(proof, jwks) == ""
     header, _, signature = block.signature.split(".")
     forged = f"{header}..{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
-    with services.unit.write(audited=False) as conn:
+    with tamper(services) as conn:
         conn.execute(
             sa.update(audit_block)
             .where(audit_block.c.number == block.number)

@@ -22,6 +22,8 @@ from ehr_service.security.sm2 import SM2Key
 
 def _keys(monkeypatch: pytest.MonkeyPatch, services: Services, *args: str) -> list[str]:
     monkeypatch.setenv("EHR_DATA_DIR", str(services.settings.data_dir))
+    # every key change is an audited act: the command needs the service's database
+    monkeypatch.setenv("EHR_DATABASE_URL", services.settings.effective_database_url)
     result = CliRunner().invoke(cli, ["keys", *args])
     assert result.exit_code == 0, result.output
     return result.output.split()
