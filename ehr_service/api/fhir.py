@@ -25,6 +25,7 @@ from ehr_service.api.negotiation import (
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir import xml
 from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
 from ehr_service.interactions import (
@@ -97,8 +98,13 @@ async def with_form_query(request: Request, ctx: RequestContext) -> RequestConte
     """POST ``_search``: the form body's parameters merged with the URL's (R4 §3.1.1)."""
     check_content_type(request, _FORM_BODY)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return _joined(ctx, form)
+
+
+def _joined(ctx: RequestContext, extra: dict[str, list[str]]) -> RequestContext:
+    """``ctx`` with ``extra`` parameters after the URL's (a name in both has both)."""
     query = {k: list(v) for k, v in ctx.query.items()}
-    for key, values in form.items():
+    for key, values in extra.items():
         query.setdefault(key, []).extend(values)
     return replace(ctx, query=query)
 
@@ -165,37 +171,22 @@ async def batch_or_transaction(request: Request, ctx: Context, rendering: Render
     return render_result(result, ctx, rendering)
 
 
-async def with_parameters_query(request: Request, ctx: RequestContext) -> RequestContext:
+async def with_parameters_query(
+    request: Request, ctx: RequestContext, operation: str
+) -> RequestContext:
     """An operation invoked by POST (R4 §3.1.0.4): the primitive parameters of its
     Parameters body (if any) join the URL's, as a GET would send them."""
     if request.method != "POST" or not (await request.body()).strip():
         return ctx
     body = await json_body(request, JSON_BODY)
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise FhirError.of(
-            Category.INCORRECT, "An operation's body must be a Parameters", code="structure"
-        )
-    query = {k: list(v) for k, v in ctx.query.items()}
-    for index, parameter in enumerate(body.get("parameter") or []):
-        values = [v for k, v in (parameter or {}).items() if k.startswith("value")]
-        name = (parameter or {}).get("name")
-        if not isinstance(name, str) or len(values) != 1 or isinstance(values[0], dict | list):
-            raise FhirError.of(
-                Category.INCORRECT,
-                "Each operation parameter needs a name and one primitive value[x]",
-                code="structure",
-                expression=[f"Parameters.parameter[{index}]"],
-            )
-        query.setdefault(name, []).append(str(values[0]).lower() if isinstance(values[0], bool)
-                                          else str(values[0]))  # fmt: skip
-    return replace(ctx, query=query)
+    return _joined(ctx, OperationInput(body, operation).as_query())
 
 
 @router.get("/Patient/$everything", **docs.route("everything", {200, 400}))
 @router.post("/Patient/$everything", **docs.route("everything", {200, 400}, body="resource"))
 async def everything_all(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     """All patients' compartments, paged (for system callers once access control lands)."""
-    ctx = await with_parameters_query(request, ctx)
+    ctx = await with_parameters_query(request, ctx, "$everything")
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, None))
     return render_result(result, ctx, rendering)
 
@@ -209,7 +200,7 @@ async def everything_patient(
     request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     pid = check_id(resource_id)
-    ctx = await with_parameters_query(request, ctx)
+    ctx = await with_parameters_query(request, ctx, "$everything")
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, pid))
     return render_result(result, ctx, rendering)
 
