@@ -122,8 +122,7 @@ async def valueset_expand(request: Request, ctx: Context, rendering: RenderingDe
 async def valueset_expand_instance(
     resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
 ) -> Response:
-    vid = check_id(resource_id)
-    return await _run(request, ctx, rendering, lambda c, b: terminology.expand(c, b, vid))
+    return await _run_on(request, ctx, rendering, ("ValueSet", resource_id), terminology.expand)
 
 
 @router.get("/ConceptMap/$translate", **docs.route("translate", STATUSES))
