@@ -124,6 +124,15 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def method_not_allowed(request: Request) -> FhirError:
+    """A 405 for the request's method at its path, with the ``Allow`` of that path."""
+    return FhirError(
+        Category.METHOD_NOT_ALLOWED,
+        (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
+        headers={"Allow": ", ".join(allowed_methods(request))},
+    )
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ClientDisconnect):
         raise exc  # answered (not) by UnexpectedErrors

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, PublicContext, RenderingDep
-from ehr_service.api.errors import allowed_methods
+from ehr_service.api.errors import method_not_allowed
 from ehr_service.api.negotiation import (
     RESOURCE_TYPES,
     check_content_type,
@@ -24,7 +24,7 @@ from ehr_service.api.negotiation import (
 )
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir import xml
-from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput
 from ehr_service.fhir.primitives import parse_etag
 from ehr_service.fhir.validation import parse_json
@@ -112,19 +112,11 @@ def _joined(ctx: RequestContext, extra: dict[str, list[str]]) -> RequestContext:
 _RESERVED = {"metadata", "_history", "_search", ".well-known"}
 
 
-def _not_allowed(request: Request) -> FhirError:
-    return FhirError(
-        Category.METHOD_NOT_ALLOWED,
-        (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
-        headers={"Allow": ", ".join(allowed_methods(request))},
-    )
-
-
 def _type(request: Request, resource_type: str) -> str:
     """The URL's resource type; a reserved segment (``/fhir/metadata``) with another
     method than its own is a 405, not an unknown type."""
     if resource_type in _RESERVED or resource_type.startswith("$"):  # $export, $...-stats
-        raise _not_allowed(request)
+        raise method_not_allowed(request)
     if resource_type in audit_events.READ_ONLY_TYPES:  # what api.audit does not serve
         raise audit_events.read_only(
             resource_type, request.method, request.url.path.removeprefix("/fhir")
@@ -134,7 +126,7 @@ def _type(request: Request, resource_type: str) -> str:
 
 def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[str, str]:
     if resource_id in _RESERVED or resource_id.startswith("$"):  # _search, $everything...
-        raise _not_allowed(request)
+        raise method_not_allowed(request)
     return _type(request, resource_type), check_id(resource_id)
 
 
