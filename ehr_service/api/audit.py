@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
 from ehr_service.api.errors import method_not_allowed
-from ehr_service.api.fhir import ResourceId, in_read, with_form_query
+from ehr_service.api.handling import ResourceId, in_read, with_form_query
 from ehr_service.api.rendering import render_result
 from ehr_service.interactions import audit_events
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
 from ehr_service.api.errors import method_not_allowed
-from ehr_service.api.fhir import ResourceId, with_form_query
+from ehr_service.api.handling import ResourceId, with_form_query
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions import operation_definitions

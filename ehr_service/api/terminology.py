@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.fhir import JSON_BODY, ResourceId, in_read, json_body
+from ehr_service.api.handling import JSON_BODY, ResourceId, in_read, json_body
 from ehr_service.api.rendering import render_result
 from ehr_service.interactions import terminology
 from ehr_service.interactions.context import RequestContext
