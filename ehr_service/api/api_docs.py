@@ -6,6 +6,7 @@ names is on the service's own origin."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import fastapi_offline
@@ -32,16 +33,22 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
+def _page_urls(request: Request) -> tuple[str, Callable[[str], str]]:
+    """A page's OpenAPI document URL and its assets' URLs, under the mount prefix."""
+    root = _root(request)
+    return root + OPENAPI_URL, lambda name: f"{root}{ASSETS_URL}/{name}"
+
+
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = _root(request)
+    openapi_url, asset = _page_urls(request)
     return get_swagger_ui_html(
-        openapi_url=root + OPENAPI_URL,
+        openapi_url=openapi_url,
         title=f"{TITLE} - Swagger UI",
-        swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-        swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-        oauth2_redirect_url=root + OAUTH2_REDIRECT_URL,
+        swagger_js_url=asset("swagger-ui-bundle.js"),
+        swagger_css_url=asset("swagger-ui.css"),
+        swagger_favicon_url=asset("favicon.png"),
+        oauth2_redirect_url=_root(request) + OAUTH2_REDIRECT_URL,
         # no badge from the public validator service: the page calls nothing outside
         swagger_ui_parameters={"validatorUrl": None},
     )
@@ -54,12 +61,12 @@ async def swagger_ui_redirect() -> HTMLResponse:
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    root = _root(request)
+    openapi_url, asset = _page_urls(request)
     return get_redoc_html(
-        openapi_url=root + OPENAPI_URL,
+        openapi_url=openapi_url,
         title=f"{TITLE} - ReDoc",
-        redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+        redoc_js_url=asset("redoc.standalone.js"),
+        redoc_favicon_url=asset("favicon.png"),
         with_google_fonts=False,
     )
 

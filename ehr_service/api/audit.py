@@ -9,10 +9,9 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.errors import allowed_methods
-from ehr_service.api.fhir import ResourceId, in_read, with_form_query
+from ehr_service.api.errors import method_not_allowed
+from ehr_service.api.handling import ResourceId, in_read, with_form_query
 from ehr_service.api.rendering import render_result
-from ehr_service.fhir.errors import Category, FhirError, Issue
 from ehr_service.interactions import audit_events
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
@@ -54,10 +53,6 @@ async def audit_read(
     request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     if resource_id.startswith(("_", "$")):  # GET of /AuditEvent/_search: a 405, not an id
-        raise FhirError(
-            Category.METHOD_NOT_ALLOWED,
-            (Issue(f"GET is not supported at {request.url.path[:200]}"),),
-            headers={"Allow": ", ".join(allowed_methods(request))},
-        )
+        raise method_not_allowed(request)
     result = await run_in_threadpool(in_read, ctx, lambda c: audit_events.read(c, ctx, resource_id))
     return render_result(result, ctx, rendering)

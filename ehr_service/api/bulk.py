@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context
-from ehr_service.api.fhir import JSON_BODY, ResourceId, json_body
+from ehr_service.api.handling import JSON_BODY, ResourceId, json_body
 from ehr_service.fhir import jsonio
 from ehr_service.fhir.export_parameters import body_query, merged
 from ehr_service.interactions.bulk_export import NDJSON, BulkExports

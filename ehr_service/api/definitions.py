@@ -11,10 +11,10 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.errors import allowed_methods
-from ehr_service.api.fhir import ResourceId, with_form_query
+from ehr_service.api.errors import method_not_allowed
+from ehr_service.api.handling import ResourceId, with_form_query
 from ehr_service.api.rendering import render_result
-from ehr_service.fhir.errors import Category, FhirError, Issue
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions import operation_definitions
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
@@ -49,9 +49,5 @@ async def definition_read(
     request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     if resource_id.startswith(("_", "$")):  # GET of _search or _history: a 405, not an id
-        raise FhirError(
-            Category.METHOD_NOT_ALLOWED,
-            (Issue(f"GET is not supported at {request.url.path[:200]}"),),
-            headers={"Allow": ", ".join(allowed_methods(request))},
-        )
+        raise method_not_allowed(request)
     return render_result(operation_definitions.read(ctx, resource_id), ctx, rendering)

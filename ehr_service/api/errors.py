@@ -11,9 +11,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ehr_service.api.middleware import REQUEST_ID_HEADER, request_id_of
+from ehr_service.api.middleware import REQUEST_ID_HEADER, ResponseTracker, request_id_of
 from ehr_service.api.negotiation import DEFAULT_RENDERING, Rendering, negotiate
 from ehr_service.api.rendering import render_error
 from ehr_service.fhir.errors import Category, FhirError, Issue, unexpected
@@ -124,6 +124,15 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def method_not_allowed(request: Request) -> FhirError:
+    """A 405 for the request's method at its path, with the ``Allow`` of that path."""
+    return FhirError(
+        Category.METHOD_NOT_ALLOWED,
+        (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
+        headers={"Allow": ", ".join(allowed_methods(request))},
+    )
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ClientDisconnect):
         raise exc  # answered (not) by UnexpectedErrors
@@ -148,20 +157,13 @@ class UnexpectedErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = ResponseTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except ClientDisconnect:  # the client left mid-body: nobody to answer, no fault
             logger.info("request %s: the client disconnected", request_id_of(scope))
         except Exception as exc:
-            if started:  # a streamed body broke off: nothing more can be said on it
+            if tracked.started:  # a streamed body broke off: nothing more can be said on it
                 raise
             response = await on_unexpected(Request(scope, receive), exc)
             await response(scope, receive, send)

@@ -3,30 +3,31 @@ check the URL and headers, then run one interaction in a worker thread."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qs
-
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Connection
 from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, PublicContext, RenderingDep
-from ehr_service.api.errors import allowed_methods
-from ehr_service.api.negotiation import (
-    RESOURCE_TYPES,
-    check_content_type,
-    is_xml_body,
-    strict_handling,
+from ehr_service.api.errors import method_not_allowed
+from ehr_service.api.handling import (
+    JSON_BODY,
+    IfMatch,
+    IfNoneMatch,
+    ResourceId,
+    ResourceType,
+    VersionId,
+    etag,
+    in_read,
+    in_write,
+    json_body,
+    patch_body,
+    with_form_query,
+    with_parameters_query,
 )
+from ehr_service.api.negotiation import strict_handling
 from ehr_service.api.rendering import render_result
-from ehr_service.fhir import xml
-from ehr_service.fhir.errors import Category, FhirError, Issue
-from ehr_service.fhir.primitives import parse_etag
-from ehr_service.fhir.validation import parse_json
+from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.interactions import (
     audit_events,
     bundle,
@@ -42,83 +43,33 @@ from ehr_service.interactions import (
     update,
 )
 from ehr_service.interactions.context import RequestContext
-from ehr_service.interactions.patch import (
-    JSON_PATCH_MEDIA_TYPE,
-    MERGE_PATCH_MEDIA_TYPE,
-    PatchDocument,
-    patch_document,
-)
 from ehr_service.interactions.results import Result
 from ehr_service.interactions.routing import check_id, check_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
 
-ResourceType = Annotated[str, Path(description="An R4 resource type", **docs.TYPE_PARAM)]
-ResourceId = Annotated[str, Path(description="Logical id", **docs.ID_PARAM)]
-VersionId = Annotated[str, Path(description="Version id", **docs.ID_PARAM)]
-IfMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
-IfNoneMatch = Annotated[str | None, Header(description='W/"<versionId>"', **docs.ETAG_PARAM)]
-
-JSON_BODY = RESOURCE_TYPES  # FHIR JSON, or FHIR XML converted to it
-_FORM_BODY = frozenset({"application/x-www-form-urlencoded"})
-# JSON Patch, merge patch, or FHIRPath Patch (a Parameters body in JSON or XML)
-_PATCH_BODY = frozenset({JSON_PATCH_MEDIA_TYPE, MERGE_PATCH_MEDIA_TYPE}) | RESOURCE_TYPES
-T = TypeVar("T")
-
-
-def in_read(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
-    """Run a read in a unit of work with its audit event (appended once the read
-    ends; failures are audited by the error handler)."""
-    with ctx.services.unit.read() as conn:
-        result = action(conn)
-        ctx.services.auditor.record(conn, ctx, result)
-    return result
-
-
-def in_write(ctx: RequestContext, action: Callable[[Connection], Result]) -> Result:
-    """Run a write in a unit of work: it and its audit event commit together."""
-    with ctx.services.unit.write() as conn:
-        result = action(conn)
-        ctx.services.auditor.record(conn, ctx, result)
-    return result
-
-
-async def json_body(request: Request, allowed: frozenset[str]) -> Any:
-    """The body as parsed JSON; a FHIR XML body (where ``allowed`` takes it) is
-    converted to JSON first and then read exactly as JSON would be."""
-    check_content_type(request, allowed)
-    raw = await request.body()
-    if is_xml_body(request):
-        raw = await run_in_threadpool(xml.xml_to_json, raw)
-    return parse_json(raw)
-
-
-async def with_form_query(request: Request, ctx: RequestContext) -> RequestContext:
-    """POST ``_search``: the form body's parameters merged with the URL's (R4 §3.1.1)."""
-    check_content_type(request, _FORM_BODY)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    query = {k: list(v) for k, v in ctx.query.items()}
-    for key, values in form.items():
-        query.setdefault(key, []).extend(values)
-    return replace(ctx, query=query)
+# Importable from here as before (defined in api/handling.py).
+__all__ = [
+    "JSON_BODY",
+    "ResourceId",
+    "ResourceType",
+    "in_read",
+    "in_write",
+    "json_body",
+    "router",
+    "with_form_query",
+    "with_parameters_query",
+]
 
 
 _RESERVED = {"metadata", "_history", "_search", ".well-known"}
-
-
-def _not_allowed(request: Request) -> FhirError:
-    return FhirError(
-        Category.METHOD_NOT_ALLOWED,
-        (Issue(f"{request.method} is not supported at {request.url.path[:200]}"),),
-        headers={"Allow": ", ".join(allowed_methods(request))},
-    )
 
 
 def _type(request: Request, resource_type: str) -> str:
     """The URL's resource type; a reserved segment (``/fhir/metadata``) with another
     method than its own is a 405, not an unknown type."""
     if resource_type in _RESERVED or resource_type.startswith("$"):  # $export, $...-stats
-        raise _not_allowed(request)
+        raise method_not_allowed(request)
     if resource_type in audit_events.READ_ONLY_TYPES:  # what api.audit does not serve
         raise audit_events.read_only(
             resource_type, request.method, request.url.path.removeprefix("/fhir")
@@ -128,17 +79,8 @@ def _type(request: Request, resource_type: str) -> str:
 
 def _instance(request: Request, resource_type: str, resource_id: str) -> tuple[str, str]:
     if resource_id in _RESERVED or resource_id.startswith("$"):  # _search, $everything...
-        raise _not_allowed(request)
+        raise method_not_allowed(request)
     return _type(request, resource_type), check_id(resource_id)
-
-
-def _etag(value: str | None, header: str) -> int | None:
-    return parse_etag(value, header) if value is not None else None
-
-
-async def _patch_body(request: Request) -> PatchDocument:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower() or None
-    return patch_document(media, await json_body(request, _PATCH_BODY))
 
 
 def _write_response(result: Result, ctx: RequestContext, rendering: RenderingDep) -> Response:
@@ -165,37 +107,11 @@ async def batch_or_transaction(request: Request, ctx: Context, rendering: Render
     return render_result(result, ctx, rendering)
 
 
-async def with_parameters_query(request: Request, ctx: RequestContext) -> RequestContext:
-    """An operation invoked by POST (R4 §3.1.0.4): the primitive parameters of its
-    Parameters body (if any) join the URL's, as a GET would send them."""
-    if request.method != "POST" or not (await request.body()).strip():
-        return ctx
-    body = await json_body(request, JSON_BODY)
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise FhirError.of(
-            Category.INCORRECT, "An operation's body must be a Parameters", code="structure"
-        )
-    query = {k: list(v) for k, v in ctx.query.items()}
-    for index, parameter in enumerate(body.get("parameter") or []):
-        values = [v for k, v in (parameter or {}).items() if k.startswith("value")]
-        name = (parameter or {}).get("name")
-        if not isinstance(name, str) or len(values) != 1 or isinstance(values[0], dict | list):
-            raise FhirError.of(
-                Category.INCORRECT,
-                "Each operation parameter needs a name and one primitive value[x]",
-                code="structure",
-                expression=[f"Parameters.parameter[{index}]"],
-            )
-        query.setdefault(name, []).append(str(values[0]).lower() if isinstance(values[0], bool)
-                                          else str(values[0]))  # fmt: skip
-    return replace(ctx, query=query)
-
-
 @router.get("/Patient/$everything", **docs.route("everything", {200, 400}))
 @router.post("/Patient/$everything", **docs.route("everything", {200, 400}, body="resource"))
 async def everything_all(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
     """All patients' compartments, paged (for system callers once access control lands)."""
-    ctx = await with_parameters_query(request, ctx)
+    ctx = await with_parameters_query(request, ctx, "$everything")
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, None))
     return render_result(result, ctx, rendering)
 
@@ -209,7 +125,7 @@ async def everything_patient(
     request: Request, resource_id: ResourceId, ctx: Context, rendering: RenderingDep
 ) -> Response:
     pid = check_id(resource_id)
-    ctx = await with_parameters_query(request, ctx)
+    ctx = await with_parameters_query(request, ctx, "$everything")
     result = await run_in_threadpool(in_read, ctx, lambda c: everything.everything(c, ctx, pid))
     return render_result(result, ctx, rendering)
 
@@ -305,7 +221,7 @@ async def conditional_update(
     if_match: IfMatch = None,
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
-    expected = _etag(if_match, "If-Match")
+    expected = etag(if_match, "If-Match")
     body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(
         in_write,
@@ -327,8 +243,8 @@ async def conditional_patch(
     if_match: IfMatch = None,
 ) -> Response:
     rtype, criteria = _type(request, resource_type), _criteria(ctx)
-    expected = _etag(if_match, "If-Match")
-    document = await _patch_body(request)
+    expected = etag(if_match, "If-Match")
+    document = await patch_body(request)
     result = await run_in_threadpool(
         in_write,
         ctx,
@@ -358,7 +274,7 @@ async def read_resource(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    known = _etag(if_none_match, "If-None-Match")
+    known = etag(if_none_match, "If-None-Match")
     result = await run_in_threadpool(in_read, ctx, lambda c: read.read(c, ctx, rtype, rid, known))
     return render_result(result, ctx, rendering)
 
@@ -376,7 +292,7 @@ async def update_resource(
     if_match: IfMatch = None,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    expected = _etag(if_match, "If-Match")
+    expected = etag(if_match, "If-Match")
     body = await json_body(request, JSON_BODY)
     result = await run_in_threadpool(
         in_write, ctx, lambda c: update.update(c, ctx, rtype, rid, body, expected)
@@ -397,8 +313,8 @@ async def patch_resource(
     if_match: IfMatch = None,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    expected = _etag(if_match, "If-Match")
-    document = await _patch_body(request)
+    expected = etag(if_match, "If-Match")
+    document = await patch_body(request)
     result = await run_in_threadpool(
         in_write, ctx, lambda c: patch.patch(c, ctx, rtype, rid, document, expected)
     )
@@ -417,7 +333,7 @@ async def delete_resource(
     if_match: IfMatch = None,
 ) -> Response:
     rtype, rid = _instance(request, resource_type, resource_id)
-    expected = _etag(if_match, "If-Match")
+    expected = etag(if_match, "If-Match")
     result = await run_in_threadpool(
         in_write, ctx, lambda c: delete.delete(c, ctx, rtype, rid, expected)
     )

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids and the body size limit.
+"""ASGI middleware: request ids, the body size limit, HEAD, and whether a response
+has started.
 
 Pure ASGI (no BaseHTTPMiddleware) so responses stream and exceptions keep
 their context.
@@ -16,6 +17,22 @@ from ehr_service.fhir.errors import Category, FhirError
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class ResponseTracker:
+    """``send`` that remembers whether the response has started: once its head is
+    out, an error can no longer be answered with a response of its own."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 def request_id_of(scope: Scope) -> str:

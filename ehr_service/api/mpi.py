@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.fhir import JSON_BODY, ResourceId, in_read, in_write, json_body
+from ehr_service.api.handling import JSON_BODY, ResourceId, in_read, in_write, json_body
 from ehr_service.api.rendering import render_result
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.parameters import OperationInput

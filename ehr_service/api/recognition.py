@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.fhir import (
+from ehr_service.api.handling import (
     JSON_BODY,
     ResourceId,
     ResourceType,

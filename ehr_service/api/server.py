@@ -24,14 +24,14 @@ OperationOutcome instead of the plain-text 500 of a cancelled task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ehr_service.api.http_protocol import FhirHttpToolsProtocol
+from ehr_service.api.middleware import ResponseTracker
 from ehr_service.fhir import jsonio
 
 _REASONS = {
@@ -72,19 +72,26 @@ def outcome_bytes(status: int, code: str, message: str, retry_after: int | None 
 
 
 class Drain:
-    """The shutdown drain of this process (one event loop, one server)."""
+    """The shutdown drain of this process (one event loop, one server): the
+    requests in flight, and at the drain's deadline those still running cancelled
+    (:class:`DrainMiddleware` answers them)."""
 
     def __init__(self) -> None:
         self.active = False
-        self.expired: asyncio.Event | None = None
+        self.running: set[asyncio.Task[Any]] = set()
+        self.cut: set[asyncio.Task[Any]] = set()  # cancelled by the deadline
 
     def start(self, seconds: float) -> None:
         if self.active:
             return
         self.active = True
-        loop = asyncio.get_running_loop()
-        self.expired = asyncio.Event()
-        loop.call_later(max(seconds - 1.0, 0.0), self.expired.set)
+        # A second before uvicorn gives up, so the answer is out before it cancels.
+        asyncio.get_running_loop().call_later(max(seconds - 1.0, 0.0), self._deadline)
+
+    def _deadline(self) -> None:
+        for task in self.running:
+            self.cut.add(task)
+            task.cancel()
 
 
 DRAIN = Drain()
@@ -241,38 +248,23 @@ class DrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if DRAIN.active:
+        drain = DRAIN
+        if drain.active:
             await self._unavailable(send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        task = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI request always runs in a task
+        tracked = ResponseTracker(send)
+        drain.running.add(task)
         try:
-            await self._await(task, lambda: started, send)
-        except asyncio.CancelledError:  # the server gave up on it: so does the request
-            task.cancel()
-            raise
-
-    async def _await(self, task: asyncio.Future[None], started: Any, send: Send) -> None:
-        while not task.done():
-            expired = DRAIN.expired
-            if expired is None:
-                await asyncio.wait({task}, timeout=0.5)  # the drain may begin meanwhile
-                continue
-            waiter: asyncio.Future[Any] = asyncio.ensure_future(expired.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not task.done():  # the drain ends: answer rather than be cancelled
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                if not started():
-                    await self._unavailable(send)
-                return
-        task.result()
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if task not in drain.cut:  # the server or the client gave up on it
+                raise
+            if not tracked.started:  # the drain ends: answer rather than be cancelled
+                await self._unavailable(send)
+        finally:
+            drain.running.discard(task)
+            if task in drain.cut:  # the deadline's cancellation is spent here
+                drain.cut.discard(task)
+                task.uncancel()

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ehr_service.api import openapi_docs as docs
 from ehr_service.api.deps import Context, RenderingDep
-from ehr_service.api.fhir import JSON_BODY, ResourceId, in_read, json_body
+from ehr_service.api.handling import JSON_BODY, ResourceId, in_read, json_body
 from ehr_service.api.rendering import render_result
 from ehr_service.interactions import terminology
 from ehr_service.interactions.context import RequestContext
@@ -26,22 +26,16 @@ STATUSES = {200, 400, 404, 415}
 ON_INSTANCE = STATUSES | {410}  # a stored instance may be deleted
 
 
+# An operation: (context, Parameters body or None, the instance's url or None).
+Operation = Callable[[RequestContext, Any, str | None], Result]
+
+
 async def _run(
-    request: Request,
-    ctx: RequestContext,
-    rendering: Any,
-    operation: Callable[[RequestContext, Any], Result],
+    request: Request, ctx: RequestContext, rendering: Any, operation: Operation
 ) -> Response:
     body = await json_body(request, JSON_BODY) if request.method == "POST" else None
-    result = await run_in_threadpool(in_read, ctx, lambda _c: operation(ctx, body))
+    result = await run_in_threadpool(in_read, ctx, lambda _c: operation(ctx, body, None))
     return render_result(result, ctx, rendering)
-
-
-@router.get("/CodeSystem/$lookup", **docs.route("lookup", STATUSES))
-@router.post("/CodeSystem/$lookup", **docs.route("lookup", STATUSES, body="resource"))
-async def codesystem_lookup(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
-    """An item's names (zh, en) and properties (system, code, property)."""
-    return await _run(request, ctx, rendering, terminology.lookup)
 
 
 async def _run_on(
@@ -49,9 +43,10 @@ async def _run_on(
     ctx: RequestContext,
     rendering: Any,
     instance: tuple[str, str],
-    operation: Callable[[RequestContext, Any, str], Result],
+    operation: Operation,
 ) -> Response:
-    """An operation invoked on a stored instance: on the canonical url it has."""
+    """An operation invoked on a stored instance: on the canonical url it has (a 404
+    if there is no such instance, a 410 if it was deleted)."""
     body = await json_body(request, JSON_BODY) if request.method == "POST" else None
     resource_type, rid = instance[0], check_id(instance[1])
 
@@ -62,84 +57,73 @@ async def _run_on(
     return render_result(result, ctx, rendering)
 
 
-@router.get("/CodeSystem/$validate-code", **docs.route("validate-code", STATUSES))
-@router.post("/CodeSystem/$validate-code", **docs.route("validate-code", STATUSES, body="resource"))
-async def codesystem_validate_code(
-    request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    return await _run(
-        request, ctx, rendering, lambda c, b: terminology.validate_code(c, b, "CodeSystem")
-    )
+def _operation(
+    resource_type: str,
+    name: str,
+    operation: Operation,
+    description: str | None = None,
+    on_instance: set[int] | None = None,
+) -> None:
+    """GET and POST ``[type]/$name`` and, with ``on_instance`` (its documented
+    statuses), ``[type]/{id}/$name``. The endpoints are named as the operation
+    (``valueset_expand``, ``valueset_expand_instance``): their OpenAPI ids."""
+    endpoint_name = f"{resource_type.lower()}_{name.replace('-', '_')}"
+
+    async def on_type(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
+        return await _run(request, ctx, rendering, operation)
+
+    async def on_stored(
+        resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
+    ) -> Response:
+        return await _run_on(request, ctx, rendering, (resource_type, resource_id), operation)
+
+    def register(
+        path: str,
+        endpoint: Callable[..., Any],
+        endpoint_name: str,
+        statuses: set[int],
+        doc: str | None,
+    ) -> None:
+        endpoint.__name__ = endpoint.__qualname__ = endpoint_name
+        endpoint.__doc__ = doc  # the OpenAPI description
+        router.post(path, **docs.route(name, statuses, body="resource"))(endpoint)
+        router.get(path, **docs.route(name, statuses))(endpoint)
+
+    register(f"/{resource_type}/${name}", on_type, endpoint_name, STATUSES, description)
+    if on_instance is not None:
+        path = f"/{resource_type}/{{resource_id}}/${name}"
+        register(path, on_stored, f"{endpoint_name}_instance", on_instance, None)
 
 
-@router.get("/CodeSystem/{resource_id}/$validate-code", **docs.route("validate-code", ON_INSTANCE))
-@router.post(
-    "/CodeSystem/{resource_id}/$validate-code",
-    **docs.route("validate-code", ON_INSTANCE, body="resource"),
+_operation(
+    "CodeSystem",
+    "lookup",
+    lambda ctx, body, _url: terminology.lookup(ctx, body),
+    "An item's names (zh, en) and properties (system, code, property).",
 )
-async def codesystem_validate_code_instance(
-    resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    return await _run_on(
-        request, ctx, rendering, ("CodeSystem", resource_id),
-        lambda c, b, url: terminology.validate_code(c, b, "CodeSystem", url),
-    )  # fmt: skip
-
-
-@router.get("/ValueSet/$validate-code", **docs.route("validate-code", STATUSES))
-@router.post("/ValueSet/$validate-code", **docs.route("validate-code", STATUSES, body="resource"))
-async def valueset_validate_code(
-    request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    return await _run(
-        request, ctx, rendering, lambda c, b: terminology.validate_code(c, b, "ValueSet")
-    )
-
-
-@router.get("/ValueSet/{resource_id}/$validate-code", **docs.route("validate-code", ON_INSTANCE))
-@router.post(
-    "/ValueSet/{resource_id}/$validate-code",
-    **docs.route("validate-code", ON_INSTANCE, body="resource"),
+_operation(
+    "CodeSystem",
+    "validate-code",
+    lambda ctx, body, url: terminology.validate_code(ctx, body, "CodeSystem", url),
+    on_instance=ON_INSTANCE,
 )
-async def valueset_validate_code_instance(
-    resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    return await _run_on(
-        request, ctx, rendering, ("ValueSet", resource_id),
-        lambda c, b, url: terminology.validate_code(c, b, "ValueSet", url),
-    )  # fmt: skip
-
-
-@router.get("/ValueSet/$expand", **docs.route("expand", STATUSES))
-@router.post("/ValueSet/$expand", **docs.route("expand", STATUSES, body="resource"))
-async def valueset_expand(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
-    """The items of a catalogue value set (url, filter, count, offset)."""
-    return await _run(request, ctx, rendering, terminology.expand)
-
-
-@router.get("/ValueSet/{resource_id}/$expand", **docs.route("expand", STATUSES))
-@router.post("/ValueSet/{resource_id}/$expand", **docs.route("expand", STATUSES, body="resource"))
-async def valueset_expand_instance(
-    resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    vid = check_id(resource_id)
-    return await _run(request, ctx, rendering, lambda c, b: terminology.expand(c, b, vid))
-
-
-@router.get("/ConceptMap/$translate", **docs.route("translate", STATUSES))
-@router.post("/ConceptMap/$translate", **docs.route("translate", STATUSES, body="resource"))
-async def conceptmap_translate(request: Request, ctx: Context, rendering: RenderingDep) -> Response:
-    """A LOINC or local code to its catalogue item (system, code)."""
-    return await _run(request, ctx, rendering, terminology.translate)
-
-
-@router.get("/ConceptMap/{resource_id}/$translate", **docs.route("translate", ON_INSTANCE))
-@router.post(
-    "/ConceptMap/{resource_id}/$translate", **docs.route("translate", ON_INSTANCE, body="resource")
+_operation(
+    "ValueSet",
+    "validate-code",
+    lambda ctx, body, url: terminology.validate_code(ctx, body, "ValueSet", url),
+    on_instance=ON_INSTANCE,
 )
-async def conceptmap_translate_instance(
-    resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
-) -> Response:
-    return await _run_on(
-        request, ctx, rendering, ("ConceptMap", resource_id), terminology.translate
-    )
+_operation(
+    "ValueSet",
+    "expand",
+    terminology.expand,
+    "The items of a catalogue value set (url, filter, count, offset).",
+    on_instance=STATUSES,  # documented so; a deleted instance is a 410 too
+)
+_operation(
+    "ConceptMap",
+    "translate",
+    terminology.translate,
+    "A LOINC or local code to its catalogue item (system, code).",
+    on_instance=ON_INSTANCE,
+)

@@ -52,6 +52,23 @@ class OperationInput:
             raise _bad(f"{self.operation}: '{name}' must be true or false", name)
         return value
 
+    def as_query(self) -> dict[str, list[str]]:
+        """The parts as a GET's URL would carry them (R4 §3.1.0.4: an operation with
+        primitive parameters only may be invoked either way): one primitive
+        ``value[x]`` each, booleans as ``true`` and ``false``."""
+        query: dict[str, list[str]] = {}
+        for index, part in enumerate(self.parts):
+            values = [v for k, v in part.items() if k.startswith("value")]
+            if len(values) != 1 or isinstance(values[0], dict | list):
+                raise _bad(
+                    f"{self.operation}: each parameter needs one primitive value[x]",
+                    f"Parameters.parameter[{index}]",
+                )
+            value = values[0]
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            query.setdefault(part["name"], []).append(text)
+        return query
+
     def resource(self, name: str, resource_type: str) -> dict[str, Any] | None:
         part = self.one(name)
         if part is None:

@@ -186,13 +186,12 @@ def validate_code(
     return Result(200, found)
 
 
-def expand(ctx: RequestContext, body: Any, valueset_id: str | None = None) -> Result:
+def expand(ctx: RequestContext, body: Any, url: str | None = None) -> Result:
+    """``$expand`` of a catalogue value set; ``url``: invoked on that one."""
     require(ctx.caller, "ValueSet", "r")
     inputs = Inputs(ctx.query, body, "$expand")
     catalogue = _catalogue(ctx)
-    url = (
-        f"urn:ehr-service:ValueSet/{valueset_id}" if valueset_id else inputs.required("url")
-    ).split("|")[0]
+    url = (url or inputs.required("url")).split("|")[0]
     known, category = terminology.category_of_valueset(url)
     if not known:
         raise _unknown("ValueSet", url)

@@ -108,3 +108,7 @@ def test_everything_by_post_with_parameters(client: TestClient) -> None:
         f"/fhir/Patient/{pid}/$everything", json={"resourceType": "Patient"}, headers=FHIR_JSON
     )
     assert bad.status_code == 400
+    nested = {"resourceType": "Parameters", "parameter": [{"name": "_since", "part": []}]}
+    refused = client.post(f"/fhir/Patient/{pid}/$everything", json=nested, headers=FHIR_JSON)
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["Parameters.parameter[0]"]

@@ -148,6 +148,32 @@ def test_operations_on_a_stored_instance(client: TestClient) -> None:
     assert client.get("/fhir/ConceptMap/x%20y/$translate?code=1").status_code == 400
 
 
+def test_expand_on_a_stored_instance_reads_its_url(client: TestClient) -> None:
+    """ValueSet/{id}/$expand expands the stored ValueSet's url, whatever its id; an
+    unknown id is a 404 OperationOutcome, a deleted one a 410."""
+    copy = {"resourceType": "ValueSet", "url": LAB_VS, "status": "active"}
+    copy_id = client.post("/fhir/ValueSet", json=copy, headers=FHIR_JSON).json()["id"]
+    expanded = client.get(f"/fhir/ValueSet/{copy_id}/$expand?count=1")
+    assert expanded.status_code == 200, expanded.text
+    whole = client.get(f"/fhir/ValueSet/$expand?url={LAB_VS}").json()["expansion"]
+    assert expanded.json()["expansion"]["total"] == whole["total"]
+    posted = client.post(
+        f"/fhir/ValueSet/{copy_id}/$expand",
+        json={"resourceType": "Parameters", "parameter": [{"name": "count", "valueInteger": 1}]},
+        headers=FHIR_JSON,
+    )
+    assert posted.status_code == 200 and len(posted.json()["expansion"]["contains"]) == 1
+    for unknown in ("nothing", "recognition-items-nope"):
+        missing = client.get(f"/fhir/ValueSet/{unknown}/$expand")
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["resourceType"] == "OperationOutcome"
+    other = {"resourceType": "ValueSet", "url": "urn:other", "status": "active"}
+    other_id = client.post("/fhir/ValueSet", json=other, headers=FHIR_JSON).json()["id"]
+    assert client.get(f"/fhir/ValueSet/{other_id}/$expand").status_code == 404
+    assert client.delete(f"/fhir/ValueSet/{copy_id}").status_code in {200, 204}
+    assert client.get(f"/fhir/ValueSet/{copy_id}/$expand").status_code == 410
+
+
 def test_an_edition_switch_replaces_the_terminology(
     client: TestClient, services: Services, database_url: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
