@@ -71,9 +71,13 @@ def is_citus(conn: Connection) -> bool:
     if engine not in _known:
         _known[engine] = bool(
             conn.execute(
+                text("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+            ).scalar_one()
+        ) and bool(
+            conn.execute(
                 text(
-                    "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL "
-                    "AND to_regclass('resource_id_claim') IS NOT NULL"
+                    "SELECT EXISTS (SELECT 1 FROM pg_dist_partition "
+                    "WHERE logicalrelid = to_regclass('resource'))"
                 )
             ).scalar_one()
         )

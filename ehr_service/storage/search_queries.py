@@ -22,7 +22,8 @@ from sqlalchemy import (
 
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.search.registry import SearchParameter
-from ehr_service.storage.search_sql import visible
+from ehr_service.storage import citus
+from ehr_service.storage.search_sql import owned, same_record, visible
 from ehr_service.storage.tables import (
     resource,
     search_date,
@@ -82,6 +83,7 @@ def sort_key(parameter: SearchParameter, descending: bool) -> Any:
     return (
         select(aggregate)
         .where(
+            *same_record(table, resource),
             table.c.res_type == resource.c.res_type,
             table.c.res_id == resource.c.res_id,
             table.c.param.in_(parameter.stored_as),
@@ -110,7 +112,7 @@ def page(
             r.res_id,
             bytes(r.content),
             tuple(r[3 + i] for i in range(len(order))),
-            r.compartment_patient_id,
+            citus.owner_of(r.compartment_patient_id),
         )
         for r in rows
     ]
@@ -214,7 +216,7 @@ def read_many(
             ).where(*conditions)
         ).all()
         found.extend(
-            Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id)
+            Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id))
             for r in rows
         )
     return found
@@ -283,7 +285,7 @@ def _compartment_conditions(
     if patient_id is not None:
         conditions.append(resource.c.compartment_patient_id == patient_id)
     else:
-        conditions.append(resource.c.compartment_patient_id.is_not(None))
+        conditions.append(owned(resource.c.compartment_patient_id))
     if types:
         conditions.append(resource.c.res_type.in_(types))
     if since is not None:
@@ -318,7 +320,7 @@ def compartment_page(
         .limit(limit)
     ).all()
     return [
-        Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id) for r in rows
+        Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id)) for r in rows
     ]
 
 
@@ -376,6 +378,7 @@ def referenced_before(
         grouped.setdefault(target_type, []).append(target_id)
     referrer = [
         *_compartment_conditions(patient_id, types, since, view),
+        *same_record(resource, ref),
         resource.c.res_type == ref.c.res_type,
         resource.c.res_id == ref.c.res_id,
     ]
@@ -394,7 +397,7 @@ def referenced_before(
             ),
             ref.c.compartment_patient_id == patient_id
             if patient_id is not None
-            else ref.c.compartment_patient_id.is_not(None),
+            else owned(ref.c.compartment_patient_id),
             tuple_(ref.c.res_type, ref.c.res_id) <= before,
             exists(select(literal(1)).where(*referrer)),
         )

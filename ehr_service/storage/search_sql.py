@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -45,6 +46,7 @@ from ehr_service.fhir.search.query import (
 )
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
+from ehr_service.storage import citus
 from ehr_service.storage.tables import (
     KEY_CHARS,
     consent_refusal,
@@ -91,11 +93,50 @@ def visible(table: Any, view: Visibility, resource_type: str | None = None) -> C
     return combined
 
 
+def unowned(column: Any) -> ColumnElement[bool]:
+    """The row belongs to no record (on the Citus layout: the sentinel owner)."""
+    if citus.active():
+        return column == citus.UNOWNED  # type: ignore[no-any-return]
+    return column.is_(None)  # type: ignore[no-any-return]
+
+
+def owned(column: Any) -> ColumnElement[bool]:
+    """The row belongs to some record."""
+    if citus.active():
+        return column != citus.UNOWNED  # type: ignore[no-any-return]
+    return column.is_not(None)  # type: ignore[no-any-return]
+
+
+def same_record(table: Any, other: Any) -> list[ColumnElement[bool]]:
+    """On the Citus layout, the correlation of two co-located tables' rows on the
+    distribution column, so that the subquery runs on the shard of the outer row."""
+    if citus.active():
+        return [table.c.compartment_patient_id == other.c.compartment_patient_id]
+    return []
+
+
+def key_columns(table: Any) -> tuple[Any, ...]:
+    """What a subquery of matching resources selects: the id, and on the Citus
+    layout the record first (see ``in_keys``)."""
+    if citus.active():
+        return (table.c.compartment_patient_id, table.c.res_id)
+    return (table.c.res_id,)
+
+
+def in_keys(statement: Any) -> ColumnElement[bool]:
+    """``resource`` rows among a subquery of ``key_columns``: on the Citus layout
+    joined on the distribution column, so it pushes down to each shard whole."""
+    if citus.active():
+        return tuple_(resource.c.compartment_patient_id, resource.c.res_id).in_(statement)
+    return resource.c.res_id.in_(statement)
+
+
 def _about_someone_else(table: Any, patient: str | None) -> ColumnElement[bool]:
     """The resource refers to a Patient other than ``patient`` (e.g. a Device's
     ``patient``): outside every compartment, yet someone else's data."""
     ref = search_reference
     return exists().where(
+        *same_record(ref, table),
         ref.c.res_type == table.c.res_type,
         ref.c.res_id == table.c.res_id,
         ref.c.target_type == "Patient",
@@ -112,12 +153,12 @@ def _compartment(table: Any, view: Visibility, resource_type: str | None) -> Col
         return or_(
             owned,
             and_(
-                table.c.compartment_patient_id.is_(None),
+                unowned(table.c.compartment_patient_id),
                 ~_about_someone_else(table, view.patient),
             ),
         )
     shared = and_(
-        table.c.compartment_patient_id.is_(None),
+        unowned(table.c.compartment_patient_id),
         table.c.res_type.not_in(sorted(view.member_types)),
         ~_about_someone_else(table, view.patient),
     )
@@ -435,7 +476,7 @@ class SearchCompiler:
             (reference, target_type), *rest = criterion.chain
             inner = Criterion(parameter, criterion.modifier, criterion.values, tuple(rest))
             ref = search_reference
-            return select(ref.c.res_id).where(
+            return select(*key_columns(ref)).where(
                 ref.c.res_type == resource_type,
                 ref.c.param == reference.code,
                 ref.c.target_type == target_type,
@@ -443,7 +484,7 @@ class SearchCompiler:
                 ref.c.target_id.in_(self.live_ids(target_type, [inner])),
             )
         if parameter.code == "_id":
-            return select(resource.c.res_id).where(
+            return select(*key_columns(resource)).where(
                 resource.c.res_type == resource_type, resource.c.res_id.in_(_ids(criterion.values))
             )
         if parameter.code == "_lastUpdated":
@@ -451,13 +492,13 @@ class SearchCompiler:
                 _compare_dates(resource.c.last_updated, resource.c.last_updated, *split_prefix(v))
                 for v in criterion.values
             ]
-            return select(resource.c.res_id).where(
+            return select(*key_columns(resource)).where(
                 resource.c.res_type == resource_type, or_(*clauses)
             )
         table = _TABLES[parameter.type]
         names = stored_names(parameter, criterion.modifier)
         clauses = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
-        return select(table.c.res_id).where(
+        return select(*key_columns(table)).where(
             table.c.res_type == resource_type, table.c.param.in_(names), or_(*clauses)
         )
 
@@ -475,15 +516,15 @@ class SearchCompiler:
                 return false() if criterion.values == ("true",) else true()
             if table is None:
                 return false() if criterion.values == ("true",) else true()
-            present = select(table.c.res_id).where(
+            present = select(*key_columns(table)).where(
                 table.c.res_type == resource_type, table.c.param.in_(parameter.stored_as)
             )
             if criterion.values == ("true",):
-                return not_(resource.c.res_id.in_(present))
-            return resource.c.res_id.in_(present)
+                return not_(in_keys(present))
+            return in_keys(present)
         if criterion.modifier == "not":
             plain = Criterion(parameter, None, criterion.values, criterion.chain)
-            return not_(resource.c.res_id.in_(self.ids_matching(resource_type, plain)))
+            return not_(in_keys(self.ids_matching(resource_type, plain)))
         if parameter.code == "_id":
             return resource.c.res_id.in_(_ids(criterion.values))
         if parameter.code == "_lastUpdated":
@@ -496,7 +537,7 @@ class SearchCompiler:
                 )
             )
         if drives or criterion.chain:
-            return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
+            return in_keys(self.ids_matching(resource_type, criterion))
         table = _TABLES[parameter.type]
         names = stored_names(parameter, criterion.modifier)
         values = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
@@ -504,6 +545,7 @@ class SearchCompiler:
         # take the value index by (type, param) and scan the parameter's every row.
         return exists(
             select(literal(1)).where(
+                *same_record(table, resource),
                 table.c.res_type == resource.c.res_type,
                 table.c.res_id == resource.c.res_id,
                 not_an_index_key(table.c.param).in_(names),
