@@ -10,8 +10,10 @@ be applied to it (docs/scale.md).
 from __future__ import annotations
 
 import os
+import time
 
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import URL
 
 CITUS_URL = os.environ.get("EHR_TEST_CITUS_URL", "")
@@ -37,7 +39,7 @@ def create(admin_url: URL, name: str) -> None:
             sa.text("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid = 0")
         ).first()
         conn.execute(sa.text(_PROPAGATE))
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop(conn, name)
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     for host, port in nodes:
@@ -65,5 +67,18 @@ def drop(admin_url: URL, names: list[str]) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(_PROPAGATE))
         for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            _drop(conn, name)
     admin.dispose()
+
+
+def _drop(conn: sa.Connection, name: str) -> None:
+    """DROP DATABASE on every node; a worker may still hold a session of the
+    coordinator's connection cache for a moment after FORCE ended it."""
+    for attempt in range(20):
+        try:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except OperationalError:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
