@@ -13,8 +13,8 @@ import os
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
 CITUS_URL = os.environ.get("EHR_TEST_CITUS_URL", "")
 _PROPAGATE = "SET citus.enable_create_database_propagation TO on"

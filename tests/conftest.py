@@ -25,9 +25,9 @@ from ehr_service.audit.sealing import Sealer
 from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.exchange.keys import SigningKeys
 from ehr_service.interactions.context import Services
+from ehr_service.storage.citus import distribute
 from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
-from ehr_service.storage.citus import distribute
 from ehr_service.storage.partitioning import CLAIM, partition
 from ehr_service.storage.tables import metadata
 from ehr_service.storage.unit_of_work import UnitOfWork

@@ -131,8 +131,9 @@ def distribute(conn: Connection) -> list[str]:
         _lead_keys(conn, table, column)
     conn.execute(
         text(
-            f"CREATE TABLE {CLAIM} (res_type varchar(64) NOT NULL, res_id varchar(64) NOT NULL, "
-            "compartment_patient_id varchar(64) NOT NULL, PRIMARY KEY (res_type, res_id))"
+            f"CREATE TABLE {CLAIM} (res_type varchar(64) NOT NULL, "
+            "res_id text NOT NULL CHECK (length(res_id) <= 64), "
+            "compartment_patient_id text NOT NULL, PRIMARY KEY (res_type, res_id))"
         )
     )
     for table, column in DISTRIBUTED.items():
@@ -141,7 +142,9 @@ def distribute(conn: Connection) -> list[str]:
             text("SELECT create_distributed_table(:t, :c, colocate_with => :w)"),
             {"t": table, "c": column, "w": colocate},
         )
-    conn.execute(text(f"SELECT create_distributed_table('{CLAIM}', 'res_id', colocate_with => 'none')"))
+    conn.execute(
+        text(f"SELECT create_distributed_table('{CLAIM}', 'res_id', colocate_with => 'none')")
+    )
     for table in REFERENCE:
         conn.execute(text("SELECT create_reference_table(:t)"), {"t": table})
     if conn.engine in _known:
@@ -151,7 +154,15 @@ def distribute(conn: Connection) -> list[str]:
 
 def _lead_keys(conn: Connection, table: str, column: str) -> None:
     """NOT NULL distribution column, leading every primary and unique key."""
-    conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" SET NOT NULL'))
+    # text, not varchar: the driver binds strings as text, and Citus prunes shards
+    # only on a comparison of the column itself (``varchar::text = $1`` is not one).
+    conn.execute(
+        text(
+            f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE text, '
+            f'ALTER COLUMN "{column}" SET NOT NULL, '
+            f'ADD CONSTRAINT "ck_{table}_{column}_length" CHECK (length("{column}") <= 64)'
+        )
+    )
     constraints = conn.execute(
         text(
             "SELECT conname, contype, "
@@ -168,13 +179,17 @@ def _lead_keys(conn: Connection, table: str, column: str) -> None:
         shape = "PRIMARY KEY" if kind == "p" else "UNIQUE"
         conn.execute(text(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"'))
         conn.execute(text(f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" {shape} ({wanted})'))
-    unique = conn.execute(
-        text(
-            "SELECT indexname FROM pg_indexes WHERE tablename = :t AND indexdef LIKE 'CREATE UNIQUE%' "
-            "AND indexname NOT IN (SELECT conname FROM pg_constraint "
-            "WHERE conrelid = CAST(:t AS regclass))"
-        ),
-        {"t": table},
-    ).scalars().all()
+    unique = (
+        conn.execute(
+            text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = :t "
+                "AND indexdef LIKE 'CREATE UNIQUE%' AND indexname NOT IN "
+                "(SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass))"
+            ),
+            {"t": table},
+        )
+        .scalars()
+        .all()
+    )
     if unique:
         raise CitusError(f"{table} has unique indexes without its patient column: {unique}")

@@ -132,7 +132,10 @@ def move(
     if history:
         conn.execute(
             insert(rv),
-            [dict(zip(names, row, strict=True)) | {"compartment_patient_id": new} for row in history],
+            [
+                dict(zip(names, row, strict=True)) | {"compartment_patient_id": new}
+                for row in history
+            ],
         )
     for table in INDEX_TABLES:
         conn.execute(
@@ -148,4 +151,3 @@ def move(
         .values(compartment_patient_id=new)
     )
     return True
-

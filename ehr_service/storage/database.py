@@ -233,9 +233,13 @@ class Database:
     def transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
         """One transaction: commits when the block ends, rolls back on error. Only
         the unit of work (``storage.unit_of_work``) calls this."""
-        with _too_costly(), self._connect(write=write, snapshot=snapshot) as conn, conn.begin():
-            with citus.layout(citus.is_citus(conn)):
-                yield conn
+        with (
+            _too_costly(),
+            self._connect(write=write, snapshot=snapshot) as conn,
+            conn.begin(),
+            citus.layout(citus.is_citus(conn)),
+        ):
+            yield conn
 
     @contextmanager
     def _connect(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:

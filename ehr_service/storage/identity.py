@@ -287,10 +287,12 @@ def sealed_batch(
     return [(tuple(str(v) for v in row[:-1]), bytes(row[-1])) for row in rows]
 
 
-def _locked_one_by_one(conn: Connection, rows: Sequence[Any]) -> list[tuple[tuple[str, ...], bytes]]:
+def _locked_one_by_one(
+    conn: Connection, rows: Sequence[Any]
+) -> list[tuple[tuple[str, ...], bytes]]:
     """Citus locks rows of one shard per statement: each found row is locked and
     read again on its record's shard (what a concurrent writer left is resealed)."""
-    held = []
+    held: list[tuple[tuple[str, ...], bytes]] = []
     for owner, resource_type, resource_id, _ in rows:
         content = conn.execute(
             select(resource.c.content)

@@ -254,10 +254,12 @@ def _current_statement(lock: bool, consent: bool, owned: bool = False) -> Any:
     then neither rebuilds it nor recomputes its cache key per call)."""
     columns: list[Any] = list(_CURRENT_COLUMNS)
     if consent:
+        # On Citus the record is named in the subquery too: its shard is then known.
+        record = bindparam("r_owner") if owned else resource.c.compartment_patient_id
         columns.append(
             exists()
             .where(
-                consent_refusal.c.patient_id == resource.c.compartment_patient_id,
+                consent_refusal.c.patient_id == record,
                 consent_refusal.c.actor.in_(bindparam("r_actors", expanding=True)),
             )
             .label("refused")
@@ -311,7 +313,9 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
         return
     current = [v.current_row() for v in versions]
     if citus.active():
-        claims.take(conn, [(r["res_type"], r["res_id"], r["compartment_patient_id"]) for r in current])
+        claims.take(
+            conn, [(r["res_type"], r["res_id"], r["compartment_patient_id"]) for r in current]
+        )
     bulk_insert(
         conn, resource, _CURRENT_NAMES, [tuple(r[c] for c in _CURRENT_NAMES) for r in current]
     )

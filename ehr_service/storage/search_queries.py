@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.search.registry import SearchParameter
-from ehr_service.storage import citus
+from ehr_service.storage import citus, claims
 from ehr_service.storage.search_sql import owned, same_record, visible
 from ehr_service.storage.tables import (
     resource,
@@ -69,8 +69,12 @@ class Position:
     resource_id: str
 
 
-def sort_key(parameter: SearchParameter, descending: bool) -> Any:
-    """The value a resource sorts by: its smallest (ascending) or largest value."""
+def sort_key(
+    parameter: SearchParameter, descending: bool, owners: Collection[str] | None = None
+) -> Any:
+    """The value a resource sorts by: its smallest (ascending) or largest value.
+    ``owners``: the records the matches are pinned to; on the Citus layout they are
+    named in the subquery too, so that the whole search stays on their shards."""
     if parameter.code == "_id":
         return resource.c.res_id
     if parameter.code == "_lastUpdated":
@@ -84,6 +88,11 @@ def sort_key(parameter: SearchParameter, descending: bool) -> Any:
         select(aggregate)
         .where(
             *same_record(table, resource),
+            *(
+                [table.c.compartment_patient_id.in_(sorted(owners))]
+                if owners and citus.active()
+                else []
+            ),
             table.c.res_type == resource.c.res_type,
             table.c.res_id == resource.c.res_id,
             table.c.param.in_(parameter.stored_as),
@@ -205,6 +214,11 @@ def read_many(
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         conditions = [_by_type(resource, chunk), resource.c.deleted == false()]
+        if citus.active():  # the claims say which records (shards) hold them
+            owners = claims.owners(conn, chunk)
+            if not owners:
+                continue
+            conditions.append(resource.c.compartment_patient_id.in_(sorted(set(owners.values()))))
         if view.restricts:
             conditions.append(visible(resource, view))
         rows = conn.execute(
@@ -216,7 +230,9 @@ def read_many(
             ).where(*conditions)
         ).all()
         found.extend(
-            Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id))
+            Found(
+                r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id)
+            )
             for r in rows
         )
     return found
@@ -320,7 +336,8 @@ def compartment_page(
         .limit(limit)
     ).all()
     return [
-        Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id)) for r in rows
+        Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id))
+        for r in rows
     ]
 
 
@@ -338,15 +355,22 @@ def compartment_count(
 
 
 def references_from(
-    conn: Connection, identities: Sequence[tuple[str, str]]
+    conn: Connection,
+    identities: Sequence[tuple[str, str]],
+    owners: Collection[str | None] | None = None,
 ) -> list[tuple[str, str]]:
-    """(type, id) of every resource the given resources refer to."""
+    """(type, id) of every resource the given resources refer to (``owners``: the
+    records they are in, named on the Citus layout so only their shards are read)."""
     if not identities:
         return []
     ref = search_reference
+    records = []
+    if owners is not None and citus.active():
+        records = [ref.c.compartment_patient_id.in_(sorted({citus.owner_key(o) for o in owners}))]
     rows = conn.execute(
         select(ref.c.target_type, ref.c.target_id)
         .where(
+            *records,
             _by_type(ref, identities),
             ref.c.target_id.is_not(None),
             ref.c.target_type.is_not(None),

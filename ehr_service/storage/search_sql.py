@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ehr_service.fhir.compartment import EVERYTHING, Visibility
+from ehr_service.fhir.compartment import EVERYTHING, PatientCompartment, Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.primitives import date_range, utc_now
@@ -347,9 +347,46 @@ def _selectivity_rank(criterion: Criterion) -> int:
 
 
 class SearchCompiler:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, compartment: PatientCompartment | None = None) -> None:
         self.base_url = base_url
+        self.compartment = compartment  # to see which criteria pin the record (Citus)
         self.view: Visibility = EVERYTHING  # set by where(); chains and _has inherit it
+
+    def pinned_owners(self, resource_type: str, criteria: Sequence[Criterion]) -> set[str] | None:
+        """The records every match must be in, when a criterion says so (``subject=
+        Patient/X`` where the subject decides the owner): on the Citus layout the
+        search then runs on those records' shards only."""
+        if self.compartment is None:
+            return None
+        for criterion in criteria:
+            parameter = criterion.parameter
+            if (
+                parameter.type != "reference"
+                or criterion.chain
+                or criterion.modifier not in (None, "Patient")
+                or not self.compartment.pins_owner(resource_type, parameter.expression)
+            ):
+                continue
+            owners = set()
+            for value in criterion.values:
+                if value.startswith(self.base_url + "/"):
+                    value = value[len(self.base_url) + 1 :]
+                parsed = parse_reference(value)
+                if parsed is not None and parsed.base is None:
+                    if parsed.resource_type != "Patient":
+                        break
+                    owners.add(parsed.resource_id)
+                elif (
+                    "/" not in value
+                    and ":" not in value
+                    and (criterion.modifier == "Patient" or parameter.targets == ("Patient",))
+                ):
+                    owners.add(value)
+                else:
+                    break
+            else:
+                return owners
+        return None
 
     # -- one value of one criterion -----------------------------------------
     def _value(
@@ -585,6 +622,9 @@ class SearchCompiler:
         ]
         if view.restricts:  # a patient-bound caller, or consent refusals
             clauses.append(visible(resource, view, resource_type))
+        owners = self.pinned_owners(resource_type, criteria) if citus.active() else None
+        if owners is not None:
+            clauses.append(resource.c.compartment_patient_id.in_(sorted(owners)))
         driver = min(criteria, key=_selectivity_rank, default=None)
         clauses.extend(
             self.criterion_clause(resource_type, c, drives=c is driver) for c in criteria
