@@ -15,6 +15,7 @@ updated, all in the caller's transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -151,3 +152,39 @@ def move(
         .values(compartment_patient_id=new)
     )
     return True
+
+
+def write_current(
+    conn: Connection,
+    resource_type: str,
+    resource_id: str,
+    values: dict[str, Any],
+    row: dict[str, Any],
+    expected_version_id: int,
+) -> tuple[bool, str | None]:
+    """The next current row of a resource: ``values`` updated on its record's shard
+    (the distribution column left as it is), or, when ``row`` names another
+    record, the resource moved there and ``row`` inserted. Returns whether it was
+    written (its current version was still ``expected_version_id``) and the record
+    whose index rows are still to be replaced (None after a move: gone with it)."""
+    old = owner(conn, resource_type, resource_id)
+    if old is None:
+        return False, None
+    new = row["compartment_patient_id"]
+    if old != new:
+        if not move(conn, resource_type, resource_id, old, new, expected_version_id):
+            return False, None
+        conn.execute(insert(resource).values(**row))
+        return True, None
+    changed = {k: v for k, v in values.items() if k != "compartment_patient_id"}
+    result = conn.execute(
+        update(resource)
+        .where(
+            resource.c.compartment_patient_id == old,
+            resource.c.res_type == resource_type,
+            resource.c.res_id == resource_id,
+            resource.c.version_id == expected_version_id,
+        )
+        .values(**changed)
+    )
+    return result.rowcount == 1, old

@@ -392,25 +392,14 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     if version.content is None:
         values.pop("content")  # the current row of a deleted resource keeps its last content
     owner: str | None = None
-    if citus.active():  # one record's shard; a move to another record is delete + insert
-        owner = claims.owner(conn, version.resource_type, version.resource_id)
-        if owner is None:
+    if citus.active():  # on the record's shard; a move to another record is delete + insert
+        written, owner = claims.write_current(
+            conn, version.resource_type, version.resource_id, values, version.current_row(),
+            expected_version_id,
+        )  # fmt: skip
+        if not written:
             return False
-        if owner != values["compartment_patient_id"]:
-            if not claims.move(
-                conn,
-                version.resource_type,
-                version.resource_id,
-                owner,
-                values["compartment_patient_id"],
-                expected_version_id,
-            ):
-                return False
-            conn.execute(insert(resource).values(**version.current_row()))
-            owner = None
-    if not citus.active() or owner is not None:
-        if owner is not None:
-            del values["compartment_patient_id"]  # the distribution column never changes
+    else:
         result = conn.execute(
             update(resource)
             .where(
@@ -418,7 +407,6 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
                     resource.c.res_type == version.resource_type,
                     resource.c.res_id == version.resource_id,
                     resource.c.version_id == expected_version_id,
-                    *([] if owner is None else [resource.c.compartment_patient_id == owner]),
                 )
             )
             .values(**values)

@@ -23,7 +23,8 @@ from sqlalchemy import (
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.search.registry import SearchParameter
 from ehr_service.storage import citus, claims
-from ehr_service.storage.search_sql import owned, same_record, visible
+from ehr_service.storage.citus_sql import owned, same_record
+from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import (
     resource,
     search_date,

@@ -28,7 +28,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -47,6 +46,7 @@ from ehr_service.fhir.search.query import (
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
 from ehr_service.storage import citus
+from ehr_service.storage.citus_sql import in_keys, key_columns, pinned_owners, same_record, unowned
 from ehr_service.storage.tables import (
     KEY_CHARS,
     consent_refusal,
@@ -91,44 +91,6 @@ def visible(table: Any, view: Visibility, resource_type: str | None = None) -> C
         )
     combined: ColumnElement[bool] = and_(true(), *clauses)
     return combined
-
-
-def unowned(column: Any) -> ColumnElement[bool]:
-    """The row belongs to no record (on the Citus layout: the sentinel owner)."""
-    if citus.active():
-        return column == citus.UNOWNED  # type: ignore[no-any-return]
-    return column.is_(None)  # type: ignore[no-any-return]
-
-
-def owned(column: Any) -> ColumnElement[bool]:
-    """The row belongs to some record."""
-    if citus.active():
-        return column != citus.UNOWNED  # type: ignore[no-any-return]
-    return column.is_not(None)  # type: ignore[no-any-return]
-
-
-def same_record(table: Any, other: Any) -> list[ColumnElement[bool]]:
-    """On the Citus layout, the correlation of two co-located tables' rows on the
-    distribution column, so that the subquery runs on the shard of the outer row."""
-    if citus.active():
-        return [table.c.compartment_patient_id == other.c.compartment_patient_id]
-    return []
-
-
-def key_columns(table: Any) -> tuple[Any, ...]:
-    """What a subquery of matching resources selects: the id, and on the Citus
-    layout the record first (see ``in_keys``)."""
-    if citus.active():
-        return (table.c.compartment_patient_id, table.c.res_id)
-    return (table.c.res_id,)
-
-
-def in_keys(statement: Any) -> ColumnElement[bool]:
-    """``resource`` rows among a subquery of ``key_columns``: on the Citus layout
-    joined on the distribution column, so it pushes down to each shard whole."""
-    if citus.active():
-        return tuple_(resource.c.compartment_patient_id, resource.c.res_id).in_(statement)
-    return resource.c.res_id.in_(statement)
 
 
 def _about_someone_else(table: Any, patient: str | None) -> ColumnElement[bool]:
@@ -353,40 +315,10 @@ class SearchCompiler:
         self.view: Visibility = EVERYTHING  # set by where(); chains and _has inherit it
 
     def pinned_owners(self, resource_type: str, criteria: Sequence[Criterion]) -> set[str] | None:
-        """The records every match must be in, when a criterion says so (``subject=
-        Patient/X`` where the subject decides the owner): on the Citus layout the
-        search then runs on those records' shards only."""
+        """The records every match must be in, when a criterion says so."""
         if self.compartment is None:
             return None
-        for criterion in criteria:
-            parameter = criterion.parameter
-            if (
-                parameter.type != "reference"
-                or criterion.chain
-                or criterion.modifier not in (None, "Patient")
-                or not self.compartment.pins_owner(resource_type, parameter.expression)
-            ):
-                continue
-            owners = set()
-            for value in criterion.values:
-                if value.startswith(self.base_url + "/"):
-                    value = value[len(self.base_url) + 1 :]
-                parsed = parse_reference(value)
-                if parsed is not None and parsed.base is None:
-                    if parsed.resource_type != "Patient":
-                        break
-                    owners.add(parsed.resource_id)
-                elif (
-                    "/" not in value
-                    and ":" not in value
-                    and (criterion.modifier == "Patient" or parameter.targets == ("Patient",))
-                ):
-                    owners.add(value)
-                else:
-                    break
-            else:
-                return owners
-        return None
+        return pinned_owners(self.compartment, self.base_url, resource_type, criteria)
 
     # -- one value of one criterion -----------------------------------------
     def _value(
