@@ -40,6 +40,15 @@ def create(admin_url: URL, name: str) -> None:
         ).first()
         conn.execute(sa.text(_PROPAGATE))
         _drop(conn, name)
+    admin.dispose()
+    for host, port in nodes:  # one a run left on a worker only (not dropped from there)
+        node = sa.create_engine(admin_url.set(host=host, port=port), isolation_level="AUTOCOMMIT")
+        with node.connect() as conn:
+            _drop(conn, name)
+        node.dispose()
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(_PROPAGATE))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     for host, port in nodes:

@@ -164,6 +164,8 @@ def truncate_all(url: str) -> None:
             [t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES]
             + ([CLAIM] if PARTITIONS or CITUS else [])
         )
+        if CITUS and conn.execute(sa.text(f"SELECT to_regclass('{CLAIM}')")).scalar() is None:
+            names = names.removesuffix(f", {CLAIM}")  # a database of the plain layout
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
 
