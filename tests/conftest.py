@@ -25,11 +25,13 @@ from ehr_service.audit.sealing import Sealer
 from ehr_service.config import PROJECT_ROOT, Settings
 from ehr_service.exchange.keys import SigningKeys
 from ehr_service.interactions.context import Services
+from ehr_service.storage.citus import distribute
 from ehr_service.storage.database import Database, normalise_url
 from ehr_service.storage.migrate import upgrade
 from ehr_service.storage.partitioning import CLAIM, partition
 from ehr_service.storage.tables import metadata
 from ehr_service.storage.unit_of_work import UnitOfWork
+from tests import citus_cluster
 from tests.helpers import bearer, seal_all
 
 MIGRATIONS = PROJECT_ROOT / "migrations"
@@ -42,6 +44,10 @@ AUDIT_TABLES = {"audit_event", "audit_head", "audit_access", "audit_block", "aud
 # EHR_TEST_PARTITIONS=N: PostgreSQL databases hash-partitioned into N (CI runs the
 # PostgreSQL tests a second time that way).
 PARTITIONS = int(os.environ.get("EHR_TEST_PARTITIONS", "0"))
+# EHR_TEST_CITUS_URL: the PostgreSQL tests run on a Citus cluster in the layout of
+# ``migrate --citus`` (its coordinator; tests/citus_cluster.py), in place of
+# EHR_TEST_DATABASE_URL.
+CITUS = bool(citus_cluster.CITUS_URL)
 
 
 def _worker() -> str:
@@ -57,6 +63,9 @@ def fresh_database(url: str, suffix: str) -> str:
     parsed = make_url(normalise_url(url))
     name = f"{parsed.database}_{suffix}"
     _MADE.add(name)
+    if CITUS:
+        citus_cluster.create(parsed, name)
+        return parsed.set(database=name).render_as_string(hide_password=False)
     admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -67,7 +76,7 @@ def fresh_database(url: str, suffix: str) -> str:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    url = os.environ.get("EHR_TEST_DATABASE_URL")
+    url = citus_cluster.CITUS_URL or os.environ.get("EHR_TEST_DATABASE_URL")
     if not url:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but EHR_TEST_DATABASE_URL is not set: PostgreSQL tests must run")
@@ -81,6 +90,9 @@ def pg_url() -> Iterator[str]:
     if PARTITIONS:  # the scale-out layout (docs/scale.md): the same suite must pass on it
         with database.engine.begin() as conn:
             partition(conn, PARTITIONS)
+    if CITUS:  # the Citus layout (docs/scale.md): the same suite must pass on it
+        with database.engine.begin() as conn:
+            distribute(conn)
     database.dispose()
     yield worker_url
     # The audit chain is never truncated between tests: after the whole suite has run
@@ -111,6 +123,10 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
 
 
 def _drop_made(url: str) -> None:
+    if CITUS:
+        citus_cluster.drop(make_url(normalise_url(url)), sorted(_MADE))
+        _MADE.clear()
+        return
     admin = sa.create_engine(make_url(normalise_url(url)), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         for name in sorted(_MADE):
@@ -146,8 +162,10 @@ def truncate_all(url: str) -> None:
     with engine.begin() as conn:
         names = ", ".join(
             [t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES]
-            + ([CLAIM] if PARTITIONS else [])
+            + ([CLAIM] if PARTITIONS or CITUS else [])
         )
+        if CITUS and conn.execute(sa.text(f"SELECT to_regclass('{CLAIM}')")).scalar() is None:
+            names = names.removesuffix(f", {CLAIM}")  # a database of the plain layout
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
 

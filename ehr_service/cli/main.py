@@ -76,22 +76,40 @@ def migrate(
             "compartment patient id into this many partitions (docs/scale.md)"
         ),
     ] = None,
+    citus: Annotated[
+        bool,
+        typer.Option(
+            "--citus",
+            help="Citus coordinator, new database with the extension and workers added: "
+            "distribute the patient-owned tables by compartment patient id (docs/scale.md)",
+        ),
+    ] = False,
 ) -> None:
     """Create or upgrade the database schema (Alembic migrations)."""
+    from ehr_service.storage.citus import CitusError
     from ehr_service.storage.database import Database
-    from ehr_service.storage.migrate import partition_database, upgrade
+    from ehr_service.storage.migrate import distribute_database, partition_database, upgrade
     from ehr_service.storage.partitioning import PartitioningError
 
     settings = settings_from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.effective_database_url)
+    if citus and partitions is not None:
+        typer.echo("choose --partitions or --citus, not both", err=True)
+        raise typer.Exit(2)
     try:
         upgrade(database, settings.migrations_dir, revision)
+        if citus:
+            changed = distribute_database(database)
+            typer.echo(f"laid out for Citus: {', '.join(changed) or 'already'}")
         if partitions is not None:
             changed = partition_database(database, partitions)
             typer.echo(f"partitioned into {partitions}: {', '.join(changed) or 'already'}")
     except PartitioningError as exc:
         typer.echo(f"not partitioned: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except CitusError as exc:
+        typer.echo(f"not laid out for Citus: {exc}", err=True)
         raise typer.Exit(2) from None
     finally:
         database.dispose()

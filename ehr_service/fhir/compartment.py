@@ -57,9 +57,14 @@ EVERYTHING = Visibility(None)
 class PatientCompartment:
     """Compiled membership paths of the Patient compartment, per resource type."""
 
-    def __init__(self, paths: dict[str, tuple[tuple[str, ...], ...]]) -> None:
+    def __init__(
+        self,
+        paths: dict[str, tuple[tuple[str, ...], ...]],
+        singular: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         self._paths = paths
         self._members = frozenset(paths) | {"Patient"}
+        self._singular = singular  # (type, element) that holds one value, not a list
 
     @classmethod
     def load(cls, profiles_dir: Path) -> PatientCompartment:
@@ -87,7 +92,27 @@ class PatientCompartment:
                             compiled.append(keys)
             if compiled:
                 paths[resource_type] = tuple(compiled)
-        return cls(paths)
+        types = jsonio.loads((profiles_dir / "r4-xml.json").read_bytes())["types"]
+        singular = frozenset(
+            (resource_type, name)
+            for resource_type in paths
+            for name, is_list, *_ in types.get(resource_type, {}).get("", [])
+            if not is_list
+        )
+        return cls(paths, singular)
+
+    def pins_owner(self, resource_type: str, expression: str) -> bool:
+        """Whether a resource whose reference search parameter of this expression
+        points to Patient/X is owned by X: the expression is the type's first
+        compartment path, and a single element (the owner is the first Patient
+        reference found on those paths, in order)."""
+        first = self._paths.get(resource_type, ((),))[0]
+        path = _WHERE_PATIENT.sub("", expression.strip())
+        return (
+            len(first) == 1
+            and path == f"{resource_type}.{first[0]}"
+            and (resource_type, first[0]) in self._singular
+        )
 
     def member_types(self) -> frozenset[str]:
         return self._members

@@ -57,7 +57,7 @@ def matching_ids(
             f"Conditional criteria use parameters this server cannot apply: {names}",
             code="not-supported",
         )
-    where = SearchCompiler(ctx.base_url).where(
+    where = SearchCompiler(ctx.base_url, ctx.services.compartment).where(
         resource_type, request.criteria, request.reverse_chains, view=ctx.view
     )
     return [f.resource_id for f in search_queries.page(conn, where, [], limit=limit)]

@@ -126,7 +126,9 @@ def _outside_the_record(
     page_ids = {(f.resource_type, f.resource_id) for f in found}
     referenced = [
         r
-        for r in dict.fromkeys(search_queries.references_from(conn, list(page_ids)))
+        for r in dict.fromkeys(
+            search_queries.references_from(conn, list(page_ids), {f.owner for f in found})
+        )
         if r not in page_ids and r[0] != "Patient" and (not types or r[0] in types)
     ]
     if not referenced:

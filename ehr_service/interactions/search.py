@@ -39,8 +39,11 @@ def _issue(message: str) -> Issue:
     return Issue(message, "not-supported", "warning")
 
 
-def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool, type]]:
-    """(SQL sort key, descending, Python type of its values) per ``_sort`` key."""
+def _sort(
+    request: SearchRequest, parser: SearchParser, owners: set[str] | None = None
+) -> list[tuple[Any, bool, type]]:
+    """(SQL sort key, descending, Python type of its values) per ``_sort`` key
+    (``owners``: the records the criteria pin the matches to, if any)."""
     order = []
     for raw in request.result.get("_sort", []):
         for key in raw.split(","):
@@ -57,7 +60,8 @@ def _sort(request: SearchRequest, parser: SearchParser) -> list[tuple[Any, bool,
             kind = _SORT_VALUE_TYPES.get(parameter.type, str)
             if parameter.code == "_lastUpdated":
                 kind = datetime
-            order.append((search_queries.sort_key(parameter, descending), descending, kind))
+            key = search_queries.sort_key(parameter, descending, owners)
+            order.append((key, descending, kind))
     return order
 
 
@@ -102,11 +106,11 @@ def search(
     elements = requested_elements(resource_type, request.result)
     specs = parse_includes(request.result, ctx.services.registry)
     check_contained(request.result)
-    sort = _sort(request, parser)
+    compiler = SearchCompiler(ctx.base_url, ctx.services.compartment)
+    sort = _sort(request, parser, compiler.pinned_owners(resource_type, request.criteria))
     order = [(key, descending) for key, descending, _ in sort]
     cursor = first_value(request.result, "_cursor")
     direction, position = decode_cursor(cursor, [kind for _, _, kind in sort])
-    compiler = SearchCompiler(ctx.base_url)
     where = compiler.where(resource_type, request.criteria, request.reverse_chains, view=ctx.view)
     backwards = direction == "p"
 

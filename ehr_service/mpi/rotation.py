@@ -51,7 +51,7 @@ def rotate_stored(unit: UnitOfWork, protection: IdNumberProtection, batch: int =
                     if versions:
                         continue
                     numbers, own = protection.numbers_in(new_content or content)
-                    resource_type, resource_id = key
+                    resource_type, resource_id = key[-2:]  # the record leads it on Citus
                     done.retokened += identity_store.retoken(
                         conn, resource_type, resource_id, protection.retokens(numbers)
                     )

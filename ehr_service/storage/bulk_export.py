@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from ehr_service.storage.citus_sql import owned, unowned
 from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
 
 # The conditions of one compiled search (``SearchCompiler.where``): a ``_typeFilter``.
@@ -104,12 +105,12 @@ def page(
     if patients is not None:
         conditions.append(owner.in_(list(patients)))
     elif compartment_only:
-        conditions.append(owner.is_not(None))
+        conditions.append(owned(owner))
     if refused_actors:
         refused = select(consent_refusal.c.patient_id).where(
             consent_refusal.c.actor.in_(list(refused_actors))
         )
-        conditions.append(or_(owner.is_(None), and_(owner.is_not(None), owner.not_in(refused))))
+        conditions.append(or_(unowned(owner), and_(owned(owner), owner.not_in(refused))))
     if matching:
         conditions.append(or_(*(and_(*clauses) for clauses in matching)))
     rows = conn.execute(

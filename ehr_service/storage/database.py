@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, Pen
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.storage import citus
 from ehr_service.storage.stall import StallWatchdog
 
 _WRITE = "ehr_write"
@@ -232,7 +233,12 @@ class Database:
     def transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
         """One transaction: commits when the block ends, rolls back on error. Only
         the unit of work (``storage.unit_of_work``) calls this."""
-        with _too_costly(), self._connect(write=write, snapshot=snapshot) as conn, conn.begin():
+        with (
+            _too_costly(),
+            self._connect(write=write, snapshot=snapshot) as conn,
+            conn.begin(),
+            citus.layout(citus.is_citus(conn)),
+        ):
             yield conn
 
     @contextmanager

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from ehr_service.fhir.errors import Category, FhirError
+from ehr_service.storage import citus
 from ehr_service.storage.search_sql import text_equals
 from ehr_service.storage.tables import (
     resident_id_number,
@@ -237,6 +238,9 @@ def sealed_batch(
     if versions:
         table = resource_version
         key_columns = (resource_version.c.seq,)
+    elif citus.active():  # keyed by record too: each row is then locked on its shard
+        table = resource
+        key_columns = (resource.c.compartment_patient_id, resource.c.res_type, resource.c.res_id)
     else:
         table = resource
         key_columns = (resource.c.res_type, resource.c.res_id)
@@ -249,10 +253,33 @@ def sealed_batch(
         typed: tuple[Any, ...] = (int(after[0]),) if versions else after
         query = query.where(tuple_(*key_columns) > typed)
     query = query.order_by(*key_columns).limit(limit)
+    if not versions and citus.active():
+        return _locked_one_by_one(conn, conn.execute(query).all())
     if not versions and conn.dialect.name == "postgresql":
         query = query.with_for_update()  # a concurrent update waits, and is not undone
     rows = conn.execute(query).all()
     return [(tuple(str(v) for v in row[:-1]), bytes(row[-1])) for row in rows]
+
+
+def _locked_one_by_one(
+    conn: Connection, rows: Sequence[Any]
+) -> list[tuple[tuple[str, ...], bytes]]:
+    """Citus locks rows of one shard per statement: each found row is locked and
+    read again on its record's shard (what a concurrent writer left is resealed)."""
+    held: list[tuple[tuple[str, ...], bytes]] = []
+    for owner, resource_type, resource_id, _ in rows:
+        content = conn.execute(
+            select(resource.c.content)
+            .where(
+                resource.c.compartment_patient_id == owner,
+                resource.c.res_type == resource_type,
+                resource.c.res_id == resource_id,
+            )
+            .with_for_update()
+        ).scalar()
+        if content is not None:
+            held.append(((owner, resource_type, resource_id), bytes(content)))
+    return held
 
 
 def replace_sealed(
@@ -262,6 +289,16 @@ def replace_sealed(
         conn.execute(
             update(resource_version)
             .where(resource_version.c.seq == int(key[0]))
+            .values(content=content)
+        )
+    elif len(key) == 3:  # (record, type, id): the Citus layout
+        conn.execute(
+            update(resource)
+            .where(
+                resource.c.compartment_patient_id == key[0],
+                resource.c.res_type == key[1],
+                resource.c.res_id == key[2],
+            )
             .values(content=content)
         )
     else:

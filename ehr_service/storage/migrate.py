@@ -51,6 +51,15 @@ def install_audit_guard(database: Database) -> None:
         audit_guard.install(conn)
 
 
+def distribute_database(database: Database) -> list[str]:
+    """``migrate --citus``: the Citus layout (storage.citus); returns the tables
+    distributed or made reference tables."""
+    from ehr_service.storage.citus import distribute
+
+    with database.engine.begin() as conn:
+        return distribute(conn)
+
+
 def is_at_head(database: Database, migrations_dir: Path) -> bool:
     """True when the database schema is at the newest migration."""
     script = ScriptDirectory.from_config(alembic_config(migrations_dir, database.url))

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.errors import Issue
 from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage import citus, claims
 from ehr_service.storage import exchange as exchange_store
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.consent import replace_refusals
@@ -87,7 +88,7 @@ class NewVersion:
             "last_updated": self.last_updated,
             "method": self.method,
             "deleted": self.content is None,
-            "compartment_patient_id": self.compartment_patient_id,
+            "compartment_patient_id": citus.owner_key(self.compartment_patient_id),
             "content": self.content,
         }
 
@@ -98,7 +99,7 @@ class NewVersion:
             "version_id": self.version_id,
             "last_updated": self.last_updated,
             "deleted": self.content is None,
-            "compartment_patient_id": self.compartment_patient_id,
+            "compartment_patient_id": citus.owner_key(self.compartment_patient_id),
             "content": self.content if self.content is not None else b"",
         }
 
@@ -117,7 +118,7 @@ def _current(row: Any) -> StoredVersion:
         row.last_updated,
         row.deleted,
         _bytes(row.content),
-        row.compartment_patient_id,
+        citus.owner_of(row.compartment_patient_id),
     )
 
 
@@ -129,7 +130,7 @@ def _version(row: Any) -> StoredVersion:
         row.last_updated,
         row.deleted,
         _bytes(row.content),
-        row.compartment_patient_id,
+        citus.owner_of(row.compartment_patient_id),
         row.method,
         row.seq,
     )
@@ -235,7 +236,12 @@ def read_current(
     params: dict[str, Any] = {"r_type": resource_type, "r_id": resource_id}
     if refused_actors:
         params["r_actors"] = list(refused_actors)
-    row = conn.execute(_current_statement(lock, bool(refused_actors)), params).first()
+    owned = citus.active()
+    if owned:  # the claim says which record (shard) holds it: one single-shard read
+        params["r_owner"] = claims.owner(conn, resource_type, resource_id)
+        if params["r_owner"] is None:
+            return None
+    row = conn.execute(_current_statement(lock, bool(refused_actors), owned), params).first()
     if row is None:
         return None
     stored = _current(row)
@@ -243,15 +249,17 @@ def read_current(
 
 
 @cache
-def _current_statement(lock: bool, consent: bool) -> Any:
+def _current_statement(lock: bool, consent: bool, owned: bool = False) -> Any:
     """The read of a current version, built once (the hottest statement: SQLAlchemy
     then neither rebuilds it nor recomputes its cache key per call)."""
     columns: list[Any] = list(_CURRENT_COLUMNS)
     if consent:
+        # On Citus the record is named in the subquery too: its shard is then known.
+        record = bindparam("r_owner") if owned else resource.c.compartment_patient_id
         columns.append(
             exists()
             .where(
-                consent_refusal.c.patient_id == resource.c.compartment_patient_id,
+                consent_refusal.c.patient_id == record,
                 consent_refusal.c.actor.in_(bindparam("r_actors", expanding=True)),
             )
             .label("refused")
@@ -259,24 +267,32 @@ def _current_statement(lock: bool, consent: bool) -> Any:
     query = select(*columns).where(
         resource.c.res_type == bindparam("r_type"), resource.c.res_id == bindparam("r_id")
     )
+    if owned:
+        query = query.where(resource.c.compartment_patient_id == bindparam("r_owner"))
     return query.with_for_update(of=resource) if lock else query
 
 
 def read_version(
     conn: Connection, resource_type: str, resource_id: str, version_id: int
 ) -> StoredVersion | None:
-    row = conn.execute(
-        select(resource_version).where(
-            resource_version.c.res_type == resource_type,
-            resource_version.c.res_id == resource_id,
-            resource_version.c.version_id == version_id,
-        )
-    ).first()
+    statement = select(resource_version).where(
+        resource_version.c.res_type == resource_type,
+        resource_version.c.res_id == resource_id,
+        resource_version.c.version_id == version_id,
+    )
+    if citus.active():
+        owner = claims.owner(conn, resource_type, resource_id)
+        if owner is None:
+            return None
+        statement = statement.where(resource_version.c.compartment_patient_id == owner)
+    row = conn.execute(statement).first()
     return None if row is None else _version(row)
 
 
 def existing(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which of these (type, id) are stored (deleted ones too: their ids are taken)."""
+    if citus.active():
+        return set(claims.owners(conn, keys))
     found: set[tuple[str, str]] = set()
     by_type: dict[str, list[str]] = {}
     for resource_type, resource_id in keys:
@@ -296,6 +312,10 @@ def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> None:
     if not versions:
         return
     current = [v.current_row() for v in versions]
+    if citus.active():
+        claims.take(
+            conn, [(r["res_type"], r["res_id"], r["compartment_patient_id"]) for r in current]
+        )
     bulk_insert(
         conn, resource, _CURRENT_NAMES, [tuple(r[c] for c in _CURRENT_NAMES) for r in current]
     )
@@ -330,7 +350,14 @@ def insert_if_absent(conn: Connection, version: NewVersion) -> bool:
         .on_conflict_do_nothing()  # the logical id, (with the patient, when partitioned)
         .returning(resource.c.res_id)
     )
-    if is_partitioned(conn):
+    if citus.active():
+        row = version.current_row()
+        if not claims.take_if_free(
+            conn, row["res_type"], row["res_id"], row["compartment_patient_id"]
+        ):
+            return False
+        inserted = conn.execute(statement).first()
+    elif is_partitioned(conn):
         try:  # the id taken in another record's partition: its claim is the conflict
             with savepoint(conn):
                 inserted = conn.execute(statement).first()
@@ -364,24 +391,33 @@ def replace_current(conn: Connection, version: NewVersion, expected_version_id: 
     values = version.current_row()
     if version.content is None:
         values.pop("content")  # the current row of a deleted resource keeps its last content
-    result = conn.execute(
-        update(resource)
-        .where(
-            and_(
-                resource.c.res_type == version.resource_type,
-                resource.c.res_id == version.resource_id,
-                resource.c.version_id == expected_version_id,
+    owner: str | None = None
+    if citus.active():  # on the record's shard; a move to another record is delete + insert
+        written, owner = claims.write_current(
+            conn, version.resource_type, version.resource_id, values, version.current_row(),
+            expected_version_id,
+        )  # fmt: skip
+        if not written:
+            return False
+    else:
+        result = conn.execute(
+            update(resource)
+            .where(
+                and_(
+                    resource.c.res_type == version.resource_type,
+                    resource.c.res_id == version.resource_id,
+                    resource.c.version_id == expected_version_id,
+                )
             )
+            .values(**values)
         )
-        .values(**values)
-    )
-    if result.rowcount != 1:
-        return False
+        if result.rowcount != 1:
+            return False
     conn.execute(insert(resource_version).values(**version.version_row()))
     _hold_identity(conn, version)
     _hold_consent(conn, version)
     _queue(conn, [version])
-    delete_index(conn, version.resource_type, version.resource_id)
+    delete_index(conn, version.resource_type, version.resource_id, owner)
     if version.index is not None:
         insert_index(
             conn,

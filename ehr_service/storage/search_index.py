@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Table, delete
 
 from ehr_service.fhir.search.values import IndexRows
+from ehr_service.storage import citus
 from ehr_service.storage.bulk import bulk_insert
 from ehr_service.storage.tables import (
     INDEX_TABLES,
@@ -45,7 +46,7 @@ def insert_index(
     """Insert the index rows of resources (type, id, compartment patient, rows)."""
     for name, (table, columns) in _LAYOUT.items():
         rows = [
-            (resource_type, resource_id, patient_id, *row)
+            (resource_type, resource_id, citus.owner_key(patient_id), *row)
             for resource_type, resource_id, patient_id, index in entries
             for row in getattr(index, name)
         ]
@@ -54,11 +55,18 @@ def insert_index(
         )
 
 
-def delete_index(conn: Connection, resource_type: str, resource_id: str) -> None:
+def delete_index(
+    conn: Connection, resource_type: str, resource_id: str, owner: str | None = None
+) -> None:
+    """Remove a resource's index rows (on the Citus layout, ``owner``: its record's
+    stored distribution value, so that this is a single-shard delete)."""
     for table in INDEX_TABLES:
-        conn.execute(
-            delete(table).where(table.c.res_type == resource_type, table.c.res_id == resource_id)
+        statement = delete(table).where(
+            table.c.res_type == resource_type, table.c.res_id == resource_id
         )
+        if owner is not None:
+            statement = statement.where(table.c.compartment_patient_id == owner)
+        conn.execute(statement)
 
 
 def clear_index(conn: Connection, resource_type: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from sqlalchemy import (
 
 from ehr_service.fhir.compartment import EVERYTHING, Visibility
 from ehr_service.fhir.search.registry import SearchParameter
+from ehr_service.storage import citus, claims
+from ehr_service.storage.citus_sql import owned, same_record
 from ehr_service.storage.search_sql import visible
 from ehr_service.storage.tables import (
     resource,
@@ -68,8 +70,12 @@ class Position:
     resource_id: str
 
 
-def sort_key(parameter: SearchParameter, descending: bool) -> Any:
-    """The value a resource sorts by: its smallest (ascending) or largest value."""
+def sort_key(
+    parameter: SearchParameter, descending: bool, owners: Collection[str] | None = None
+) -> Any:
+    """The value a resource sorts by: its smallest (ascending) or largest value.
+    ``owners``: the records the matches are pinned to; on the Citus layout they are
+    named in the subquery too, so that the whole search stays on their shards."""
     if parameter.code == "_id":
         return resource.c.res_id
     if parameter.code == "_lastUpdated":
@@ -82,6 +88,12 @@ def sort_key(parameter: SearchParameter, descending: bool) -> Any:
     return (
         select(aggregate)
         .where(
+            *same_record(table, resource),
+            *(
+                [table.c.compartment_patient_id.in_(sorted(owners))]
+                if owners and citus.active()
+                else []
+            ),
             table.c.res_type == resource.c.res_type,
             table.c.res_id == resource.c.res_id,
             table.c.param.in_(parameter.stored_as),
@@ -110,7 +122,7 @@ def page(
             r.res_id,
             bytes(r.content),
             tuple(r[3 + i] for i in range(len(order))),
-            r.compartment_patient_id,
+            citus.owner_of(r.compartment_patient_id),
         )
         for r in rows
     ]
@@ -203,6 +215,11 @@ def read_many(
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         conditions = [_by_type(resource, chunk), resource.c.deleted == false()]
+        if citus.active():  # the claims say which records (shards) hold them
+            owners = claims.owners(conn, chunk)
+            if not owners:
+                continue
+            conditions.append(resource.c.compartment_patient_id.in_(sorted(set(owners.values()))))
         if view.restricts:
             conditions.append(visible(resource, view))
         rows = conn.execute(
@@ -214,7 +231,9 @@ def read_many(
             ).where(*conditions)
         ).all()
         found.extend(
-            Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id)
+            Found(
+                r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id)
+            )
             for r in rows
         )
     return found
@@ -283,7 +302,7 @@ def _compartment_conditions(
     if patient_id is not None:
         conditions.append(resource.c.compartment_patient_id == patient_id)
     else:
-        conditions.append(resource.c.compartment_patient_id.is_not(None))
+        conditions.append(owned(resource.c.compartment_patient_id))
     if types:
         conditions.append(resource.c.res_type.in_(types))
     if since is not None:
@@ -318,7 +337,8 @@ def compartment_page(
         .limit(limit)
     ).all()
     return [
-        Found(r.res_type, r.res_id, bytes(r.content), (), r.compartment_patient_id) for r in rows
+        Found(r.res_type, r.res_id, bytes(r.content), (), citus.owner_of(r.compartment_patient_id))
+        for r in rows
     ]
 
 
@@ -336,15 +356,22 @@ def compartment_count(
 
 
 def references_from(
-    conn: Connection, identities: Sequence[tuple[str, str]]
+    conn: Connection,
+    identities: Sequence[tuple[str, str]],
+    owners: Collection[str | None] | None = None,
 ) -> list[tuple[str, str]]:
-    """(type, id) of every resource the given resources refer to."""
+    """(type, id) of every resource the given resources refer to (``owners``: the
+    records they are in, named on the Citus layout so only their shards are read)."""
     if not identities:
         return []
     ref = search_reference
+    records = []
+    if owners is not None and citus.active():
+        records = [ref.c.compartment_patient_id.in_(sorted({citus.owner_key(o) for o in owners}))]
     rows = conn.execute(
         select(ref.c.target_type, ref.c.target_id)
         .where(
+            *records,
             _by_type(ref, identities),
             ref.c.target_id.is_not(None),
             ref.c.target_type.is_not(None),
@@ -376,6 +403,7 @@ def referenced_before(
         grouped.setdefault(target_type, []).append(target_id)
     referrer = [
         *_compartment_conditions(patient_id, types, since, view),
+        *same_record(resource, ref),
         resource.c.res_type == ref.c.res_type,
         resource.c.res_id == ref.c.res_id,
     ]
@@ -394,7 +422,7 @@ def referenced_before(
             ),
             ref.c.compartment_patient_id == patient_id
             if patient_id is not None
-            else ref.c.compartment_patient_id.is_not(None),
+            else owned(ref.c.compartment_patient_id),
             tuple_(ref.c.res_type, ref.c.res_id) <= before,
             exists(select(literal(1)).where(*referrer)),
         )

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ehr_service.fhir.compartment import EVERYTHING, Visibility
+from ehr_service.fhir.compartment import EVERYTHING, PatientCompartment, Visibility
 from ehr_service.fhir.errors import Category, FhirError
 from ehr_service.fhir.json_types import decimal_in_range
 from ehr_service.fhir.primitives import date_range, utc_now
@@ -45,6 +45,8 @@ from ehr_service.fhir.search.query import (
 )
 from ehr_service.fhir.search.registry import COLUMN_PARAMETERS, SearchParameter
 from ehr_service.fhir.search.values import DATE_MAX, DATE_MIN, normalise
+from ehr_service.storage import citus
+from ehr_service.storage.citus_sql import in_keys, key_columns, pinned_owners, same_record, unowned
 from ehr_service.storage.tables import (
     KEY_CHARS,
     consent_refusal,
@@ -107,6 +109,7 @@ def _about_someone_else(table: Any, patient: str | None) -> ColumnElement[bool]:
     ``patient``): outside every compartment, yet someone else's data."""
     ref = search_reference
     return exists().where(
+        *same_record(ref, table),
         ref.c.res_type == table.c.res_type,
         ref.c.res_id == table.c.res_id,
         ref.c.target_type == "Patient",
@@ -123,12 +126,12 @@ def _compartment(table: Any, view: Visibility, resource_type: str | None) -> Col
         return or_(
             owned,
             and_(
-                table.c.compartment_patient_id.is_(None),
+                unowned(table.c.compartment_patient_id),
                 ~_about_someone_else(table, view.patient),
             ),
         )
     shared = and_(
-        table.c.compartment_patient_id.is_(None),
+        unowned(table.c.compartment_patient_id),
         table.c.res_type.not_in(sorted(view.member_types)),
         ~_about_someone_else(table, view.patient),
     )
@@ -317,9 +320,16 @@ def _selectivity_rank(criterion: Criterion) -> int:
 
 
 class SearchCompiler:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, compartment: PatientCompartment | None = None) -> None:
         self.base_url = base_url
+        self.compartment = compartment  # to see which criteria pin the record (Citus)
         self.view: Visibility = EVERYTHING  # set by where(); chains and _has inherit it
+
+    def pinned_owners(self, resource_type: str, criteria: Sequence[Criterion]) -> set[str] | None:
+        """The records every match must be in, when a criterion says so."""
+        if self.compartment is None:
+            return None
+        return pinned_owners(self.compartment, self.base_url, resource_type, criteria)
 
     # -- one value of one criterion -----------------------------------------
     def _value(
@@ -446,7 +456,7 @@ class SearchCompiler:
             (reference, target_type), *rest = criterion.chain
             inner = Criterion(parameter, criterion.modifier, criterion.values, tuple(rest))
             ref = search_reference
-            return select(ref.c.res_id).where(
+            return select(*key_columns(ref)).where(
                 ref.c.res_type == resource_type,
                 ref.c.param == reference.code,
                 ref.c.target_type == target_type,
@@ -454,7 +464,7 @@ class SearchCompiler:
                 ref.c.target_id.in_(self.live_ids(target_type, [inner])),
             )
         if parameter.code == "_id":
-            return select(resource.c.res_id).where(
+            return select(*key_columns(resource)).where(
                 resource.c.res_type == resource_type, resource.c.res_id.in_(_ids(criterion.values))
             )
         if parameter.code == "_lastUpdated":
@@ -462,13 +472,13 @@ class SearchCompiler:
                 _compare_dates(resource.c.last_updated, resource.c.last_updated, *split_prefix(v))
                 for v in criterion.values
             ]
-            return select(resource.c.res_id).where(
+            return select(*key_columns(resource)).where(
                 resource.c.res_type == resource_type, or_(*clauses)
             )
         table = _TABLES[parameter.type]
         names = stored_names(parameter, criterion.modifier)
         clauses = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
-        return select(table.c.res_id).where(
+        return select(*key_columns(table)).where(
             table.c.res_type == resource_type, table.c.param.in_(names), or_(*clauses)
         )
 
@@ -486,15 +496,15 @@ class SearchCompiler:
                 return false() if criterion.values == ("true",) else true()
             if table is None:
                 return false() if criterion.values == ("true",) else true()
-            present = select(table.c.res_id).where(
+            present = select(*key_columns(table)).where(
                 table.c.res_type == resource_type, table.c.param.in_(parameter.stored_as)
             )
             if criterion.values == ("true",):
-                return not_(resource.c.res_id.in_(present))
-            return resource.c.res_id.in_(present)
+                return not_(in_keys(present))
+            return in_keys(present)
         if criterion.modifier == "not":
             plain = Criterion(parameter, None, criterion.values, criterion.chain)
-            return not_(resource.c.res_id.in_(self.ids_matching(resource_type, plain)))
+            return not_(in_keys(self.ids_matching(resource_type, plain)))
         if parameter.code == "_id":
             return resource.c.res_id.in_(_ids(criterion.values))
         if parameter.code == "_lastUpdated":
@@ -507,7 +517,7 @@ class SearchCompiler:
                 )
             )
         if drives or criterion.chain:
-            return resource.c.res_id.in_(self.ids_matching(resource_type, criterion))
+            return in_keys(self.ids_matching(resource_type, criterion))
         table = _TABLES[parameter.type]
         names = stored_names(parameter, criterion.modifier)
         values = [self._value(parameter, criterion.modifier, v) for v in criterion.values]
@@ -515,6 +525,7 @@ class SearchCompiler:
         # take the value index by (type, param) and scan the parameter's every row.
         return exists(
             select(literal(1)).where(
+                *same_record(table, resource),
                 table.c.res_type == resource.c.res_type,
                 table.c.res_id == resource.c.res_id,
                 not_an_index_key(table.c.param).in_(names),
@@ -560,6 +571,9 @@ class SearchCompiler:
         ]
         if view.restricts:  # a patient-bound caller, or consent refusals
             clauses.append(visible(resource, view, resource_type))
+        owners = self.pinned_owners(resource_type, criteria) if citus.active() else None
+        if owners is not None:
+            clauses.append(resource.c.compartment_patient_id.in_(sorted(owners)))
         driver = min(criteria, key=_selectivity_rank, default=None) if drive else None
         clauses.extend(
             self.criterion_clause(resource_type, c, drives=c is driver) for c in criteria

@@ -29,9 +29,20 @@ def _storage_bytes(url: str, data_dir: Path) -> int:
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            return int(
+            size = int(
                 conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()
             )
+            if conn.execute(sa.text("SELECT to_regclass('citus_tables') IS NOT NULL")).scalar():
+                # the shards are on the workers: their sizes, beside the coordinator's own
+                size += int(
+                    conn.execute(
+                        sa.text(
+                            "SELECT coalesce(sum(citus_total_relation_size(table_name)), 0) "
+                            "FROM citus_tables"
+                        )
+                    ).scalar_one()
+                )
+            return size
     finally:
         engine.dispose()
 

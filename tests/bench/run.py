@@ -7,6 +7,9 @@ latency of a real server process over loopback.
 
 PostgreSQL: ``EHR_BENCH_DATABASE_URL`` (default: a database ``ehr_bench`` on
 127.0.0.1:5432, created if missing); skipped with a note if unreachable.
+Citus: ``EHR_BENCH_CITUS_URL``, a coordinator database with its workers added
+(tests/citus_cluster.py); when set, the HTTP and import sections also run on
+databases laid out by ``migrate --citus``, beside the other backends.
 Samples: the Synthea bundles of ``EHR_SAMPLES_DIR`` (or ../shared), plus the
 copy kept in tests/data.
 """
@@ -269,6 +272,27 @@ def export_everything(
     }
 
 
+def _fresh_citus(name: str) -> str | None:
+    """A new database on the Citus cluster of EHR_BENCH_CITUS_URL, migrated and laid
+    out for Citus (None when no cluster is configured)."""
+    base = os.environ.get("EHR_BENCH_CITUS_URL")
+    if not base:
+        return None
+    from ehr_service.config import PROJECT_ROOT
+    from ehr_service.storage.database import Database
+    from ehr_service.storage.migrate import distribute_database, upgrade
+    from tests import citus_cluster
+
+    parsed = make_url(normalise_url(base))
+    citus_cluster.create(parsed, name)
+    url = parsed.set(database=name).render_as_string(hide_password=False)
+    database = Database(url)
+    upgrade(database, PROJECT_ROOT / "migrations")
+    distribute_database(database)
+    database.dispose()
+    return url
+
+
 def _fresh_pg(name: str) -> str | None:
     base = os.environ.get("EHR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/x")
     return _pg_url(
@@ -394,6 +418,9 @@ def main() -> None:
     pg = _pg_url()
     if pg:
         backends.append(("postgresql", pg))
+    citus = _fresh_citus("ehr_bench_citus")
+    if citus:
+        backends.append(("citus", citus))
     results: list[dict[str, Any]] = []
     search_rows: list[dict[str, Any]] = []
     mpi_rows: list[dict[str, Any]] = []
@@ -578,6 +605,9 @@ def main() -> None:
         pg_import = _fresh_pg("ehr_bench_import")
         if pg_import:
             import_rows.append(import_bench.run("postgresql", pg_import, residents))
+        citus_import = _fresh_citus("ehr_bench_citus_import")
+        if citus_import:
+            import_rows.append(import_bench.run("citus", citus_import, residents))
         _table(import_rows, [
             ("backend", "backend", ""), ("resources", "resources", ","),
             ("workers", "workers", "d"), ("import res/s", "import_resources_per_s", ","),

@@ -28,7 +28,7 @@ def test_a_connection_that_died_while_idle_is_replaced(
         assert _backend(unit) == first  # pooled: the same connection again
         admin = sa.create_engine(pg_url)
         with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": first})
+            conn.execute(sa.text("SELECT pg_terminate_backend(CAST(:p AS integer))"), {"p": first})
         admin.dispose()
         monkeypatch.setattr(database_module, "IDLE_PING_SECONDS", 0.0)
         second = _backend(unit)  # pinged on checkout, found dead, replaced

@@ -20,10 +20,15 @@ from ehr_service.fhir.search.query import SearchParser
 from ehr_service.interactions.context import Services
 from ehr_service.storage import search_queries
 from ehr_service.storage.search_sql import SearchCompiler
-from tests.conftest import sample_bundles, truncate_all
+from tests.conftest import CITUS, sample_bundles, truncate_all
 from tests.helpers import FHIR_JSON, bearer
 
-pytestmark = pytest.mark.pg
+pytestmark = [
+    pytest.mark.pg,
+    pytest.mark.skipif(
+        CITUS, reason="plain-layout plans: on Citus the plans are checked by tests/pg/test_citus.py"
+    ),
+]
 
 LARGE_TABLES = ("resource", "search_token", "search_reference", "search_date", "search_string")
 
