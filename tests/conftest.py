@@ -164,8 +164,10 @@ def truncate_all(url: str) -> None:
             [t.name for t in metadata.sorted_tables if t.name not in AUDIT_TABLES]
             + ([CLAIM] if PARTITIONS or CITUS else [])
         )
-        if CITUS and conn.execute(sa.text(f"SELECT to_regclass('{CLAIM}')")).scalar() is None:
-            names = names.removesuffix(f", {CLAIM}")  # a database of the plain layout
+        if (PARTITIONS or CITUS) and conn.execute(
+            sa.text(f"SELECT to_regclass('{CLAIM}')")
+        ).scalar() is None:  # a database of the plain layout (a second region's)
+            names = names.removesuffix(f", {CLAIM}")
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     engine.dispose()
 
