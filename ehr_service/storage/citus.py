@@ -30,6 +30,8 @@ from contextvars import ContextVar
 
 from sqlalchemy import Connection, Engine, text
 
+from ehr_service.storage.partitioning import engine_fact
+
 CLAIM = "resource_id_claim"
 # No FHIR id ([A-Za-z0-9.-]{1,64}) is this: the record of resources outside any record.
 UNOWNED = "~"
@@ -65,23 +67,21 @@ class CitusError(Exception):
 
 def is_citus(conn: Connection) -> bool:
     """Whether this database's resource table is distributed (cached per engine)."""
-    if conn.dialect.name != "postgresql":
-        return False
-    engine = conn.engine
-    if engine not in _known:
-        _known[engine] = bool(
-            conn.execute(
-                text("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
-            ).scalar_one()
-        ) and bool(
-            conn.execute(
-                text(
-                    "SELECT EXISTS (SELECT 1 FROM pg_dist_partition "
-                    "WHERE logicalrelid = to_regclass('resource'))"
-                )
-            ).scalar_one()
-        )
-    return _known[engine]
+    return engine_fact(_known, conn, _distributed)
+
+
+def _distributed(conn: Connection) -> bool:
+    has_citus = conn.execute(
+        text("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+    ).scalar_one()
+    return bool(has_citus) and bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition "
+                "WHERE logicalrelid = to_regclass('resource'))"
+            )
+        ).scalar_one()
+    )
 
 
 def active() -> bool:

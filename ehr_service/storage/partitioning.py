@@ -21,6 +21,7 @@ on the partitioned tables as they are (columns and indexes propagate).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, text
 
@@ -54,21 +55,26 @@ class PartitioningError(Exception):
     pass
 
 
-def is_partitioned(conn: Connection) -> bool:
-    """Whether this database's resource table is partitioned (cached per engine)."""
+def engine_fact(
+    cache: weakref.WeakKeyDictionary[Engine, bool],
+    conn: Connection,
+    probe: Callable[[Connection], bool],
+) -> bool:
+    """A fact of a PostgreSQL database's layout, probed once per engine (False on
+    SQLite)."""
     if conn.dialect.name != "postgresql":
         return False
-    engine = conn.engine
-    if engine not in _known:
-        _known[engine] = bool(
-            conn.execute(
-                text(
-                    "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table "
-                    "WHERE partrelid = to_regclass('resource'))"
-                )
-            ).scalar_one()
-        )
-    return _known[engine]
+    if conn.engine not in cache:
+        cache[conn.engine] = probe(conn)
+    return cache[conn.engine]
+
+
+def is_partitioned(conn: Connection) -> bool:
+    """Whether this database's resource table is partitioned (cached per engine)."""
+    return engine_fact(_known, conn, lambda c: bool(c.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table "
+        "WHERE partrelid = to_regclass('resource'))"
+    )).scalar_one()))  # fmt: skip
 
 
 def partition(conn: Connection, partitions: int) -> list[str]:
