@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, literal_column, select, update
+from sqlalchemy import Connection, and_, func, literal, literal_column, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehr_service.storage.tables import exchange_message, exchange_outbox, resource
@@ -119,19 +119,35 @@ def feed_rows(
     conn: Connection, partner_id: str, *, after: int, since: datetime | None, before: datetime,
     limit: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """What changed for a partner: outbox rows after a cursor, settled before ``before``."""
-    conditions = [
-        exchange_outbox.c.partner_id == partner_id,
-        exchange_outbox.c.seq > after,
-        exchange_outbox.c.created < before,
-    ]
+    """What changed for a partner: outbox rows after the row ``after`` (a seq; 0: from
+    the start), settled before ``before``.
+
+    On PostgreSQL, in the order of the writing transactions' ids, then seq, and only
+    rows of transactions older than every one still open (``txid`` below the
+    snapshot's xmin). Every transaction that can still write a row has an id at
+    least that xmin, so a cursor never passes a row that commits later. (Ordered by
+    seq alone it could: a transaction with an older id that took its seq after a
+    younger one's commits first.) SQLite has one writer at a time: seq order."""
+    out = exchange_outbox
+    conditions = [out.c.partner_id == partner_id, out.c.created < before]
     if since is not None:
-        conditions.append(exchange_outbox.c.created >= since)
-    if conn.dialect.name == "postgresql":
-        # Only rows of transactions older than every one still open: a cursor never
-        # passes a row that commits later with a smaller seq.
-        conditions.append(exchange_outbox.c.txid < literal_column(_XMIN))
-    query = select(exchange_outbox).where(*conditions).order_by(exchange_outbox.c.seq)
+        conditions.append(out.c.created >= since)
+    if conn.dialect.name != "postgresql":
+        query = select(out).where(*conditions, out.c.seq > after).order_by(out.c.seq)
+        return [dict(r._mapping) for r in conn.execute(query.limit(limit)).all()]
+    conditions.append(out.c.txid < literal_column(_XMIN))
+    if after > 0:
+        # the cursor's row (or, for a seq that is none of the partner's rows, the
+        # last one before it) places it in the (txid, seq) order
+        mark = conn.execute(
+            select(out.c.txid)
+            .where(out.c.partner_id == partner_id, out.c.seq <= after)
+            .order_by(out.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        if mark is not None:
+            conditions.append(tuple_(out.c.txid, out.c.seq) > tuple_(literal(mark), literal(after)))
+    query = select(out).where(*conditions).order_by(out.c.txid, out.c.seq)
     return [dict(r._mapping) for r in conn.execute(query.limit(limit)).all()]
 
 

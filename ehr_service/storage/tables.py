@@ -484,11 +484,13 @@ exchange_outbox = Table(
     Column("next_attempt", UTCDateTime, nullable=False),
     Column("last_error", String(1024), nullable=True),
     Column("message_jti", String(255), nullable=True),
-    # PostgreSQL: the writing transaction, so the feed never passes one still open.
+    # PostgreSQL: the writing transaction, so the feed never passes one still open
+    # (it pages in (txid, seq) order: storage.exchange.feed_rows).
     Column("txid", BigInteger, nullable=True),
     UniqueConstraint("partner_id", "res_type", "res_id", "version_id"),
     Index("ix_exchange_outbox_due", "partner_id", "state", "next_attempt"),
     Index("ix_exchange_outbox_feed", "partner_id", "seq"),
+    Index("ix_exchange_outbox_feed_settled", "partner_id", "txid", "seq"),
 )
 
 # Mutual recognition of results (docs/architecture.md §7): the catalogue editions (one active),

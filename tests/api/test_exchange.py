@@ -643,6 +643,55 @@ def test_the_feed_never_passes_a_transaction_still_open(
     assert [r["res_id"] for r in rows] == ["slow", "fast"]
 
 
+def test_the_feed_never_passes_an_older_transaction_that_took_its_seq_later(
+    region: tuple[TestClient, Services, Partner], database_url: str
+) -> None:
+    """An older transaction (smaller id) takes its seq after a younger one, commits
+    first, and the younger one is still open: a cursor over seq alone would pass the
+    younger's row for good."""
+    client, services, _partner = region
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: commits come in seq order")
+    from ehr_service.fhir.primitives import utc_now
+    from ehr_service.storage import exchange as exchange_store
+
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+    old = utc_now() - timedelta(minutes=5)
+    row = {
+        "partner_id": "sichuan", "res_type": "Observation", "version_id": 1, "patient_id": pid,
+        "created": old, "state": "pending", "attempts": 0, "next_attempt": old,
+    }  # fmt: skip
+    older = services.database.engine.connect()
+    older_tx = older.begin()
+    older.execute(sa.text("SELECT pg_current_xact_id()"))  # its id, before the other's
+    younger = services.database.engine.connect()
+    younger_tx = younger.begin()
+    try:
+        exchange_store.enqueue(younger, [row | {"res_id": "younger"}])  # the smaller seq
+        exchange_store.enqueue(older, [row | {"res_id": "older"}])
+        older_tx.commit()
+
+        def read(after: int) -> list[Any]:
+            with services.unit.read() as conn:
+                return exchange_store.feed_rows(
+                    conn, "sichuan", after=after, since=None, before=utc_now(), limit=10
+                )
+
+        first = _settled(lambda: read(0), ready=lambda found: len(found) == 1)
+        assert [r["res_id"] for r in first] == ["older"]
+        cursor = int(first[0]["seq"])
+        assert read(cursor) == []  # the younger one is still open
+        younger_tx.commit()
+        rest = _settled(lambda: read(cursor), ready=lambda found: len(found) == 1)
+        assert [r["res_id"] for r in rest] == ["younger"]  # not passed by the cursor
+        assert int(rest[0]["seq"]) < cursor
+    finally:
+        for conn in (older, younger):
+            conn.close()
+
+
 def _settled(fetch: Callable[[], Any], ready: Callable[[Any], bool] | None = None) -> Any:
     """Ask again until the answer holds entries (at most 30 s)."""
     deadline = time.monotonic() + 30
