@@ -67,9 +67,11 @@ def plan(ctx: RequestContext, kind: str, group_id: str | None, lenient: bool) ->
     since_value = single(query, "_since")
     since = parse_instant_param(since_value, "_since") if since_value else None
     types = _types(ctx, kind, query.get("_type"), unsupported)
-    filters, scans = _filters(
-        ctx, kind, types, "_type" in query, query.get("_typeFilter"), unsupported
-    )
+    # compiled in a transaction: the SQL is that of the database's layout (Citus)
+    with ctx.services.unit.read():
+        filters, scans = _filters(
+            ctx, kind, types, "_type" in query, query.get("_typeFilter"), unsupported
+        )
     elements = element_plan(types, query.get("_elements"))
     for value in listed(query.get("includeAssociatedData")):
         unsupported.refuse(

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from ehr_service.storage import citus
 from ehr_service.storage.citus_sql import owned, unowned
 from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
 
@@ -61,18 +62,35 @@ def finished_before(conn: Connection, before: datetime) -> list[str]:
     return [r.job_id for r in rows]
 
 
+def _statements(matching: Sequence[FilterClauses]) -> list[list[ColumnElement[bool]]]:
+    """The conditions of the statements that together find the resources meeting
+    one of the searches: one statement with the searches ORed; on the Citus layout
+    one statement per search, as Citus refuses correlated subqueries under OR."""
+    if not matching:
+        return [[]]
+    if citus.active() and len(matching) > 1:
+        return [[and_(*clauses)] for clauses in matching]
+    return [[or_(*(and_(*clauses) for clauses in matching))]]
+
+
 def matches_at_least(
     conn: Connection, resource_type: str, matching: Sequence[FilterClauses], count: int
 ) -> bool:
     """Do at least ``count`` live resources of the type meet one of the searches?
     (It stops counting there.)"""
-    found = select(resource.c.res_id).where(
-        resource.c.res_type == resource_type,
-        resource.c.deleted.is_(False),
-        or_(*(and_(*clauses) for clauses in matching)),
-    )
-    counted = select(func.count()).select_from(found.limit(count).subquery())
-    return int(conn.execute(counted).scalar_one()) >= count
+    live = [resource.c.res_type == resource_type, resource.c.deleted.is_(False)]
+    statements = _statements(matching)
+    if len(statements) == 1:
+        found = select(resource.c.res_id).where(*live, *statements[0])
+        counted = select(func.count()).select_from(found.limit(count).subquery())
+        return int(conn.execute(counted).scalar_one()) >= count
+    ids: set[str] = set()
+    for conditions in statements:
+        query = select(resource.c.res_id).where(*live, *conditions).limit(count)
+        ids.update(conn.execute(query).scalars())
+        if len(ids) >= count:
+            return True
+    return False
 
 
 def page(
@@ -111,12 +129,13 @@ def page(
             consent_refusal.c.actor.in_(list(refused_actors))
         )
         conditions.append(or_(unowned(owner), and_(owned(owner), owner.not_in(refused))))
-    if matching:
-        conditions.append(or_(*(and_(*clauses) for clauses in matching)))
-    rows = conn.execute(
-        select(resource.c.res_id, resource.c.content)
-        .where(*conditions)
-        .order_by(resource.c.res_id)
-        .limit(limit)
-    ).all()
-    return [(r.res_id, bytes(r.content)) for r in rows]
+    found: dict[str, bytes] = {}
+    for filtered in _statements(matching):  # merged in id order: the first ``limit``
+        rows = conn.execute(
+            select(resource.c.res_id, resource.c.content)
+            .where(*conditions, *filtered)
+            .order_by(resource.c.res_id)
+            .limit(limit)
+        ).all()
+        found.update((r.res_id, bytes(r.content)) for r in rows)
+    return sorted(found.items())[:limit]
