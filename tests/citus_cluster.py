@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 CITUS_URL = os.environ.get("EHR_TEST_CITUS_URL", "")
-_PROPAGATE = "SET citus.enable_create_database_propagation TO on"
+_NO_PROPAGATION = "SET citus.enable_create_database_propagation TO off"
 
 
 def workers(admin: sa.Connection) -> list[tuple[str, int]]:
@@ -30,37 +30,35 @@ def workers(admin: sa.Connection) -> list[tuple[str, int]]:
     return [(r.nodename, r.nodeport) for r in rows]
 
 
+def _on_node(url: URL, *statements: str) -> None:
+    node = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with node.connect() as conn:
+            conn.execute(sa.text(_NO_PROPAGATION))
+            for statement in statements:
+                _retried(conn, statement)
+    finally:
+        node.dispose()
+
+
 def create(admin_url: URL, name: str) -> None:
-    """A new, empty Citus database ``name`` on the coordinator and every worker."""
+    """A new, empty Citus database ``name`` on the coordinator and every worker. Each
+    node's database is made there, not through Citus's propagation of CREATE and
+    DROP DATABASE, which is not transactional (a worker still holding a session of
+    the coordinator's connection cache fails one node's part and leaves the rest)."""
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         nodes = workers(conn)
         coordinator = conn.execute(
             sa.text("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid = 0")
         ).first()
-        conn.execute(sa.text(_PROPAGATE))
-        _drop(conn, name)
     admin.dispose()
-    for host, port in nodes:  # one a run left on a worker only (not dropped from there)
-        node = sa.create_engine(admin_url.set(host=host, port=port), isolation_level="AUTOCOMMIT")
-        with node.connect() as conn:
-            _drop(conn, name)
-        node.dispose()
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(_PROPAGATE))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    for host, port in nodes:
-        node = sa.create_engine(
-            admin_url.set(host=host, port=port, database=name), isolation_level="AUTOCOMMIT"
-        )
-        with node.connect() as conn:
-            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citus"))
-        node.dispose()
+    drop(admin_url, [name], nodes)
+    for node_url in [admin_url, *(admin_url.set(host=h, port=p) for h, p in nodes)]:
+        _on_node(node_url, f'CREATE DATABASE "{name}"')
+        _on_node(node_url.set(database=name), "CREATE EXTENSION IF NOT EXISTS citus")
     made = sa.create_engine(admin_url.set(database=name), isolation_level="AUTOCOMMIT")
     with made.connect() as conn:
-        conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citus"))
         if coordinator is not None:
             conn.execute(
                 sa.text("SELECT citus_set_coordinator_host(:h, :p)"),
@@ -71,21 +69,23 @@ def create(admin_url: URL, name: str) -> None:
     made.dispose()
 
 
-def drop(admin_url: URL, names: list[str]) -> None:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(_PROPAGATE))
-        for name in names:
-            _drop(conn, name)
-    admin.dispose()
+def drop(admin_url: URL, names: list[str], nodes: list[tuple[str, int]] | None = None) -> None:
+    """DROP DATABASE of each name on every node."""
+    if nodes is None:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            nodes = workers(conn)
+        admin.dispose()
+    for node_url in [admin_url, *(admin_url.set(host=h, port=p) for h, p in nodes)]:
+        _on_node(node_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names))
 
 
-def _drop(conn: sa.Connection, name: str) -> None:
-    """DROP DATABASE on every node; a worker may still hold a session of the
-    coordinator's connection cache for a moment after FORCE ended it."""
+def _retried(conn: sa.Connection, statement: str) -> None:
+    """A node may still hold a session of another node's connection cache for a
+    moment after FORCE ended it."""
     for attempt in range(20):
         try:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(statement))
             return
         except OperationalError:
             if attempt == 19:

@@ -10,12 +10,16 @@ refusals) lives on one shard.
 - A logical id stays unique across shards through ``resource_id_claim``
   (distributed by the id itself), written by the application in the writing
   transaction (storage.claims); it also says on which shard a resource is.
-- The catalogue, partners, identity registers and conditional keys are
-  reference tables (a copy on every node).
-- The audit tables, the exchange messages and outbox, the recognition facts and
-  the export jobs stay plain tables on the coordinator: one sealer, one
-  sequence, one transaction-id space for the feed's settle rule, and the audit
-  guard triggers (storage.audit_guard) unchanged.
+- The catalogue, partners, identity registers, health cards and conditional keys
+  are reference tables (a copy on every node).
+- The audit tables, the exchange messages and outbox, the recognition facts, the
+  export jobs, the CDS cards and the migration version stay on the coordinator as
+  Citus local tables: in the cluster's metadata, so that a service connected to
+  any node reads and writes them (routed to the coordinator, in the same
+  distributed transaction). One sealer at a time (the head row's lock), the audit
+  guard triggers (storage.audit_guard) on the coordinator's shards, and the
+  outbox stamped there (``_OUTBOX_STAMP``): its order and the transaction id of
+  the feed's settle rule come from the coordinator whichever node wrote the row.
 
 Applied once, to an empty database at the head migration, with the Citus
 extension created and the worker nodes added.
@@ -53,7 +57,37 @@ REFERENCE = (
     "exchange_partner",
     "resident_id_number",
     "record_number",
+    "health_record_number",
+    "health_record_sequence",
+    "health_card",
+    "recognition_service_item",
     "conditional_create_key",
+)
+COORDINATOR = (
+    "alembic_version",
+    "audit_event",
+    "audit_access",
+    "audit_block",
+    "audit_segment",
+    "audit_head",
+    "exchange_message",
+    "exchange_outbox",
+    "recognition_fact",
+    "bulk_export_job",
+    "cds_card",
+)
+# The outbox's position (``seq``) and the writing transaction's id (``txid``, the
+# feed's settle rule: storage.exchange) from the coordinator, where the row is
+# written, not from the node the statement came through: a worker's sequence hands
+# out its own range, and its transaction ids are of another node.
+_OUTBOX_STAMP = (
+    "CREATE OR REPLACE FUNCTION exchange_outbox_stamp() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    "NEW.seq := nextval('exchange_outbox_seq_seq'); "
+    "NEW.txid := pg_current_xact_id()::text::bigint; "
+    "RETURN NEW; END $$",
+    "CREATE TRIGGER exchange_outbox_stamp BEFORE INSERT ON exchange_outbox "
+    "FOR EACH ROW EXECUTE FUNCTION exchange_outbox_stamp()",
 )
 _known: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 # Whether the transaction this context runs in is on the Citus layout (set by
@@ -127,6 +161,15 @@ def distribute(conn: Connection) -> list[str]:
     for table in [*DISTRIBUTED, *REFERENCE]:
         if conn.execute(text(f'SELECT EXISTS (SELECT 1 FROM "{table}")')).scalar_one():  # noqa: S608
             raise CitusError(f"{table} holds rows: lay out Citus on a new, empty database")
+    # Functions before any distributed table (Citus distributes a function created
+    # later in the transaction over one connection per node, and refuses).
+    for statement in _OUTBOX_STAMP:
+        conn.execute(text(statement))
+    # The event ids' sequence on every node (each hands out its own range): Citus
+    # propagates a sequence that a table of its metadata uses as a default.
+    conn.execute(
+        text("ALTER TABLE audit_event ALTER COLUMN seq SET DEFAULT nextval('audit_event_id')")
+    )
     for table, column in DISTRIBUTED.items():
         _lead_keys(conn, table, column)
     conn.execute(
@@ -147,9 +190,11 @@ def distribute(conn: Connection) -> list[str]:
     )
     for table in REFERENCE:
         conn.execute(text("SELECT create_reference_table(:t)"), {"t": table})
+    for table in COORDINATOR:
+        conn.execute(text("SELECT citus_add_local_table_to_metadata(:t)"), {"t": table})
     if conn.engine in _known:
         del _known[conn.engine]
-    return [*DISTRIBUTED, CLAIM, *REFERENCE]
+    return [*DISTRIBUTED, CLAIM, *REFERENCE, *COORDINATOR]
 
 
 def _lead_keys(conn: Connection, table: str, column: str) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     select,
     tuple_,
     update,
@@ -444,7 +445,7 @@ class HistoryQuery:
     view: Visibility = EVERYTHING  # what the caller may see
 
 
-def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnElement[bool]]:
+def _history_conditions(query: HistoryQuery) -> list[ColumnElement[bool]]:
     rv = resource_version
     conditions: list[ColumnElement[bool]] = []
     if query.resource_type is not None:
@@ -453,23 +454,38 @@ def _history_conditions(query: HistoryQuery, *, paged: bool) -> list[ColumnEleme
         conditions.append(rv.c.res_id == query.resource_id)
     if query.since is not None:
         conditions.append(rv.c.last_updated >= query.since)
-    if paged and query.before_seq is not None:
-        conditions.append(rv.c.seq < query.before_seq)
-    if paged and query.after_seq is not None:
-        conditions.append(rv.c.seq > query.after_seq)
     if query.view.restricts:
         conditions.append(visible(rv, query.view, query.resource_type))
     return conditions
 
 
-def history(conn: Connection, query: HistoryQuery) -> list[StoredVersion]:
-    """Versions newest first, keyset-paged on the global write order."""
+def _history_page(conn: Connection, seq: int, *, older: bool) -> ColumnElement[bool]:
+    """Versions after the version ``seq`` in history order. One node writes: the
+    global write order, seq. On the Citus layout every node's sequence hands out its
+    own range, so the order is (lastUpdated, seq), and the cursor's version places
+    it there (a seq of no version: the versions before or after it by seq alone)."""
     rv = resource_version
+    if citus.active():
+        mark = conn.execute(select(rv.c.last_updated).where(rv.c.seq == seq)).scalar()
+        if mark is not None:
+            key, at = tuple_(rv.c.last_updated, rv.c.seq), tuple_(literal(mark), literal(seq))
+            return key < at if older else key > at
+    return rv.c.seq < seq if older else rv.c.seq > seq
+
+
+def history(conn: Connection, query: HistoryQuery) -> list[StoredVersion]:
+    """Versions newest first, keyset-paged on the write order (``_history_page``)."""
+    rv = resource_version
+    conditions = _history_conditions(query)
+    if query.before_seq is not None:
+        conditions.append(_history_page(conn, query.before_seq, older=True))
+    if query.after_seq is not None:
+        conditions.append(_history_page(conn, query.after_seq, older=False))
     ascending = query.after_seq is not None and query.before_seq is None
-    order = rv.c.seq.asc() if ascending else rv.c.seq.desc()
-    statement = select(rv).where(*_history_conditions(query, paged=True))
-    rows = conn.execute(statement.order_by(order).limit(query.limit)).all()
-    versions = [_version(row) for row in rows]
+    order = [rv.c.last_updated, rv.c.seq] if citus.active() else [rv.c.seq]
+    statement = select(rv).where(*conditions)
+    statement = statement.order_by(*(c.asc() if ascending else c.desc() for c in order))
+    versions = [_version(row) for row in conn.execute(statement.limit(query.limit)).all()]
     if ascending:
         versions.reverse()
     return versions
@@ -477,7 +493,7 @@ def history(conn: Connection, query: HistoryQuery) -> list[StoredVersion]:
 
 def count_history(conn: Connection, query: HistoryQuery) -> int:
     statement = select(func.count()).select_from(resource_version)
-    statement = statement.where(*_history_conditions(query, paged=False))
+    statement = statement.where(*_history_conditions(query))
     return int(conn.execute(statement).scalar_one())
 
 
