@@ -291,6 +291,17 @@ def _encoded(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(quote(k, safe=":._-"), quote(v, safe=":._-|,$/")) for k, v in items]
 
 
+def _in_their_records(ctx: RequestContext, spec: Include, target_type: str) -> bool:
+    """Whether what refers to a Patient through the spec's parameter lives in that
+    patient's record (so a ``_revinclude`` reads those records only)."""
+    parameter = ctx.services.registry.get(spec.source_type, spec.code)
+    return (
+        target_type == "Patient"
+        and parameter is not None
+        and ctx.services.compartment.pins_owner(spec.source_type, parameter.expression)
+    )
+
+
 def _includes(
     conn: Connection,
     ctx: RequestContext,
@@ -310,14 +321,15 @@ def _includes(
             if depth > 0 and not spec.iterate:
                 continue
             if spec.forward:
-                ids = [f.resource_id for f in frontier if f.resource_type == spec.source_type]
-                if ids:
+                sources = [f for f in frontier if f.resource_type == spec.source_type]
+                if sources:
                     wanted += search_queries.referenced(
                         conn,
                         spec.source_type,
-                        ids,
+                        [f.resource_id for f in sources],
                         None if spec.code == "*" else spec.code,
                         spec.target,
+                        owners=[f.owner for f in sources],
                     )
             else:
                 by_type: dict[str, list[str]] = {}
@@ -327,8 +339,9 @@ def _includes(
                     if spec.target and spec.target != target_type:
                         continue
                     wanted += search_queries.referring(
-                        conn, spec.source_type, spec.code, target_type, ids
-                    )
+                        conn, spec.source_type, spec.code, target_type, ids,
+                        owners=ids if _in_their_records(ctx, spec, target_type) else None,
+                    )  # fmt: skip
         new = [w for w in dict.fromkeys(wanted) if w not in seen]
         if not new:
             break

@@ -63,10 +63,17 @@ def pinned_owners(
     criteria: Sequence[Criterion],
 ) -> set[str] | None:
     """The records every match must be in, when a criterion says so (``subject=
-    Patient/X`` where the subject decides the owner): on the Citus layout the
-    search then runs on those records' shards only."""
+    Patient/X`` where the subject decides the owner, or a Patient's ``_id``): on
+    the Citus layout the search then runs on those records' shards only."""
     for criterion in criteria:
         parameter = criterion.parameter
+        if (
+            resource_type == "Patient"
+            and parameter.code == "_id"
+            and criterion.modifier is None
+            and not criterion.chain
+        ):  # a Patient is its own record (``|x`` is x; ``s|x`` matches no id)
+            return {v.removeprefix("|") for v in criterion.values if "|" not in v[1:]}
         if (
             parameter.type != "reference"
             or criterion.chain

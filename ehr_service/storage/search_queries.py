@@ -239,19 +239,31 @@ def read_many(
     return found
 
 
+def _in_records(ref: Any, owners: Iterable[str | None] | None) -> list[ColumnElement[bool]]:
+    """On the Citus layout, the reference rows' records when the caller knows them
+    (an include then reads those shards only)."""
+    if owners is None or not citus.active():
+        return []
+    keys = sorted({str(citus.owner_key(o)) for o in owners})
+    return [ref.c.compartment_patient_id.in_(keys)]
+
+
 def referenced(
     conn: Connection,
     source_type: str,
     source_ids: Sequence[str],
     param: str | None,
     target_type: str | None,
+    owners: Iterable[str | None] | None = None,
 ) -> list[tuple[str, str]]:
-    """(type, id) of resources that ``source_ids`` refer to through ``param`` (any if None)."""
+    """(type, id) of resources that ``source_ids`` refer to through ``param`` (any if
+    None); ``owners``: the sources' records, if known."""
     ref = search_reference
     conditions = [
         ref.c.res_type == source_type,
         ref.c.res_id.in_(source_ids),
         ref.c.target_id.is_not(None),
+        *_in_records(ref, owners),
     ]
     if param is not None:
         conditions.append(ref.c.param == param)
@@ -262,7 +274,11 @@ def referenced(
 
 
 def referring_statement(
-    source_type: str, param: str, target_type: str, target_ids: Sequence[str]
+    source_type: str,
+    param: str,
+    target_type: str,
+    target_ids: Sequence[str],
+    owners: Iterable[str | None] | None = None,
 ) -> Select[Any]:
     ref = search_reference
     return (
@@ -273,6 +289,7 @@ def referring_statement(
             ref.c.target_type == target_type,
             ref.c.target_id.is_not(None),  # lets the partial target index serve
             ref.c.target_id.in_(target_ids),
+            *_in_records(ref, owners),
         )
         .distinct()
     )
@@ -284,10 +301,12 @@ def referring(
     param: str,
     target_type: str,
     target_ids: Sequence[str],
+    owners: Iterable[str | None] | None = None,
 ) -> list[tuple[str, str]]:
-    """(type, id) of ``source_type`` resources that refer to the targets through ``param``."""
-    rows = conn.execute(referring_statement(source_type, param, target_type, target_ids)).all()
-    return [(source_type, r.res_id) for r in rows]
+    """(type, id) of ``source_type`` resources that refer to the targets through
+    ``param``; ``owners``: the records the sources must be in, if known."""
+    statement = referring_statement(source_type, param, target_type, target_ids, owners)
+    return [(source_type, r.res_id) for r in conn.execute(statement).all()]
 
 
 def _compartment_conditions(

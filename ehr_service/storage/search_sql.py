@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -456,12 +457,20 @@ class SearchCompiler:
             (reference, target_type), *rest = criterion.chain
             inner = Criterion(parameter, criterion.modifier, criterion.values, tuple(rest))
             ref = search_reference
+            if self._same_record(resource_type, reference, target_type):
+                # the patient referred to is the source's own record: both ends on
+                # one shard, the chain pushes down whole
+                target = tuple_(ref.c.compartment_patient_id, ref.c.target_id).in_(
+                    self.live_keys(target_type, [inner])
+                )
+            else:
+                target = ref.c.target_id.in_(self.live_ids(target_type, [inner]))
             return select(*key_columns(ref)).where(
                 ref.c.res_type == resource_type,
                 ref.c.param == reference.code,
                 ref.c.target_type == target_type,
                 ref.c.target_id.is_not(None),
-                ref.c.target_id.in_(self.live_ids(target_type, [inner])),
+                target,
             )
         if parameter.code == "_id":
             return select(*key_columns(resource)).where(
@@ -540,15 +549,38 @@ class SearchCompiler:
         # reveal, even as a yes/no, what the caller could not search directly.
         return select(resource.c.res_id).where(*self.where(resource_type, criteria, view=self.view))
 
+    def live_keys(self, resource_type: str, criteria: Sequence[Criterion]) -> Select[Any]:
+        """``live_ids`` with each one's record first (Citus: correlated on it)."""
+        return select(resource.c.compartment_patient_id, resource.c.res_id).where(
+            *self.where(resource_type, criteria, view=self.view)
+        )
+
+    def _same_record(self, source_type: str, reference: SearchParameter, target_type: str) -> bool:
+        """On the Citus layout: does a ``source_type`` resource referring to a Patient
+        through ``reference`` live in that patient's record (so the two ends of a chain
+        or ``_has`` are on one shard)?"""
+        return (
+            citus.active()
+            and target_type == "Patient"
+            and self.compartment is not None
+            and self.compartment.pins_owner(source_type, reference.expression)
+        )
+
     def reverse_chain_clause(self, resource_type: str, chain: ReverseChain) -> ColumnElement[bool]:
         ref = search_reference
-        sources = self.live_ids(chain.source_type, [chain.criterion])
-        targets = select(ref.c.target_id).where(
+        conditions = [
             ref.c.res_type == chain.source_type,
             ref.c.param == chain.reference.code,
             ref.c.target_type == resource_type,
-            ref.c.res_id.in_(sources),
-        )
+        ]
+        if self._same_record(chain.source_type, chain.reference, resource_type):
+            sources = self.live_keys(chain.source_type, [chain.criterion])
+            targets = select(ref.c.compartment_patient_id, ref.c.target_id).where(
+                *conditions, tuple_(ref.c.compartment_patient_id, ref.c.res_id).in_(sources)
+            )
+            return tuple_(resource.c.compartment_patient_id, resource.c.res_id).in_(targets)
+        sources = self.live_ids(chain.source_type, [chain.criterion])
+        targets = select(ref.c.target_id).where(*conditions, ref.c.res_id.in_(sources))
         return resource.c.res_id.in_(targets)
 
     def where(

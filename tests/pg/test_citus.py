@@ -228,3 +228,45 @@ def test_ids_stay_unique_across_records_and_a_move_keeps_one_resource(
     assert "chosen" in {e["resource"]["id"] for e in found["entry"]}
     assert client.delete("/fhir/Observation/chosen").status_code in (200, 204)
     assert client.get("/fhir/Observation/chosen").status_code == 410
+
+
+def test_chains_and_has_push_down_and_includes_stay_in_the_record(
+    cluster: tuple[TestClient, Services],
+) -> None:
+    client, services = cluster
+    pids, _org = _record(client)
+    with services.database.engine.connect() as conn:
+        shards = conn.execute(
+            sa.text("SELECT shard_count FROM citus_tables WHERE table_name = 'resource'::regclass")
+        ).scalar_one()
+    code = "http://loinc.org|2345-7"
+    calls: dict[str, tuple[str, dict[str, str], int, bool]] = {
+        # across records: one task per shard, each end of the chain on the same shard
+        "chain": ("/fhir/Observation", {"subject.family": "B"}, 3, False),
+        "_has": ("/fhir/Patient", {"_has:Observation:subject:code": code}, 3, False),
+        # one record: its shard only, the included resources' too
+        "_include": (
+            "/fhir/Observation",
+            {"subject": f"Patient/{pids[0]}", "_include": "Observation:subject"},
+            4,
+            True,
+        ),
+        "_revinclude": (
+            "/fhir/Patient",
+            {"_id": pids[0], "_revinclude": "Observation:subject"},
+            4,
+            True,
+        ),
+    }
+    for name, (path, params, entries, one_shard) in calls.items():
+        with Recorder(services.database.engine) as recorder:
+            response = client.get(path, params=params)
+        assert response.status_code == 200, (name, response.text)
+        assert len(response.json().get("entry", [])) == entries, name
+        plans = _plans(services, recorder)
+        assert plans, name
+        for plan in plans:
+            if one_shard:
+                assert _single_shard(plan), f"{name}:\n{plan}"
+            else:
+                assert f"Task Count: {shards}" in plan and "Subplan" not in plan, f"{name}:\n{plan}"
