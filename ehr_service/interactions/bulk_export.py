@@ -12,8 +12,9 @@ a 400, or under ``Prefer: handling=lenient`` ignored and reported in the manifes
 again on their own); the status URL answers 202 with ``X-Progress``
 while it runs, then 200 with the manifest; files are served to the client that
 asked, with ID numbers opened only for callers allowed to see them; ``DELETE`` on
-the status URL cancels the job and removes its files. Only resources changed up
-to the kick-off (``transactionTime``) are exported, never the records of residents
+the status URL cancels the job and removes its files. Resources are exported as
+they were at the kick-off (``transactionTime``: one changed or deleted since as
+its version then, one created since not at all), never the records of residents
 who refused the caller.
 """
 

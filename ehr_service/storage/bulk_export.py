@@ -11,7 +11,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ehr_service.storage import citus
 from ehr_service.storage.citus_sql import owned, unowned
-from ehr_service.storage.tables import bulk_export_job, consent_refusal, resource
+from ehr_service.storage.tables import (
+    bulk_export_job,
+    consent_refusal,
+    resource,
+    resource_version,
+)
 
 # The conditions of one compiled search (``SearchCompiler.where``): a ``_typeFilter``.
 FilterClauses = Sequence[ColumnElement[bool]]
@@ -106,19 +111,20 @@ def page(
     refused_actors: Sequence[str],
     matching: Sequence[FilterClauses] = (),
 ) -> list[tuple[str, bytes]]:
-    """(id, stored content) of live resources of a type, in id order, changed in
-    [since, until]; only patients' records (``compartment_only``), only these
-    patients (``patients``), only those meeting one of the searches ``matching``
-    (none: all), never the records of residents who refused the caller."""
+    """(id, stored content) of the resources of a type as they were at ``until``
+    (the kick-off's ``transactionTime``), in id order, changed in [since, until]:
+    one changed or deleted since is exported as its version then (from the
+    history), one created since not at all. Only patients' records
+    (``compartment_only``), only these patients (``patients``), only those meeting
+    one of the searches ``matching`` (none: all; judged on the current version,
+    the one indexed), never the records of residents who refused the caller."""
+    current = resource.c.last_updated <= until
     conditions: list[ColumnElement[bool]] = [
         resource.c.res_type == resource_type,
-        resource.c.deleted.is_(False),
-        resource.c.last_updated <= until,
+        or_(and_(current, resource.c.deleted.is_(False)), ~current),
     ]
     if after is not None:
         conditions.append(resource.c.res_id > after)
-    if since is not None:
-        conditions.append(resource.c.last_updated >= since)
     owner = resource.c.compartment_patient_id
     if patients is not None:
         conditions.append(owner.in_(list(patients)))
@@ -129,13 +135,64 @@ def page(
             consent_refusal.c.actor.in_(list(refused_actors))
         )
         conditions.append(or_(unowned(owner), and_(owned(owner), owner.not_in(refused))))
-    found: dict[str, bytes] = {}
+    found: dict[str, Any] = {}
     for filtered in _statements(matching):  # merged in id order: the first ``limit``
         rows = conn.execute(
-            select(resource.c.res_id, resource.c.content)
+            select(
+                resource.c.res_id,
+                resource.c.content,
+                resource.c.last_updated,
+                resource.c.compartment_patient_id,
+            )
             .where(*conditions, *filtered)
             .order_by(resource.c.res_id)
             .limit(limit)
         ).all()
-        found.update((r.res_id, bytes(r.content)) for r in rows)
-    return sorted(found.items())[:limit]
+        found.update((r.res_id, r) for r in rows)
+    rows = sorted(found.items())[:limit]
+    earlier = _as_of(conn, resource_type, [r for _, r in rows if r.last_updated > until], until)
+    out: list[tuple[str, bytes]] = []
+    for resource_id, row in rows:
+        if row.last_updated <= until:
+            changed, content = row.last_updated, bytes(row.content)
+        elif resource_id in earlier:
+            changed, content = earlier[resource_id]
+        else:
+            continue  # created since, or deleted then
+        if since is None or changed >= since:
+            out.append((resource_id, content))
+    return out
+
+
+def _as_of(
+    conn: Connection, resource_type: str, rows: Sequence[Any], until: datetime
+) -> dict[str, tuple[datetime, bytes]]:
+    """id -> (lastUpdated, content) of each resource's last version up to ``until``,
+    for those it was not deleted in."""
+    if not rows:
+        return {}
+    rv = resource_version
+    ids = [r.res_id for r in rows]
+    records = sorted({r.compartment_patient_id for r in rows})
+    mine = [rv.c.res_type == resource_type, rv.c.res_id.in_(ids), rv.c.last_updated <= until]
+    keys = [rv.c.res_id]
+    if citus.active():  # the versions are in the current rows' records, joined on them
+        mine.append(rv.c.compartment_patient_id.in_(records))
+        keys.insert(0, rv.c.compartment_patient_id)
+    last = (
+        select(*keys, func.max(rv.c.version_id).label("version_id"))
+        .where(*mine)
+        .group_by(*keys)
+        .subquery()
+    )
+    joined = and_(rv.c.version_id == last.c.version_id, *(k == last.c[k.name] for k in keys))
+    versions = conn.execute(
+        select(rv.c.res_id, rv.c.last_updated, rv.c.content, rv.c.deleted)
+        .join(last, joined)
+        .where(*mine)
+    ).all()
+    return {
+        v.res_id: (v.last_updated, bytes(v.content))
+        for v in versions
+        if not v.deleted and v.content is not None
+    }

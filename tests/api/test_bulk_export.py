@@ -181,3 +181,51 @@ def test_downloads_accept_the_bulk_data_media_types(client: TestClient, accept: 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/fhir+ndjson")
     assert client.get(url, headers={"Accept": "text/html"}).status_code == 406
+
+
+def test_pages_hold_each_resource_as_it_was_at_the_kick_off(
+    client: TestClient, services: Services
+) -> None:
+    from ehr_service.fhir.primitives import utc_now
+    from ehr_service.storage import bulk_export as store
+
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
+        "id"
+    ]
+
+    def create() -> dict[str, Any]:
+        response = client.post(
+            "/fhir/Observation", json=observation(f"Patient/{pid}"), headers=FHIR_JSON
+        )
+        assert response.status_code == 201
+        body: dict[str, Any] = response.json()
+        time.sleep(0.002)
+        return body
+
+    early = [create(), create()]
+    middle = utc_now()
+    time.sleep(0.002)
+    late = [create(), create()]
+    kick_off = utc_now()
+    time.sleep(0.002)
+    # after the kick-off: one changed, one deleted, one created
+    changed = early[0] | {"valueQuantity": {"value": 9.9, "unit": "mmol/L"}}
+    assert client.put(f"/fhir/Observation/{changed['id']}", json=changed, headers=FHIR_JSON)
+    assert client.delete(f"/fhir/Observation/{late[0]['id']}").status_code in (200, 204)
+    create()
+
+    def exported(since: Any) -> dict[str, dict[str, Any]]:
+        with services.unit.read() as conn:
+            rows = store.page(
+                conn, "Observation", after=None, limit=100, since=since, until=kick_off,
+                patients=None, compartment_only=True, refused_actors=(),
+            )  # fmt: skip
+        return {resource_id: orjson.loads(content) for resource_id, content in rows}
+
+    everything = exported(None)
+    assert set(everything) == {o["id"] for o in early + late}  # the deleted one too
+    assert everything[changed["id"]]["meta"]["versionId"] == "1"
+    assert everything[changed["id"]]["valueQuantity"]["value"] == 5.8
+    assert everything[late[0]["id"]]["meta"]["versionId"] == "1"
+    # _since: as the resources were at the kick-off (the one changed since was older)
+    assert set(exported(middle)) == {o["id"] for o in late}
