@@ -107,7 +107,13 @@ class PatientCompartment:
         compartment path, and a single element (the owner is the first Patient
         reference found on those paths, in order)."""
         first = self._paths.get(resource_type, ((),))[0]
-        path = _WHERE_PATIENT.sub("", expression.strip())
+        # a parameter shared by many types (``patient``) is a union: this type's part
+        branches = [
+            b.strip() for b in expression.split("|") if b.strip().startswith(f"{resource_type}.")
+        ]
+        if len(branches) != 1:
+            return False
+        path = _WHERE_PATIENT.sub("", branches[0])
         return (
             len(first) == 1
             and path == f"{resource_type}.{first[0]}"

@@ -142,7 +142,7 @@ def test_read_search_and_everything_run_on_one_shard(
     calls = {
         "read": lambda: client.get(f"/fhir/Observation/{oid}"),
         "vread": lambda: client.get(f"/fhir/Observation/{oid}/_history/1"),
-        "patient search": lambda: client.get(
+        "subject search": lambda: client.get(
             "/fhir/Observation",
             params={
                 "subject": f"Patient/{pids[1]}",
@@ -150,6 +150,11 @@ def test_read_search_and_everything_run_on_one_shard(
                 "value-quantity": "gt1",
                 "_sort": "-date",
             },
+        ),
+        # ``patient`` is one parameter of many types (a union expression)
+        "patient search": lambda: client.get(
+            "/fhir/Observation",
+            params={"patient": f"Patient/{pids[1]}", "code": "http://loinc.org|2345-7"},
         ),
         "$everything": lambda: client.get(f"/fhir/Patient/{pids[1]}/$everything"),
     }
