@@ -172,6 +172,7 @@ def distribute(conn: Connection) -> list[str]:
     )
     for table, column in DISTRIBUTED.items():
         _lead_keys(conn, table, column)
+        _replica_identity(conn, table)
     conn.execute(
         text(
             f"CREATE TABLE {CLAIM} (res_type varchar(64) NOT NULL, "
@@ -195,6 +196,21 @@ def distribute(conn: Connection) -> list[str]:
     if conn.engine in _known:
         del _known[conn.engine]
     return [*DISTRIBUTED, CLAIM, *REFERENCE, *COORDINATOR]
+
+
+def _replica_identity(conn: Connection, table: str) -> None:
+    """A table without a primary key (the search index rows) gets the whole row as
+    its replica identity: Citus moves shards online (adding a worker, rebalancing)
+    by logical replication, which must tell the rows of an update or delete apart."""
+    has_key = conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint "
+            "WHERE conrelid = CAST(:t AS regclass) AND contype = 'p')"
+        ),
+        {"t": table},
+    ).scalar_one()
+    if not has_key:
+        conn.execute(text(f'ALTER TABLE "{table}" REPLICA IDENTITY FULL'))
 
 
 def _lead_keys(conn: Connection, table: str, column: str) -> None:
