@@ -12,11 +12,21 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 CITUS_URL = os.environ.get("EHR_TEST_CITUS_URL", "")
+# The marks of a module of Citus-only tests.
+CITUS_ONLY = [
+    pytest.mark.pg,
+    pytest.mark.skipif(
+        not CITUS_URL,
+        reason="Citus tests skipped: set EHR_TEST_CITUS_URL to a Citus coordinator database "
+        "with its workers added (e.g. postgresql://postgres@127.0.0.1:9700/ehr_test_citus)",
+    ),
+]
 _NO_PROPAGATION = "SET citus.enable_create_database_propagation TO off"
 
 

@@ -118,13 +118,15 @@ def page(
     (``compartment_only``), only these patients (``patients``), only those meeting
     one of the searches ``matching`` (none: all; judged on the current version,
     the one indexed), never the records of residents who refused the caller."""
-    current = resource.c.last_updated <= until
     conditions: list[ColumnElement[bool]] = [
         resource.c.res_type == resource_type,
-        or_(and_(current, resource.c.deleted.is_(False)), ~current),
+        # deleted now: it may have been there at the kick-off
+        or_(resource.c.deleted.is_(False), resource.c.last_updated > until),
     ]
     if after is not None:
         conditions.append(resource.c.res_id > after)
+    if since is not None:  # a version then is never newer than the current one
+        conditions.append(resource.c.last_updated >= since)
     owner = resource.c.compartment_patient_id
     if patients is not None:
         conditions.append(owner.in_(list(patients)))
@@ -149,10 +151,10 @@ def page(
             .limit(limit)
         ).all()
         found.update((r.res_id, r) for r in rows)
-    rows = sorted(found.items())[:limit]
-    earlier = _as_of(conn, resource_type, [r for _, r in rows if r.last_updated > until], until)
+    first = sorted(found.items())[:limit]
+    earlier = _as_of(conn, resource_type, [r for _, r in first if r.last_updated > until], until)
     out: list[tuple[str, bytes]] = []
-    for resource_id, row in rows:
+    for resource_id, row in first:
         if row.last_updated <= until:
             changed, content = row.last_updated, bytes(row.content)
         elif resource_id in earlier:

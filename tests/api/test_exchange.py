@@ -83,6 +83,12 @@ def region(
     )
     client.__enter__()
     partner = Partner(tmp_path)
+    add_sichuan(services, partner, ["Observation", "DiagnosticReport", "ImagingStudy"])
+    yield client, services, partner  # type: ignore[misc]
+    client.__exit__(None, None, None)
+
+
+def add_sichuan(services: Services, partner: Partner, allowed_types: list[str]) -> None:
     PartnerRegistry(services.unit).add(
         "sichuan",
         name="四川全民健康信息平台",
@@ -90,10 +96,8 @@ def region(
         audience="sichuan",
         jwks=str(partner.jwks_path),
         endpoint="http://sichuan.test/exchange/v1/bundles",
-        allowed_types=["Observation", "DiagnosticReport", "ImagingStudy"],
+        allowed_types=allowed_types,
     )
-    yield client, services, partner  # type: ignore[misc]
-    client.__exit__(None, None, None)
 
 
 def partner_headers(services: Services, client_id: str = "sichuan") -> dict[str, str]:
@@ -595,6 +599,18 @@ def test_concurrent_deliveries_of_one_message_ingest_it_once(
     assert client.get("/fhir/Patient").json()["total"] == 1
 
 
+def _outbox_row(patient_id: str) -> dict[str, Any]:
+    """A pending outbox row for the partner, due five minutes ago (past settling)."""
+    from ehr_service.fhir.primitives import utc_now
+
+    old = utc_now() - timedelta(minutes=5)
+    return {
+        "partner_id": "sichuan", "res_type": "Observation", "version_id": 1,
+        "patient_id": patient_id, "created": old, "state": "pending", "attempts": 0,
+        "next_attempt": old,
+    }  # fmt: skip
+
+
 def test_the_feed_never_passes_a_transaction_still_open(
     region: tuple[TestClient, Services, Partner], database_url: str
 ) -> None:
@@ -607,18 +623,7 @@ def test_the_feed_never_passes_a_transaction_still_open(
     pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
         "id"
     ]
-    old = utc_now() - timedelta(minutes=5)
-    row = {
-        "partner_id": "sichuan",
-        "res_type": "Observation",
-        "res_id": "slow",
-        "version_id": 1,
-        "patient_id": pid,
-        "created": old,
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt": old,
-    }
+    row = _outbox_row(pid) | {"res_id": "slow"}
     slow = services.database.engine.connect()
     transaction = slow.begin()
     exchange_store.enqueue(slow, [row])  # an open transaction holds the smaller seq
@@ -658,11 +663,7 @@ def test_the_feed_never_passes_an_older_transaction_that_took_its_seq_later(
     pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON).json()[
         "id"
     ]
-    old = utc_now() - timedelta(minutes=5)
-    row = {
-        "partner_id": "sichuan", "res_type": "Observation", "version_id": 1, "patient_id": pid,
-        "created": old, "state": "pending", "attempts": 0, "next_attempt": old,
-    }  # fmt: skip
+    row = _outbox_row(pid)
     older = services.database.engine.connect()
     older_tx = older.begin()
     older.execute(sa.text("SELECT pg_current_xact_id()"))  # its id, before the other's

@@ -23,17 +23,11 @@ from ehr_service.interactions.context import Services
 from ehr_service.storage import resources
 from ehr_service.storage.citus import COORDINATOR, DISTRIBUTED, REFERENCE, UNOWNED
 from ehr_service.storage.resources import NewVersion
-from tests.conftest import CITUS, truncate_all
+from tests.citus_cluster import CITUS_ONLY
+from tests.conftest import truncate_all
 from tests.helpers import FHIR_JSON, bearer, observation, patient
 
-pytestmark = [
-    pytest.mark.pg,
-    pytest.mark.skipif(
-        not CITUS,
-        reason="Citus tests skipped: set EHR_TEST_CITUS_URL to a Citus coordinator database "
-        "with its workers added (e.g. postgresql://postgres@127.0.0.1:9700/ehr_test_citus)",
-    ),
-]
+pytestmark = CITUS_ONLY
 
 
 @pytest.fixture

@@ -21,23 +21,15 @@ from sqlalchemy.engine import make_url
 
 from ehr_service.app import build_services, create_app
 from ehr_service.config import Settings
-from ehr_service.exchange.partners import PartnerRegistry
 from ehr_service.fhir.primitives import utc_now
 from ehr_service.interactions.context import Services
 from ehr_service.storage import exchange as exchange_store
 from tests import citus_cluster
-from tests.api.test_exchange import Partner, final_lab
-from tests.conftest import CITUS, truncate_all
+from tests.api.test_exchange import Partner, add_sichuan, final_lab
+from tests.conftest import truncate_all
 from tests.helpers import FHIR_JSON, bearer, seal_and_verify
 
-pytestmark = [
-    pytest.mark.pg,
-    pytest.mark.skipif(
-        not CITUS,
-        reason="Citus tests skipped: set EHR_TEST_CITUS_URL to a Citus coordinator database "
-        "with its workers added (e.g. postgresql://postgres@127.0.0.1:9700/ehr_test_citus)",
-    ),
-]
+pytestmark = citus_cluster.CITUS_ONLY
 
 CLIENTS = 24  # 8 per node
 ROUNDS = 3
@@ -72,15 +64,7 @@ def nodes(pg_url: str, tmp_path: Path) -> Iterator[list[tuple[TestClient, Servic
         client.__enter__()
         made.append((client, services))
     partner = Partner(tmp_path)
-    PartnerRegistry(made[0][1].unit).add(
-        "sichuan",
-        name="四川全民健康信息平台",
-        region="sichuan",
-        audience="sichuan",
-        jwks=str(partner.jwks_path),
-        endpoint="http://sichuan.test/exchange/v1/bundles",
-        allowed_types=["Observation"],
-    )
+    add_sichuan(made[0][1], partner, ["Observation"])
     yield made
     for client, services in made:
         client.__exit__(None, None, None)
