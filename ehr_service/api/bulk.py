@@ -54,7 +54,8 @@ async def export_patients(request: Request, ctx: Context) -> Response:
 
 
 @router.get(
-    "/Group/{resource_id}/$export", **docs.export_route("export a group's records", kickoff=True)
+    "/Group/{resource_id}/$export",
+    **docs.export_route("export a group's records", kickoff=True, instance=True),
 )
 async def export_group(resource_id: ResourceId, request: Request, ctx: Context) -> Response:
     """The records of a Group's Patient members."""
@@ -87,7 +88,7 @@ async def export_patients_post(request: Request, ctx: Context) -> Response:
 
 @router.post(
     "/Group/{resource_id}/$export",
-    **docs.export_route("export a group's records", kickoff=True, post=True),
+    **docs.export_route("export a group's records", kickoff=True, post=True, instance=True),
 )
 async def export_group_post(resource_id: ResourceId, request: Request, ctx: Context) -> Response:
     """The records of a Group's Patient members (or of ``patient`` among them)."""

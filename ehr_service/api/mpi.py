@@ -107,7 +107,7 @@ async def resolve_health_card(request: Request, ctx: Context, rendering: Renderi
 
 @router.post(
     "/Patient/{resource_id}/$bind-health-card",
-    **docs.route("bind-health-card", {200, 400, 404, 409, 415}, body="resource"),
+    **docs.route("bind-health-card", {200, 400, 404, 409, 410, 415}, body="resource"),
 )
 async def bind_health_card(
     resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep

@@ -314,13 +314,15 @@ def export_route(
     cancel: bool = False,
     file: bool = False,
     post: bool = False,
+    instance: bool = False,
 ) -> dict[str, Any]:
     """A Bulk Data endpoint: kick-off (202 + Content-Location) by GET or by POST of a
-    Parameters body, status, cancel, file."""
+    Parameters body, status, cancel, file; on an ``instance`` (a Group), 410 deleted."""
     outcome: dict[str, Any] = {"content": {FHIR_JSON: {"schema": {"type": "object"}}}}
     if post:  # a FHIR XML body gets its errors in XML
         outcome["content"][FHIR_XML] = {"schema": _XML_SCHEMA}
     statuses = (400, 401, 403, 404, 429, 500, 503) + ((413, 415) if post else ())
+    statuses += (410,) if instance else ()
     responses: dict[int | str, dict[str, Any]] = {
         status: {"description": _DESCRIPTIONS.get(status, "error"), **outcome}
         for status in statuses

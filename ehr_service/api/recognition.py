@@ -27,7 +27,7 @@ router = APIRouter(prefix="/fhir", tags=["Mutual recognition"])
 
 @router.post(
     "/Patient/{resource_id}/$recognizable-results",
-    **docs.route("recognizable-results", {200, 404, 415, 422}, body="resource"),
+    **docs.route("recognizable-results", {200, 404, 410, 415, 422}, body="resource"),
 )
 async def recognizable_results(
     resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep
@@ -44,7 +44,7 @@ async def recognizable_results(
 
 @router.post(
     "/Patient/{resource_id}/$recognition-decision",
-    **docs.route("recognition-decision", {201, 404, 415, 422}, body="resource"),
+    **docs.route("recognition-decision", {201, 404, 410, 415, 422}, body="resource"),
 )
 async def recognition_decision(
     resource_id: ResourceId, request: Request, ctx: Context, rendering: RenderingDep

@@ -118,7 +118,7 @@ _operation(
     "expand",
     terminology.expand,
     "The items of a catalogue value set (url, filter, count, offset).",
-    on_instance=STATUSES,  # documented so; a deleted instance is a 410 too
+    on_instance=ON_INSTANCE,
 )
 _operation(
     "ConceptMap",

@@ -24,7 +24,7 @@ from ehr_service.fhir.primitives import format_instant, new_id, parse_instant_pa
 from ehr_service.fhir.references import parse_reference
 from ehr_service.interactions.context import RequestContext
 from ehr_service.interactions.create import created, prepare_create
-from ehr_service.interactions.read import check_consent, current_or_fail, not_found
+from ehr_service.interactions.read import current_or_fail
 from ehr_service.interactions.recognition_images import image_parts
 from ehr_service.interactions.results import Result
 from ehr_service.recognition.catalogue import RESULT_TYPES, Catalogue, Item
@@ -72,11 +72,10 @@ def active_catalogue(ctx: RequestContext) -> Catalogue:
 
 
 def _patient(conn: Connection, ctx: RequestContext, patient_id: str) -> None:
+    """The resident, read as a read of Patient/{id} is: 404 unknown or not visible,
+    403 refused, 410 deleted (as ``$everything``)."""
     require(ctx.caller, "Patient", "r")
-    stored = resources.read_current(conn, "Patient", patient_id)
-    if stored is None or stored.deleted or not ctx.view.can_see("Patient", patient_id):
-        raise not_found("Patient", patient_id)
-    check_consent(conn, ctx.view, patient_id)
+    current_or_fail(conn, "Patient", patient_id, view=ctx.view)
 
 
 # -- inputs ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from ehr_service.api.openapi_export import openapi_bytes
 from ehr_service.app import create_app
 from ehr_service.config import PROJECT_ROOT, Settings
+from tests.helpers import FHIR_JSON
 
 COMMITTED = PROJECT_ROOT / "openapi" / "openapi.json"
 
@@ -42,3 +43,36 @@ def test_the_committed_and_the_served_documents_are_valid_openapi(client: TestCl
     served = client.get("/openapi.json")
     assert served.status_code == 200
     validate(served.json())
+
+
+def test_an_operation_on_a_deleted_instance_is_a_documented_410(client: TestClient) -> None:
+    """As a read of a deleted resource: 410 Gone, and the route says it may be."""
+    document = client.get("/openapi.json").json()["paths"]
+    patient = _created(client, {"resourceType": "Patient"})
+    group = _created(client, {"resourceType": "Group", "type": "person", "actual": True})
+    value_set = _created(client, {"resourceType": "ValueSet", "status": "active",
+                                  "url": "urn:example:gone"})  # fmt: skip
+    calls = [
+        ("post", f"Patient/{patient}/$recognizable-results", "Patient/{id}/$recognizable-results"),
+        ("post", f"Patient/{patient}/$recognition-decision", "Patient/{id}/$recognition-decision"),
+        ("get", f"Group/{group}/$export", "Group/{id}/$export"),
+        ("get", f"ValueSet/{value_set}/$expand", "ValueSet/{id}/$expand"),
+    ]
+    for method, path, route in calls:
+        body = {"resourceType": "Parameters"} if method == "post" else None
+        answer = client.request(method, f"/fhir/{path}", json=body, headers=ASYNC)
+        assert answer.status_code == 410, (path, answer.text[:300])
+        assert answer.json()["issue"][0]["code"] == "deleted", path
+        template = "/fhir/" + route.replace("{id}", "{resource_id}")
+        assert "410" in document[template][method]["responses"], template
+
+
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+
+
+def _created(client: TestClient, resource: dict[str, object]) -> str:
+    made = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=FHIR_JSON)
+    assert made.status_code == 201, made.text[:300]
+    rid = str(made.json()["id"])
+    assert client.delete(f"/fhir/{resource['resourceType']}/{rid}").status_code in {200, 204}
+    return rid
