@@ -45,6 +45,10 @@ def test_the_committed_and_the_served_documents_are_valid_openapi(client: TestCl
     validate(served.json())
 
 
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+CARD = {"resourceType": "Parameters", "parameter": [{"name": "cardId", "valueString": "AB" * 32}]}
+
+
 def test_an_operation_on_a_deleted_instance_is_a_documented_410(client: TestClient) -> None:
     """As a read of a deleted resource: 410 Gone, and the route says it may be."""
     document = client.get("/openapi.json").json()["paths"]
@@ -53,21 +57,21 @@ def test_an_operation_on_a_deleted_instance_is_a_documented_410(client: TestClie
     value_set = _created(client, {"resourceType": "ValueSet", "status": "active",
                                   "url": "urn:example:gone"})  # fmt: skip
     calls = [
-        ("post", f"Patient/{patient}/$recognizable-results", "Patient/{id}/$recognizable-results"),
-        ("post", f"Patient/{patient}/$recognition-decision", "Patient/{id}/$recognition-decision"),
-        ("get", f"Group/{group}/$export", "Group/{id}/$export"),
-        ("get", f"ValueSet/{value_set}/$expand", "ValueSet/{id}/$expand"),
+        ("post", "Patient", patient, "$recognizable-results"),
+        ("post", "Patient", patient, "$recognition-decision"),
+        ("post", "Patient", patient, "$bind-health-card"),
+        ("get", "Group", group, "$export"),
+        ("get", "ValueSet", value_set, "$expand"),
     ]
-    for method, path, route in calls:
-        body = {"resourceType": "Parameters"} if method == "post" else None
-        answer = client.request(method, f"/fhir/{path}", json=body, headers=ASYNC)
+    for method, resource_type, rid, operation in calls:
+        path = f"/fhir/{resource_type}/{rid}/{operation}"
+        body = CARD if operation == "$bind-health-card" else {"resourceType": "Parameters"}
+        answer = client.request(method, path, json=body if method == "post" else None,
+                                headers=ASYNC)  # fmt: skip
         assert answer.status_code == 410, (path, answer.text[:300])
         assert answer.json()["issue"][0]["code"] == "deleted", path
-        template = "/fhir/" + route.replace("{id}", "{resource_id}")
+        template = path.replace(rid, "{resource_id}")
         assert "410" in document[template][method]["responses"], template
-
-
-ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
 def _created(client: TestClient, resource: dict[str, object]) -> str:
